@@ -1,0 +1,89 @@
+"""A case: one model configuration run under one sharding strategy.
+
+The case key names what the numbers depend on (architecture, config, weights, precision,
+prompts, decode steps, checkpoint layout) and never the parallel layout, so a tp=2 run and
+a pp=4 run of the same case compare against the same single-rank reference and golden.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+# Fixed prompts: two sequences of equal length so they batch without padding.
+DEFAULT_PROMPTS: tuple[tuple[int, ...], ...] = (
+    (1, 17, 42, 99, 7, 250, 31, 64),
+    (5, 200, 13, 77, 128, 3, 190, 45),
+)
+DTYPES = ("float32", "bfloat16", "float16")
+QUANT_BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class Case:
+    arch: str
+    strategy: str = "tp"
+    dtype: str = "float32"
+    quant: int | None = None
+    group_size: int = 32
+    seed: int = 0
+    prompts: tuple[tuple[int, ...], ...] = DEFAULT_PROMPTS
+    decode_steps: int = 4
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    layout: str | None = None
+    checkpoint: str | None = None
+    tolerance: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def precision(self) -> str:
+        """`fp32`, `bf16`, `q4`, `q4-bf16`: the precision label shown in tables."""
+        short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.dtype]
+        if self.quant is None:
+            return short
+        return f"q{self.quant}" + ("" if self.dtype == "float32" else f"-{short}")
+
+    @property
+    def variant(self) -> str:
+        """What distinguishes this case from the plain arch besides precision."""
+        parts = []
+        if self.overrides:
+            parts.append(",".join(f"{k}={v}" for k, v in sorted(self.overrides.items())))
+        if self.layout:
+            parts.append(f"layout={self.layout}")
+        if self.checkpoint:
+            parts.append(f"ckpt={self.checkpoint}")
+        if self.seed:
+            parts.append(f"seed={self.seed}")
+        return ";".join(parts) or "base"
+
+    def key(self) -> str:
+        """Stable identity of the numbers this case produces, without the parallel layout."""
+        ident = {
+            "arch": self.arch,
+            "dtype": self.dtype,
+            "quant": self.quant,
+            "group_size": self.group_size if self.quant else None,
+            "seed": self.seed,
+            "prompts": [list(p) for p in self.prompts],
+            "decode_steps": self.decode_steps,
+            "overrides": self.overrides,
+            "layout": self.layout,
+            "checkpoint": self.checkpoint,
+        }
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.arch}-{self.precision}-{digest}"
+
+    def label(self) -> str:
+        return f"{self.arch}/{self.variant}/{self.precision}/{self.strategy}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["prompts"] = [list(p) for p in self.prompts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Case:
+        data = dict(data)
+        data["prompts"] = tuple(tuple(p) for p in data.get("prompts", DEFAULT_PROMPTS))
+        return cls(**data)

@@ -1,0 +1,131 @@
+"""The `harness` command: a thin typer layer over the library.
+
+Every user mistake is a HarnessError: one line on stderr and exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from harness import render, runner, store, suites
+from harness.case import Case
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Correctness regression tests and goldens for sharded MLX inference.",
+)
+
+Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
+Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@app.command()
+def run(
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite name in suites/ or a .toml path.")] = None,
+    arch: Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable) instead of a suite.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's.")] = None,
+    precision: Annotated[list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, q8, q4-bf16 (repeatable).")] = None,
+    ranks: Ranks = 1,
+    backend: Annotated[str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")] = None,
+    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds each case may take on the ranks.")] = 60.0,
+    repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
+    db: Db = store.DEFAULT_DB,
+) -> None:
+    """Run a suite (or some architectures) sharded across ranks and compare with the single-rank reference.
+
+    Example: harness run --suite moe --ranks 2
+    """
+    cases = _select_cases(suite, arch, strategy, precision)
+    options = runner.RunOptions(ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats)
+    cases = runner.validate(cases, options)
+    database = store.open_db(db)
+    run_id = store.start_run(database, "run", suite or ",".join(arch or []), ranks, backend, hostfile)
+    out = render.console()
+    started, results, status = time.perf_counter(), [], "interrupted"
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for result in runner.run(cases, options):
+            store.record_case(database, run_id, result)
+            results.append(result)
+            out.print(render.progress_line(result, len(cases)))
+        status = "failed" if any(r.failed for r in results) else "passed"
+    finally:
+        counts = store.finish_run(database, run_id, status)
+    rows = render.case_rows_from_results(results)
+    out.print(render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {ranks} rank(s)"))
+    for line in render.failure_details(rows):
+        out.print(line, markup=False)
+    out.print(render.summary(counts, time.perf_counter() - started, db, run_id))
+    raise typer.Exit(1 if status == "failed" else 0)
+
+
+def _select_cases(suite, arch, strategy, precision) -> list[Case]:
+    if (suite is None) == (not arch):
+        raise HarnessError("give either --suite NAME or one or more --arch NAME")
+    if suite is not None:
+        cases = suites.load_suite(suite)
+        return suites.override_strategy(cases, strategy) if strategy else cases
+    for name in arch:
+        suites.get_arch(name)
+    strategies = [strategy] if strategy else ["tp", "pp"]
+    return suites.matrix_cases(list(arch), strategies, precision or ["fp32"], {})
+
+
+@app.command()
+def archs() -> None:
+    """List the architecture zoo and what the installed mlx-lm supports for each.
+
+    Example: harness archs
+    """
+    from harness.zoo import ARCHS, support
+
+    table = render.archs_table(ARCHS, support)
+    render.console().print(table)
+
+
+@app.command()
+def report(
+    run_id: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
+    db: Db = store.DEFAULT_DB,
+) -> None:
+    """Print a stored run: its environment and the verdict of every case.
+
+    Example: harness report --run 3
+    """
+    database = store.open_db(db)
+    run, cases = store.get_run(database, run_id)
+    out = render.console()
+    out.print(render.run_header(run), markup=False)
+    out.print(render.verdict_table(cases, f"run {run['id']}: {run['suite']} on {run['ranks']} rank(s)"))
+    for line in render.failure_details(cases):
+        out.print(line, markup=False)
+    raise typer.Exit(1 if run["status"] == "failed" else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: HarnessError becomes one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished cases are stored", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

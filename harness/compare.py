@@ -1,0 +1,243 @@
+"""The comparison ladder: metrics of a sharded run against its reference, a pass/fail
+verdict against per-precision tolerances, and diagnoses a user can act on."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from harness.forward import Output
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float  # max |Δ| of logits allowed beyond rtol * |ref|
+    rtol: float
+    kl: float  # max KL(ref || test) at any position
+    layer: float  # max |Δ| of a hidden state relative to that state's max |ref|
+
+
+# One place for tolerances, keyed by precision label (see Case.precision).
+# fp32 tensor parallel differs by <= ~5e-6 on these tiny models and pipeline is bit-exact
+# on the CPU backend (DESIGN.md); the bounds leave ~10x headroom and still catch a 1e-3
+# relative perturbation of one expert.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=5e-5, rtol=1e-5, kl=1e-7, layer=1e-4),
+    "q8": Tolerance(atol=5e-5, rtol=1e-5, kl=1e-7, layer=1e-4),
+    "q4": Tolerance(atol=5e-5, rtol=1e-5, kl=1e-7, layer=1e-4),
+    "bf16": Tolerance(atol=0.25, rtol=0.02, kl=5e-3, layer=0.05),
+    "fp16": Tolerance(atol=0.05, rtol=5e-3, kl=1e-3, layer=0.01),
+}
+
+
+def tolerance_for(precision: str, overrides: dict | None = None) -> Tolerance:
+    """The tolerance of a precision label (`q4-bf16` uses `bf16`), with per-case overrides."""
+    base = precision.split("-")[-1] if "-" in precision else precision
+    tol = TOLERANCES.get(base, TOLERANCES["fp32"])
+    return replace(tol, **(overrides or {}))
+
+
+@dataclass
+class Metrics:
+    max_abs: float
+    rel: float
+    cosine: float
+    kl_max: float
+    top1: float  # fraction of prefill positions whose argmax agrees
+    decode_max_abs: float  # over decode steps up to the first greedy divergence
+    tokens_match: bool
+    first_token_divergence: int | None  # decode step index where greedy tokens first differ
+    topk_contained: bool | None  # at that divergence: each side's token in the other's top-k
+    norm_ratio: float
+    entropy_ref: float
+    entropy_test: float
+    nonfinite: bool
+
+
+@dataclass
+class Comparison:
+    passed: bool
+    metrics: Metrics
+    diagnoses: list[str] = field(default_factory=list)
+    first_divergent_layer: int | None = None
+    first_divergent_part: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _kl(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
+    p, q = _softmax(ref.astype(np.float64)), _softmax(test.astype(np.float64))
+    return np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=-1)
+
+
+def _entropy(x: np.ndarray) -> float:
+    p = _softmax(x.astype(np.float64))
+    return float(np.mean(-np.sum(p * np.log(p + 1e-300), axis=-1)))
+
+
+def _within(ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> bool:
+    return bool(np.all(np.abs(test - ref) <= tol.atol + tol.rtol * np.abs(ref)))
+
+
+def _greedy_divergence(ref: Output, test: Output) -> int | None:
+    steps = min(ref.tokens.shape[1], test.tokens.shape[1])
+    for s in range(steps):
+        if not np.array_equal(ref.tokens[:, s], test.tokens[:, s]):
+            return s
+    return None
+
+
+def _topk_contained(ref_logits: np.ndarray, test_logits: np.ndarray) -> bool:
+    """Each side's greedy token is in the other's top-k, row by row."""
+    for r, t in zip(ref_logits, test_logits):
+        r_top, t_top = np.argsort(-r)[:TOP_K], np.argsort(-t)[:TOP_K]
+        if int(np.argmax(t)) not in r_top or int(np.argmax(r)) not in t_top:
+            return False
+    return True
+
+
+def metrics(ref: Output, test: Output) -> Metrics:
+    finite = bool(np.all(np.isfinite(test.prefill)) and np.all(np.isfinite(test.decode)))
+    diff = np.nan_to_num(test.prefill - ref.prefill, nan=np.inf)
+    V = ref.prefill.shape[-1]
+    r = ref.prefill.reshape(-1, V)
+    t = np.nan_to_num(test.prefill.reshape(-1, V), nan=0.0, posinf=0.0, neginf=0.0)
+    cos = np.sum(r * t, -1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(t, axis=-1) + 1e-30)
+    diverge = _greedy_divergence(ref, test)
+    # Decode step s consumes the token chosen after step s - 1; compare only while both
+    # sides fed the same tokens. tokens[:, 0] comes from prefill, so steps < diverge match.
+    compared = ref.decode.shape[0] if diverge is None else min(diverge, ref.decode.shape[0])
+    dec_diff = np.abs(test.decode[:compared] - ref.decode[:compared]) if compared else np.zeros(1)
+    contained = None
+    if diverge is not None:
+        source_ref = ref.prefill[:, -1] if diverge == 0 else ref.decode[diverge - 1]
+        source_test = test.prefill[:, -1] if diverge == 0 else test.decode[diverge - 1]
+        contained = _topk_contained(source_ref, source_test)
+    return Metrics(
+        max_abs=float(np.max(np.abs(diff))),
+        rel=float(np.linalg.norm(np.nan_to_num(diff, posinf=1e30)) / (np.linalg.norm(r) + 1e-30)),
+        cosine=float(np.mean(cos)),
+        kl_max=float(np.max(_kl(r, t))) if finite else float("inf"),
+        top1=float(np.mean(np.argmax(r, -1) == np.argmax(t, -1))),
+        decode_max_abs=float(np.nan_to_num(np.max(dec_diff), nan=np.inf)),
+        tokens_match=diverge is None,
+        first_token_divergence=diverge,
+        topk_contained=contained,
+        norm_ratio=float(np.linalg.norm(t) / (np.linalg.norm(r) + 1e-30)),
+        entropy_ref=_entropy(r),
+        entropy_test=_entropy(t),
+        nonfinite=not finite,
+    )
+
+
+_LAYER_KEY = re.compile(r"layer\.(\d+)\.(attn|mlp|out)")
+_PART_ORDER = {"attn": 0, "mlp": 1, "out": 2}
+PART_NAMES = {"attn": "attention", "mlp": "mlp/moe", "out": "layer output"}
+
+
+def first_divergent_layer(
+    ref: dict[str, np.ndarray], test: dict[str, np.ndarray], tol: Tolerance
+) -> tuple[int, str, np.ndarray, np.ndarray] | None:
+    """The first (layer, part) whose hidden state differs beyond tolerance, in forward order."""
+    keys = []
+    for key in ref.keys() & test.keys():
+        m = _LAYER_KEY.fullmatch(key)
+        if m:
+            keys.append((int(m.group(1)), _PART_ORDER[m.group(2)], m.group(2), key))
+    for layer, _, part, key in sorted(keys):
+        a, b = ref[key], test[key]
+        if a.shape != b.shape:
+            return layer, part, a, b
+        scale = float(np.max(np.abs(a))) or 1.0
+        if not np.all(np.isfinite(b)) or float(np.max(np.abs(b - a))) > tol.layer * scale:
+            return layer, part, a, b
+    return None
+
+
+def _first_nonfinite_layer(states: dict[str, np.ndarray]) -> str | None:
+    found = []
+    for key, value in states.items():
+        m = _LAYER_KEY.fullmatch(key)
+        if m and not np.all(np.isfinite(value)):
+            found.append((int(m.group(1)), _PART_ORDER[m.group(2)], m.group(2)))
+    if not found:
+        return None
+    layer, _, part = min(found)
+    return f"layer {layer} ({PART_NAMES[part]})"
+
+
+def _scale_factor(ref: np.ndarray, test: np.ndarray) -> float:
+    """The least-squares s with test ≈ s * ref."""
+    ref, test = ref.astype(np.float64).ravel(), test.astype(np.float64).ravel()
+    return float(ref @ test / (ref @ ref + 1e-30))
+
+
+def compare(ref: Output, test: Output, tol: Tolerance, world: int) -> Comparison:
+    """Compare a sharded run with its reference and explain a failure."""
+    if ref.prefill.shape != test.prefill.shape:
+        return _shape_mismatch(ref, test)
+    m = metrics(ref, test)
+    prefill_ok = (
+        not m.nonfinite
+        and ref.prefill.shape == test.prefill.shape
+        and _within(ref.prefill, test.prefill, tol)
+        and m.kl_max <= tol.kl
+    )
+    compared = ref.decode.shape[0] if m.tokens_match else min(m.first_token_divergence, ref.decode.shape[0])
+    decode_ok = ref.decode.shape == test.decode.shape and (
+        compared == 0 or _within(ref.decode[:compared], test.decode[:compared], tol)
+    )
+    # A greedy divergence is acceptable only as a near-tie: logits within tolerance so far
+    # and each side's token within the other's top-k.
+    tokens_ok = m.tokens_match or bool(m.topk_contained and prefill_ok and decode_ok)
+    cmp = Comparison(passed=prefill_ok and decode_ok and tokens_ok, metrics=m)
+    if not m.tokens_match and cmp.passed:
+        cmp.warnings.append(f"near-tie: greedy tokens differ at step {m.first_token_divergence}")
+    if not cmp.passed:
+        _diagnose(cmp, ref, test, tol, world, prefill_ok)
+    return cmp
+
+
+def _shape_mismatch(ref: Output, test: Output) -> Comparison:
+    nan = float("nan")
+    m = Metrics(nan, nan, nan, nan, nan, nan, False, 0, None, nan, nan, nan, False)
+    return Comparison(
+        passed=False,
+        metrics=m,
+        diagnoses=[f"logits shape {list(test.prefill.shape)} != reference {list(ref.prefill.shape)}"],
+    )
+
+
+def _diagnose(cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world: int, prefill_ok: bool) -> None:
+    m = cmp.metrics
+    if m.nonfinite:
+        where = _first_nonfinite_layer(test.layers)
+        cmp.diagnoses.append("non-finite" + (f" from {where}" if where else ""))
+    if prefill_ok:
+        cmp.diagnoses.append("decode-only")
+    found = first_divergent_layer(ref.layers, test.layers, tol)
+    if found is not None:
+        layer, part, a, b = found
+        cmp.first_divergent_layer, cmp.first_divergent_part = layer, PART_NAMES[part]
+        if a.shape == b.shape and np.all(np.isfinite(b)) and world > 1:
+            s = _scale_factor(a, b)
+            residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
+            if abs(s - world) < 0.1 * world and residual < 0.1:
+                cmp.diagnoses.append(f"scaled x{world}")
+        cmp.diagnoses.append(f"first divergent layer {layer} ({PART_NAMES[part]})")
+    if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
+        cmp.diagnoses.append("saturated")
+    if not cmp.diagnoses:
+        cmp.diagnoses.append("logits differ beyond tolerance")

@@ -1,0 +1,25 @@
+"""One case on one rank: build a fresh model, shard it, run it, time it."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from harness import forward
+from harness.build import build_model
+from harness.case import Case
+from harness.strategy import resolve
+
+
+def run_case(
+    case: Case, group, capture: bool = True, repeats: int = 3
+) -> tuple[forward.Output, forward.Timings]:
+    """Build the case's model fresh (strategies may patch classes), apply the strategy
+    for `group` (None: unsharded reference), run and time it."""
+    model, _ = build_model(case)
+    if group is not None:
+        model = resolve(case.strategy).apply(model, group)
+        mx.eval(model.parameters())
+    mx.reset_peak_memory()
+    output = forward.run(model, case.prompts, case.decode_steps, capture=capture)
+    timings = forward.measure(model, case.prompts, repeats=repeats)
+    return output, timings

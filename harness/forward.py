@@ -1,0 +1,159 @@
+"""Running a model on a case's prompts: prefill, greedy decode with a KV cache, per-layer
+hidden-state capture, and timings.
+
+Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
+holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.cache import make_prompt_cache
+
+from harness.patching import wrap_output
+
+ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
+FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
+
+
+@dataclass
+class Output:
+    """What one run of a model produced, as numpy (float32) so it crosses processes."""
+
+    prefill: np.ndarray  # [B, L, V] logits
+    decode: np.ndarray  # [S, B, V] logits of each greedy decode step
+    tokens: np.ndarray  # [B, S + 1] greedy tokens: after prefill, then after each step
+    layers: dict[str, np.ndarray] = field(default_factory=dict)  # "layer.{i}.{part}" -> [B, L, D]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "prefill": self.prefill,
+            "decode": self.decode,
+            "tokens": self.tokens,
+            **{f"hidden:{k}": v for k, v in self.layers.items()},
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Output:
+        layers = {k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")}
+        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers)
+
+
+@dataclass
+class Timings:
+    prefill_tok_s: float
+    decode_tok_s: float
+    prefill_samples: list[float]  # seconds per prefill call
+    decode_samples: list[float]  # seconds per decode step
+    peak_memory: int  # bytes, this process
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Recorder:
+    """Collects the outputs of decoder layers (and their attention / MLP sub-blocks)
+    during the first model call only: the prefill."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.states: dict[str, np.ndarray] = {}
+
+    def tap(self, module: nn.Module, key: str) -> None:
+        wrap_output(module, lambda out: self._record(key, out))
+
+    def _record(self, key: str, out):
+        value = out[0] if isinstance(out, (tuple, list)) else out
+        if self.active and isinstance(value, mx.array) and value.ndim == 3:
+            self.states[key] = np.array(value.astype(mx.float32))
+        return out
+
+
+def decoder_layers(model: nn.Module) -> list:
+    """The model's decoder layers by global index; None where a pipeline rank holds none."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        layers = getattr(model, "layers", [])
+    return list(layers)
+
+
+def install_capture(model: nn.Module) -> _Recorder:
+    recorder = _Recorder()
+    for index, layer in enumerate(decoder_layers(model)):
+        if not isinstance(layer, nn.Module):
+            continue
+        for name, child in layer.children().items():
+            if not isinstance(child, nn.Module):
+                continue
+            if ATTENTION.search(name):
+                recorder.tap(child, f"layer.{index}.attn")
+            elif FEEDFORWARD.search(name):
+                recorder.tap(child, f"layer.{index}.mlp")
+        recorder.tap(layer, f"layer.{index}.out")
+    return recorder
+
+
+def _logits(out) -> mx.array:
+    mx.eval(out)
+    return out
+
+
+def run(model: nn.Module, prompts, decode_steps: int, capture: bool = True) -> Output:
+    """Prefill on the prompts, then `decode_steps` greedy steps with the KV cache."""
+    recorder = install_capture(model) if capture else None
+    tokens = mx.array(prompts)
+    cache = make_prompt_cache(model)
+    if recorder:
+        recorder.active = True
+    prefill = _logits(model(tokens, cache=cache))
+    if recorder:
+        recorder.active = False
+    steps, greedy = [], [mx.argmax(prefill[:, -1, :], axis=-1)]
+    for _ in range(decode_steps):
+        logits = _logits(model(greedy[-1][:, None], cache=cache))[:, -1, :]
+        steps.append(logits)
+        greedy.append(mx.argmax(logits, axis=-1))
+    as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
+    B, V = prefill.shape[0], prefill.shape[-1]
+    decode = np.stack([as_np(s) for s in steps]) if steps else np.zeros((0, B, V), np.float32)
+    return Output(
+        prefill=as_np(prefill),
+        decode=decode,
+        tokens=np.stack([np.array(g) for g in greedy], axis=1).astype(np.int64),
+        layers=recorder.states if recorder else {},
+    )
+
+
+def measure(model: nn.Module, prompts, repeats: int = 3) -> Timings:
+    """Prefill and decode throughput: one warm-up, then the median of `repeats` samples."""
+    tokens = mx.array(prompts)
+    B, L = tokens.shape
+    prefill_samples = []
+    for i in range(repeats + 1):
+        cache = make_prompt_cache(model)
+        start = time.perf_counter()
+        out = _logits(model(tokens, cache=cache))
+        if i:
+            prefill_samples.append(time.perf_counter() - start)
+    step = mx.argmax(out[:, -1, :], axis=-1)[:, None]
+    decode_samples = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        _logits(model(step, cache=cache))
+        if i:
+            decode_samples.append(time.perf_counter() - start)
+    return Timings(
+        prefill_tok_s=B * L / statistics.median(prefill_samples),
+        decode_tok_s=B / statistics.median(decode_samples),
+        prefill_samples=prefill_samples,
+        decode_samples=decode_samples,
+        peak_memory=int(mx.get_peak_memory()),
+    )

@@ -1,0 +1,23 @@
+"""Changing what one module instance returns, without touching its class, its attributes
+or its weights: used to tap layer outputs and to inject faults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.nn as nn
+
+
+def wrap_output(module: nn.Module, post: Callable) -> None:
+    """Make `module(...)` return `post(original output)` for this instance only.
+
+    The instance gets a subclass of its own class, so `isinstance` checks, attributes and
+    parameters stay exactly as they were.
+    """
+    base = type(module)
+
+    def __call__(self, *args, **kwargs):
+        return post(base.__call__(self, *args, **kwargs))
+
+    module.__class__ = type(f"Wrapped{base.__name__}", (base,), {"__call__": __call__})
+

@@ -1,0 +1,131 @@
+"""Rich rendering for the CLI: verdict tables, progress lines, architecture listings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.runner import CaseResult
+
+STYLE = {"pass": "green", "fail": "red", "crash": "red", "timeout": "red", "error": "red", "skip": "yellow"}
+
+
+def _num(value, fmt: str = ".1e") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _rate(sharded, reference) -> str:
+    if sharded is None:
+        return "-"
+    return f"{sharded:,.0f}" + (f" / {reference:,.0f}" if reference else "")
+
+
+def progress_line(result: CaseResult, total: int) -> str:
+    worst = result.worst
+    detail = f"max|Δ| {_num(worst.metrics.max_abs)}" if worst else ""
+    why = result.reason if result.status != "pass" else "; ".join(result.warnings)
+    why = (why or "").splitlines()[0] if why else ""
+    colour = STYLE[result.status]
+    return (
+        f"[{result.index + 1:>3}/{total}] [{colour}]{result.status:<7}[/{colour}] "
+        f"{result.case.label():<45} {detail} {why}".rstrip()
+    )
+
+
+def case_rows_from_results(results: list[CaseResult]) -> list[dict]:
+    """The same row shape `store.get_run` returns, so one table renders both."""
+    rows = []
+    for r in results:
+        m = r.worst.metrics if r.worst else None
+        sharded = r.rank_timings.get(0) or {}
+        rows.append({
+            "idx": r.index, "arch": r.case.arch, "variant": r.case.variant,
+            "precision": r.case.precision, "strategy": r.case.strategy, "ranks": r.ranks,
+            "status": r.status, "max_abs": m.max_abs if m else None,
+            "kl_max": m.kl_max if m else None, "top1": m.top1 if m else None,
+            "tokens_match": int(m.tokens_match) if m else None,
+            "prefill_tok_s": sharded.get("prefill_tok_s"), "decode_tok_s": sharded.get("decode_tok_s"),
+            "ref_prefill_tok_s": r.reference_timings.prefill_tok_s if r.reference_timings else None,
+            "ref_decode_tok_s": r.reference_timings.decode_tok_s if r.reference_timings else None,
+            "diagnoses": json.dumps(r.diagnoses), "reason": r.reason, "warnings": json.dumps(r.warnings),
+        })
+    return rows
+
+
+def verdict_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, show_lines=False)
+    for name in ("#", "arch", "variant", "prec", "strategy", "ranks", "status", "max|Δ|", "KL",
+                 "top1", "tokens", "prefill tok/s", "decode tok/s", "diagnosis"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        colour = STYLE.get(row["status"], "white")
+        diagnoses = json.loads(row["diagnoses"] or "[]")
+        warnings = json.loads(row.get("warnings") or "[]")
+        if row["status"] == "pass":
+            note = "; ".join(warnings)
+        else:
+            note = "; ".join(diagnoses) or (row["reason"] or "").splitlines()[0]
+        tokens = {1: "match", 0: "differ"}.get(row["tokens_match"], "-")
+        table.add_row(
+            str(row["idx"] + 1), row["arch"], row["variant"], row["precision"], row["strategy"],
+            str(row["ranks"]), f"[{colour}]{row['status']}[/{colour}]", _num(row["max_abs"]),
+            _num(row["kl_max"]), _num(row["top1"], ".2f"), tokens,
+            _rate(row["prefill_tok_s"], row["ref_prefill_tok_s"]),
+            _rate(row["decode_tok_s"], row["ref_decode_tok_s"]), note,
+        )
+    return table
+
+
+def failure_details(rows: list[dict]) -> list[str]:
+    """The full reason of every non-passing case (crash stderr tails included)."""
+    out = []
+    for row in rows:
+        if row["status"] in ("fail", "crash", "timeout", "error") and row["reason"]:
+            out.append(f"case {row['idx'] + 1} {row['arch']}/{row['precision']}/{row['strategy']} "
+                       f"[{row['status']}]: {row['reason']}")
+    return out
+
+
+def summary(counts: dict, seconds: float, db_path: str, run_id: int) -> str:
+    return (
+        f"{counts['cases']} cases: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped in {seconds:.1f}s; run {run_id} stored in {db_path}"
+    )
+
+
+def console() -> Console:
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        # Logs and CI: wide enough that the verdict table does not fold every cell.
+        out = Console(highlight=False, width=max(out.width, 180))
+    return out
+
+
+def archs_table(archs: dict, support) -> Table:
+    table = Table(title="architecture zoo (support under the installed mlx-lm)")
+    for name in ("arch", "model_type", "kind", "tp", "pp", "features", "note"):
+        table.add_column(name)
+    for name, arch in archs.items():
+        sup = support(name)
+        mark = lambda ok: "[green]yes[/green]" if ok else "[dim]no[/dim]"  # noqa: E731
+        table.add_row(
+            name, arch.model_type, "moe" if arch.moe else "dense",
+            mark(sup.tp) if sup.available else "-", mark(sup.pp) if sup.available else "-",
+            ", ".join(arch.features), "" if sup.available else f"[yellow]unsupported: {sup.reason}[/yellow]",
+        )
+    return table
+
+
+def run_header(run: dict) -> str:
+    return (
+        f"run {run['id']} [{run['status']}] {run['command']}\n"
+        f"  started {run['started']}  finished {run['finished']}  ranks {run['ranks']} "
+        f"backend {run['backend']} hosts {run['hosts']}\n"
+        f"  harness {run['harness_sha']}  mlx {run['mlx_version']}  mlx-lm {run['mlx_lm_version']}  "
+        f"python {run['python']}  {run['platform']}"
+    )

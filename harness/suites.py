@@ -1,0 +1,143 @@
+"""Suites: TOML files in `suites/` that expand into cases.
+
+    description = "..."
+    [defaults]                 # any Case field: seed, decode_steps, group_size, ...
+    decode_steps = 4
+    [[matrix]]                 # archs x strategies x precisions, where the arch supports it
+    archs = "moe"              # "moe", "dense", "all" or a list of names
+    strategies = ["tp", "pp"]
+    precisions = ["fp32", "q4"]
+    [[case]]                   # one explicit case; any Case field
+    arch = "qwen3_moe"
+    strategy = "tp"
+    precision = "q8"
+    tolerance = { atol = 1e-4 }
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+from harness.case import DTYPES, QUANT_BITS, Case
+from harness.errors import HarnessError
+from harness.zoo import ARCHS, get_arch, support
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+_CASE_FIELDS = set(Case.__dataclass_fields__) - {"arch", "strategy"}
+_SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def known_suites(directory: Path = SUITES_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def suite_path(name: str, directory: Path = SUITES_DIR) -> Path:
+    """A suite by name (`moe`) or by path to a TOML file."""
+    as_path = Path(name)
+    if as_path.suffix == ".toml":
+        if not as_path.is_file():
+            raise HarnessError(f"suite file '{name}' does not exist")
+        return as_path
+    path = directory / f"{name}.toml"
+    if not path.is_file():
+        raise HarnessError(f"unknown suite '{name}'; known: {', '.join(known_suites(directory))}")
+    return path
+
+
+def parse_precision(label: str) -> dict:
+    """`fp32`, `bf16`, `fp16`, `q4`, `q8`, `q4-bf16` -> Case fields dtype and quant."""
+    quant_part, _, dtype_part = label.partition("-")
+    if quant_part in _SHORT_DTYPES and not dtype_part:
+        return {"dtype": _SHORT_DTYPES[quant_part], "quant": None}
+    if quant_part.startswith("q") and quant_part[1:].isdigit():
+        bits = int(quant_part[1:])
+        dtype = _SHORT_DTYPES.get(dtype_part or "fp32")
+        if bits in QUANT_BITS and dtype is not None:
+            return {"dtype": dtype, "quant": bits}
+    raise HarnessError(
+        f"unknown precision '{label}'; use fp32, bf16, fp16, q4, q8 or q4-bf16 / q8-bf16"
+    )
+
+
+def _arch_names(selector, where: str) -> list[str]:
+    if selector in ("moe", "dense", "all"):
+        return [n for n, a in ARCHS.items() if selector == "all" or a.moe == (selector == "moe")]
+    names = [selector] if isinstance(selector, str) else list(selector)
+    for name in names:
+        get_arch(name)
+    return names
+
+
+def _case(fields: dict, where: str) -> Case:
+    fields = dict(fields)
+    if "precision" in fields:
+        fields.update(parse_precision(fields.pop("precision")))
+    unknown = set(fields) - _CASE_FIELDS - {"arch", "strategy"}
+    if unknown:
+        raise HarnessError(f"{where}: unknown case field(s) {', '.join(sorted(unknown))}")
+    if fields.get("dtype", "float32") not in DTYPES:
+        raise HarnessError(f"{where}: unknown dtype '{fields['dtype']}'; known: {', '.join(DTYPES)}")
+    if "prompts" in fields:
+        fields["prompts"] = tuple(tuple(p) for p in fields["prompts"])
+    try:
+        return Case(**fields)
+    except TypeError as exc:
+        raise HarnessError(f"{where}: {exc}") from None
+
+
+def matrix_cases(archs: list[str], strategies: list[str], precisions: list[str], defaults: dict) -> list[Case]:
+    """Every arch x strategy x precision; built-in strategies only where the installed
+    mlx-lm supports them (an arch it lacks entirely stays, to be reported as skipped)."""
+    cases = []
+    for arch in archs:
+        sup = support(arch)
+        for strategy in strategies:
+            if sup.available and strategy in ("tp", "pp") and not getattr(sup, strategy):
+                continue
+            for precision in precisions:
+                fields = {**defaults, "arch": arch, "strategy": strategy, "precision": precision}
+                cases.append(_case(fields, f"matrix {arch}/{strategy}/{precision}"))
+    return cases
+
+
+def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
+    path = suite_path(name, directory)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise HarnessError(f"{path}: malformed TOML: {exc}") from None
+    defaults = data.get("defaults", {})
+    cases: list[Case] = []
+    for i, matrix in enumerate(data.get("matrix", [])):
+        where = f"{path}: matrix {i + 1}"
+        missing = {"archs", "strategies"} - set(matrix)
+        if missing:
+            raise HarnessError(f"{where}: missing {', '.join(sorted(missing))}")
+        archs = _arch_names(matrix["archs"], where)
+        cases += matrix_cases(archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults)
+    for i, fields in enumerate(data.get("case", [])):
+        where = f"{path}: case {i + 1}"
+        if "arch" not in fields:
+            raise HarnessError(f"{where}: missing arch")
+        get_arch(fields["arch"])
+        cases.append(_case({**defaults, "strategy": "tp", **fields}, where))
+    if not cases:
+        raise HarnessError(f"{path}: the suite defines no cases")
+    return _dedupe(cases)
+
+
+def _dedupe(cases: list[Case]) -> list[Case]:
+    seen, unique = set(), []
+    for case in cases:
+        ident = (case.key(), case.strategy)
+        if ident not in seen:
+            seen.add(ident)
+            unique.append(case)
+    return unique
+
+
+def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
+    """The suite's cases under one strategy instead of theirs (`--strategy`)."""
+    return _dedupe([replace(c, strategy=strategy) for c in cases])

@@ -1,0 +1,113 @@
+"""Every user mistake: one clear sentence on stderr, exit code 2, no traceback."""
+
+import sys
+
+import pytest
+
+from harness import launch
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.code == 2, (result.code, result.out, result.err)
+    lines = [line for line in result.err.strip().splitlines() if line]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.err + result.out
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_suite_lists_known(run_cli, db_path):
+    result = run_cli("run", "--suite", "nope", "--db", db_path)
+    assert_one_line_error(result, "unknown suite 'nope'", "moe", "smoke")
+
+
+def test_unknown_arch_lists_known(run_cli, db_path):
+    result = run_cli("run", "--arch", "qwen9_moe", "--db", db_path)
+    assert_one_line_error(result, "qwen9_moe", "qwen3_moe")
+
+
+def test_unknown_strategy_lists_known(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--strategy", "zigzag", "--db", db_path)
+    assert_one_line_error(result, "unknown strategy 'zigzag'", "none, tp, pp")
+
+
+def test_strategy_module_that_does_not_import(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--strategy", "no_such_pkg.mod:shard", "--db", db_path)
+    assert_one_line_error(result, "no_such_pkg.mod", "does not import")
+
+
+def test_strategy_file_that_raises_on_import(run_cli, db_path, tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import does_not_exist\n")
+    result = run_cli("run", "--suite", "smoke", "--strategy", f"{broken}:shard", "--db", db_path)
+    assert_one_line_error(result, "broken.py", "does not import")
+
+
+def test_strategy_file_without_the_function(run_cli, db_path, tmp_path):
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    result = run_cli("run", "--suite", "smoke", "--strategy", f"{empty}:shard", "--db", db_path)
+    assert_one_line_error(result, "no callable 'shard'")
+
+
+def test_malformed_toml_names_file_and_line(run_cli, db_path, tmp_path):
+    suite = tmp_path / "bad.toml"
+    suite.write_text('description = "x"\n[[case]]\narch = \n')
+    result = run_cli("run", "--suite", str(suite), "--db", db_path)
+    assert_one_line_error(result, "bad.toml", "malformed TOML", "line 3")
+
+
+def test_suite_with_unknown_field(run_cli, db_path, tmp_path):
+    suite = tmp_path / "typo.toml"
+    suite.write_text('[[case]]\narch = "qwen3_moe"\nstrategee = "tp"\n')
+    result = run_cli("run", "--suite", str(suite), "--db", db_path)
+    assert_one_line_error(result, "typo.toml", "strategee")
+
+
+def test_unknown_precision(run_cli, db_path):
+    result = run_cli("run", "--arch", "qwen3_moe", "--precision", "q3", "--db", db_path)
+    assert_one_line_error(result, "unknown precision 'q3'")
+
+
+@pytest.mark.parametrize("ranks", ["0", "-2"])
+def test_ranks_below_one(run_cli, db_path, ranks):
+    result = run_cli("run", "--suite", "smoke", "--ranks", ranks, "--db", db_path)
+    assert_one_line_error(result, "--ranks must be at least 1")
+
+
+def test_suite_and_arch_together(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--arch", "llama", "--db", db_path)
+    assert_one_line_error(result, "either --suite")
+
+
+def test_mlx_launch_missing(run_cli, db_path, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--db", db_path)
+    assert_one_line_error(result, "mlx.launch was not found")
+
+
+def test_unknown_backend(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--backend", "carrier-pigeon", "--db", db_path)
+    assert_one_line_error(result, "unknown backend 'carrier-pigeon'")
+
+
+def test_missing_hostfile(run_cli, db_path, tmp_path):
+    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--hostfile", str(tmp_path / "hosts.json"), "--db", db_path)
+    assert_one_line_error(result, "hostfile", "does not exist")
+
+
+def test_report_on_empty_database(run_cli, db_path):
+    result = run_cli("report", "--db", db_path)
+    assert_one_line_error(result, "no runs yet")
+
+
+def test_report_unknown_run(run_cli, db_path):
+    run_cli("run", "--arch", "llama", "--strategy", "none", "--repeats", "1", "--db", db_path)
+    result = run_cli("report", "--run", "999", "--db", db_path)
+    assert_one_line_error(result, "no run with id 999")
+
+
+def test_launcher_found_beside_python():
+    assert launch.find_launcher().endswith("mlx.launch")
