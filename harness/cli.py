@@ -33,6 +33,7 @@ def _raise_interrupt(signum, frame):
 
 @app.command()
 def run(
+    ctx: typer.Context,
     suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite name in suites/ or a .toml path.")] = None,
     arch: Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable) instead of a suite.")] = None,
     strategy: Annotated[str | None, typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's.")] = None,
@@ -52,7 +53,8 @@ def run(
     options = runner.RunOptions(ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats)
     cases = runner.validate(cases, options)
     database = store.open_db(db)
-    run_id = store.start_run(database, "run", suite or ",".join(arch or []), ranks, backend, hostfile)
+    command = ["harness", *(ctx.obj or {}).get("argv", [])]
+    run_id = store.start_run(database, "run", suite or ",".join(arch or []), ranks, backend, hostfile, command)
     out = render.console()
     started, results, status = time.perf_counter(), [], "interrupted"
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -117,8 +119,9 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: HarnessError becomes one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=argv, obj={"argv": argv})
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,6 @@ import json
 import platform
 import shlex
 import subprocess
-import sys
 from collections.abc import Callable
 
 from datetime import UTC, datetime
@@ -99,11 +98,14 @@ def environment() -> dict:
     }
 
 
-def start_run(db, kind: str, suite: str | None, ranks: int, backend: str | None, hosts: str | None) -> int:
+def start_run(
+    db, kind: str, suite: str | None, ranks: int, backend: str | None, hosts: str | None,
+    command: list[str],
+) -> int:
     row = {
         "kind": kind, "status": "running", "suite": suite, "ranks": ranks,
         "backend": backend or ("ring" if ranks > 1 else "in-process"),
-        "hosts": hosts or "localhost", "command": shlex.join(["harness", *sys.argv[1:]]),
+        "hosts": hosts or "localhost", "command": shlex.join(command),
         "started": _now(), **environment(),
     }
     with db.conn:

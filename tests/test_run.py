@@ -1,0 +1,113 @@
+"""Single-rank runs through the CLI and the library: verdicts, stored rows, report."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from harness import store
+from harness.case import Case
+from harness.runner import RunOptions, run
+
+
+def test_cli_run_stores_run_and_cases(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--repeats", "1", "--db", db_path)
+    assert result.code == 0, result.out + result.err
+    assert "pass" in result.out
+    db = store.open_db(db_path)
+    run_row, cases = store.get_run(db, None)
+    assert run_row["status"] == "passed"
+    assert run_row["ranks"] == 1 and run_row["backend"] == "in-process"
+    assert run_row["mlx_version"] and run_row["mlx_lm_version"] and run_row["platform"]
+    assert run_row["command"].startswith("harness run --suite smoke")
+    assert run_row["started"] <= run_row["finished"]
+    assert run_row["cases"] == len(cases) == 4 and run_row["passed"] == 4
+    for row in cases:
+        assert row["status"] == "pass"
+        assert row["max_abs"] is not None and row["max_abs"] <= 1e-4
+        assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+        assert row["ref_prefill_tok_s"] > 0 and row["peak_memory"] > 0
+        timings = json.loads(row["timings"])
+        assert len(timings["ranks"]["0"]["prefill_samples"]) == 1
+        assert Case.from_dict(json.loads(row["case"])).key() == row["case_key"]
+
+
+def test_report_prints_stored_run(run_cli, db_path):
+    run_cli("run", "--arch", "qwen3_moe", "--strategy", "tp", "--repeats", "1", "--db", db_path)
+    result = run_cli("report", "--db", db_path)
+    assert result.code == 0
+    assert "qwen3_moe" in result.out and "mlx-lm" in result.out and "pass" in result.out
+
+
+def test_wrong_strategy_fails_run_with_exit_code_1(run_cli, db_path, tmp_path):
+    strategy = tmp_path / "mine.py"
+    strategy.write_text(
+        "import mlx.core as mx\n"
+        "def shard(model, group):\n"
+        "    # a 'sharding' that corrupts the second layer's attention output projection\n"
+        "    layer = model.model.layers[1]\n"
+        "    layer.self_attn.o_proj.weight = layer.self_attn.o_proj.weight * 1.01\n"
+    )
+    result = run_cli("run", "--arch", "qwen3_moe", "--strategy", f"{strategy}:shard", "--repeats", "1", "--db", db_path)
+    assert result.code == 1
+    _, cases = store.get_run(store.open_db(db_path), None)
+    assert [c["status"] for c in cases] == ["fail"]
+    assert cases[0]["first_divergent_layer"] == 1
+    assert cases[0]["first_divergent_part"] == "attention"
+
+
+def test_unsupported_strategy_is_skipped_with_reason():
+    results = list(run([Case("qwen3_next", "tp")], RunOptions(ranks=1, repeats=1)))
+    assert results[0].status == "skip"
+    assert "tensor-parallel" in results[0].reason
+
+
+def test_killed_run_keeps_finished_cases(tmp_path):
+    """SIGKILL mid-run: the rows already written stay, the run stays marked unfinished."""
+    db_path = tmp_path / "killed.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "--suite", "moe", "--repeats", "1", "--db", str(db_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    rows = 0
+    while time.monotonic() < deadline and rows < 2:
+        time.sleep(0.2)
+        if db_path.exists():
+            try:
+                rows = sqlite3.connect(db_path).execute("select count(*) from cases").fetchone()[0]
+            except sqlite3.OperationalError:
+                rows = 0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert rows >= 2
+    run_row, cases = store.get_run(store.open_db(db_path), None)
+    assert run_row["status"] == "running" and run_row["finished"] is None
+    assert len(cases) >= rows
+    assert all(c["status"] in ("pass", "skip") for c in cases)
+
+
+def test_sigterm_marks_run_interrupted(tmp_path):
+    db_path = tmp_path / "term.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "--suite", "moe", "--repeats", "1", "--db", str(db_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if db_path.exists():
+            try:
+                if sqlite3.connect(db_path).execute("select count(*) from cases").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    run_row, cases = store.get_run(store.open_db(db_path), None)
+    assert run_row["status"] == "interrupted" and cases

@@ -1,0 +1,64 @@
+import pytest
+
+from harness import suites
+from harness.case import Case
+from harness.errors import HarnessError
+from harness.zoo import ARCHS, support
+
+
+def test_moe_suite_covers_every_supported_moe_arch_strategy_and_precision():
+    cases = suites.load_suite("moe")
+    combos = {(c.arch, c.strategy, c.precision) for c in cases}
+    for name, arch in ARCHS.items():
+        if not arch.moe or not support(name).available:
+            continue
+        for strategy in ("tp", "pp"):
+            expected = getattr(support(name), strategy)
+            for precision in ("fp32", "q4"):
+                assert ((name, strategy, precision) in combos) == expected, (name, strategy, precision)
+    assert all(ARCHS[c.arch].moe for c in cases)
+
+
+def test_dense_and_smoke_suites_load():
+    assert all(not ARCHS[c.arch].moe for c in suites.load_suite("dense"))
+    assert 1 <= len(suites.load_suite("smoke")) <= 8
+
+
+@pytest.mark.parametrize(
+    "label, dtype, quant",
+    [("fp32", "float32", None), ("bf16", "bfloat16", None), ("q4", "float32", 4),
+     ("q8", "float32", 8), ("q4-bf16", "bfloat16", 4)],
+)
+def test_parse_precision(label, dtype, quant):
+    assert suites.parse_precision(label) == {"dtype": dtype, "quant": quant}
+    assert Case("llama", dtype=dtype, quant=quant).precision == label
+
+
+def test_override_strategy_dedupes():
+    cases = suites.override_strategy(suites.load_suite("moe"), "none")
+    assert {c.strategy for c in cases} == {"none"}
+    assert len(cases) == len({c.key() for c in cases})
+
+
+def test_case_key_ignores_parallel_layout():
+    assert Case("qwen3_moe", "tp").key() == Case("qwen3_moe", "pp").key()
+    assert Case("qwen3_moe", quant=4).key() != Case("qwen3_moe").key()
+    assert Case("qwen3_moe", seed=1).key() != Case("qwen3_moe").key()
+
+
+def test_suite_without_cases(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text('description = "nothing"\n')
+    with pytest.raises(HarnessError, match="defines no cases"):
+        suites.load_suite(str(path))
+
+
+def test_explicit_case_fields(tmp_path):
+    path = tmp_path / "one.toml"
+    path.write_text(
+        '[defaults]\ndecode_steps = 3\n[[case]]\narch = "deepseek_v3"\nstrategy = "pp"\n'
+        'precision = "q8"\nseed = 7\ntolerance = { atol = 1e-3 }\n'
+    )
+    (case,) = suites.load_suite(str(path))
+    assert (case.arch, case.strategy, case.quant, case.seed, case.decode_steps) == ("deepseek_v3", "pp", 8, 7, 3)
+    assert case.tolerance == {"atol": 1e-3}
