@@ -8,12 +8,14 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from harness import render, runner, store, suites
-from harness.case import Case
+from harness import goldens, render, runner, store
+from harness.commands import golden
+from harness.commands.select import select_cases
 from harness.errors import HarnessError
 
 app = typer.Typer(
@@ -22,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Correctness regression tests and goldens for sharded MLX inference.",
 )
+
+app.add_typer(golden.app, name="golden")
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
@@ -44,13 +48,19 @@ def run(
     timeout: Annotated[float, typer.Option(help="Seconds each case may take on the ranks.")] = 60.0,
     repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
     db: Db = store.DEFAULT_DB,
+    goldens_dir: Annotated[Path, typer.Option("--goldens", help="Goldens directory to compare references with.")] = goldens.GOLDENS_DIR,
+    no_goldens: Annotated[bool, typer.Option("--no-goldens", help="Do not compare with goldens.")] = False,
+    record_missing: Annotated[bool, typer.Option("--record-missing", help="Write goldens that are missing.")] = False,
 ) -> None:
     """Run a suite (or some architectures) sharded across ranks and compare with the single-rank reference.
 
     Example: harness run --suite moe --ranks 2
     """
-    cases = _select_cases(suite, arch, strategy, precision)
-    options = runner.RunOptions(ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats)
+    cases = select_cases(suite, arch, strategy, precision)
+    options = runner.RunOptions(
+        ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats,
+        goldens=None if no_goldens else goldens_dir, record_missing=record_missing,
+    )
     cases = runner.validate(cases, options)
     database = store.open_db(db)
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
@@ -72,18 +82,6 @@ def run(
         out.print(line, markup=False)
     out.print(render.summary(counts, time.perf_counter() - started, db, run_id))
     raise typer.Exit(1 if status == "failed" else 0)
-
-
-def _select_cases(suite, arch, strategy, precision) -> list[Case]:
-    if (suite is None) == (not arch):
-        raise HarnessError("give either --suite NAME or one or more --arch NAME")
-    if suite is not None:
-        cases = suites.load_suite(suite)
-        return suites.override_strategy(cases, strategy) if strategy else cases
-    for name in arch:
-        suites.get_arch(name)
-    strategies = [strategy] if strategy else ["tp", "pp"]
-    return suites.matrix_cases(list(arch), strategies, precision or ["fp32"], {})
 
 
 @app.command()

@@ -12,14 +12,14 @@ from harness.strategy import resolve
 
 def run_case(
     case: Case, group, capture: bool = True, repeats: int = 3
-) -> tuple[forward.Output, forward.Timings]:
+) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
-    for `group` (None: unsharded reference), run and time it."""
+    for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
     model, _ = build_model(case)
     if group is not None:
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
     mx.reset_peak_memory()
     output = forward.run(model, case.prompts, case.decode_steps, capture=capture)
-    timings = forward.measure(model, case.prompts, repeats=repeats)
+    timings = forward.measure(model, case.prompts, repeats=repeats) if repeats else None
     return output, timings

@@ -129,3 +129,42 @@ def run_header(run: dict) -> str:
         f"  harness {run['harness_sha']}  mlx {run['mlx_version']}  mlx-lm {run['mlx_lm_version']}  "
         f"python {run['python']}  {run['platform']}"
     )
+
+
+GOLDEN_STYLE = {"match": "green", "written": "green", "exists": "dim", "updated": "yellow",
+                "missing": "yellow", "mismatch": "red", "corrupt": "red"}
+
+
+def golden_table(actions) -> Table:
+    table = Table(title="goldens")
+    for name in ("key", "status", "max|Δ|", "recorded with", "detail"):
+        table.add_column(name, overflow="fold")
+    for a in actions:
+        check = a.check
+        m = check.comparison.metrics if check and check.comparison else None
+        recorded = check.recorded if check else {}
+        colour = GOLDEN_STYLE.get(a.status, "white")
+        versions = f"mlx-lm {recorded['mlx_lm_version']}" if recorded.get("mlx_lm_version") else ""
+        detail = (check.detail or "") if check else ""
+        if check and check.comparison and check.comparison.diagnoses and a.status != "match":
+            detail = "; ".join(check.comparison.diagnoses)
+        table.add_row(a.key, f"[{colour}]{a.status}[/{colour}]", _num(m.max_abs) if m else "-", versions, detail)
+    return table
+
+
+def golden_diff(d) -> str:
+    c = d.check.comparison
+    m = c.metrics
+    lines = [
+        f"golden {d.key} vs {d.against}: {d.check.status}",
+        f"  recorded: mlx {d.recorded.get('mlx_version')} mlx-lm {d.recorded.get('mlx_lm_version')} "
+        f"{d.recorded.get('platform')} at {d.recorded.get('created')}",
+        f"  {d.against}: mlx {d.obtained.get('mlx_version')} mlx-lm {d.obtained.get('mlx_lm_version')} "
+        f"{d.obtained.get('platform')}",
+        f"  max|Δ| {_num(m.max_abs)}  rel {_num(m.rel)}  cosine {_num(m.cosine, '.6f')}  "
+        f"KL {_num(m.kl_max)}  top1 {_num(m.top1, '.2f')}  decode max|Δ| {_num(m.decode_max_abs)}",
+        f"  greedy tokens {'match' if m.tokens_match else f'differ from step {m.first_token_divergence}'}",
+    ]
+    if c.diagnoses:
+        lines.append("  diagnosis: " + "; ".join(c.diagnoses))
+    return "\n".join(lines)

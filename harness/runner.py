@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from harness import launch
+from harness import goldens, launch
 from harness.case import Case
 from harness.compare import Comparison, compare, tolerance_for
 from harness.errors import HarnessError
@@ -33,6 +33,8 @@ class RunOptions:
     timeout: float = 60.0
     repeats: int = 3
     capture: bool = True
+    goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
+    record_missing: bool = False
 
 
 @dataclass
@@ -48,6 +50,7 @@ class CaseResult:
     reference_timings: Timings | None = None
     rank_timings: dict[int, dict] = field(default_factory=dict)
     duration: float = 0.0
+    golden: goldens.GoldenCheck | None = None
 
     @property
     def worst(self) -> Comparison | None:
@@ -134,7 +137,7 @@ def _run_in_process(runnable: list[tuple[int, Case]], options: RunOptions) -> It
             continue
         result = _judge(index, case, 1, reference, {0: output}, {0: timings.to_dict()})
         result.duration = time.perf_counter() - started + ref_seconds
-        yield result
+        yield _against_golden(result, reference[0], options)
 
 
 def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iterator[CaseResult]:
@@ -158,7 +161,7 @@ def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iter
             result = _from_outcome(outcome, case, options, reference)
             now = time.perf_counter()
             result.duration, last = now - last, now
-            yield result
+            yield _against_golden(result, reference[0], options)
 
 
 def _reference_error(index: int, case: Case, options: RunOptions, exc: Exception) -> CaseResult:
@@ -222,4 +225,21 @@ def _judge(
                 f"rank {', '.join(map(str, passing))} pass"
             )
         result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
+    return result
+
+
+def _against_golden(result: CaseResult, reference: Output, options: RunOptions) -> CaseResult:
+    """Hold the single-rank reference against the stored golden of the case's key."""
+    if options.goldens is None or result.status in ("skip", "error"):
+        return result
+    tol = tolerance_for(result.case.precision, result.case.tolerance)
+    check = goldens.check(result.case, reference, tol, options.goldens, options.record_missing)
+    result.golden = check
+    if check.status in ("missing", "written"):
+        result.warnings.append(check.detail)
+    elif check.status in ("mismatch", "corrupt"):
+        result.diagnoses.append(f"golden {check.status}")
+        result.reason = "; ".join(filter(None, [result.reason, check.detail]))
+        if result.status == "pass":
+            result.status = "fail"
     return result

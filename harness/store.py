@@ -52,8 +52,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["cases"].create_index(["case_key"])
 
 
+def _v2_goldens(db: sqlite_utils.Database) -> None:
+    db["cases"].add_column("golden", str)
+    db["cases"].add_column("golden_max_abs", float)
+
+
 # Schema migrations in order; PRAGMA user_version counts how many have run.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_goldens]
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -134,6 +139,10 @@ def record_case(db, run_id: int, result: CaseResult) -> None:
         row["tokens_match"] = int(m.tokens_match)
         row["first_divergent_layer"] = worst.first_divergent_layer
         row["first_divergent_part"] = worst.first_divergent_part
+    if result.golden is not None:
+        row["golden"] = result.golden.status
+        if result.golden.comparison is not None:
+            row["golden_max_abs"] = result.golden.comparison.metrics.max_abs
     if sharded:
         row.update(prefill_tok_s=sharded["prefill_tok_s"], decode_tok_s=sharded["decode_tok_s"],
                    peak_memory=sharded["peak_memory"])

@@ -1,0 +1,85 @@
+"""`harness golden record | verify | update | diff`: the golden lifecycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness import goldens, render
+from harness.case import Case
+from harness.commands.select import select_cases
+from harness.errors import HarnessError
+
+app = typer.Typer(help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True)
+
+Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
+Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
+Precision = Annotated[list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")]
+Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
+
+
+def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
+    return select_cases(suite, arch, "none", precision)
+
+
+@app.command()
+def record(suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR) -> None:
+    """Write the goldens a suite is missing; existing goldens are never touched.
+
+    Example: harness golden record --suite moe
+    """
+    actions = goldens.record(_cases(suite, arch, precision), directory)
+    _print(actions)
+
+
+@app.command()
+def verify(suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR) -> None:
+    """Recompute references and hold them against the goldens (all stored ones by default).
+
+    Exit 1 when a golden is missing, corrupt or differs; a mismatch writes an `obtained`
+    file beside the golden.
+
+    Example: harness golden verify
+    """
+    cases = _cases(suite, arch, precision) if (suite or arch) else None
+    actions = goldens.verify(cases, directory)
+    if not actions:
+        raise HarnessError(f"no goldens in {directory}; record some with 'harness golden record --suite moe'")
+    _print(actions)
+    changed = sorted({a.case.arch for a in actions if a.case and a.status == "mismatch"})
+    if changed:
+        render.console().print(f"changed numerically: {', '.join(changed)}", markup=False)
+    raise typer.Exit(0 if all(a.status == "match" for a in actions) else 1)
+
+
+@app.command()
+def update(
+    reason: Annotated[str, typer.Option("--reason", help="Why the goldens change (kept in each sidecar).")],
+    suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR,
+) -> None:
+    """Rewrite goldens on purpose, keeping the reason and the replaced hash in the sidecar.
+
+    Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
+    """
+    _print(goldens.update(_cases(suite, arch, precision), reason, directory))
+
+
+@app.command()
+def diff(
+    key: Annotated[str, typer.Argument(help="A golden's case key (see 'harness golden verify').")],
+    directory: Dir = goldens.GOLDENS_DIR,
+) -> None:
+    """Compare a golden with its `obtained` file (or with a fresh reference if none).
+
+    Example: harness golden diff qwen3_moe-fp32-0123456789ab
+    """
+    summary = goldens.diff(key, directory)
+    render.console().print(render.golden_diff(summary), markup=False)
+    raise typer.Exit(0 if summary.check.status == "match" else 1)
+
+
+def _print(actions: list[goldens.GoldenAction]) -> None:
+    out = render.console()
+    out.print(render.golden_table(actions))

@@ -1,0 +1,300 @@
+"""Goldens: stored single-rank reference outputs, content-hashed, with provenance.
+
+One function owns the lifecycle (`check`): a missing golden is reported (and written only
+when asked), a mismatch writes an `obtained` file beside the golden, a golden whose bytes
+do not match the hash in its sidecar is reported as corrupt, and nothing is overwritten
+unless `save(..., reason=...)` is called explicitly (`harness golden update`).
+
+Layout: `goldens/<arch>/<case key>.npz` (prefill and decode logits, greedy tokens, per-layer
+hidden-state norms) beside `<case key>.json` (hash, case, versions, platform, reason,
+history). The key is the case's, never the parallel layout's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from harness.case import Case
+from harness.compare import Comparison, Tolerance, compare, first_divergent_layer
+from harness.errors import HarnessError
+from harness.forward import Output
+
+GOLDENS_DIR = Path(__file__).resolve().parent.parent / "goldens"
+SUMMARY_PREFIX = "norms:"
+
+
+@dataclass
+class GoldenCheck:
+    key: str
+    status: str  # "match" | "mismatch" | "missing" | "corrupt" | "written"
+    detail: str | None = None
+    comparison: Comparison | None = None
+    recorded: dict = field(default_factory=dict)  # the sidecar's provenance
+
+
+def paths(key: str, directory: Path = GOLDENS_DIR) -> tuple[Path, Path]:
+    folder = directory / key.split("-", 1)[0]  # keys are "<arch>-<precision>-<digest>"
+    return folder / f"{key}.npz", folder / f"{key}.json"
+
+
+def obtained_paths(key: str, directory: Path = GOLDENS_DIR) -> tuple[Path, Path]:
+    npz, meta = paths(key, directory)
+    return npz.with_name(f"{key}.obtained.npz"), meta.with_name(f"{key}.obtained.json")
+
+
+def layer_norms(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-token L2 norms of each captured hidden state: small, and enough to name the
+    first layer that moved."""
+    return {k: np.linalg.norm(v.astype(np.float64), axis=-1).astype(np.float32) for k, v in layers.items()}
+
+
+def _npz_bytes(output: Output) -> bytes:
+    arrays = {"prefill": output.prefill, "decode": output.decode, "tokens": output.tokens}
+    arrays.update({SUMMARY_PREFIX + k: v for k, v in layer_norms(output.layers).items()})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _environment() -> dict:
+    from harness.store import environment
+
+    return environment()
+
+
+def _write(npz_path: Path, meta_path: Path, payload: bytes, meta: dict) -> None:
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+    for path, data in ((npz_path, payload), (meta_path, json.dumps(meta, indent=1).encode())):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+def _meta(case: Case, payload: bytes, output: Output) -> dict:
+    return {
+        "key": case.key(),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "case": {k: v for k, v in case.to_dict().items() if k not in ("strategy", "tolerance")},
+        "dtype": case.dtype,
+        "precision": case.precision,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_environment(),
+        "greedy_tokens": output.tokens.tolist(),
+        "shapes": {"prefill": list(output.prefill.shape), "decode": list(output.decode.shape)},
+    }
+
+
+def save(case: Case, output: Output, directory: Path = GOLDENS_DIR, reason: str | None = None) -> Path:
+    """Write the golden of `case`. Overwriting an existing one needs a reason, which is
+    kept in the sidecar's history."""
+    npz_path, meta_path = paths(case.key(), directory)
+    payload = _npz_bytes(output)
+    meta = _meta(case, payload, output)
+    history = []
+    if meta_path.exists():
+        if not reason:
+            raise HarnessError(f"golden {case.key()} exists; updating it needs --reason")
+        previous = json.loads(meta_path.read_text())
+        history = previous.get("history", []) + [{
+            "replaced_sha256": previous.get("sha256"), "replaced_created": previous.get("created"),
+            "updated": meta["created"], "reason": reason,
+            "mlx_lm_version": meta["mlx_lm_version"],
+        }]
+    meta["history"] = history
+    _write(npz_path, meta_path, payload, meta)
+    for stale in obtained_paths(case.key(), directory):
+        stale.unlink(missing_ok=True)
+    return npz_path
+
+
+def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Output, dict] | None:
+    """The golden's output (layer entries hold per-token norms) and sidecar, None if
+    absent; HarnessError if corrupt."""
+    npz_path, meta_path = paths(key, directory)
+    if not npz_path.exists() and not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        payload = npz_path.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise CorruptGolden(f"golden {key} is corrupt: {exc}") from None
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        raise CorruptGolden(f"golden {key} is corrupt: {npz_path.name} does not match the sha256 in its sidecar")
+    with np.load(io.BytesIO(payload)) as data:
+        arrays = dict(data)
+    layers = {k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)}
+    return Output(arrays["prefill"], arrays["decode"], arrays["tokens"], layers), meta
+
+
+class CorruptGolden(HarnessError):
+    """A golden whose bytes do not match its recorded hash (or cannot be read)."""
+
+
+def check(case: Case, output: Output, tol: Tolerance, directory: Path = GOLDENS_DIR,
+          record_missing: bool = False) -> GoldenCheck:
+    """Compare a single-rank reference with the case's golden; see the module docstring."""
+    key = case.key()
+    try:
+        stored = load(key, directory)
+    except CorruptGolden as exc:
+        return GoldenCheck(key, "corrupt", str(exc))
+    if stored is None:
+        if record_missing:
+            save(case, output, directory)
+            return GoldenCheck(key, "written", f"recorded missing golden {key}")
+        return GoldenCheck(key, "missing", f"no golden for {key}")
+    golden, meta = stored
+    provenance = {k: meta.get(k) for k in ("mlx_version", "mlx_lm_version", "platform", "created", "harness_sha")}
+    current = Output(output.prefill, output.decode, output.tokens, {})
+    reference = Output(golden.prefill, golden.decode, golden.tokens, {})
+    comparison = compare(reference, current, tol, world=1)
+    if comparison.passed:
+        return GoldenCheck(key, "match", None, comparison, provenance)
+    _write_obtained(case, output, directory)
+    moved = first_divergent_layer(golden.layers, layer_norms(output.layers), tol)
+    if moved is not None:
+        comparison.first_divergent_layer = moved[0]
+        comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+    detail = (
+        f"reference differs from golden {key} (recorded with mlx-lm {meta.get('mlx_lm_version')}, "
+        f"mlx {meta.get('mlx_version')}): max|Δ| {comparison.metrics.max_abs:.2e}"
+    )
+    return GoldenCheck(key, "mismatch", detail, comparison, provenance)
+
+
+def _write_obtained(case: Case, output: Output, directory: Path) -> None:
+    payload = _npz_bytes(output)
+    npz_path, meta_path = obtained_paths(case.key(), directory)
+    _write(npz_path, meta_path, payload, _meta(case, payload, output))
+
+
+def stored_keys(directory: Path = GOLDENS_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*/*.json") if not p.stem.endswith(".obtained"))
+
+
+def stored_case(key: str, directory: Path = GOLDENS_DIR) -> Case:
+    """The case a golden was recorded for, rebuilt from its sidecar."""
+    _, meta_path = paths(key, directory)
+    try:
+        meta = json.loads(meta_path.read_text())
+        return Case.from_dict({**meta["case"], "strategy": "none"})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptGolden(f"golden {key} is corrupt: unreadable sidecar ({exc})") from None
+
+
+@dataclass
+class GoldenAction:
+    """What `record` / `update` / `verify` did with one golden."""
+
+    key: str
+    case: Case | None  # None when the sidecar is too damaged to rebuild the case
+    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's
+    check: GoldenCheck | None = None
+
+
+def reference_output(case: Case) -> Output:
+    from harness.execute import run_case
+
+    output, _ = run_case(Case.from_dict({**case.to_dict(), "strategy": "none"}), None, repeats=0)
+    return output
+
+
+def unique_cases(cases: list[Case]) -> list[Case]:
+    """One case per key: goldens do not depend on the strategy."""
+    seen: dict[str, Case] = {}
+    for case in cases:
+        seen.setdefault(case.key(), case)
+    return list(seen.values())
+
+
+def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+    """Write the goldens that are missing; existing ones are kept untouched."""
+    actions = []
+    for case in unique_cases(cases):
+        if paths(case.key(), directory)[1].exists():
+            actions.append(GoldenAction(case.key(), case, "exists"))
+            continue
+        save(case, reference_output(case), directory)
+        actions.append(GoldenAction(case.key(), case, "written"))
+    return actions
+
+
+def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+    """Rewrite goldens on purpose; the reason goes into each sidecar's history."""
+    if not reason or not reason.strip():
+        raise HarnessError("updating goldens needs a non-empty --reason")
+    actions = []
+    for case in unique_cases(cases):
+        existed = paths(case.key(), directory)[1].exists()
+        save(case, reference_output(case), directory, reason=reason if existed else None)
+        actions.append(GoldenAction(case.key(), case, "updated" if existed else "written"))
+    return actions
+
+
+def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+    """Recompute each case's reference and hold it against its golden. Without cases,
+    every stored golden is verified from the case recorded in its sidecar."""
+    from harness.compare import tolerance_for
+
+    actions = []
+    if cases is None:
+        cases = []
+        for key in stored_keys(directory):
+            try:
+                cases.append(stored_case(key, directory))
+            except CorruptGolden as exc:
+                actions.append(GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc))))
+    for case in unique_cases(cases):
+        tol = tolerance_for(case.precision, case.tolerance)
+        result = check(case, reference_output(case), tol, directory)
+        actions.append(GoldenAction(case.key(), case, result.status, result))
+    return sorted(actions, key=lambda a: a.key)
+
+
+@dataclass
+class GoldenDiff:
+    key: str
+    against: str  # "obtained" (the file a failed check wrote) or "fresh" (recomputed now)
+    check: GoldenCheck
+    recorded: dict
+    obtained: dict
+
+
+def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
+    """The golden against its `obtained` file, or against a fresh reference if none."""
+    from harness.compare import tolerance_for
+
+    stored = load(key, directory)
+    if stored is None:
+        raise HarnessError(f"no golden with key '{key}' in {directory}")
+    golden, meta = stored
+    case = stored_case(key, directory)
+    tol = tolerance_for(case.precision, case.tolerance)
+    npz_path, meta_path = obtained_paths(key, directory)
+    if npz_path.exists():
+        with np.load(npz_path) as data:
+            arrays = dict(data)
+        norms = {k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)}
+        current, against, obtained_meta = (
+            Output(arrays["prefill"], arrays["decode"], arrays["tokens"], {}), "obtained",
+            json.loads(meta_path.read_text()),
+        )
+    else:
+        fresh = reference_output(case)
+        norms = layer_norms(fresh.layers)
+        current, against, obtained_meta = Output(fresh.prefill, fresh.decode, fresh.tokens, {}), "fresh", _environment()
+    comparison = compare(Output(golden.prefill, golden.decode, golden.tokens, {}), current, tol, world=1)
+    moved = None if comparison.passed else first_divergent_layer(golden.layers, norms, tol)
+    if moved is not None:
+        comparison.first_divergent_layer = moved[0]
+        comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+    status = "match" if comparison.passed else "mismatch"
+    return GoldenDiff(key, against, GoldenCheck(key, status, None, comparison), meta, obtained_meta)
