@@ -127,7 +127,7 @@ def metrics(ref: Output, test: Output) -> Metrics:
         contained = _topk_contained(source_ref, source_test)
     return Metrics(
         max_abs=float(np.max(np.abs(diff))),
-        rel=float(np.linalg.norm(np.nan_to_num(diff, posinf=1e30)) / (np.linalg.norm(r) + 1e-30)),
+        rel=float(np.linalg.norm(diff.astype(np.float64)) / (np.linalg.norm(r) + 1e-30)) if finite else float("inf"),
         cosine=float(np.mean(cos)),
         kl_max=float(np.max(_kl(r, t))) if finite else float("inf"),
         top1=float(np.mean(np.argmax(r, -1) == np.argmax(t, -1))),
@@ -226,18 +226,28 @@ def _diagnose(cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world:
         where = _first_nonfinite_layer(test.layers)
         cmp.diagnoses.append("non-finite" + (f" from {where}" if where else ""))
     if prefill_ok:
+        # Hidden states are captured in prefill, which matched: nothing to localize.
         cmp.diagnoses.append("decode-only")
-    found = first_divergent_layer(ref.layers, test.layers, tol)
-    if found is not None:
-        layer, part, a, b = found
-        cmp.first_divergent_layer, cmp.first_divergent_part = layer, PART_NAMES[part]
-        if a.shape == b.shape and np.all(np.isfinite(b)) and world > 1:
-            s = _scale_factor(a, b)
-            residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
-            if abs(s - world) < 0.1 * world and residual < 0.1:
-                cmp.diagnoses.append(f"scaled x{world}")
-        cmp.diagnoses.append(f"first divergent layer {layer} ({PART_NAMES[part]})")
+    else:
+        _localize(cmp, ref, test, tol, world)
     if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
         cmp.diagnoses.append("saturated")
     if not cmp.diagnoses:
         cmp.diagnoses.append("logits differ beyond tolerance")
+
+
+def _localize(cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world: int) -> None:
+    """Name the first divergent layer and sub-block, and whether it is scaled by N."""
+    found = first_divergent_layer(ref.layers, test.layers, tol)
+    if found is None:
+        if ref.layers and test.layers and not cmp.metrics.nonfinite:
+            cmp.diagnoses.append("layers match: divergence after the last decoder layer (final norm / lm_head)")
+        return
+    layer, part, a, b = found
+    cmp.first_divergent_layer, cmp.first_divergent_part = layer, PART_NAMES[part]
+    if a.shape == b.shape and np.all(np.isfinite(b)) and world > 1:
+        s = _scale_factor(a, b)
+        residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
+        if abs(s - world) < 0.1 * world and residual < 0.1:
+            cmp.diagnoses.append(f"scaled x{world}")
+    cmp.diagnoses.append(f"first divergent layer {layer} ({PART_NAMES[part]})")

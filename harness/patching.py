@@ -1,4 +1,4 @@
-"""Changing what one module instance returns, without touching its class, its attributes
+"""Changing what one module instance computes, without touching its class, its attributes
 or its weights: used to tap layer outputs and to inject faults."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Callable
 import mlx.nn as nn
 
 
-def wrap_output(module: nn.Module, post: Callable) -> None:
-    """Make `module(...)` return `post(original output)` for this instance only.
+def wrap_call(module: nn.Module, around: Callable) -> None:
+    """Make `module(*args)` return `around(original_call, *args)` for this instance only.
 
     The instance gets a subclass of its own class, so `isinstance` checks, attributes and
     parameters stay exactly as they were.
@@ -17,7 +17,11 @@ def wrap_output(module: nn.Module, post: Callable) -> None:
     base = type(module)
 
     def __call__(self, *args, **kwargs):
-        return post(base.__call__(self, *args, **kwargs))
+        return around(lambda *a, **k: base.__call__(self, *a, **k), *args, **kwargs)
 
     module.__class__ = type(f"Wrapped{base.__name__}", (base,), {"__call__": __call__})
 
+
+def wrap_output(module: nn.Module, post: Callable) -> None:
+    """Make `module(...)` return `post(original output)` for this instance only."""
+    wrap_call(module, lambda call, *args, **kwargs: post(call(*args, **kwargs)))
