@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-from harness.patching import wrap_output
+from harness.patching import wrap_call, wrap_output
 
 ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
@@ -69,11 +69,56 @@ class _Recorder:
     def tap(self, module: nn.Module, key: str) -> None:
         wrap_output(module, lambda out: self._record(key, out))
 
+    def tap_router(self, gate: nn.Module, key: str) -> None:
+        """Record a router's scores over all experts (not only the chosen top-k), so a
+        mismatch can be checked against near-ties."""
+
+        def around(call, x, *args, **kwargs):
+            out = call(x, *args, **kwargs)
+            if self.active:
+                scores = _router_scores(gate, x, out)
+                if scores is not None:
+                    self._record(key, scores)
+            return out
+
+        wrap_call(gate, around)
+
     def _record(self, key: str, out):
         value = out[0] if isinstance(out, (tuple, list)) else out
         if self.active and isinstance(value, mx.array) and value.ndim == 3:
             self.states[key] = np.array(value.astype(mx.float32))
         return out
+
+
+ROUTER_NAMES = ("gate", "router")
+TOP_K_NAMES = ("top_k", "num_experts_per_tok")
+
+
+def _router_scores(gate: nn.Module, x: mx.array, out) -> mx.array | None:
+    """Linear routers return their logits; gate modules that return (indices, scores)
+    get their logits recomputed from the input (plus DeepSeek-style score correction)."""
+    if isinstance(out, mx.array) and out.ndim == 3:
+        return out
+    weight = getattr(gate, "weight", None)
+    if not isinstance(weight, mx.array) or weight.ndim != 2 or not mx.issubdtype(weight.dtype, mx.floating):
+        return None
+    logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
+    correction = getattr(gate, "e_score_correction_bias", None)
+    if isinstance(correction, mx.array):
+        return mx.sigmoid(logits) + correction.astype(mx.float32)
+    return logits
+
+
+def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
+    """The router of an MoE block and its top-k, if the block has one."""
+    for name in ROUTER_NAMES:
+        gate = block.get(name) if isinstance(block, dict) else None
+        if isinstance(gate, nn.Module):
+            for holder in (block, gate):
+                k = next((getattr(holder, a) for a in TOP_K_NAMES if isinstance(getattr(holder, a, None), int)), None)
+                if k:
+                    return gate, k
+    return None
 
 
 def decoder_layers(model: nn.Module) -> list:
@@ -97,6 +142,9 @@ def install_capture(model: nn.Module) -> _Recorder:
                 recorder.tap(child, f"layer.{index}.attn")
             elif FEEDFORWARD.search(name):
                 recorder.tap(child, f"layer.{index}.mlp")
+                router = _router(child)
+                if router is not None:
+                    recorder.tap_router(router[0], f"layer.{index}.router.k{router[1]}")
         recorder.tap(layer, f"layer.{index}.out")
     return recorder
 
