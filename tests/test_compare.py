@@ -100,9 +100,10 @@ def test_decode_after_greedy_divergence_is_not_compared():
     # Step 1 picks another token on both rows as a near-tie: the logits stay within
     # tolerance but the argmax flips.
     for row in range(2):
-        logits = test.decode[0, row]
-        top2 = np.argsort(-logits)[:2]
-        logits[top2[1]] = logits[top2[0]] + 1e-7
+        top2 = np.argsort(-ref.decode[0, row])[:2]
+        ref.decode[0, row, top2[1]] = ref.decode[0, row, top2[0]] - 1e-7
+        test.decode[0, row] = ref.decode[0, row]
+        test.decode[0, row, top2[1]] = ref.decode[0, row, top2[0]] + 1e-7
     test.tokens[:, 1] = test.decode[0].argmax(-1)
     test.decode[1:] += 5.0  # the continuation after divergence is different, by design
     cmp = compare(ref, test, tolerance_for("fp32", {"atol": 1e-3}), world=2)
