@@ -57,6 +57,12 @@ def run(
     Example: harness run --suite moe --ranks 2
     """
     cases = select_cases(suite, arch, strategy, precision)
+    if arch:
+        # Asked for by name: a rule the ranks break is the user's mistake, not a skip.
+        for case in cases:
+            violation = runner.preflight_violation(case, ranks) if ranks >= 1 else None
+            if violation:
+                raise HarnessError(violation)
     options = runner.RunOptions(
         ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats,
         goldens=None if no_goldens else goldens_dir, record_missing=record_missing,
@@ -94,6 +100,35 @@ def archs() -> None:
 
     table = render.archs_table(ARCHS, support)
     render.console().print(table)
+
+
+@app.command(name="preflight")
+def preflight_command(
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Architecture of the zoo.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A checkpoint's config.json instead of --arch.")] = None,
+    ranks: Ranks = 2,
+    strategy: Annotated[str, typer.Option(help="tp or pp.")] = "tp",
+    quant: Annotated[int | None, typer.Option(help="Quantization bits (4 or 8).")] = None,
+    group_size: Annotated[int, typer.Option(help="Quantization group size.")] = 32,
+) -> None:
+    """Check the divisibility and shape rules of a model at a rank count before launching.
+
+    Example: harness preflight --arch qwen3_moe --ranks 4 --strategy tp --quant 4
+    """
+    from harness import preflight
+    from harness.build import tiny_config
+    from harness.case import Case
+
+    if (arch is None) == (config is None):
+        raise HarnessError("give either --arch NAME or --config path/to/config.json")
+    if arch is not None:
+        model_config = tiny_config(Case(arch))
+        what = arch
+    else:
+        model_config = preflight.read_config(config)
+        what = str(config)
+    preflight.require(model_config, strategy, ranks, quant, group_size)
+    render.console().print(f"ok: {what} fits {ranks} rank(s) under {strategy}", markup=False)
 
 
 @app.command()

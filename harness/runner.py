@@ -13,7 +13,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from harness import goldens, launch
+from harness import goldens, launch, preflight
+from harness.build import tiny_config
 from harness.case import Case
 from harness.compare import Comparison, compare, tolerance_for
 from harness.errors import HarnessError
@@ -73,7 +74,13 @@ def skip_reason(case: Case, ranks: int) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return None
+    return preflight_violation(case, ranks)
+
+
+def preflight_violation(case: Case, ranks: int) -> str | None:
+    """The first divisibility or shape rule the case breaks at `ranks`, as one sentence."""
+    violations = preflight.check(tiny_config(case), case.strategy, ranks, case.quant, case.group_size)
+    return violations[0].message if violations else None
 
 
 def validate(cases: list[Case], options: RunOptions) -> list[Case]:

@@ -111,3 +111,45 @@ def test_report_unknown_run(run_cli, db_path):
 
 def test_launcher_found_beside_python():
     assert launch.find_launcher().endswith("mlx.launch")
+
+
+def test_run_arch_at_ranks_that_break_a_rule(run_cli, db_path):
+    result = run_cli("run", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "3", "--db", db_path)
+    assert_one_line_error(result, "num_attention_heads (8)", "3 ranks", "largest rank count")
+
+
+def test_preflight_command_violation_and_ok(run_cli):
+    result = run_cli("preflight", "--arch", "deepseek_v3", "--ranks", "8", "--strategy", "pp")
+    assert_one_line_error(result, "num_hidden_layers (4)", "8 ranks", "largest rank count that works for it is 4")
+    ok = run_cli("preflight", "--arch", "deepseek_v3", "--ranks", "4", "--strategy", "pp")
+    assert ok.code == 0 and "ok:" in ok.out
+
+
+def test_preflight_missing_config(run_cli, tmp_path):
+    result = run_cli("preflight", "--config", str(tmp_path / "nope"), "--ranks", "2")
+    assert_one_line_error(result, "does not exist")
+
+
+def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):
+    import json
+
+    from harness.build import tiny_config
+    from harness.case import Case
+
+    config = tiny_config(Case("qwen3_moe"))
+    config["moe_intermediate_size"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = run_cli("preflight", "--config", str(tmp_path), "--ranks", "4", "--strategy", "tp")
+    assert_one_line_error(result, "moe_intermediate_size (96)", "4 ranks")
+
+
+def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp_path):
+    from harness import store
+
+    suite = tmp_path / "three.toml"
+    suite.write_text('[[case]]\narch = "qwen3_moe"\nstrategy = "tp"\n')
+    # --ranks 3 would launch; the only case is skipped before anything starts.
+    result = run_cli("run", "--suite", str(suite), "--ranks", "3", "--db", db_path)
+    assert result.code == 0, result.err
+    _, cases = store.get_run(store.open_db(db_path), None)
+    assert cases[0]["status"] == "skip" and "num_attention_heads (8)" in cases[0]["reason"]
