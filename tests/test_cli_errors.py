@@ -137,10 +137,10 @@ def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):
     from harness.case import Case
 
     config = tiny_config(Case("qwen3_moe"))
-    config["moe_intermediate_size"] = 96
+    config["moe_intermediate_size"] = 90
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = run_cli("preflight", "--config", str(tmp_path), "--ranks", "4", "--strategy", "tp")
-    assert_one_line_error(result, "moe_intermediate_size (96)", "4 ranks")
+    assert_one_line_error(result, "moe_intermediate_size (90)", "4 ranks")
 
 
 def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp_path):
