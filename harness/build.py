@@ -1,0 +1,95 @@
+"""Build the tiny model of a case: config, deterministic weights, dtype, quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map_with_path
+
+from harness.case import DTYPES, QUANT_BITS, Case
+from harness.errors import HarnessError
+from harness.weights import init_weights
+from harness.zoo import config_copy, get_arch, model_classes, support
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    # Recursive, so {"text_config": {"num_hidden_layers": 2}} changes one nested field.
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def tiny_config(case: Case) -> dict[str, Any]:
+    """A deep copy of the architecture's config with the case's overrides merged in."""
+    return _merge(config_copy(get_arch(case.arch)), case.overrides)
+
+
+def build_model(case: Case) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model for the case, and its config (with quantization when quantized).
+
+    Never cached: a strategy may patch model classes or modules, so every case gets
+    its own instance.
+    """
+    _check_precision(case)
+    status = support(case.arch)
+    if not status.available:
+        raise HarnessError(f"architecture '{case.arch}' is unavailable: {status.reason}")
+    config = tiny_config(case)
+    model = _construct(case, config)
+    init_weights(model, case.seed)
+    if case.dtype != "float32":
+        _cast(model, getattr(mx, case.dtype))
+    if case.quant:
+        config = _quantize(model, config, case.group_size, case.quant)
+    mx.eval(model.parameters())
+    return model, config
+
+
+def _check_precision(case: Case) -> None:
+    if case.dtype not in DTYPES:
+        raise HarnessError(f"dtype '{case.dtype}' is not one of {', '.join(DTYPES)}")
+    if case.quant is not None and case.quant not in QUANT_BITS:
+        raise HarnessError(f"quant {case.quant} is not one of {QUANT_BITS} bits")
+
+
+def _construct(case: Case, config: dict[str, Any]) -> nn.Module:
+    model_cls, args_cls = model_classes(config)
+    try:
+        # from_dict may mutate nested dicts (rope_parameters), so it gets its own copy.
+        return model_cls(args_cls.from_dict(copy.deepcopy(config)))
+    except (TypeError, ValueError, KeyError, AssertionError) as error:
+        # The registry's own configs build (tests/test_zoo.py), so the overrides broke it.
+        raise HarnessError(
+            f"mlx-lm cannot build '{case.arch}' with overrides {case.overrides}: {error}"
+        ) from error
+
+
+def _cast(model: nn.Module, dtype: mx.Dtype) -> None:
+    # As mlx_lm.convert casts: the model's cast_predicate keeps some parameters
+    # (router biases, A_log, hyper-connections) in float32.
+    cast_predicate = getattr(model, "cast_predicate", lambda _: True)
+
+    def cast(path: str, value: mx.array) -> mx.array:
+        if cast_predicate(path) and mx.issubdtype(value.dtype, mx.floating):
+            return value.astype(dtype)
+        return value
+
+    model.update(tree_map_with_path(cast, model.parameters()))
+
+
+def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: int) -> dict:
+    # mlx-lm's own path: it honours each model's quant_predicate and handles MLA's
+    # MultiLinear, which bare nn.quantize does not. It prints an [INFO] line.
+    from mlx_lm.utils import quantize_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, quantized = quantize_model(model, config, group_size, bits)
+    return quantized

@@ -1,0 +1,123 @@
+"""Deterministic tiny weights from (seed, parameter name), drawn with numpy.
+
+Never from mx.random: numpy's PCG64 stream seeded from a SHA-256 of the name is the same
+on every rank, process, machine and mlx version, so a golden recorded anywhere holds
+everywhere. Values are scaled by the role of each parameter so that logits are not
+saturated and router top-k margins are comfortable.
+
+Call on the freshly built full model: before casting, quantizing or sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+# Router logits of std ~2 over normalized inputs: top-2 of 8 is rarely a near-tie.
+ROUTER_GAIN = 2.0
+# Output logits of std ~2: a clear top-1 without saturating the softmax.
+LM_HEAD_GAIN = 2.0
+EMBEDDING_STD = 1.0
+NORM_NOISE = 0.1
+BIAS_STD = 0.1
+ROUTING_BIAS_STD = 0.02
+
+_ROUTING_BIASES = ("e_score_correction_bias", "expert_bias", "router_bias")
+_ROUTER_MODULES = ("gate", "router", "classifier")
+
+Sampler = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+
+
+def param_rng(seed: int, name: str) -> np.random.Generator:
+    """The generator for one parameter: a pure function of (seed, name)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _normal(std: float) -> Sampler:
+    return lambda rng, default: rng.standard_normal(default.shape) * std
+
+
+def _around_default(noise: float) -> Sampler:
+    # Norm gains: ones for RMSNorm, zeros for (1 + w) norms; keep whichever the model uses.
+    return lambda rng, default: default + rng.standard_normal(default.shape) * noise
+
+
+def _a_log(rng: np.random.Generator, default: np.ndarray) -> np.ndarray:
+    # Gated delta nets initialise A ~ U(1, 16); A_log holds its log.
+    return np.log(rng.uniform(1.0, 16.0, default.shape))
+
+
+def _dt_bias(rng: np.random.Generator, default: np.ndarray) -> np.ndarray:
+    # Mamba-style: dt ~ logU(1e-3, 1e-1), stored as softplus^-1(dt).
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), default.shape))
+    return np.log(np.expm1(dt))
+
+
+def _fan_in(module: nn.Module | None, shape: tuple[int, ...]) -> int:
+    # Conv1d weights are [out, kernel, in / groups]; every other matrix (Linear,
+    # stacked SwitchLinear [E, out, in], MultiLinear [H, out, in]) reads the last axis.
+    if isinstance(module, nn.Conv1d):
+        return shape[1] * shape[2]
+    return shape[-1]
+
+
+def _is_router(owner_path: str) -> bool:
+    return any(part in _ROUTER_MODULES for part in owner_path.split("."))
+
+
+# Parameters whose meaning fixes their distribution, by their own name.
+_SPECIAL: dict[str, Sampler] = {
+    "A_log": _a_log,
+    "dt_bias": _dt_bias,
+    # Attention sinks: per-head logits of the extra "sink" slot, O(1) like real ones.
+    "sinks": _normal(1.0),
+    # Small next to router scores: the bias nudges expert selection, never decides it.
+    **{name: _normal(ROUTING_BIAS_STD) for name in _ROUTING_BIASES},
+}
+
+
+def _is_gain(module: nn.Module | None, leaf: str) -> bool:
+    # Norm gains, hyper-connection scales, muse_spark's fixed residual-gate weights.
+    return "Norm" in type(module).__name__ or leaf == "scale" or leaf.endswith(("_alpha", "_beta"))
+
+
+def _sampler(name: str, module: nn.Module | None, shape: tuple[int, ...]) -> Sampler:
+    owner_path, _, leaf = name.rpartition(".")
+    if leaf in _SPECIAL:
+        return _SPECIAL[leaf]
+    # Biases include stacked per-expert ones ([E, out]), which are not matrices.
+    if leaf == "bias":
+        return _normal(BIAS_STD)
+    if _is_gain(module, leaf):
+        return _around_default(NORM_NOISE)
+    if len(shape) < 2:
+        return _normal(BIAS_STD)
+    if isinstance(module, nn.Embedding):
+        return _normal(EMBEDDING_STD)
+    gain = 1.0
+    if _is_router(owner_path):
+        gain = ROUTER_GAIN
+    elif owner_path.endswith("lm_head"):
+        gain = LM_HEAD_GAIN
+    return _normal(gain / np.sqrt(_fan_in(module, shape)))
+
+
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Overwrite every floating-point parameter of `model` in place, deterministically."""
+    modules = dict(model.named_modules())
+    updates = []
+    for name, value in tree_flatten(model.parameters()):
+        if not mx.issubdtype(value.dtype, mx.floating):
+            continue
+        default = np.array(value.astype(mx.float32))
+        module = modules.get(name.rpartition(".")[0])
+        values = _sampler(name, module, value.shape)(param_rng(seed, name), default)
+        updates.append((name, mx.array(values.astype(np.float32)).astype(value.dtype)))
+    model.update(tree_unflatten(updates))
+    mx.eval(model.parameters())

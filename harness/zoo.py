@@ -1,0 +1,633 @@
+"""The architecture zoo: a tiny, shard-friendly config for every mlx-lm model type.
+
+Every config follows one recipe so that 1, 2 and 4 ranks divide it: 4 layers, hidden
+size 64, vocabulary 256, 8 query heads and 4 KV heads of 16 dims (o_proj reads 128
+features), 8 routed experts with top-2, expert and shared-expert intermediate 128, dense
+intermediate 256; entries note where their architecture needs otherwise. Widths that a
+sharded-to-all layer reads stay multiples of 32 after dividing by 4, so 4-bit
+quantization with group size 32 still applies to every shard. Each config keeps the
+features that matter for sharding (dense-first layers, shared experts, MLA, linear
+attention, sinks, biases, sliding windows, ...).
+
+Model types of the installed mlx-lm with `shard` or `pipeline` that are left out:
+- prism_hadamard_qwen35: loads only pre-quantized 2-bit Hadamard packs (frozen uint32
+  weights, input widths divisible by 128), so there is nothing to initialise.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    model_type: str
+    moe: bool
+    features: tuple[str, ...]
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Support:
+    available: bool
+    tp: bool
+    pp: bool
+    reason: str | None = None
+
+
+# The feature of architectures whose mlx-lm code runs Metal-only kernels.
+METAL_ONLY = "metal_kernels"
+
+# Shared by every config; an entry overrides what its architecture names differently.
+_BASE: dict[str, Any] = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 16,
+    "intermediate_size": 256,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+_MOE: dict[str, Any] = {"num_experts_per_tok": 2, "moe_intermediate_size": 128}
+
+# Multi-head latent attention: nope 32 and kv_lora 32 keep the absorbed MultiLinear
+# weights quantizable at group size 32; v_head 16 gives o_proj 128 input features.
+_MLA: dict[str, Any] = {
+    "q_lora_rank": 32,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 16,
+}
+
+# Yarn with a tiny original context, so the llama-4 attention scaling of mistral
+# models changes within the 12 positions a case runs.
+_MISTRAL_ROPE: dict[str, Any] = {
+    "type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 2.0,
+    "original_max_position_embeddings": 8,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+    "llama_4_scaling_beta": 0.1,
+}
+
+_DEEPSEEK_V3: dict[str, Any] = {
+    **_BASE,
+    **_MOE,
+    **_MLA,
+    "model_type": "deepseek_v3",
+    "n_routed_experts": 8,
+    "n_shared_experts": 1,
+    "routed_scaling_factor": 2.5,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "norm_topk_prob": True,
+    "n_group": 2,
+    "topk_group": 1,
+    "moe_layer_freq": 1,
+    "first_k_dense_replace": 1,
+}
+
+_QWEN3_5: dict[str, Any] = {
+    **_BASE,
+    "model_type": "qwen3_5",
+    # Linear layers 0 and 2, full attention 1 and 3: both kinds on every 2-rank stage.
+    "full_attention_interval": 2,
+    "linear_num_value_heads": 8,
+    "linear_num_key_heads": 4,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_conv_kernel_dim": 4,
+    "rope_parameters": {"type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+}
+
+_LONGCAT: dict[str, Any] = {
+    **_BASE,
+    **_MLA,
+    "model_type": "longcat_flash",
+    "attention_method": "MLA",
+    # Each layer holds two attention blocks, two dense MLPs and one MoE.
+    "num_layers": 2,
+    "ffn_hidden_size": 256,
+    "expert_ffn_hidden_size": 128,
+    "n_routed_experts": 8,
+    "moe_topk": 2,
+    # Two identity ("zero") experts, added after the all_sum.
+    "zero_expert_num": 2,
+    "zero_expert_type": "identity",
+    "routed_scaling_factor": 1.0,
+    "mla_scale_q_lora": True,
+    "mla_scale_kv_lora": True,
+    "attention_bias": False,
+    "router_bias": True,
+}
+
+
+def _arch(model_type: str, moe: bool, features: tuple[str, ...], config: dict) -> Arch:
+    # Deep-copied: entries built from one template must not share nested dicts.
+    config = copy.deepcopy({**config, "model_type": model_type})
+    return Arch(model_type, model_type, moe, features, MappingProxyType(config))
+
+
+_ENTRIES: tuple[Arch, ...] = (
+    # ---- Mixture of Experts ----
+    _arch(
+        "qwen3_moe",
+        True,
+        ("dense_first", "qk_norm"),
+        {
+            **_BASE,
+            **_MOE,
+            "num_experts": 8,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [0],
+            "norm_topk_prob": True,
+        },
+    ),
+    _arch(
+        "qwen3_5_moe",
+        True,
+        ("linear_attention", "shared_experts", "qk_norm", "attn_gate", "vocab_parallel"),
+        {
+            **_QWEN3_5,
+            **_MOE,
+            "num_experts": 8,
+            "shared_expert_intermediate_size": 128,
+            "norm_topk_prob": True,
+        },
+    ),
+    _arch(
+        "qwen3_next",
+        True,
+        ("linear_attention", "shared_experts", "dense_first", "qk_norm", "attn_gate"),
+        {
+            **_QWEN3_5,
+            **_MOE,
+            "num_experts": 8,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [0],
+            "shared_expert_intermediate_size": 128,
+            "partial_rotary_factor": 0.5,
+            "norm_topk_prob": True,
+        },
+    ),
+    _arch(
+        "deepseek_v2",
+        True,
+        ("mla", "shared_experts", "dense_first"),
+        {
+            **_DEEPSEEK_V3,
+            # V2-Lite style: no query LoRA, so shard() takes the plain q_proj path.
+            "q_lora_rank": None,
+            "num_key_value_heads": 8,
+            "routed_scaling_factor": 1.0,
+            "topk_method": "greedy",
+            # V2 always runs its own yarn RoPE, so it needs a yarn rope_scaling.
+            "rope_scaling": {
+                "type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 1024,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "mscale": 0.707,
+                "mscale_all_dim": 0.707,
+            },
+            "n_group": 1,
+            "topk_group": 1,
+        },
+    ),
+    _arch(
+        "deepseek_v3",
+        True,
+        ("mla", "shared_experts", "dense_first", "grouped_routing"),
+        {**_DEEPSEEK_V3},
+    ),
+    _arch(
+        "deepseek_v32",
+        True,
+        ("mla", "shared_experts", "dense_first", "grouped_routing", "sparse_attention"),
+        {
+            **_DEEPSEEK_V3,
+            # index_topk below the 8-token prompt, so the indexer really selects.
+            "index_n_heads": 4,
+            "index_head_dim": 32,
+            "index_topk": 4,
+        },
+    ),
+    _arch(
+        "glm_moe_dsa",
+        True,
+        ("mla", "shared_experts", "dense_first", "sparse_attention"),
+        {
+            **_DEEPSEEK_V3,
+            "n_group": 1,
+            "topk_group": 1,
+            "index_n_heads": 4,
+            "index_head_dim": 32,
+            "index_topk": 4,
+            "rope_parameters": {"type": "default", "rope_theta": 10000.0},
+            "attention_bias": False,
+        },
+    ),
+    _arch(
+        "deepseek_v41",
+        True,
+        (
+            "shared_experts",
+            "sinks",
+            "sliding_window",
+            "compressed_attention",
+            "sparse_attention",
+            "hyper_connections",
+            "grouped_output",
+        ),
+        {
+            **_BASE,
+            **_MOE,
+            "head_dim": 32,
+            "q_lora_rank": 32,
+            "qk_rope_head_dim": 16,
+            "o_groups": 4,
+            "o_lora_rank": 32,
+            "n_routed_experts": 8,
+            "scoring_func": "sqrtsoftplus",
+            "routed_scaling_factor": 1.5,
+            "swiglu_limit": 10.0,
+            "sliding_window": 4,
+            # Layer 0 is window-only; 1 and 3 compress and index their own KV (3 reads
+            # layer 1's candidate blocks); 2 reuses layer 1's KV and top-k. Under a
+            # 4-stage pipeline all of it crosses stage boundaries.
+            "compress_ratios": [0, 4, 4, 4],
+            "kv_source_layer_ids": [1, 3],
+            "index_source_layer_ids": [1, 3],
+            "candidate_source_layer_id": 1,
+            "candidate_topk_blocks": 2,
+            "candidate_block_size": 1,
+            "index_n_heads": 4,
+            "index_head_dim": 32,
+            "index_topk": 2,
+            "hc_mult": 4,
+        },
+    ),
+    _arch(
+        "glm4_moe",
+        True,
+        ("shared_experts", "dense_first", "qk_norm", "bias", "partial_rope"),
+        {
+            **_BASE,
+            **_MOE,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 2.5,
+            "norm_topk_prob": True,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "use_qk_norm": True,
+            "attention_bias": True,
+            "partial_rotary_factor": 0.5,
+            "rope_scaling": None,
+        },
+    ),
+    _arch(
+        "solar_open",
+        True,
+        ("shared_experts", "dense_first", "partial_rope"),
+        {
+            **_BASE,
+            **_MOE,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 1.0,
+            "norm_topk_prob": True,
+            "first_k_dense_replace": 1,
+            "partial_rotary_factor": 0.5,
+        },
+    ),
+    _arch(
+        "glm4_moe_lite",
+        True,
+        ("mla", "shared_experts", "dense_first"),
+        {
+            **_DEEPSEEK_V3,
+            "n_group": 1,
+            "topk_group": 1,
+            "routed_scaling_factor": 1.8,
+        },
+    ),
+    _arch(
+        "gpt_oss",
+        True,
+        ("sinks", "bias", "sliding_window"),
+        {
+            **_BASE,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            # gpt-oss names the expert width intermediate_size.
+            "intermediate_size": 128,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+        },
+    ),
+    _arch(
+        "minimax",
+        True,
+        ("qk_norm", "sharded_norm", "partial_rope"),
+        {
+            **_BASE,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 128,
+            "shared_intermediate_size": 0,
+            "rotary_dim": 8,
+            "use_qk_norm": True,
+        },
+    ),
+    _arch(
+        "minimax_m3_vl",
+        True,
+        ("shared_experts", "dense_first", "qk_norm", "sparse_attention", "partial_rope"),
+        {
+            # The vision tower is optional here: a text_config alone builds the text
+            # model, which is all that is sharded.
+            "text_config": {
+                **_BASE,
+                "model_type": "minimax_m3",
+                "intermediate_size": 128,
+                "dense_intermediate_size": 256,
+                "shared_intermediate_size": 128,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 2,
+                "partial_rotary_factor": 0.5,
+                "mlp_layer_types": ["dense", "sparse", "sparse", "sparse"],
+                "layer_types": ["full_attention", "sparse_attention"] * 2,
+                # 2-token key blocks, 2 kept: the 8-token prompt really drops blocks.
+                "index_n_heads": 4,
+                "index_head_dim": 16,
+                "index_block_size": 2,
+                "index_topk_blocks": 2,
+                "index_local_blocks": 1,
+            },
+        },
+    ),
+    _arch(
+        "kimi_k25",
+        True,
+        ("mla", "shared_experts", "dense_first"),
+        {
+            "text_config": {
+                **_DEEPSEEK_V3,
+                "model_type": "kimi_k2",
+                "n_group": 1,
+                "topk_group": 1,
+            },
+        },
+    ),
+    _arch(
+        "kimi_k3",
+        True,
+        (
+            "mla",
+            "linear_attention",
+            "shared_experts",
+            "dense_first",
+            "latent_moe",
+            "attn_gate",
+            "attn_residuals",
+        ),
+        {
+            **_BASE,
+            **_MLA,
+            "num_key_value_heads": 8,
+            # Layers 0 and 2 (1-based 1 and 3) are KDA linear attention, 1 and 3 MLA.
+            "linear_attn_config": {
+                "num_heads": 8,
+                "head_dim": 16,
+                "short_conv_kernel_size": 4,
+                "kda_layers": [1, 3],
+            },
+            "mla_use_nope": True,
+            "mla_use_output_gate": True,
+            "num_experts": 8,
+            "num_experts_per_token": 2,
+            "num_shared_experts": 1,
+            "moe_intermediate_size": 128,
+            "routed_scaling_factor": 2.0,
+            "first_k_dense_replace": 1,
+            "num_expert_group": 1,
+            "topk_group": 1,
+            "routed_expert_hidden_size": 32,
+            "latent_moe_use_norm": True,
+            "attn_res_block_size": 2,
+        },
+    ),
+    _arch(
+        "mistral4",
+        True,
+        ("mla", "shared_experts", "dense_first", "llama4_scaling"),
+        {
+            **_BASE,
+            **_MOE,
+            **_MLA,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 1.0,
+            "norm_topk_prob": True,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "rope_parameters": dict(_MISTRAL_ROPE),
+        },
+    ),
+    _arch(
+        "step3p5",
+        True,
+        ("shared_experts", "dense_first", "qk_norm", "sliding_window", "attn_gate"),
+        {
+            **_BASE,
+            "num_attention_groups": 4,
+            "sliding_window": 4,
+            "layer_types": ["full_attention", "sliding_attention"] * 2,
+            # Sliding layers use twice the heads, as Step 3.5 does.
+            "attention_other_setting": {"num_attention_heads": 16, "num_attention_groups": 4},
+            "partial_rotary_factors": [0.5, 1.0, 0.5, 1.0],
+            "use_head_wise_attn_gate": True,
+            "moe_num_experts": 8,
+            "moe_top_k": 2,
+            "moe_intermediate_size": 128,
+            "share_expert_dim": 128,
+            "moe_layers_enum": "1,2,3",
+            "moe_router_scaling_factor": 3.0,
+            "swiglu_limits": [0.0, 7.0, 7.0, 7.0],
+            "swiglu_limits_shared": [0.0, 0.0, 0.0, 16.0],
+        },
+    ),
+    _arch(
+        "exaone_moe",
+        True,
+        ("shared_experts", "dense_first", "qk_norm", "sliding_window"),
+        {
+            **_BASE,
+            **_MOE,
+            "num_experts": 8,
+            "num_shared_experts": 1,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention"] * 3 + ["full_attention"],
+            "is_moe_layer": [False, True, True, True],
+        },
+    ),
+    _arch("longcat_flash", True, ("mla", "zero_experts", "bias"), dict(_LONGCAT)),
+    _arch(
+        "longcat_flash_ngram",
+        True,
+        ("mla", "zero_experts", "bias", "ngram_embeddings"),
+        {
+            **_LONGCAT,
+            # 2 splits x 2 neighbours = 4 n-gram embedders of width 16.
+            "ngram_vocab_size_ratio": 2,
+            "emb_neighbor_num": 3,
+            "emb_split_num": 2,
+        },
+    ),
+    _arch(
+        "bailing_hybrid",
+        True,
+        ("mla", "linear_attention", "shared_experts", "dense_first", "qk_norm"),
+        {
+            **_BASE,
+            **_MOE,
+            **_MLA,
+            # Pipeline stages hold whole groups of 2 (linear, MLA); 8 layers make 4
+            # groups so that 4 stages each get one.
+            "num_hidden_layers": 8,
+            "layer_group_size": 2,
+            "group_norm_size": 4,
+            "num_experts": 8,
+            "num_shared_experts": 1,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "routed_scaling_factor": 2.5,
+            "partial_rotary_factor": 0.5,
+            "use_qk_norm": True,
+        },
+    ),
+    _arch(
+        "muse_spark",
+        True,
+        # Its attention, routing and norms run mlx_lm.kernels, which are Metal-only:
+        # on the CPU backend the first forward fails with "No Metal back-end".
+        ("latent_moe", "sliding_window", "attn_gate", "vocab_parallel", METAL_ONLY),
+        {
+            # Text only: muse_spark builds its vision tower only for a vision_config.
+            "text_config": {
+                **_BASE,
+                "post_norm_eps": 1e-5,
+                "rope_parameters": {"rope_theta": 10000.0},
+                # Layer 2 has no RoPE, as some Muse Spark layers do.
+                "layer_rope_theta": [10000.0, 10000.0, 0.0, 10000.0],
+                "layer_types": ["sliding_attention", "full_attention"] * 2,
+                "sliding_window": 4,
+                "final_logit_softcapping": 30.0,
+                "output_multiplier": 1.0,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 2,
+                "moe_hidden_size": 32,
+                "moe_intermediate_size": 128,
+                "mlp_layer_types": ["sparse"] * 4,
+            },
+        },
+    ),
+    # ---- dense ----
+    _arch("llama", False, (), {**_BASE}),
+    # qwen2 derives head_dim = hidden / heads, so o_proj reads hidden_size features:
+    # hidden 128 keeps 16-dim heads and 32 features per rank at 4 ranks (group size 32).
+    _arch("qwen2", False, ("bias",), {**_BASE, "hidden_size": 128}),
+    _arch("qwen3", False, ("qk_norm",), {**_BASE}),
+    _arch(
+        "qwen3_5",
+        False,
+        ("linear_attention", "qk_norm", "attn_gate", "vocab_parallel"),
+        {**_QWEN3_5},
+    ),
+    _arch(
+        "ministral3",
+        False,
+        ("sliding_window", "llama4_scaling"),
+        {
+            **_BASE,
+            "rope_parameters": dict(_MISTRAL_ROPE),
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+            "sliding_window": 4,
+        },
+    ),
+    _arch(
+        "iquestloopcoder",
+        False,
+        ("loop", "sliding_window"),
+        {**_BASE, "loop_num": 2, "loop_window_size": 4},
+    ),
+)
+
+ARCHS: dict[str, Arch] = {arch.name: arch for arch in _ENTRIES}
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        known = ", ".join(sorted(ARCHS))
+        raise HarnessError(f"unknown architecture '{name}'; known: {known}") from None
+
+
+def config_copy(arch: Arch) -> dict[str, Any]:
+    """A deep copy: some ModelArgs mutate nested dicts (rope_parameters) in place."""
+    return copy.deepcopy(dict(arch.config))
+
+
+def model_classes(config: Mapping[str, Any]) -> tuple[type[nn.Module], type]:
+    """(Model, ModelArgs) of a config through mlx-lm's own model_type resolution."""
+    # Imported here: mlx_lm.utils takes ~1.5 s to import, which listing the zoo never needs.
+    from mlx_lm.utils import _get_classes
+
+    return _get_classes(dict(config))
+
+
+@functools.cache
+def support(name: str) -> Support:
+    """What the installed mlx-lm offers for an architecture; never raises for it."""
+    arch = get_arch(name)
+    config = config_copy(arch)
+    try:
+        model_cls, args_cls = model_classes(config)
+        # Constructing is cheap (weights stay lazy) and is the only reliable way to
+        # reach the inner model whose class carries pipeline().
+        model = model_cls(args_cls.from_dict(config))
+    # A model module may even call sys.exit at import (mlx_lm.models.olmo does).
+    except (Exception, SystemExit) as error:
+        reason = f"mlx-lm cannot build model_type '{arch.model_type}': {error}"
+        return Support(available=False, tp=False, pp=False, reason=reason)
+    tp = callable(getattr(model, "shard", None))
+    pp = callable(getattr(getattr(model, "model", None), "pipeline", None))
+    if METAL_ONLY in arch.features and not mx.metal.is_available():
+        reason = f"'{name}' runs Metal-only kernels (mlx_lm.kernels) and this device has no Metal"
+        return Support(available=False, tp=tp, pp=pp, reason=reason)
+    return Support(available=True, tp=tp, pp=pp)
