@@ -196,7 +196,8 @@ class GoldenAction:
 
     key: str
     case: Case | None  # None when the sidecar is too damaged to rebuild the case
-    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's
+    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's;
+    # any: unavailable (this machine cannot compute the case)
     check: GoldenCheck | None = None
 
 
@@ -215,10 +216,24 @@ def unique_cases(cases: list[Case]) -> list[Case]:
     return list(seen.values())
 
 
+def _runnable(cases: list[Case], actions: list[GoldenAction]) -> list[Case]:
+    """The unique cases this machine can compute; the others become `unavailable`."""
+    from harness.zoo import support
+
+    runnable = []
+    for case in unique_cases(cases):
+        status = support(case.arch)
+        if status.available:
+            runnable.append(case)
+        else:
+            actions.append(GoldenAction(case.key(), case, "unavailable", GoldenCheck(case.key(), "unavailable", status.reason)))
+    return runnable
+
+
 def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
     """Write the goldens that are missing; existing ones are kept untouched."""
-    actions = []
-    for case in unique_cases(cases):
+    actions: list[GoldenAction] = []
+    for case in _runnable(cases, actions):
         if paths(case.key(), directory)[1].exists():
             actions.append(GoldenAction(case.key(), case, "exists"))
             continue
@@ -231,8 +246,8 @@ def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> lis
     """Rewrite goldens on purpose; the reason goes into each sidecar's history."""
     if not reason or not reason.strip():
         raise HarnessError("updating goldens needs a non-empty --reason")
-    actions = []
-    for case in unique_cases(cases):
+    actions: list[GoldenAction] = []
+    for case in _runnable(cases, actions):
         existed = paths(case.key(), directory)[1].exists()
         save(case, reference_output(case), directory, reason=reason if existed else None)
         actions.append(GoldenAction(case.key(), case, "updated" if existed else "written"))
@@ -252,7 +267,7 @@ def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[Gold
                 cases.append(stored_case(key, directory))
             except CorruptGolden as exc:
                 actions.append(GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc))))
-    for case in unique_cases(cases):
+    for case in _runnable(cases, actions):
         tol = tolerance_for(case.precision, case.tolerance)
         result = check(case, reference_output(case), tol, directory)
         actions.append(GoldenAction(case.key(), case, result.status, result))

@@ -132,7 +132,7 @@ def run_header(run: dict) -> str:
 
 
 GOLDEN_STYLE = {"match": "green", "written": "green", "exists": "dim", "updated": "yellow",
-                "missing": "yellow", "mismatch": "red", "corrupt": "red"}
+                "missing": "yellow", "mismatch": "red", "corrupt": "red", "unavailable": "dim"}
 
 
 def golden_table(actions) -> Table:
