@@ -44,7 +44,8 @@ def run(
     precision: Annotated[list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, q8, q4-bf16 (repeatable).")] = None,
     ranks: Ranks = 1,
     backend: Annotated[str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")] = None,
-    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster.")] = None,
+    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster (sets the rank count).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Job folder; on a cluster one every host sees at the same path.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each case may take on the ranks.")] = 60.0,
     repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
     db: Db = store.DEFAULT_DB,
@@ -57,20 +58,20 @@ def run(
     Example: harness run --suite moe --ranks 2
     """
     cases = select_cases(suite, arch, strategy, precision)
+    options = runner.RunOptions(
+        ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats,
+        goldens=None if no_goldens else goldens_dir, record_missing=record_missing, workdir=workdir,
+    )
+    cases = runner.validate(cases, options)
     if arch:
         # Asked for by name: a rule the ranks break is the user's mistake, not a skip.
         for case in cases:
-            violation = runner.preflight_violation(case, ranks) if ranks >= 1 else None
+            violation = runner.preflight_violation(case, options.ranks)
             if violation:
                 raise HarnessError(violation)
-    options = runner.RunOptions(
-        ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats,
-        goldens=None if no_goldens else goldens_dir, record_missing=record_missing,
-    )
-    cases = runner.validate(cases, options)
     database = store.open_db(db)
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
-    run_id = store.start_run(database, "run", suite or ",".join(arch or []), ranks, backend, hostfile, command)
+    run_id = store.start_run(database, "run", suite or ",".join(arch or []), options.ranks, backend, hostfile, command)
     out = render.console()
     started, results, status = time.perf_counter(), [], "interrupted"
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -83,7 +84,7 @@ def run(
     finally:
         counts = store.finish_run(database, run_id, status)
     rows = render.case_rows_from_results(results)
-    out.print(render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {ranks} rank(s)"))
+    out.print(render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {options.ranks} rank(s)"))
     for line in render.failure_details(rows):
         out.print(line, markup=False)
     out.print(render.summary(counts, time.perf_counter() - started, db, run_id))

@@ -67,6 +67,18 @@ def check_options(backend: str | None, hostfile: str | None) -> None:
         raise HarnessError(f"hostfile '{hostfile}' does not exist")
 
 
+def hostfile_ranks(hostfile: str) -> int:
+    """How many ranks an mlx.launch hostfile starts: one per host entry."""
+    try:
+        data = json.loads(Path(hostfile).read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"hostfile '{hostfile}' is not readable JSON: {exc}") from None
+    hosts = data.get("hosts") if isinstance(data, dict) else data
+    if not isinstance(hosts, list) or not hosts:
+        raise HarnessError(f"hostfile '{hostfile}' lists no hosts")
+    return len(hosts)
+
+
 def launch_argv(
     ranks: int,
     module: str,

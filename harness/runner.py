@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from harness import goldens, launch, preflight
+from harness import checkpoint, goldens, launch, preflight
 from harness.build import tiny_config
 from harness.case import Case
 from harness.compare import Comparison, compare, tolerance_for
@@ -36,6 +36,9 @@ class RunOptions:
     capture: bool = True
     goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
     record_missing: bool = False
+    # Where ranks and parent exchange files; on a cluster, a folder every host sees at the
+    # same path (a shared filesystem). None: a local temporary folder.
+    workdir: Path | None = None
 
 
 @dataclass
@@ -74,12 +77,13 @@ def skip_reason(case: Case, ranks: int) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return preflight_violation(case, ranks)
+    return checkpoint.skip_reason(case) or preflight_violation(case, ranks)
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
     """The first divisibility or shape rule the case breaks at `ranks`, as one sentence."""
-    violations = preflight.check(tiny_config(case), case.strategy, ranks, case.quant, case.group_size)
+    config = checkpoint.case_config(case) if case.checkpoint else tiny_config(case)
+    violations = preflight.check(config, case.strategy, ranks, case.quant, case.group_size)
     return violations[0].message if violations else None
 
 
@@ -87,6 +91,12 @@ def validate(cases: list[Case], options: RunOptions) -> list[Case]:
     """Check what would otherwise fail late; return cases with strategies made absolute."""
     if options.ranks < 1:
         raise HarnessError(f"--ranks must be at least 1, got {options.ranks}")
+    if options.hostfile is not None:
+        launch.check_options(options.backend, options.hostfile)
+        hosts = launch.hostfile_ranks(options.hostfile)
+        if options.ranks not in (1, hosts):
+            raise HarnessError(f"--ranks {options.ranks} disagrees with the {hosts} hosts in '{options.hostfile}'")
+        options.ranks = hosts
     if options.ranks > 1:
         launch.check_options(options.backend, options.hostfile)
         launch.find_launcher()
@@ -155,7 +165,9 @@ def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iter
         ranks=options.ranks, backend=options.backend, hostfile=options.hostfile,
         timeout=options.timeout, capture=options.capture, repeats=options.repeats,
     )
-    with tempfile.TemporaryDirectory(prefix="harness-job-") as workdir:
+    if options.workdir is not None:
+        options.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="harness-job-", dir=options.workdir) as workdir:
         entries = [(i, c.to_dict()) for i, c in runnable]
         last = time.perf_counter()
         for outcome in launch.run_job(entries, job_options, Path(workdir)):

@@ -153,3 +153,13 @@ def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp
     assert result.code == 0, result.err
     _, cases = store.get_run(store.open_db(db_path), None)
     assert cases[0]["status"] == "skip" and "num_attention_heads (8)" in cases[0]["reason"]
+
+
+def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('[{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]')
+    result = run_cli("run", "--suite", "smoke", "--ranks", "4", "--hostfile", str(hostfile), "--db", db_path)
+    assert_one_line_error(result, "--ranks 4 disagrees with the 2 hosts")
+    hostfile.write_text("{not json")
+    result = run_cli("run", "--suite", "smoke", "--hostfile", str(hostfile), "--db", db_path)
+    assert_one_line_error(result, "not readable JSON")
