@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 
-from harness import forward
+from harness import checkpoint, forward
 from harness.build import build_model
 from harness.case import Case
 from harness.strategy import resolve
@@ -15,11 +16,20 @@ def run_case(
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
-    model, _ = build_model(case)
-    if group is not None:
+    model = _model(case, group)
+    if group is not None and not checkpoint.sharded_by_loader(case):
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
     mx.reset_peak_memory()
     output = forward.run(model, case.prompts, case.decode_steps, capture=capture)
     timings = forward.measure(model, case.prompts, repeats=repeats) if repeats else None
     return output, timings
+
+
+def _model(case: Case, group) -> nn.Module:
+    # A layout or checkpoint loads through mlx-lm's real loaders, which apply the
+    # built-in tp / pp themselves (sharded_load); the zoo model is built in memory.
+    if case.layout or case.checkpoint:
+        return checkpoint.load_for_case(case, group)
+    model, _ = build_model(case)
+    return model

@@ -12,6 +12,12 @@
     strategy = "tp"
     precision = "q8"
     tolerance = { atol = 1e-4 }
+    [[case]]                   # the model written to disk in a real checkpoint layout and
+    arch = "deepseek_v3"       # loaded through mlx-lm (harness checkpoint layouts)
+    layout = "hf-per-expert"
+    [[case]]                   # a real checkpoint: a path or a repo id in the local Hugging
+    arch = "qwen3_moe"         # Face cache (never downloaded; skipped when absent)
+    checkpoint = "mlx-community/Qwen3-30B-A3B-4bit"
 """
 
 from __future__ import annotations
