@@ -179,6 +179,10 @@ def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[C
                     time.sleep(0.2)  # let the last JSON writes land before judging
                     if all((job / f"case{index}.rank{r}.json").exists() for r in ranks):
                         continue
+                    if started is None and index != indices[0]:
+                        # Every rank raised in an earlier case and exited after
+                        # recording it: this case never ran, so relaunch it.
+                        return
                     yield _dead(job, index, ranks, started)
                     return
                 clock, limit = (started, options.timeout) if started else (launched, options.startup_timeout)
