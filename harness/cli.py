@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from harness import goldens, render, runner, store
-from harness.commands import checkpoint, golden
+from harness.commands import checkpoint, golden, props
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 
 app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
+app.command(name="props")(props.props)
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]

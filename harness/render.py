@@ -6,6 +6,7 @@ import json
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.runner import CaseResult
@@ -168,3 +169,76 @@ def golden_diff(d) -> str:
     if c.diagnoses:
         lines.append("  diagnosis: " + "; ".join(c.diagnoses))
     return "\n".join(lines)
+
+
+VERDICT_STYLE = {"caught": "green", "passed": "green", "missed": "red", "wrong diagnosis": "red",
+                 "false alarm": "red", "not run": "yellow"}
+
+
+def selftest_line(v) -> str:
+    """One selftest verdict as it arrives: fault, architecture, verdict, and what was said."""
+    colour = VERDICT_STYLE.get(v.verdict, "white")
+    what = escape("; ".join(v.diagnoses) or v.detail)
+    case = f"{v.arch}/{v.precision}"
+    return f"[{colour}]{v.verdict:<15}[/{colour}] {v.fault:<28} {case:<20} {what}".rstrip()
+
+
+def _layer_text(layer, part) -> str:
+    return "-" if layer is None else f"{layer} ({part})"
+
+
+def selftest_table(verdicts: list, title: str) -> Table:
+    table = Table(title=title)
+    for name in ("fault", "arch", "prec", "verdict", "status (expected)", "diagnosis given",
+                 "diagnosis expected", "layer named", "layer injected"):
+        table.add_column(name, overflow="fold")
+    for v in verdicts:
+        colour = VERDICT_STYLE.get(v.verdict, "white")
+        given = "; ".join(v.diagnoses) or (v.detail if v.status != "pass" else "")
+        table.add_row(
+            v.fault, v.arch, v.precision, f"[{colour}]{v.verdict}[/{colour}]",
+            f"{v.status} ({v.expected_status})", escape(given),
+            escape("; ".join(v.expected_diagnoses) or "-"),
+            _layer_text(v.layer, v.part), _layer_text(v.expected_layer, v.expected_part),
+        )
+    return table
+
+
+def _percent(rate) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
+def selftest_summary(report, db_path: str | None) -> str:
+    faults, controls = report.faults, report.controls
+    caught = sum(v.verdict == "caught" for v in faults)
+    alarms = sum(v.verdict == "false alarm" for v in controls)
+    where = f"; run {report.run_id} stored in {db_path}" if report.run_id is not None else ""
+    return (
+        f"detection rate {_percent(report.detection_rate)} ({caught}/{len(faults)} faults caught "
+        f"with the expected diagnosis), false-alarm rate {_percent(report.false_alarm_rate)} "
+        f"({alarms}/{len(controls)} controls) on {report.ranks} ranks "
+        f"in {report.seconds:.1f}s{where}"
+    )
+
+
+def props_table(report) -> Table:
+    """One row per property of a `harness.props.PropsReport`: verdict, examples, time, why."""
+    where = "simulated ranks" if report.simulated else f"{report.ranks} ranks"
+    table = Table(title=f"shard/unshard properties on {where}")
+    for name in ("property", "passed", "examples", "seconds", "detail"):
+        table.add_column(name, overflow="fold")
+    for r in report.results:
+        passed = "[green]yes[/green]" if r.passed else "[red]no[/red]"
+        table.add_row(r.name, passed, str(r.examples), f"{r.seconds:.1f}", escape(r.detail or ""))
+    return table
+
+
+def props_summary(report) -> str:
+    """One line: how many properties held, over how many examples, where and how long."""
+    passed = sum(r.passed for r in report.results)
+    examples = sum(r.examples for r in report.results)
+    where = "simulated ranks (1 to 8 per example)" if report.simulated else f"{report.ranks} ranks"
+    return (
+        f"{len(report.results)} properties: {passed} passed, {len(report.results) - passed} "
+        f"failed, {examples} examples on {where} in {report.seconds:.1f}s"
+    )

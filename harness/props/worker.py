@@ -1,0 +1,75 @@
+"""One rank of `harness props --ranks N`: run under mlx.launch by `harness.props.run_props`.
+
+Every rank runs every property with the real group; hypothesis is derandomized, so all
+ranks draw the same examples (checked per example). Rank 0 appends one JSON line when a
+property starts and one when it ends, so a crash or hang still leaves the results so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from hypothesis import strategies as st
+
+from harness.props.numeric import gather
+from harness.props.registry import PROPERTIES
+from harness.props.run import run_property
+
+
+def example_digest(example: Any) -> np.ndarray:
+    """A fingerprint of a drawn example, to check that every rank drew the same one."""
+    return np.frombuffer(hashlib.sha256(repr(example).encode()).digest()[:8], dtype=np.int32)
+
+
+def same_example_everywhere(group: Any) -> Any:
+    """An executor for `run_property` on the real group: check that every rank drew the
+    same example, then run the check as this rank."""
+
+    def execute(check: Any, example: Any) -> None:
+        digests = gather(mx.array(example_digest(example)), group)
+        if any(not np.array_equal(d, digests[0]) for d in digests):
+            raise AssertionError("ranks drew different examples: hypothesis is not in lockstep")
+        check(example, group)
+
+    return execute
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.props.worker")
+    parser.add_argument("--out", type=Path, required=True, help="rank 0's JSON-lines results")
+    parser.add_argument("--max-examples", type=int, default=25)
+    args = parser.parse_args(argv)
+
+    group = mx.distributed.init(strict=True)
+    rank, size = group.rank(), group.size()
+    execute = same_example_everywhere(group)
+
+    def record(event: dict) -> None:
+        if rank == 0:
+            with open(args.out, "a") as out:
+                out.write(json.dumps(event) + "\n")
+
+    for prop in PROPERTIES:
+        record({"start": prop.name})
+        result = run_property(prop, args.max_examples, st.just(size), execute)
+        # every rank must reach the same verdict; a split verdict is a finding in itself
+        verdicts = gather(mx.array([int(result.passed)], dtype=mx.int32), group)
+        if len({int(v[0]) for v in verdicts}) > 1:
+            split = ", ".join(
+                f"rank {r}: {'pass' if v[0] else 'fail'}" for r, v in enumerate(verdicts)
+            )
+            result.passed = False
+            result.detail = f"ranks disagree ({split}); rank 0: {result.detail or 'passed'}"
+        record({"name": prop.name, "result": asdict(result)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
