@@ -16,6 +16,7 @@ import typer
 from harness import goldens, render, runner, store
 from harness.commands import checkpoint, golden, props
 from harness.commands.select import select_cases
+from harness.commands.selftest import selftest
 from harness.errors import HarnessError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
 app.command(name="props")(props.props)
+app.command()(selftest)
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
@@ -40,29 +42,59 @@ def _raise_interrupt(signum, frame):
 @app.command()
 def run(
     ctx: typer.Context,
-    suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite name in suites/ or a .toml path.")] = None,
-    arch: Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable) instead of a suite.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's.")] = None,
-    precision: Annotated[list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, q8, q4-bf16 (repeatable).")] = None,
+    suite: Annotated[
+        str | None, typer.Option("--suite", "-s", help="Suite name in suites/ or a .toml path.")
+    ] = None,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option("--arch", "-a", help="Architecture (repeatable) instead of a suite."),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's."),
+    ] = None,
+    precision: Annotated[
+        list[str] | None,
+        typer.Option("--precision", "-p", help="With --arch: fp32, q4, q8, q4-bf16 (repeatable)."),
+    ] = None,
     ranks: Ranks = 1,
-    backend: Annotated[str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")] = None,
-    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster (sets the rank count).")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="Job folder; on a cluster one every host sees at the same path.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")
+    ] = None,
+    hostfile: Annotated[
+        str | None, typer.Option(help="mlx.launch hostfile for a cluster (sets the rank count).")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Job folder; on a cluster one every host sees at the same path."),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each case may take on the ranks.")] = 60.0,
     repeats: Annotated[int, typer.Option(help="Timed repeats after one warm-up.")] = 3,
     db: Db = store.DEFAULT_DB,
-    goldens_dir: Annotated[Path, typer.Option("--goldens", help="Goldens directory to compare references with.")] = goldens.GOLDENS_DIR,
-    no_goldens: Annotated[bool, typer.Option("--no-goldens", help="Do not compare with goldens.")] = False,
-    record_missing: Annotated[bool, typer.Option("--record-missing", help="Write goldens that are missing.")] = False,
+    goldens_dir: Annotated[
+        Path, typer.Option("--goldens", help="Goldens directory to compare references with.")
+    ] = goldens.GOLDENS_DIR,
+    no_goldens: Annotated[
+        bool, typer.Option("--no-goldens", help="Do not compare with goldens.")
+    ] = False,
+    record_missing: Annotated[
+        bool, typer.Option("--record-missing", help="Write goldens that are missing.")
+    ] = False,
 ) -> None:
-    """Run a suite (or some architectures) sharded across ranks and compare with the single-rank reference.
+    """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
     Example: harness run --suite moe --ranks 2
     """
     cases = select_cases(suite, arch, strategy, precision)
     options = runner.RunOptions(
-        ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=repeats,
-        goldens=None if no_goldens else goldens_dir, record_missing=record_missing, workdir=workdir,
+        ranks=ranks,
+        backend=backend,
+        hostfile=hostfile,
+        timeout=timeout,
+        repeats=repeats,
+        goldens=None if no_goldens else goldens_dir,
+        record_missing=record_missing,
+        workdir=workdir,
     )
     cases = runner.validate(cases, options)
     if arch:
@@ -73,7 +105,9 @@ def run(
                 raise HarnessError(violation)
     database = store.open_db(db)
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
-    run_id = store.start_run(database, "run", suite or ",".join(arch or []), options.ranks, backend, hostfile, command)
+    run_id = store.start_run(
+        database, "run", suite or ",".join(arch or []), options.ranks, backend, hostfile, command
+    )
     out = render.console()
     started, results, status = time.perf_counter(), [], "interrupted"
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -86,7 +120,9 @@ def run(
     finally:
         counts = store.finish_run(database, run_id, status)
     rows = render.case_rows_from_results(results)
-    out.print(render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {options.ranks} rank(s)"))
+    out.print(
+        render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {options.ranks} rank(s)")
+    )
     for line in render.failure_details(rows):
         out.print(line, markup=False)
     out.print(render.summary(counts, time.perf_counter() - started, db, run_id))
@@ -107,8 +143,12 @@ def archs() -> None:
 
 @app.command(name="preflight")
 def preflight_command(
-    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Architecture of the zoo.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="A checkpoint's config.json instead of --arch.")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", "-a", help="Architecture of the zoo.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A checkpoint's config.json instead of --arch.")
+    ] = None,
     ranks: Ranks = 2,
     strategy: Annotated[str, typer.Option(help="tp or pp.")] = "tp",
     quant: Annotated[int | None, typer.Option(help="Quantization bits (4 or 8).")] = None,
@@ -136,7 +176,9 @@ def preflight_command(
 
 @app.command()
 def report(
-    run_id: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Run id (default: the latest).")
+    ] = None,
     db: Db = store.DEFAULT_DB,
 ) -> None:
     """Print a stored run: its environment and the verdict of every case.
@@ -147,7 +189,9 @@ def report(
     run, cases = store.get_run(database, run_id)
     out = render.console()
     out.print(render.run_header(run), markup=False)
-    out.print(render.verdict_table(cases, f"run {run['id']}: {run['suite']} on {run['ranks']} rank(s)"))
+    out.print(
+        render.verdict_table(cases, f"run {run['id']}: {run['suite']} on {run['ranks']} rank(s)")
+    )
     for line in render.failure_details(cases):
         out.print(line, markup=False)
     raise typer.Exit(1 if run["status"] == "failed" else 0)

@@ -42,7 +42,9 @@ class Output:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Output:
-        layers = {k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")}
+        layers = {
+            k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")
+        }
         return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers)
 
 
@@ -100,7 +102,11 @@ def _router_scores(gate: nn.Module, x: mx.array, out) -> mx.array | None:
     if isinstance(out, mx.array) and out.ndim == 3:
         return out
     weight = getattr(gate, "weight", None)
-    if not isinstance(weight, mx.array) or weight.ndim != 2 or not mx.issubdtype(weight.dtype, mx.floating):
+    if (
+        not isinstance(weight, mx.array)
+        or weight.ndim != 2
+        or not mx.issubdtype(weight.dtype, mx.floating)
+    ):
         return None
     logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
     correction = getattr(gate, "e_score_correction_bias", None)
@@ -115,7 +121,14 @@ def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
         gate = block.get(name) if isinstance(block, dict) else None
         if isinstance(gate, nn.Module):
             for holder in (block, gate):
-                k = next((getattr(holder, a) for a in TOP_K_NAMES if isinstance(getattr(holder, a, None), int)), None)
+                k = next(
+                    (
+                        getattr(holder, a)
+                        for a in TOP_K_NAMES
+                        if isinstance(getattr(holder, a, None), int)
+                    ),
+                    None,
+                )
                 if k:
                     return gate, k
     return None
@@ -135,12 +148,17 @@ def install_capture(model: nn.Module) -> _Recorder:
     for index, layer in enumerate(decoder_layers(model)):
         if not isinstance(layer, nn.Module):
             continue
+        tapped = set()
+        # The first child whose name matches is the sub-block (kimi_k3 also has a
+        # `self_attention_res_proj` after its `self_attn`).
         for name, child in layer.children().items():
             if not isinstance(child, nn.Module):
                 continue
-            if ATTENTION.search(name):
+            if ATTENTION.search(name) and "attn" not in tapped:
+                tapped.add("attn")
                 recorder.tap(child, f"layer.{index}.attn")
-            elif FEEDFORWARD.search(name):
+            elif FEEDFORWARD.search(name) and "mlp" not in tapped:
+                tapped.add("mlp")
                 recorder.tap(child, f"layer.{index}.mlp")
                 router = _router(child)
                 if router is not None:

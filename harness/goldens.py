@@ -53,7 +53,10 @@ def obtained_paths(key: str, directory: Path = GOLDENS_DIR) -> tuple[Path, Path]
 def layer_norms(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-token L2 norms of each captured hidden state: small, and enough to name the
     first layer that moved."""
-    return {k: np.linalg.norm(v.astype(np.float64), axis=-1).astype(np.float32) for k, v in layers.items()}
+    return {
+        k: np.linalg.norm(v.astype(np.float64), axis=-1).astype(np.float32)
+        for k, v in layers.items()
+    }
 
 
 def _npz_bytes(output: Output) -> bytes:
@@ -92,7 +95,9 @@ def _meta(case: Case, payload: bytes, output: Output) -> dict:
     }
 
 
-def save(case: Case, output: Output, directory: Path = GOLDENS_DIR, reason: str | None = None) -> Path:
+def save(
+    case: Case, output: Output, directory: Path = GOLDENS_DIR, reason: str | None = None
+) -> Path:
     """Write the golden of `case`. Overwriting an existing one needs a reason, which is
     kept in the sidecar's history."""
     npz_path, meta_path = paths(case.key(), directory)
@@ -103,11 +108,15 @@ def save(case: Case, output: Output, directory: Path = GOLDENS_DIR, reason: str 
         if not reason:
             raise HarnessError(f"golden {case.key()} exists; updating it needs --reason")
         previous = json.loads(meta_path.read_text())
-        history = previous.get("history", []) + [{
-            "replaced_sha256": previous.get("sha256"), "replaced_created": previous.get("created"),
-            "updated": meta["created"], "reason": reason,
-            "mlx_lm_version": meta["mlx_lm_version"],
-        }]
+        history = previous.get("history", []) + [
+            {
+                "replaced_sha256": previous.get("sha256"),
+                "replaced_created": previous.get("created"),
+                "updated": meta["created"],
+                "reason": reason,
+                "mlx_lm_version": meta["mlx_lm_version"],
+            }
+        ]
     meta["history"] = history
     _write(npz_path, meta_path, payload, meta)
     for stale in obtained_paths(case.key(), directory):
@@ -127,10 +136,14 @@ def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Output, dict] | None:
     except (OSError, ValueError) as exc:
         raise CorruptGolden(f"golden {key} is corrupt: {exc}") from None
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-        raise CorruptGolden(f"golden {key} is corrupt: {npz_path.name} does not match the sha256 in its sidecar")
+        raise CorruptGolden(
+            f"golden {key} is corrupt: {npz_path.name} does not match the sha256 in its sidecar"
+        )
     with np.load(io.BytesIO(payload)) as data:
         arrays = dict(data)
-    layers = {k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)}
+    layers = {
+        k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)
+    }
     return Output(arrays["prefill"], arrays["decode"], arrays["tokens"], layers), meta
 
 
@@ -138,8 +151,13 @@ class CorruptGolden(HarnessError):
     """A golden whose bytes do not match its recorded hash (or cannot be read)."""
 
 
-def check(case: Case, output: Output, tol: Tolerance, directory: Path = GOLDENS_DIR,
-          record_missing: bool = False) -> GoldenCheck:
+def check(
+    case: Case,
+    output: Output,
+    tol: Tolerance,
+    directory: Path = GOLDENS_DIR,
+    record_missing: bool = False,
+) -> GoldenCheck:
     """Compare a single-rank reference with the case's golden; see the module docstring."""
     key = case.key()
     try:
@@ -152,7 +170,10 @@ def check(case: Case, output: Output, tol: Tolerance, directory: Path = GOLDENS_
             return GoldenCheck(key, "written", f"recorded missing golden {key}")
         return GoldenCheck(key, "missing", f"no golden for {key}")
     golden, meta = stored
-    provenance = {k: meta.get(k) for k in ("mlx_version", "mlx_lm_version", "platform", "created", "harness_sha")}
+    provenance = {
+        k: meta.get(k)
+        for k in ("mlx_version", "mlx_lm_version", "platform", "created", "harness_sha")
+    }
     current = Output(output.prefill, output.decode, output.tokens, {})
     reference = Output(golden.prefill, golden.decode, golden.tokens, {})
     comparison = compare(reference, current, tol, world=1)
@@ -226,7 +247,14 @@ def _runnable(cases: list[Case], actions: list[GoldenAction]) -> list[Case]:
         if status.available:
             runnable.append(case)
         else:
-            actions.append(GoldenAction(case.key(), case, "unavailable", GoldenCheck(case.key(), "unavailable", status.reason)))
+            actions.append(
+                GoldenAction(
+                    case.key(),
+                    case,
+                    "unavailable",
+                    GoldenCheck(case.key(), "unavailable", status.reason),
+                )
+            )
     return runnable
 
 
@@ -266,7 +294,9 @@ def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[Gold
             try:
                 cases.append(stored_case(key, directory))
             except CorruptGolden as exc:
-                actions.append(GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc))))
+                actions.append(
+                    GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc)))
+                )
     for case in _runnable(cases, actions):
         tol = tolerance_for(case.precision, case.tolerance)
         result = check(case, reference_output(case), tol, directory)
@@ -297,16 +327,27 @@ def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
     if npz_path.exists():
         with np.load(npz_path) as data:
             arrays = dict(data)
-        norms = {k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)}
+        norms = {
+            k.removeprefix(SUMMARY_PREFIX): v
+            for k, v in arrays.items()
+            if k.startswith(SUMMARY_PREFIX)
+        }
         current, against, obtained_meta = (
-            Output(arrays["prefill"], arrays["decode"], arrays["tokens"], {}), "obtained",
+            Output(arrays["prefill"], arrays["decode"], arrays["tokens"], {}),
+            "obtained",
             json.loads(meta_path.read_text()),
         )
     else:
         fresh = reference_output(case)
         norms = layer_norms(fresh.layers)
-        current, against, obtained_meta = Output(fresh.prefill, fresh.decode, fresh.tokens, {}), "fresh", _environment()
-    comparison = compare(Output(golden.prefill, golden.decode, golden.tokens, {}), current, tol, world=1)
+        current, against, obtained_meta = (
+            Output(fresh.prefill, fresh.decode, fresh.tokens, {}),
+            "fresh",
+            _environment(),
+        )
+    comparison = compare(
+        Output(golden.prefill, golden.decode, golden.tokens, {}), current, tol, world=1
+    )
     moved = None if comparison.passed else first_divergent_layer(golden.layers, norms, tol)
     if moved is not None:
         comparison.first_divergent_layer = moved[0]

@@ -133,7 +133,9 @@ class JobOptions:
     repeats: int = 3
 
 
-def run_job(entries: list[tuple[int, dict]], options: JobOptions, workdir: Path) -> Iterator[CaseOutcome]:
+def run_job(
+    entries: list[tuple[int, dict]], options: JobOptions, workdir: Path
+) -> Iterator[CaseOutcome]:
     """Run `(index, case_dict)` entries on `options.ranks` ranks, yielding each case's
     outcome as soon as every rank finished it. A dead or hung job costs the case it was
     on; the remaining cases run in a fresh launch."""
@@ -160,7 +162,9 @@ def run_job(entries: list[tuple[int, dict]], options: JobOptions, workdir: Path)
 
 
 def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[CaseOutcome]:
-    argv = launch_argv(options.ranks, "harness.worker", [str(job)], options.backend, options.hostfile)
+    argv = launch_argv(
+        options.ranks, "harness.worker", [str(job)], options.backend, options.hostfile
+    )
     log = open(job / "launch.log", "wb")
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -185,7 +189,9 @@ def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[C
                         return
                     yield _dead(job, index, ranks, started)
                     return
-                clock, limit = (started, options.timeout) if started else (launched, options.startup_timeout)
+                clock, limit = (
+                    (started, options.timeout) if started else (launched, options.startup_timeout)
+                )
                 if time.monotonic() - clock > limit:
                     _kill(process)
                     yield _timed_out(job, index, ranks, limit, started is not None)
@@ -198,7 +204,9 @@ def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[C
 
 def _started(job: Path, index: int, ranks: range) -> float | None:
     """Monotonic time of the first rank's start of case `index`, None if none started."""
-    stamps = [p.stat().st_mtime for r in ranks if (p := job / f"case{index}.rank{r}.start").exists()]
+    stamps = [
+        p.stat().st_mtime for r in ranks if (p := job / f"case{index}.rank{r}.start").exists()
+    ]
     if not stamps:
         return None
     return time.monotonic() - (time.time() - min(stamps))
@@ -210,7 +218,9 @@ def _rank_result(job: Path, index: int, rank: int) -> RankResult:
         return RankResult(rank, "missing")
     data = json.loads(path.read_text())
     npz = job / f"case{index}.rank{rank}.npz"
-    return RankResult(rank, data["status"], data.get("error"), data.get("timings"), npz if npz.exists() else None)
+    return RankResult(
+        rank, data["status"], data.get("error"), data.get("timings"), npz if npz.exists() else None
+    )
 
 
 _EXIT_LINE = re.compile(r"rank (\d+) exited with code (-?\d+)")
@@ -228,14 +238,24 @@ def _dead(job: Path, index: int, ranks: range, started: float | None) -> CaseOut
         elif codes.get(result.rank, 0) > 0:
             parts.append(f"rank {result.rank} exited with code {codes[result.rank]}")
     if not parts:
-        parts.append("the launch ended before this case finished" if started else "the launch failed to start")
-    return CaseOutcome(index, "crash", results, "; ".join(parts) + _tails(job, ranks, started is None))
+        parts.append(
+            "the launch ended before this case finished"
+            if started
+            else "the launch failed to start"
+        )
+    return CaseOutcome(
+        index, "crash", results, "; ".join(parts) + _tails(job, ranks, started is None)
+    )
 
 
 def _timed_out(job: Path, index: int, ranks: range, limit: float, started: bool) -> CaseOutcome:
     results = [_rank_result(job, index, r) for r in ranks]
     waiting = [str(r.rank) for r in results if r.status == "missing"]
-    what = f"case did not finish within {limit:g}s" if started else f"no rank started within {limit:g}s"
+    what = (
+        f"case did not finish within {limit:g}s"
+        if started
+        else f"no rank started within {limit:g}s"
+    )
     detail = f"{what} (unfinished on rank {', '.join(waiting)})"
     return CaseOutcome(index, "timeout", results, detail + _tails(job, ranks, not started))
 

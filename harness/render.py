@@ -11,7 +11,14 @@ from rich.table import Table
 
 from harness.runner import CaseResult
 
-STYLE = {"pass": "green", "fail": "red", "crash": "red", "timeout": "red", "error": "red", "skip": "yellow"}
+STYLE = {
+    "pass": "green",
+    "fail": "red",
+    "crash": "red",
+    "timeout": "red",
+    "error": "red",
+    "skip": "yellow",
+}
 
 
 def _num(value, fmt: str = ".1e") -> str:
@@ -34,7 +41,7 @@ def progress_line(result: CaseResult, total: int) -> str:
     colour = STYLE[result.status]
     return (
         f"[{result.index + 1:>3}/{total}] [{colour}]{result.status:<7}[/{colour}] "
-        f"{result.case.label():<45} {detail} {why}".rstrip()
+        f"{escape(result.case.label()):<45} {detail} {escape(why)}".rstrip()
     )
 
 
@@ -44,24 +51,53 @@ def case_rows_from_results(results: list[CaseResult]) -> list[dict]:
     for r in results:
         m = r.worst.metrics if r.worst else None
         sharded = r.rank_timings.get(0) or {}
-        rows.append({
-            "idx": r.index, "arch": r.case.arch, "variant": r.case.variant,
-            "precision": r.case.precision, "strategy": r.case.strategy, "ranks": r.ranks,
-            "status": r.status, "max_abs": m.max_abs if m else None,
-            "kl_max": m.kl_max if m else None, "top1": m.top1 if m else None,
-            "tokens_match": int(m.tokens_match) if m else None,
-            "prefill_tok_s": sharded.get("prefill_tok_s"), "decode_tok_s": sharded.get("decode_tok_s"),
-            "ref_prefill_tok_s": r.reference_timings.prefill_tok_s if r.reference_timings else None,
-            "ref_decode_tok_s": r.reference_timings.decode_tok_s if r.reference_timings else None,
-            "diagnoses": json.dumps(r.diagnoses), "reason": r.reason, "warnings": json.dumps(r.warnings),
-        })
+        rows.append(
+            {
+                "idx": r.index,
+                "arch": r.case.arch,
+                "variant": r.case.variant,
+                "precision": r.case.precision,
+                "strategy": r.case.strategy,
+                "ranks": r.ranks,
+                "status": r.status,
+                "max_abs": m.max_abs if m else None,
+                "kl_max": m.kl_max if m else None,
+                "top1": m.top1 if m else None,
+                "tokens_match": int(m.tokens_match) if m else None,
+                "prefill_tok_s": sharded.get("prefill_tok_s"),
+                "decode_tok_s": sharded.get("decode_tok_s"),
+                "ref_prefill_tok_s": r.reference_timings.prefill_tok_s
+                if r.reference_timings
+                else None,
+                "ref_decode_tok_s": r.reference_timings.decode_tok_s
+                if r.reference_timings
+                else None,
+                "diagnoses": json.dumps(r.diagnoses),
+                "reason": r.reason,
+                "warnings": json.dumps(r.warnings),
+            }
+        )
     return rows
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, show_lines=False)
-    for name in ("#", "arch", "variant", "prec", "strategy", "ranks", "status", "max|Δ|", "KL",
-                 "top1", "tokens", "prefill tok/s", "decode tok/s", "diagnosis"):
+    for name in (
+        "#",
+        "arch",
+        "variant",
+        "prec",
+        "strategy",
+        "ranks",
+        "status",
+        "max|Δ|",
+        "KL",
+        "top1",
+        "tokens",
+        "prefill tok/s",
+        "decode tok/s",
+        "diagnosis",
+    ):
         table.add_column(name, overflow="fold")
     for row in rows:
         colour = STYLE.get(row["status"], "white")
@@ -73,11 +109,20 @@ def verdict_table(rows: list[dict], title: str) -> Table:
             note = "; ".join(diagnoses) or (row["reason"] or "").splitlines()[0]
         tokens = {1: "match", 0: "differ"}.get(row["tokens_match"], "-")
         table.add_row(
-            str(row["idx"] + 1), row["arch"], row["variant"], row["precision"], row["strategy"],
-            str(row["ranks"]), f"[{colour}]{row['status']}[/{colour}]", _num(row["max_abs"]),
-            _num(row["kl_max"]), _num(row["top1"], ".2f"), tokens,
+            str(row["idx"] + 1),
+            row["arch"],
+            row["variant"],
+            row["precision"],
+            row["strategy"],
+            str(row["ranks"]),
+            f"[{colour}]{row['status']}[/{colour}]",
+            _num(row["max_abs"]),
+            _num(row["kl_max"]),
+            _num(row["top1"], ".2f"),
+            tokens,
             _rate(row["prefill_tok_s"], row["ref_prefill_tok_s"]),
-            _rate(row["decode_tok_s"], row["ref_decode_tok_s"]), note,
+            _rate(row["decode_tok_s"], row["ref_decode_tok_s"]),
+            escape(note),
         )
     return table
 
@@ -87,8 +132,10 @@ def failure_details(rows: list[dict]) -> list[str]:
     out = []
     for row in rows:
         if row["status"] in ("fail", "crash", "timeout", "error") and row["reason"]:
-            out.append(f"case {row['idx'] + 1} {row['arch']}/{row['precision']}/{row['strategy']} "
-                       f"[{row['status']}]: {row['reason']}")
+            out.append(
+                f"case {row['idx'] + 1} {row['arch']}/{row['precision']}/{row['strategy']} "
+                f"[{row['status']}]: {row['reason']}"
+            )
     return out
 
 
@@ -115,9 +162,13 @@ def archs_table(archs: dict, support) -> Table:
         sup = support(name)
         mark = lambda ok: "[green]yes[/green]" if ok else "[dim]no[/dim]"  # noqa: E731
         table.add_row(
-            name, arch.model_type, "moe" if arch.moe else "dense",
-            mark(sup.tp) if sup.available else "-", mark(sup.pp) if sup.available else "-",
-            ", ".join(arch.features), "" if sup.available else f"[yellow]unsupported: {sup.reason}[/yellow]",
+            name,
+            arch.model_type,
+            "moe" if arch.moe else "dense",
+            mark(sup.tp) if sup.available else "-",
+            mark(sup.pp) if sup.available else "-",
+            ", ".join(arch.features),
+            "" if sup.available else f"[yellow]unsupported: {sup.reason}[/yellow]",
         )
     return table
 
@@ -127,13 +178,21 @@ def run_header(run: dict) -> str:
         f"run {run['id']} [{run['status']}] {run['command']}\n"
         f"  started {run['started']}  finished {run['finished']}  ranks {run['ranks']} "
         f"backend {run['backend']} hosts {run['hosts']}\n"
-        f"  harness {run['harness_sha']}  mlx {run['mlx_version']}  mlx-lm {run['mlx_lm_version']}  "
-        f"python {run['python']}  {run['platform']}"
+        f"  harness {run['harness_sha']}  mlx {run['mlx_version']}  "
+        f"mlx-lm {run['mlx_lm_version']}  python {run['python']}  {run['platform']}"
     )
 
 
-GOLDEN_STYLE = {"match": "green", "written": "green", "exists": "dim", "updated": "yellow",
-                "missing": "yellow", "mismatch": "red", "corrupt": "red", "unavailable": "dim"}
+GOLDEN_STYLE = {
+    "match": "green",
+    "written": "green",
+    "exists": "dim",
+    "updated": "yellow",
+    "missing": "yellow",
+    "mismatch": "red",
+    "corrupt": "red",
+    "unavailable": "dim",
+}
 
 
 def golden_table(actions) -> Table:
@@ -149,30 +208,44 @@ def golden_table(actions) -> Table:
         detail = (check.detail or "") if check else ""
         if check and check.comparison and check.comparison.diagnoses and a.status != "match":
             detail = "; ".join(check.comparison.diagnoses)
-        table.add_row(a.key, f"[{colour}]{a.status}[/{colour}]", _num(m.max_abs) if m else "-", versions, detail)
+        table.add_row(
+            a.key,
+            f"[{colour}]{a.status}[/{colour}]",
+            _num(m.max_abs) if m else "-",
+            versions,
+            detail,
+        )
     return table
 
 
 def golden_diff(d) -> str:
     c = d.check.comparison
     m = c.metrics
+    rec, obt = d.recorded, d.obtained
+    tokens = "match" if m.tokens_match else f"differ from step {m.first_token_divergence}"
     lines = [
         f"golden {d.key} vs {d.against}: {d.check.status}",
-        f"  recorded: mlx {d.recorded.get('mlx_version')} mlx-lm {d.recorded.get('mlx_lm_version')} "
-        f"{d.recorded.get('platform')} at {d.recorded.get('created')}",
-        f"  {d.against}: mlx {d.obtained.get('mlx_version')} mlx-lm {d.obtained.get('mlx_lm_version')} "
-        f"{d.obtained.get('platform')}",
+        f"  recorded: mlx {rec.get('mlx_version')} mlx-lm {rec.get('mlx_lm_version')} "
+        f"{rec.get('platform')} at {rec.get('created')}",
+        f"  {d.against}: mlx {obt.get('mlx_version')} mlx-lm {obt.get('mlx_lm_version')} "
+        f"{obt.get('platform')}",
         f"  max|Δ| {_num(m.max_abs)}  rel {_num(m.rel)}  cosine {_num(m.cosine, '.6f')}  "
         f"KL {_num(m.kl_max)}  top1 {_num(m.top1, '.2f')}  decode max|Δ| {_num(m.decode_max_abs)}",
-        f"  greedy tokens {'match' if m.tokens_match else f'differ from step {m.first_token_divergence}'}",
+        f"  greedy tokens {tokens}",
     ]
     if c.diagnoses:
         lines.append("  diagnosis: " + "; ".join(c.diagnoses))
     return "\n".join(lines)
 
 
-VERDICT_STYLE = {"caught": "green", "passed": "green", "missed": "red", "wrong diagnosis": "red",
-                 "false alarm": "red", "not run": "yellow"}
+VERDICT_STYLE = {
+    "caught": "green",
+    "passed": "green",
+    "missed": "red",
+    "wrong diagnosis": "red",
+    "false alarm": "red",
+    "not run": "yellow",
+}
 
 
 def selftest_line(v) -> str:
@@ -189,17 +262,31 @@ def _layer_text(layer, part) -> str:
 
 def selftest_table(verdicts: list, title: str) -> Table:
     table = Table(title=title)
-    for name in ("fault", "arch", "prec", "verdict", "status (expected)", "diagnosis given",
-                 "diagnosis expected", "layer named", "layer injected"):
+    for name in (
+        "fault",
+        "arch",
+        "prec",
+        "verdict",
+        "status (expected)",
+        "diagnosis given",
+        "diagnosis expected",
+        "layer named",
+        "layer injected",
+    ):
         table.add_column(name, overflow="fold")
     for v in verdicts:
         colour = VERDICT_STYLE.get(v.verdict, "white")
         given = "; ".join(v.diagnoses) or (v.detail if v.status != "pass" else "")
         table.add_row(
-            v.fault, v.arch, v.precision, f"[{colour}]{v.verdict}[/{colour}]",
-            f"{v.status} ({v.expected_status})", escape(given),
+            v.fault,
+            v.arch,
+            v.precision,
+            f"[{colour}]{v.verdict}[/{colour}]",
+            f"{v.status} ({v.expected_status})",
+            escape(given),
             escape("; ".join(v.expected_diagnoses) or "-"),
-            _layer_text(v.layer, v.part), _layer_text(v.expected_layer, v.expected_part),
+            _layer_text(v.layer, v.part),
+            _layer_text(v.expected_layer, v.expected_part),
         )
     return table
 

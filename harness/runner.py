@@ -61,7 +61,9 @@ class CaseResult:
         """The comparison of the rank that did worst (largest max |Δ|)."""
         if not self.comparisons:
             return None
-        return max(self.comparisons.values(), key=lambda c: np.nan_to_num(c.metrics.max_abs, nan=np.inf))
+        return max(
+            self.comparisons.values(), key=lambda c: np.nan_to_num(c.metrics.max_abs, nan=np.inf)
+        )
 
     @property
     def failed(self) -> bool:
@@ -95,7 +97,9 @@ def validate(cases: list[Case], options: RunOptions) -> list[Case]:
         launch.check_options(options.backend, options.hostfile)
         hosts = launch.hostfile_ranks(options.hostfile)
         if options.ranks not in (1, hosts):
-            raise HarnessError(f"--ranks {options.ranks} disagrees with the {hosts} hosts in '{options.hostfile}'")
+            raise HarnessError(
+                f"--ranks {options.ranks} disagrees with the {hosts} hosts in '{options.hostfile}'"
+            )
         options.ranks = hosts
     if options.ranks > 1:
         launch.check_options(options.backend, options.hostfile)
@@ -148,8 +152,13 @@ def _run_in_process(runnable: list[tuple[int, Case]], options: RunOptions) -> It
             output, timings = run_case(case, group, options.capture, options.repeats)
         except Exception as exc:
             yield CaseResult(
-                index, case, 1, "crash", f"rank 0 raised {type(exc).__name__}: {exc}",
-                reference_timings=reference[1], duration=time.perf_counter() - started,
+                index,
+                case,
+                1,
+                "crash",
+                f"rank 0 raised {type(exc).__name__}: {exc}",
+                reference_timings=reference[1],
+                duration=time.perf_counter() - started,
             )
             continue
         result = _judge(index, case, 1, reference, {0: output}, {0: timings.to_dict()})
@@ -162,8 +171,12 @@ def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iter
         return
     cases = dict(runnable)
     job_options = launch.JobOptions(
-        ranks=options.ranks, backend=options.backend, hostfile=options.hostfile,
-        timeout=options.timeout, capture=options.capture, repeats=options.repeats,
+        ranks=options.ranks,
+        backend=options.backend,
+        hostfile=options.hostfile,
+        timeout=options.timeout,
+        capture=options.capture,
+        repeats=options.repeats,
     )
     if options.workdir is not None:
         options.workdir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +198,10 @@ def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iter
 
 def _reference_error(index: int, case: Case, options: RunOptions, exc: Exception) -> CaseResult:
     return CaseResult(
-        index, case, options.ranks, "error",
+        index,
+        case,
+        options.ranks,
+        "error",
         f"the single-rank reference failed: {type(exc).__name__}: {exc}",
     )
 
@@ -196,14 +212,24 @@ def _from_outcome(
     timings = {r.rank: r.timings for r in outcome.ranks if r.timings}
     if outcome.status != "done":
         return CaseResult(
-            outcome.index, case, options.ranks, outcome.status, outcome.detail,
-            reference_timings=reference[1], rank_timings=timings,
+            outcome.index,
+            case,
+            options.ranks,
+            outcome.status,
+            outcome.detail,
+            reference_timings=reference[1],
+            rank_timings=timings,
         )
     errors = [f"rank {r.rank} raised {r.error}" for r in outcome.ranks if r.status == "error"]
     if errors:
         return CaseResult(
-            outcome.index, case, options.ranks, "crash", "; ".join(errors),
-            reference_timings=reference[1], rank_timings=timings,
+            outcome.index,
+            case,
+            options.ranks,
+            "crash",
+            "; ".join(errors),
+            reference_timings=reference[1],
+            rank_timings=timings,
         )
     outputs = {}
     for r in outcome.ranks:
@@ -213,8 +239,12 @@ def _from_outcome(
 
 
 def _judge(
-    index: int, case: Case, ranks: int, reference: tuple[Output, Timings],
-    outputs: dict[int, Output], timings: dict[int, dict],
+    index: int,
+    case: Case,
+    ranks: int,
+    reference: tuple[Output, Timings],
+    outputs: dict[int, Output],
+    timings: dict[int, dict],
 ) -> CaseResult:
     """Compare every rank's output with the reference; the case passes if all ranks do."""
     ref, ref_timings = reference
@@ -228,8 +258,15 @@ def _judge(
     for rank, output in sorted(outputs.items()):
         test = Output(output.prefill, output.decode, output.tokens, {**merged, **output.layers})
         comparisons[rank] = compare(ref, test, tol, world=ranks)
-    result = CaseResult(index, case, ranks, "pass", comparisons=comparisons,
-                        reference_timings=ref_timings, rank_timings=timings)
+    result = CaseResult(
+        index,
+        case,
+        ranks,
+        "pass",
+        comparisons=comparisons,
+        reference_timings=ref_timings,
+        rank_timings=timings,
+    )
     failing = [r for r, c in comparisons.items() if not c.passed]
     for c in comparisons.values():
         result.warnings += [w for w in c.warnings if w not in result.warnings]

@@ -1,23 +1,23 @@
 """Suites: TOML files in `suites/` that expand into cases.
 
-    description = "..."
-    [defaults]                 # any Case field: seed, decode_steps, group_size, ...
-    decode_steps = 4
-    [[matrix]]                 # archs x strategies x precisions, where the arch supports it
-    archs = "moe"              # "moe", "dense", "all" or a list of names
-    strategies = ["tp", "pp"]
-    precisions = ["fp32", "q4"]
-    [[case]]                   # one explicit case; any Case field
-    arch = "qwen3_moe"
-    strategy = "tp"
-    precision = "q8"
-    tolerance = { atol = 1e-4 }
-    [[case]]                   # the model written to disk in a real checkpoint layout and
-    arch = "deepseek_v3"       # loaded through mlx-lm (harness checkpoint layouts)
-    layout = "hf-per-expert"
-    [[case]]                   # a real checkpoint: a path or a repo id in the local Hugging
-    arch = "qwen3_moe"         # Face cache (never downloaded; skipped when absent)
-    checkpoint = "mlx-community/Qwen3-30B-A3B-4bit"
+description = "..."
+[defaults]                 # any Case field: seed, decode_steps, group_size, ...
+decode_steps = 4
+[[matrix]]                 # archs x strategies x precisions, where the arch supports it
+archs = "moe"              # "moe", "dense", "all" or a list of names
+strategies = ["tp", "pp"]
+precisions = ["fp32", "q4"]
+[[case]]                   # one explicit case; any Case field
+arch = "qwen3_moe"
+strategy = "tp"
+precision = "q8"
+tolerance = { atol = 1e-4 }
+[[case]]                   # the model written to disk in a real checkpoint layout and
+arch = "deepseek_v3"       # loaded through mlx-lm (harness checkpoint layouts)
+layout = "hf-per-expert"
+[[case]]                   # a real checkpoint: a path or a repo id in the local Hugging
+arch = "qwen3_moe"         # Face cache (never downloaded; skipped when absent)
+checkpoint = "mlx-community/Qwen3-30B-A3B-4bit"
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def _case(fields: dict, where: str) -> Case:
     if unknown:
         raise HarnessError(f"{where}: unknown case field(s) {', '.join(sorted(unknown))}")
     if fields.get("dtype", "float32") not in DTYPES:
-        raise HarnessError(f"{where}: unknown dtype '{fields['dtype']}'; known: {', '.join(DTYPES)}")
+        raise HarnessError(
+            f"{where}: unknown dtype '{fields['dtype']}'; known: {', '.join(DTYPES)}"
+        )
     if "prompts" in fields:
         fields["prompts"] = tuple(tuple(p) for p in fields["prompts"])
     try:
@@ -93,7 +95,9 @@ def _case(fields: dict, where: str) -> Case:
         raise HarnessError(f"{where}: {exc}") from None
 
 
-def matrix_cases(archs: list[str], strategies: list[str], precisions: list[str], defaults: dict) -> list[Case]:
+def matrix_cases(
+    archs: list[str], strategies: list[str], precisions: list[str], defaults: dict
+) -> list[Case]:
     """Every arch x strategy x precision; built-in strategies only where the installed
     mlx-lm supports them (an arch it lacks entirely stays, to be reported as skipped)."""
     cases = []
@@ -122,7 +126,9 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
         if missing:
             raise HarnessError(f"{where}: missing {', '.join(sorted(missing))}")
         archs = _arch_names(matrix["archs"], where)
-        cases += matrix_cases(archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults)
+        cases += matrix_cases(
+            archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults
+        )
     for i, fields in enumerate(data.get("case", [])):
         where = f"{path}: case {i + 1}"
         if "arch" not in fields:

@@ -8,7 +8,9 @@ from harness import cli
 # Derandomized and without an example database: property outputs must agree across ranks
 # and runs. `ci` is the default; HYPOTHESIS_PROFILE=thorough runs more examples.
 settings.register_profile("ci", max_examples=25, derandomize=True, database=None, deadline=None)
-settings.register_profile("thorough", max_examples=300, derandomize=True, database=None, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=300, derandomize=True, database=None, deadline=None
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

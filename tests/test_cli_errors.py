@@ -33,7 +33,9 @@ def test_unknown_strategy_lists_known(run_cli, db_path):
 
 
 def test_strategy_module_that_does_not_import(run_cli, db_path):
-    result = run_cli("run", "--suite", "smoke", "--strategy", "no_such_pkg.mod:shard", "--db", db_path)
+    result = run_cli(
+        "run", "--suite", "smoke", "--strategy", "no_such_pkg.mod:shard", "--db", db_path
+    )
     assert_one_line_error(result, "no_such_pkg.mod", "does not import")
 
 
@@ -89,12 +91,24 @@ def test_mlx_launch_missing(run_cli, db_path, monkeypatch, tmp_path):
 
 
 def test_unknown_backend(run_cli, db_path):
-    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--backend", "carrier-pigeon", "--db", db_path)
+    result = run_cli(
+        "run", "--suite", "smoke", "--ranks", "2", "--backend", "carrier-pigeon", "--db", db_path
+    )
     assert_one_line_error(result, "unknown backend 'carrier-pigeon'")
 
 
 def test_missing_hostfile(run_cli, db_path, tmp_path):
-    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--hostfile", str(tmp_path / "hosts.json"), "--db", db_path)
+    result = run_cli(
+        "run",
+        "--suite",
+        "smoke",
+        "--ranks",
+        "2",
+        "--hostfile",
+        str(tmp_path / "hosts.json"),
+        "--db",
+        db_path,
+    )
     assert_one_line_error(result, "hostfile", "does not exist")
 
 
@@ -114,13 +128,17 @@ def test_launcher_found_beside_python():
 
 
 def test_run_arch_at_ranks_that_break_a_rule(run_cli, db_path):
-    result = run_cli("run", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "3", "--db", db_path)
+    result = run_cli(
+        "run", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "3", "--db", db_path
+    )
     assert_one_line_error(result, "num_attention_heads (8)", "3 ranks", "largest rank count")
 
 
 def test_preflight_command_violation_and_ok(run_cli):
     result = run_cli("preflight", "--arch", "deepseek_v3", "--ranks", "8", "--strategy", "pp")
-    assert_one_line_error(result, "num_hidden_layers (4)", "8 ranks", "largest rank count that works for it is 4")
+    assert_one_line_error(
+        result, "num_hidden_layers (4)", "8 ranks", "largest rank count that works for it is 4"
+    )
     ok = run_cli("preflight", "--arch", "deepseek_v3", "--ranks", "4", "--strategy", "pp")
     assert ok.code == 0 and "ok:" in ok.out
 
@@ -158,7 +176,9 @@ def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp
 def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path):
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text('[{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]')
-    result = run_cli("run", "--suite", "smoke", "--ranks", "4", "--hostfile", str(hostfile), "--db", db_path)
+    result = run_cli(
+        "run", "--suite", "smoke", "--ranks", "4", "--hostfile", str(hostfile), "--db", db_path
+    )
     assert_one_line_error(result, "--ranks 4 disagrees with the 2 hosts")
     hostfile.write_text("{not json")
     result = run_cli("run", "--suite", "smoke", "--hostfile", str(hostfile), "--db", db_path)

@@ -17,7 +17,15 @@ def _commands(group, prefix: str = ""):
 def test_every_command_has_help_with_an_example():
     root = typer.main.get_command(app)
     commands = dict(_commands(root))
-    assert {"run", "archs", "report", "preflight", "props", "golden verify", "checkpoint write"} <= set(commands)
+    assert {
+        "run",
+        "archs",
+        "report",
+        "preflight",
+        "props",
+        "golden verify",
+        "checkpoint write",
+    } <= set(commands)
     for path, command in commands.items():
         assert command.help and "Example: harness " in command.help, path
 

@@ -22,7 +22,12 @@ def make(B=2, L=6, V=32, S=3, D=8, layers=3) -> Output:
 
 
 def copy(out: Output) -> Output:
-    return Output(out.prefill.copy(), out.decode.copy(), out.tokens.copy(), {k: v.copy() for k, v in out.layers.items()})
+    return Output(
+        out.prefill.copy(),
+        out.decode.copy(),
+        out.tokens.copy(),
+        {k: v.copy() for k, v in out.layers.items()},
+    )
 
 
 def test_identical_passes_with_exact_metrics():
@@ -30,7 +35,12 @@ def test_identical_passes_with_exact_metrics():
     cmp = compare(ref, copy(ref), TOL, world=2)
     assert cmp.passed and cmp.diagnoses == []
     m = cmp.metrics
-    assert m.max_abs == 0 and m.kl_max == pytest.approx(0, abs=1e-12) and m.top1 == 1 and m.tokens_match
+    assert (
+        m.max_abs == 0
+        and m.kl_max == pytest.approx(0, abs=1e-12)
+        and m.top1 == 1
+        and m.tokens_match
+    )
     assert m.cosine == pytest.approx(1)
 
 

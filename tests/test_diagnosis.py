@@ -9,18 +9,45 @@ from harness.runner import RunOptions, run
 pytestmark = pytest.mark.multirank
 
 FAULTS = {
-    "harness.faults.reduction:double_reduce_mlp": (["scaled x2", "first divergent layer 1 (mlp/moe)"], 1, "mlp/moe"),
-    "harness.faults.corruption:perturb_layer_mlp": (["first divergent layer 2 (mlp/moe)"], 2, "mlp/moe"),
-    "harness.faults.corruption:perturb_layer_attention": (["first divergent layer 2 (attention)"], 2, "attention"),
-    "harness.faults.corruption:nan_in_attention": (["non-finite from layer 2 (attention)"], None, None),
+    "harness.faults.reduction:double_reduce_mlp": (
+        ["scaled x2", "first divergent layer 1 (mlp/moe)"],
+        1,
+        "mlp/moe",
+    ),
+    "harness.faults.corruption:perturb_layer_mlp": (
+        ["first divergent layer 2 (mlp/moe)"],
+        2,
+        "mlp/moe",
+    ),
+    "harness.faults.corruption:perturb_layer_attention": (
+        ["first divergent layer 2 (attention)"],
+        2,
+        "attention",
+    ),
+    "harness.faults.corruption:nan_in_attention": (
+        ["non-finite from layer 2 (attention)"],
+        None,
+        None,
+    ),
     "harness.faults.corruption:saturating_head": (
-        ["layers match: divergence after the last decoder layer (final norm / lm_head)", "saturated"], None, None),
+        [
+            "layers match: divergence after the last decoder layer (final norm / lm_head)",
+            "saturated",
+        ],
+        None,
+        None,
+    ),
     "harness.faults.corruption:decode_only": (["decode-only"], None, None),
 }
 
 CONTROLS = [
     Case(arch, strategy, seed=seed, quant=quant, decode_steps=3)
-    for arch, strategy in (("qwen3_moe", "tp"), ("deepseek_v3", "pp"), ("gpt_oss", "tp"), ("qwen3_next", "pp"))
+    for arch, strategy in (
+        ("qwen3_moe", "tp"),
+        ("deepseek_v3", "pp"),
+        ("gpt_oss", "tp"),
+        ("qwen3_next", "pp"),
+    )
     for seed in (1, 2)
     for quant in (None, 4)
 ]

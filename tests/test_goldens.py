@@ -41,7 +41,17 @@ def test_record_then_verify_matches_and_keys_ignore_strategy(gdir):
     assert [a.status for a in actions] == ["written"]  # one golden for both layouts
     npz_path, meta_path = goldens.paths(CASE.key(), gdir)
     meta = json.loads(meta_path.read_text())
-    for field in ("sha256", "key", "mlx_version", "mlx_lm_version", "platform", "dtype", "created", "harness_sha", "case"):
+    for field in (
+        "sha256",
+        "key",
+        "mlx_version",
+        "mlx_lm_version",
+        "platform",
+        "dtype",
+        "created",
+        "harness_sha",
+        "case",
+    ):
         assert field in meta
     assert meta["sha256"] == hashlib.sha256(npz_path.read_bytes()).hexdigest()
     assert "strategy" not in meta["case"]
@@ -112,7 +122,18 @@ def test_update_needs_reason_and_keeps_history(gdir, run_cli):
         goldens.save(CASE, goldens.reference_output(CASE), gdir)
     refused = run_cli("golden", "update", "--arch", "qwen3_moe", "--dir", str(gdir))
     assert refused.code == 2  # typer: missing required --reason
-    result = run_cli("golden", "update", "--arch", "qwen3_moe", "--precision", "fp32", "--reason", "zoo weights rescaled", "--dir", str(gdir))
+    result = run_cli(
+        "golden",
+        "update",
+        "--arch",
+        "qwen3_moe",
+        "--precision",
+        "fp32",
+        "--reason",
+        "zoo weights rescaled",
+        "--dir",
+        str(gdir),
+    )
     assert result.code == 0, result.out + result.err
     meta = json.loads(goldens.paths(CASE.key(), gdir)[1].read_text())
     assert meta["history"][-1]["reason"] == "zoo weights rescaled"
@@ -123,7 +144,19 @@ def test_update_needs_reason_and_keeps_history(gdir, run_cli):
 def test_run_fails_on_golden_mismatch(gdir, run_cli, db_path):
     goldens.record([CASE], gdir)
     _rewrite_npz(gdir, CASE.key(), lambda a: a.__setitem__("prefill", a["prefill"] + 0.01))
-    result = run_cli("run", "--arch", "qwen3_moe", "--strategy", "tp", "--repeats", "1", "--goldens", str(gdir), "--db", db_path)
+    result = run_cli(
+        "run",
+        "--arch",
+        "qwen3_moe",
+        "--strategy",
+        "tp",
+        "--repeats",
+        "1",
+        "--goldens",
+        str(gdir),
+        "--db",
+        db_path,
+    )
     assert result.code == 1
     assert "golden mismatch" in result.out
 
@@ -132,7 +165,11 @@ def test_committed_goldens_verify():
     keys = goldens.stored_keys()
     assert keys, "goldens for the moe and dense suites are committed"
     actions = goldens.verify(None)
-    bad = [(a.key, a.status, a.check.detail if a.check else None) for a in actions if a.status != "match"]
+    bad = [
+        (a.key, a.status, a.check.detail if a.check else None)
+        for a in actions
+        if a.status != "match"
+    ]
     assert not bad
 
 

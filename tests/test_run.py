@@ -51,7 +51,17 @@ def test_wrong_strategy_fails_run_with_exit_code_1(run_cli, db_path, tmp_path):
         "    layer = model.model.layers[1]\n"
         "    layer.self_attn.o_proj.weight = layer.self_attn.o_proj.weight * 1.01\n"
     )
-    result = run_cli("run", "--arch", "qwen3_moe", "--strategy", f"{strategy}:shard", "--repeats", "1", "--db", db_path)
+    result = run_cli(
+        "run",
+        "--arch",
+        "qwen3_moe",
+        "--strategy",
+        f"{strategy}:shard",
+        "--repeats",
+        "1",
+        "--db",
+        db_path,
+    )
     assert result.code == 1
     _, cases = store.get_run(store.open_db(db_path), None)
     assert [c["status"] for c in cases] == ["fail"]
@@ -69,8 +79,20 @@ def test_killed_run_keeps_finished_cases(tmp_path):
     """SIGKILL mid-run: the rows already written stay, the run stays marked unfinished."""
     db_path = tmp_path / "killed.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", "moe", "--repeats", "1", "--db", str(db_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--suite",
+            "moe",
+            "--repeats",
+            "1",
+            "--db",
+            str(db_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     rows = 0
@@ -93,8 +115,21 @@ def test_killed_run_keeps_finished_cases(tmp_path):
 def test_sigterm_marks_run_interrupted(tmp_path):
     db_path = tmp_path / "term.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", "moe", "--repeats", "1", "--db", str(db_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--suite",
+            "moe",
+            "--repeats",
+            "1",
+            "--db",
+            str(db_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -15,7 +15,11 @@ def test_moe_suite_covers_every_supported_moe_arch_strategy_and_precision():
         for strategy in ("tp", "pp"):
             expected = getattr(support(name), strategy)
             for precision in ("fp32", "q4"):
-                assert ((name, strategy, precision) in combos) == expected, (name, strategy, precision)
+                assert ((name, strategy, precision) in combos) == expected, (
+                    name,
+                    strategy,
+                    precision,
+                )
     assert all(ARCHS[c.arch].moe for c in cases)
 
 
@@ -26,8 +30,13 @@ def test_dense_and_smoke_suites_load():
 
 @pytest.mark.parametrize(
     "label, dtype, quant",
-    [("fp32", "float32", None), ("bf16", "bfloat16", None), ("q4", "float32", 4),
-     ("q8", "float32", 8), ("q4-bf16", "bfloat16", 4)],
+    [
+        ("fp32", "float32", None),
+        ("bf16", "bfloat16", None),
+        ("q4", "float32", 4),
+        ("q8", "float32", 8),
+        ("q4-bf16", "bfloat16", 4),
+    ],
 )
 def test_parse_precision(label, dtype, quant):
     assert suites.parse_precision(label) == {"dtype": dtype, "quant": quant}
@@ -60,5 +69,11 @@ def test_explicit_case_fields(tmp_path):
         'precision = "q8"\nseed = 7\ntolerance = { atol = 1e-3 }\n'
     )
     (case,) = suites.load_suite(str(path))
-    assert (case.arch, case.strategy, case.quant, case.seed, case.decode_steps) == ("deepseek_v3", "pp", 8, 7, 3)
+    assert (case.arch, case.strategy, case.quant, case.seed, case.decode_steps) == (
+        "deepseek_v3",
+        "pp",
+        8,
+        7,
+        3,
+    )
     assert case.tolerance == {"atol": 1e-3}

@@ -12,11 +12,15 @@ from harness.case import Case
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 
-app = typer.Typer(help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
+)
 
 Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
 Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
-Precision = Annotated[list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")]
+Precision = Annotated[
+    list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
+]
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
 
 
@@ -25,7 +29,12 @@ def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | Non
 
 
 @app.command()
-def record(suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR) -> None:
+def record(
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+    directory: Dir = goldens.GOLDENS_DIR,
+) -> None:
     """Write the goldens a suite is missing; existing goldens are never touched.
 
     Example: harness golden record --suite moe
@@ -35,7 +44,12 @@ def record(suite: Suite = None, arch: Arch = None, precision: Precision = None, 
 
 
 @app.command()
-def verify(suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR) -> None:
+def verify(
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+    directory: Dir = goldens.GOLDENS_DIR,
+) -> None:
     """Recompute references and hold them against the goldens (all stored ones by default).
 
     Exit 1 when a golden is missing, corrupt or differs; a mismatch writes an `obtained`
@@ -46,7 +60,9 @@ def verify(suite: Suite = None, arch: Arch = None, precision: Precision = None, 
     cases = _cases(suite, arch, precision) if (suite or arch) else None
     actions = goldens.verify(cases, directory)
     if not actions:
-        raise HarnessError(f"no goldens in {directory}; record some with 'harness golden record --suite moe'")
+        raise HarnessError(
+            f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
+        )
     _print(actions)
     changed = sorted({a.case.arch for a in actions if a.case and a.status == "mismatch"})
     if changed:
@@ -56,8 +72,13 @@ def verify(suite: Suite = None, arch: Arch = None, precision: Precision = None, 
 
 @app.command()
 def update(
-    reason: Annotated[str, typer.Option("--reason", help="Why the goldens change (kept in each sidecar).")],
-    suite: Suite = None, arch: Arch = None, precision: Precision = None, directory: Dir = goldens.GOLDENS_DIR,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the goldens change (kept in each sidecar).")
+    ],
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+    directory: Dir = goldens.GOLDENS_DIR,
 ) -> None:
     """Rewrite goldens on purpose, keeping the reason and the replaced hash in the sidecar.
 

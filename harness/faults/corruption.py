@@ -1,21 +1,21 @@
 """Wrong numbers in one place: a corrupted layer, a NaN, a saturated output, a bug that
-only shows in decode steps. Each starts from mlx-lm's correct tensor parallel."""
+only shows in decode steps, one expert slightly off on one rank. Each starts from mlx-lm's
+correct tensor parallel."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from harness.forward import decoder_layers
+from harness.faults import parts
 from harness.patching import wrap_call, wrap_output
 
-LAYER = 2  # of the zoo's 4 layers: not the first, not the last
+LAYER = parts.ATTENTION_LAYER  # of the zoo's 4 layers: not the first, not the last
+EXPERT = 0
+PERTURBATION = 1e-3
 
 
-def _attention(layer):
-    for name in ("self_attn", "attention", "attn", "linear_attn"):
-        if name in layer:
-            return layer[name]
-    raise ValueError(f"no attention module in {type(layer).__name__}")
+def _attention(model):
+    return parts.attention(parts.layer(model, LAYER))
 
 
 def perturb_layer_mlp(model, group):
@@ -23,13 +23,13 @@ def perturb_layer_mlp(model, group):
     right shape."""
     model.shard(group)
     if group.rank() == 0:
-        wrap_output(decoder_layers(model)[LAYER].mlp, lambda y: y * 1.01)
+        wrap_output(parts.feedforward(parts.layer(model, LAYER)), lambda y: y * 1.01)
 
 
 def perturb_layer_attention(model, group):
     """Every rank's attention output of layer 2 is off by 1%."""
     model.shard(group)
-    wrap_output(_attention(decoder_layers(model)[LAYER]), lambda y: y * 1.01)
+    wrap_output(_attention(model), lambda y: y * 1.01)
 
 
 def nan_in_attention(model, group):
@@ -39,7 +39,7 @@ def nan_in_attention(model, group):
     def poison(y):
         return mx.where(mx.arange(y.shape[-1]) == 0, mx.array(float("nan"), y.dtype), y)
 
-    wrap_output(_attention(decoder_layers(model)[LAYER]), poison)
+    wrap_output(_attention(model), poison)
 
 
 def saturating_head(model, group):
@@ -59,4 +59,24 @@ def decode_only(model, group):
         y = call(x, *args, **kwargs)
         return y * 1.05 if x.shape[1] == 1 else y
 
-    wrap_call(_attention(decoder_layers(model)[LAYER]), around)
+    wrap_call(_attention(model), around)
+
+
+def perturb_one_expert(model, group):
+    """Rank 0's slice of expert 0 in layer 1 is off by 1e-3 relative (its down projection,
+    or that projection's quantization scales): a slightly wrong dequantization or a stale
+    copy of one expert, the smallest fault the fp32 tolerances must still catch."""
+    model.shard(group)
+    if group.rank() != 0:
+        return
+    experts = parts.stacked_experts(parts.feedforward(parts.layer(model, parts.MLP_LAYER)))
+    if experts is None:
+        raise ValueError(f"layer {parts.MLP_LAYER} has no stacked experts")
+    down = parts.snapshot(experts.down_proj)
+    E = down["weight"].shape[0]
+    scale = mx.where(mx.arange(E) == EXPERT, 1 + PERTURBATION, 1.0)
+    for key, value in down.items():
+        # Quantized: scales and biases (w = scales * q + biases); the uint32 q stays.
+        if mx.issubdtype(value.dtype, mx.floating) and key != "bias":
+            down[key] = value * scale.reshape(E, *[1] * (value.ndim - 1)).astype(value.dtype)
+    parts.restore(experts.down_proj, down)

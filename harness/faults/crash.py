@@ -42,4 +42,3 @@ def hang_on_last_rank(model, group):
     if _last_rank(group):
         time.sleep(3600)
     model.shard(group)
-

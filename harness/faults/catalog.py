@@ -1,0 +1,277 @@
+"""The fault catalog: every broken strategy the harness ships, with the verdict and the
+diagnosis it must produce, and the correct-but-different controls it must pass.
+
+An entry names its strategy (`package.module:function`, the interface users have), the
+bug class of DESIGN.md it stands for, the expected status and diagnosis substrings, the
+layer and sub-block it breaks, and which architectures it applies to: a predicate over
+the zoo's `Arch` and `Support`, helped by a structural probe of the tiny model (does
+layer 1 have stacked experts, shared experts, a biased expert down projection; does
+layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
+
+`representative` is the default subset the selftest runs: one architecture per
+structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
+with shared experts: deepseek_v3; biases and sinks: gpt_oss; linear attention:
+qwen3_5_moe): 36 cases, about 30 s on 2 local ranks of a 2-core machine.
+`harness selftest --all-archs` runs every architecture a fault applies to (334 cases,
+about 5 minutes there).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.nn as nn
+from mlx_lm.models.pipeline import PipelineMixin
+
+from harness.errors import HarnessError
+from harness.faults import parts
+from harness.forward import decoder_layers
+from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
+
+# Bug classes, in the words of DESIGN.md's table.
+WRONG_AXIS = "stacked expert weights sliced on the wrong axis"
+UNSHARDED_SUM = "all_sum over an output that was never sharded"
+FUSED_SPLIT = "fused projection split contiguously instead of per segment"
+SATURATING = "head-parallel mis-slice that saturates the output"
+HEADS_NOT_DIVIDED = "head count not divided with its projection (crash)"
+MISSING_SUM = "no all_sum after a row-parallel projection"
+RANK_ORDER = "rank order swapped"
+PIPELINE = "pipeline rank runs the wrong layers"
+DECODE_ONLY = "bug only in decode steps"
+SMALL = "small perturbation of one expert on one rank"
+NON_FINITE = "non-finite value from an uninitialised buffer"
+CONTROL = "correct sharding that differs from mlx-lm's"
+
+ATTENTION, MLP, OUTPUT = "attention", "mlp/moe", "layer output"
+LOOP = "loop"  # the zoo feature of architectures that run their layers more than once
+L1, L2 = parts.MLP_LAYER, parts.ATTENTION_LAYER
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the faults need to know about an architecture's tiny model."""
+
+    layers: int = 0
+    stacked_experts: bool = False  # layer 1 has SwitchGLU-like experts
+    shared_experts: bool = False
+    expert_bias: bool = False  # the stacked down projection has a bias
+    attention: bool = False  # layer 2 has an attention module
+    kv_heads: bool = False  # ... that keeps a KV-head count
+    fused_qkv: bool = False  # ... that is a GatedDeltaNet with in_proj_qkv
+    output_bias: bool = False  # ... whose o_proj has a bias
+    pipeline_split: bool = False  # model.model.pipeline(group, split=...)
+    plain_pipeline: bool = False  # mlx-lm's PipelineMixin.pipeline, not an override
+    final_norm: bool = False  # model.model.norm
+
+
+@functools.cache
+def structure(name: str) -> Structure:
+    """Probe the architecture's tiny model (constructed only: weights stay lazy)."""
+    if not support(name).available:
+        return Structure()
+    config = config_copy(ARCHS[name])
+    model_cls, args_cls = model_classes(config)
+    model = model_cls(args_cls.from_dict(copy.deepcopy(config)))
+    found: dict = {"layers": len(decoder_layers(model))}
+    inner = getattr(model, "model", None)
+    pipeline = getattr(type(inner), "pipeline", None)
+    takes = inspect.signature(pipeline).parameters if callable(pipeline) else {}
+    found["pipeline_split"] = "split" in takes
+    found["plain_pipeline"] = pipeline is PipelineMixin.pipeline
+    found["final_norm"] = isinstance(getattr(inner, "norm", None), nn.Module)
+    found.update(_probe(lambda: parts.feedforward(parts.layer(model, L1)), _feedforward))
+    found.update(_probe(lambda: parts.attention(parts.layer(model, L2)), _attention))
+    return Structure(**found)
+
+
+def _probe(find: Callable[[], nn.Module], describe: Callable[[nn.Module], dict]) -> dict:
+    try:
+        return describe(find())
+    except ValueError:  # no such layer or sub-block
+        return {}
+
+
+def _feedforward(block: nn.Module) -> dict:
+    experts = parts.stacked_experts(block)
+    return {
+        "stacked_experts": experts is not None,
+        "shared_experts": parts.shared_experts(block) is not None,
+        "expert_bias": experts is not None and "bias" in experts.down_proj,
+    }
+
+
+def _attention(attn: nn.Module) -> dict:
+    o_proj = attn.get("o_proj")
+    try:
+        forward = inspect.getsource(type(attn).__call__)
+    except (OSError, TypeError):
+        forward = ""
+    # gpt_oss keeps a KV-head count but reshapes with -1: only a count the forward reads
+    # can be left undivided to any effect.
+    counts = [n for n in parts.KV_HEAD_COUNTS if isinstance(getattr(attn, n, None), int)]
+    return {
+        "attention": True,
+        "kv_heads": any(f"self.{n}" in forward for n in counts),
+        "fused_qkv": "in_proj_qkv" in attn and "conv1d" in attn,
+        "output_bias": isinstance(o_proj, nn.Module) and "bias" in o_proj,
+    }
+
+
+Applies = Callable[[Arch, Support], bool]
+
+
+def tp(need: Callable[[Structure], bool] = lambda s: True) -> Applies:
+    """Needs mlx-lm's tensor parallel (the fault starts from it) and `need` of the model."""
+    return lambda arch, sup: sup.available and sup.tp and need(structure(arch.name))
+
+
+def pp(need: Callable[[Structure], bool] = lambda s: True) -> Applies:
+    return lambda arch, sup: sup.available and sup.pp and need(structure(arch.name))
+
+
+def named(*names: str) -> Applies:
+    # A control that reproduces some architectures' shard() applies to those it was
+    # written for: structure alone cannot tell that another needs nothing more.
+    return lambda arch, sup: sup.available and sup.tp and arch.name in names
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    strategy: str
+    bug_class: str
+    applies: Applies
+    representative: tuple[str, ...]
+    expected: str = "fail"  # status: fail | crash | timeout; "pass" for a control
+    diagnoses: tuple[str, ...] = ()  # substrings; "{ranks}" is the rank count
+    layer: int | None = None  # the injected layer, where the fault has one
+    part: str | None = None  # attention | mlp/moe | layer output
+    precision: str = "fp32"  # fp32 | q4
+    min_ranks: int = 2
+    base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
+
+    @property
+    def control(self) -> bool:
+        return self.expected == "pass"
+
+    @property
+    def quant(self) -> int | None:
+        return 4 if self.precision == "q4" else None
+
+    def expected_diagnoses(self, ranks: int) -> list[str]:
+        return [d.format(ranks=ranks) for d in self.diagnoses]
+
+    def applies_to(self, name: str) -> bool:
+        if name not in ARCHS:
+            return False
+        arch = ARCHS[name]
+        # A looped model (iquestloopcoder) calls its layers' projections directly, never
+        # a layer or its attention as a whole: wrapping faults do nothing there, and the
+        # per-layer capture cannot place a divergence.
+        if not self.control and LOOP in arch.features:
+            return False
+        return bool(self.applies(arch, support(name)))
+
+    def archs(self, all_archs: bool = False) -> list[str]:
+        return [n for n in ARCHS if self.applies_to(n)] if all_archs else list(self.representative)
+
+
+def _at(layer: int, part: str, *more: str) -> dict:
+    """A fault injected at `layer`'s `part`: the diagnosis must name exactly that."""
+    where = f"first divergent layer {layer} ({part})"
+    return {"layer": layer, "part": part, "diagnoses": (*more, where)}
+
+
+F = "harness.faults."
+# Architectures whose mlx-lm shard() controls.manual_tp reproduces.
+MANUAL_TP = ("qwen3_moe", "deepseek_v3")
+
+# A table, kept aligned by hand.
+# fmt: off
+_ENTRIES: tuple[Fault, ...] = (
+    # ---- faults: each must fail (or crash) with its diagnosis, at its layer ----
+    Fault(name="expert_axis_gate_up", strategy=F + "slicing:expert_axis_gate_up",
+          bug_class=WRONG_AXIS, applies=tp(lambda s: s.stacked_experts),
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), **_at(L1, MLP)),
+    Fault(name="expert_axis_gate_up_q4", strategy=F + "slicing:expert_axis_gate_up",
+          bug_class=WRONG_AXIS, applies=tp(lambda s: s.stacked_experts),
+          representative=("qwen3_moe",), precision="q4", **_at(L1, MLP)),
+    Fault(name="double_reduce_mlp", strategy=F + "reduction:double_reduce_mlp",
+          bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.layers > L1),
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"),
+          **_at(L1, MLP, "scaled x{ranks}")),
+    Fault(name="unsharded_shared_expert", strategy=F + "reduction:unsharded_shared_expert",
+          bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.shared_experts),
+          representative=("deepseek_v3", "qwen3_5_moe"), **_at(L1, MLP)),
+    Fault(name="undivided_expert_bias", strategy=F + "reduction:undivided_expert_bias",
+          bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.expert_bias),
+          representative=("gpt_oss",), **_at(L1, MLP)),
+    Fault(name="bias_before_reduce", strategy=F + "reduction:bias_before_reduce",
+          bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.output_bias),
+          representative=("gpt_oss",), **_at(L2, ATTENTION)),
+    Fault(name="contiguous_fused_qkv", strategy=F + "slicing:contiguous_fused_qkv",
+          bug_class=FUSED_SPLIT, applies=tp(lambda s: s.fused_qkv),
+          representative=("qwen3_5_moe", "qwen3_5"), **_at(L2, ATTENTION)),
+    Fault(name="saturating_head", strategy=F + "corruption:saturating_head",
+          bug_class=SATURATING, applies=tp(lambda s: s.final_norm),
+          representative=("qwen3_moe",),
+          diagnoses=("saturated", "layers match: divergence after the last decoder layer")),
+    Fault(name="missing_reduction_attention",
+          strategy=F + "reduction:missing_reduction_attention",
+          bug_class=MISSING_SUM, applies=tp(lambda s: s.attention),
+          representative=("qwen3_moe", "deepseek_v3"), **_at(L2, ATTENTION)),
+    Fault(name="missing_reduction_mlp", strategy=F + "reduction:missing_reduction_mlp",
+          bug_class=MISSING_SUM, applies=tp(lambda s: s.layers > L1),
+          representative=("qwen3_moe", "llama"), **_at(L1, MLP)),
+    Fault(name="rank_order_swap", strategy=F + "slicing:rank_order_swap",
+          bug_class=RANK_ORDER, applies=tp(lambda s: s.stacked_experts),
+          representative=("qwen3_moe", "deepseek_v3"), **_at(L1, MLP)),
+    # Pipelines that override pipeline() to index layers themselves (qwen3_5, qwen3_next,
+    # ministral3, kimi_k3) crash on a shifted stage instead of skipping silently.
+    Fault(name="skip_layer", strategy=F + "pipeline:skip_layer", bug_class=PIPELINE,
+          applies=pp(lambda s: s.layers == 4 and s.plain_pipeline),
+          representative=("qwen3_moe", "deepseek_v3"),
+          base="pp", layer=L2, part=OUTPUT, diagnoses=(f"layer {L2} did not run on any rank",)),
+    Fault(name="decode_only", strategy=F + "corruption:decode_only", bug_class=DECODE_ONLY,
+          applies=tp(lambda s: s.attention), representative=("qwen3_moe",),
+          diagnoses=("decode-only",)),
+    Fault(name="perturb_one_expert", strategy=F + "corruption:perturb_one_expert",
+          bug_class=SMALL, applies=tp(lambda s: s.stacked_experts),
+          representative=("qwen3_moe", "deepseek_v3"), **_at(L1, MLP)),
+    Fault(name="perturb_one_expert_q4", strategy=F + "corruption:perturb_one_expert",
+          bug_class=SMALL, applies=tp(lambda s: s.stacked_experts),
+          representative=("qwen3_moe",), precision="q4", **_at(L1, MLP)),
+    Fault(name="nan_in_attention", strategy=F + "corruption:nan_in_attention",
+          bug_class=NON_FINITE, applies=tp(lambda s: s.attention),
+          representative=("qwen3_moe",), layer=L2, part=ATTENTION,
+          diagnoses=(f"non-finite from layer {L2} ({ATTENTION})",)),
+    Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
+          bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
+          representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
+    # ---- controls: correct, different from mlx-lm's own; each must pass ----
+    Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
+          applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
+    Fault(name="manual_tp_q4", strategy=F + "controls:manual_tp", bug_class=CONTROL,
+          applies=named(*MANUAL_TP), representative=("qwen3_moe",), expected="pass",
+          precision="q4"),
+    Fault(name="uneven_pipeline", strategy=F + "controls:uneven_pipeline", bug_class=CONTROL,
+          applies=pp(lambda s: s.pipeline_split), representative=("qwen3_moe", "deepseek_v3"),
+          expected="pass", base="pp"),
+    Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          precision="q4"),
+)
+# fmt: on
+
+CATALOG: dict[str, Fault] = {fault.name: fault for fault in _ENTRIES}
+
+
+def get_fault(name: str) -> Fault:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise HarnessError(f"unknown fault '{name}'; known: {', '.join(CATALOG)}") from None
