@@ -21,9 +21,7 @@ def run_case(
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
     mx.reset_peak_memory()
-    output = forward.run(model, case.prompts, case.decode_steps, capture=capture)
-    timings = forward.measure(model, case.prompts, repeats=repeats) if repeats else None
-    return output, timings
+    return forward.run(model, case.prompts, case.decode_steps, capture, repeats)
 
 
 def _model(case: Case, group) -> nn.Module:

@@ -172,8 +172,23 @@ def _logits(out) -> mx.array:
     return out
 
 
-def run(model: nn.Module, prompts, decode_steps: int, capture: bool = True) -> Output:
-    """Prefill on the prompts, then `decode_steps` greedy steps with the KV cache."""
+def _timed(call) -> tuple[mx.array, float]:
+    start = time.perf_counter()
+    out = _logits(call())
+    return out, time.perf_counter() - start
+
+
+def run(
+    model: nn.Module, prompts, decode_steps: int, capture: bool = True, repeats: int = 3
+) -> tuple[Output, Timings | None]:
+    """Prefill on the prompts, then `decode_steps` greedy steps with the KV cache; and,
+    unless `repeats` is 0, prefill and decode throughput.
+
+    The compared calls double as timing samples, so a case costs few extra model calls
+    (each costs collectives on real ranks): the captured prefill and the first decode
+    step are the warm-ups, later decode steps are decode samples (extra uncompared steps
+    make up `repeats`), and `repeats` fresh prefills are the prefill samples.
+    """
     recorder = install_capture(model) if capture else None
     tokens = mx.array(prompts)
     cache = make_prompt_cache(model)
@@ -182,44 +197,35 @@ def run(model: nn.Module, prompts, decode_steps: int, capture: bool = True) -> O
     prefill = _logits(model(tokens, cache=cache))
     if recorder:
         recorder.active = False
-    steps, greedy = [], [mx.argmax(prefill[:, -1, :], axis=-1)]
+    steps, greedy, decode_samples = [], [mx.argmax(prefill[:, -1, :], axis=-1)], []
     for _ in range(decode_steps):
-        logits = _logits(model(greedy[-1][:, None], cache=cache))[:, -1, :]
-        steps.append(logits)
-        greedy.append(mx.argmax(logits, axis=-1))
+        logits, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
+        steps.append(logits[:, -1, :])
+        greedy.append(mx.argmax(steps[-1], axis=-1))
+        decode_samples.append(seconds)
     as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
     B, V = prefill.shape[0], prefill.shape[-1]
     decode = np.stack([as_np(s) for s in steps]) if steps else np.zeros((0, B, V), np.float32)
-    return Output(
+    output = Output(
         prefill=as_np(prefill),
         decode=decode,
         tokens=np.stack([np.array(g) for g in greedy], axis=1).astype(np.int64),
         layers=recorder.states if recorder else {},
     )
-
-
-def measure(model: nn.Module, prompts, repeats: int = 3) -> Timings:
-    """Prefill and decode throughput: one warm-up, then the median of `repeats` samples."""
-    tokens = mx.array(prompts)
-    B, L = tokens.shape
-    prefill_samples = []
-    for i in range(repeats + 1):
-        cache = make_prompt_cache(model)
-        start = time.perf_counter()
-        out = _logits(model(tokens, cache=cache))
-        if i:
-            prefill_samples.append(time.perf_counter() - start)
-    step = mx.argmax(out[:, -1, :], axis=-1)[:, None]
-    decode_samples = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        _logits(model(step, cache=cache))
-        if i:
-            decode_samples.append(time.perf_counter() - start)
-    return Timings(
-        prefill_tok_s=B * L / statistics.median(prefill_samples),
+    if not repeats:
+        return output, None
+    while len(decode_samples) < repeats + 1:
+        _, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
+        decode_samples.append(seconds)
+    prefill_samples = [
+        _timed(lambda: model(tokens, cache=make_prompt_cache(model)))[1] for _ in range(repeats)
+    ]
+    decode_samples = decode_samples[1 : repeats + 1]
+    timings = Timings(
+        prefill_tok_s=B * tokens.shape[1] / statistics.median(prefill_samples),
         decode_tok_s=B / statistics.median(decode_samples),
         prefill_samples=prefill_samples,
         decode_samples=decode_samples,
         peak_memory=int(mx.get_peak_memory()),
     )
+    return output, timings

@@ -114,6 +114,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         current = db.execute("PRAGMA user_version").fetchone()[0]
     except Exception as exc:
         raise HarnessError(f"cannot open database '{path}': {exc}") from None
+    # WAL: each case's commit is cheap and a killed harness still keeps every commit.
+    db.enable_wal()
     for step, migrate in enumerate(MIGRATIONS[current:], start=current + 1):
         with db.conn:
             migrate(db)
