@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.case import Case
-from harness.compare import Comparison, Tolerance, compare, first_divergent_layer
+from harness.compare import Comparison, Metrics, Tolerance, compare, first_divergent_layer
 from harness.errors import HarnessError
 from harness.forward import Output
 
 GOLDENS_DIR = Path(__file__).resolve().parent.parent / "goldens"
 SUMMARY_PREFIX = "norms:"
+FULL_LOGITS_MAX_VOCAB = 4096  # above: keep top-k logprobs per position (real models)
+TOP_K = 20
 
 
 @dataclass
@@ -59,12 +61,95 @@ def layer_norms(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _npz_bytes(output: Output) -> bytes:
-    arrays = {"prefill": output.prefill, "decode": output.decode, "tokens": output.tokens}
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _topk(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The TOP_K token ids of every position and their logprobs."""
+    ids = np.argsort(-logits, axis=-1)[..., :TOP_K]
+    return ids, np.take_along_axis(_log_softmax(logits), ids, axis=-1).astype(np.float32)
+
+
+def _npz_bytes(output: Output, full: bool) -> bytes:
+    """A golden keeps full logits for tiny vocabularies and the top-k logprobs of each
+    position for real ones (full logits of a 150k vocabulary are megabytes per case)."""
+    arrays = {"tokens": output.tokens}
+    if full or output.prefill.shape[-1] <= FULL_LOGITS_MAX_VOCAB:
+        arrays.update(prefill=output.prefill, decode=output.decode)
+    else:
+        for part in ("prefill", "decode"):
+            arrays[f"topk_ids:{part}"], arrays[f"topk_logprobs:{part}"] = _topk(
+                getattr(output, part)
+            )
     arrays.update({SUMMARY_PREFIX + k: v for k, v in layer_norms(output.layers).items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
+
+
+@dataclass
+class Golden:
+    """A stored reference: full logits, or top-k logprobs per position; greedy tokens and
+    per-token norms of every captured hidden state (`layers`)."""
+
+    arrays: dict[str, np.ndarray]
+    layers: dict[str, np.ndarray]
+
+    @property
+    def topk(self) -> bool:
+        return "prefill" not in self.arrays
+
+
+def hold(golden: Golden, current: Output, tol: Tolerance) -> Comparison:
+    """Compare a fresh reference with a golden, whichever form the golden keeps."""
+    current = Output(current.prefill, current.decode, current.tokens, {})
+    if not golden.topk:
+        a = golden.arrays
+        return compare(Output(a["prefill"], a["decode"], a["tokens"], {}), current, tol, world=1)
+    return _hold_topk(golden.arrays, current, tol)
+
+
+def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Comparison:
+    """Logprobs at the golden's top-k ids, position by position, and the greedy tokens;
+    decode steps only while both sides fed the same tokens."""
+    steps = min(a["tokens"].shape[1], current.tokens.shape[1])
+    same = [np.array_equal(a["tokens"][:, s], current.tokens[:, s]) for s in range(steps)]
+    diverge = same.index(False) if False in same else None
+    compared = a["topk_ids:decode"].shape[0] if diverge is None else diverge
+    worst, ok = {}, True
+    for part, logits in (("prefill", current.prefill), ("decode", current.decode[:compared])):
+        ids, ref = a[f"topk_ids:{part}"][: len(logits)], a[f"topk_logprobs:{part}"][: len(logits)]
+        if logits.size == 0:
+            worst[part] = 0.0
+            continue
+        got = np.take_along_axis(_log_softmax(logits), ids, axis=-1)
+        delta = np.nan_to_num(np.abs(got - ref), nan=np.inf)
+        worst[part] = float(delta.max())
+        ok = ok and bool(np.all(delta <= tol.atol + tol.rtol * np.abs(ref)))
+    nan = float("nan")
+    top1 = float(np.mean(np.argmax(current.prefill, -1) == a["topk_ids:prefill"][..., 0]))
+    finite = bool(np.all(np.isfinite(current.prefill)))
+    metrics = Metrics(
+        worst["prefill"],
+        nan,
+        nan,
+        nan,
+        top1,
+        worst["decode"],
+        diverge is None,
+        diverge,
+        None,
+        nan,
+        nan,
+        nan,
+        not finite,
+    )
+    passed = ok and diverge is None and finite
+    diagnoses = [] if passed else [f"top-{TOP_K} logprobs or greedy tokens differ from the golden"]
+    return Comparison(passed=passed, metrics=metrics, diagnoses=diagnoses)
 
 
 def _environment() -> dict:
@@ -101,7 +186,7 @@ def save(
     """Write the golden of `case`. Overwriting an existing one needs a reason, which is
     kept in the sidecar's history."""
     npz_path, meta_path = paths(case.key(), directory)
-    payload = _npz_bytes(output)
+    payload = _npz_bytes(output, full=False)
     meta = _meta(case, payload, output)
     history = []
     if meta_path.exists():
@@ -124,9 +209,8 @@ def save(
     return npz_path
 
 
-def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Output, dict] | None:
-    """The golden's output (layer entries hold per-token norms) and sidecar, None if
-    absent; HarnessError if corrupt."""
+def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Golden, dict] | None:
+    """The golden and its sidecar, None if absent; CorruptGolden if corrupt."""
     npz_path, meta_path = paths(key, directory)
     if not npz_path.exists() and not meta_path.exists():
         return None
@@ -141,10 +225,14 @@ def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Output, dict] | None:
         )
     with np.load(io.BytesIO(payload)) as data:
         arrays = dict(data)
+    return _golden(arrays), meta
+
+
+def _golden(arrays: dict[str, np.ndarray]) -> Golden:
     layers = {
         k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)
     }
-    return Output(arrays["prefill"], arrays["decode"], arrays["tokens"], layers), meta
+    return Golden({k: v for k, v in arrays.items() if not k.startswith(SUMMARY_PREFIX)}, layers)
 
 
 class CorruptGolden(HarnessError):
@@ -174,9 +262,7 @@ def check(
         k: meta.get(k)
         for k in ("mlx_version", "mlx_lm_version", "platform", "created", "harness_sha")
     }
-    current = Output(output.prefill, output.decode, output.tokens, {})
-    reference = Output(golden.prefill, golden.decode, golden.tokens, {})
-    comparison = compare(reference, current, tol, world=1)
+    comparison = hold(golden, output, tol)
     if comparison.passed:
         return GoldenCheck(key, "match", None, comparison, provenance)
     _write_obtained(case, output, directory)
@@ -192,7 +278,8 @@ def check(
 
 
 def _write_obtained(case: Case, output: Output, directory: Path) -> None:
-    payload = _npz_bytes(output)
+    # Full logits, whatever the golden keeps: `diff` recomputes any comparison from it.
+    payload = _npz_bytes(output, full=True)
     npz_path, meta_path = obtained_paths(case.key(), directory)
     _write(npz_path, meta_path, payload, _meta(case, payload, output))
 
@@ -326,28 +413,15 @@ def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
     npz_path, meta_path = obtained_paths(key, directory)
     if npz_path.exists():
         with np.load(npz_path) as data:
-            arrays = dict(data)
-        norms = {
-            k.removeprefix(SUMMARY_PREFIX): v
-            for k, v in arrays.items()
-            if k.startswith(SUMMARY_PREFIX)
-        }
-        current, against, obtained_meta = (
-            Output(arrays["prefill"], arrays["decode"], arrays["tokens"], {}),
-            "obtained",
-            json.loads(meta_path.read_text()),
-        )
+            obtained = _golden(dict(data))
+        a, norms = obtained.arrays, obtained.layers
+        current = Output(a["prefill"], a["decode"], a["tokens"], {})
+        against, obtained_meta = "obtained", json.loads(meta_path.read_text())
     else:
-        fresh = reference_output(case)
-        norms = layer_norms(fresh.layers)
-        current, against, obtained_meta = (
-            Output(fresh.prefill, fresh.decode, fresh.tokens, {}),
-            "fresh",
-            _environment(),
-        )
-    comparison = compare(
-        Output(golden.prefill, golden.decode, golden.tokens, {}), current, tol, world=1
-    )
+        current = reference_output(case)
+        norms = layer_norms(current.layers)
+        against, obtained_meta = "fresh", _environment()
+    comparison = hold(golden, current, tol)
     moved = None if comparison.passed else first_divergent_layer(golden.layers, norms, tol)
     if moved is not None:
         comparison.first_divergent_layer = moved[0]

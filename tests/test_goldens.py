@@ -182,3 +182,25 @@ def test_committed_goldens_cover_moe_and_dense_suites():
         for case in load_suite(suite):
             if support(case.arch).available:
                 assert case.key() in stored, (suite, case.label())
+
+
+def test_large_vocabulary_goldens_keep_topk_logprobs(gdir, monkeypatch):
+    """Real models: top-k logprobs per position and greedy tokens, not the full vocabulary."""
+    monkeypatch.setattr(goldens, "FULL_LOGITS_MAX_VOCAB", 100)  # the zoo's 256 counts as large
+    goldens.record([CASE], gdir)
+    npz_path, _ = goldens.paths(CASE.key(), gdir)
+    with np.load(npz_path) as data:
+        names = set(data.files)
+        assert data["topk_ids:prefill"].shape[-1] == goldens.TOP_K
+    assert "prefill" not in names and {"tokens", "topk_logprobs:decode"} <= names
+    assert [a.status for a in goldens.verify(None, gdir)] == ["match"]
+
+    def nudge(arrays):
+        arrays["topk_logprobs:prefill"] = arrays["topk_logprobs:prefill"] + 0.01
+
+    _rewrite_npz(gdir, CASE.key(), nudge)
+    (action,) = goldens.verify(None, gdir)
+    assert action.status == "mismatch"
+    assert action.check.comparison.metrics.max_abs == pytest.approx(0.01, rel=0.05)
+    assert goldens.obtained_paths(CASE.key(), gdir)[0].exists()
+    assert goldens.diff(CASE.key(), gdir).check.status == "mismatch"
