@@ -3,6 +3,9 @@
 The case key names what the numbers depend on (architecture, config, weights, precision,
 prompts, decode steps, checkpoint layout) and never the parallel layout, so a tp=2 run and
 a pp=4 run of the same case compare against the same single-rank reference and golden.
+
+Prompts are token ids (`prompts`), or text (`prompt_text`) for a case with a checkpoint or
+layout: tokenized with that checkpoint's tokenizer, which then replaces `prompts`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Case:
     group_size: int = 32
     seed: int = 0
     prompts: tuple[tuple[int, ...], ...] = DEFAULT_PROMPTS
+    prompt_text: tuple[str, ...] = ()
     decode_steps: int = 4
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
     layout: str | None = None
@@ -53,6 +57,8 @@ class Case:
             parts.append(f"layout={self.layout}")
         if self.checkpoint:
             parts.append(f"ckpt={self.checkpoint}")
+        if self.prompt_text:
+            parts.append("text")
         if self.seed:
             parts.append(f"seed={self.seed}")
         return ";".join(parts) or "base"
@@ -71,6 +77,9 @@ class Case:
             "layout": self.layout,
             "checkpoint": self.checkpoint,
         }
+        # Only when set, so cases without text prompts keep the keys their goldens have.
+        if self.prompt_text:
+            ident["prompt_text"] = list(self.prompt_text)
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.arch}-{self.precision}-{digest}"
 
@@ -80,10 +89,12 @@ class Case:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["prompts"] = [list(p) for p in self.prompts]
+        data["prompt_text"] = list(self.prompt_text)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Case:
         data = dict(data)
         data["prompts"] = tuple(tuple(p) for p in data.get("prompts", DEFAULT_PROMPTS))
+        data["prompt_text"] = tuple(data.get("prompt_text", ()))
         return cls(**data)

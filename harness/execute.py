@@ -8,6 +8,9 @@ import mlx.nn as nn
 from harness import checkpoint, forward
 from harness.build import build_model
 from harness.case import Case
+from harness.checkpoint.load import case_checkpoint
+from harness.checkpoint.prompts import tokenize_prompts
+from harness.errors import HarnessError
 from harness.strategy import resolve
 
 
@@ -21,7 +24,16 @@ def run_case(
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
     mx.reset_peak_memory()
-    return forward.run(model, case.prompts, case.decode_steps, capture, repeats)
+    return forward.run(model, _prompts(case), case.decode_steps, capture, repeats)
+
+
+def _prompts(case: Case) -> tuple[tuple[int, ...], ...]:
+    """The case's token ids: its text prompts tokenized by its checkpoint's tokenizer."""
+    if not case.prompt_text:
+        return case.prompts
+    if not (case.layout or case.checkpoint):
+        raise HarnessError(f"{case.label()}: text prompts need a checkpoint or layout")
+    return tokenize_prompts(case_checkpoint(case), case.prompt_text)
 
 
 def _model(case: Case, group) -> nn.Module:

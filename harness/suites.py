@@ -18,6 +18,8 @@ layout = "hf-per-expert"
 [[case]]                   # a real checkpoint: a path or a repo id in the local Hugging
 arch = "qwen3_moe"         # Face cache (never downloaded; skipped when absent)
 checkpoint = "mlx-community/Qwen3-30B-A3B-4bit"
+prompt_text = ["Why is the sky blue?"]  # text, tokenized with the checkpoint's tokenizer
+                           # and chat template (checkpoint or layout cases only)
 """
 
 from __future__ import annotations
@@ -89,10 +91,26 @@ def _case(fields: dict, where: str) -> Case:
         )
     if "prompts" in fields:
         fields["prompts"] = tuple(tuple(p) for p in fields["prompts"])
+    if "prompt_text" in fields:
+        fields["prompt_text"] = _prompt_text(fields, where)
     try:
         return Case(**fields)
     except TypeError as exc:
         raise HarnessError(f"{where}: {exc}") from None
+
+
+def _prompt_text(fields: dict, where: str) -> tuple[str, ...]:
+    texts = fields["prompt_text"]
+    if not isinstance(texts, list | tuple) or not all(isinstance(t, str) for t in texts):
+        raise HarnessError(f"{where}: prompt_text must be a list of strings")
+    if texts and "prompts" in fields:
+        raise HarnessError(f"{where}: give prompts (token ids) or prompt_text, not both")
+    if texts and not (fields.get("checkpoint") or fields.get("layout")):
+        raise HarnessError(
+            f"{where}: prompt_text needs a checkpoint or layout, whose tokenizer turns it "
+            "into token ids; a zoo model has no tokenizer, so give token ids in prompts"
+        )
+    return tuple(texts)
 
 
 def matrix_cases(

@@ -431,3 +431,88 @@ def test_suites_load():
     assert real and all(c.checkpoint for c in real)
     layouts = [c for c in load_suite("moe") if c.layout]
     assert {c.layout for c in layouts} >= {"hf-per-expert", "hf-fused", "mlx-q4"}
+
+
+# ---- text prompts: the checkpoint's tokenizer and chat template ----
+
+
+def test_text_prompts_go_through_the_chat_template_left_padded(written):
+    from mlx_lm.utils import load_tokenizer
+
+    from harness.checkpoint.prompts import tokenize_prompts
+
+    path = written["mlx"]
+    ids = tokenize_prompts(path, ["hi", "hello there"])
+    assert ids == tokenize_prompts(path, ["hi", "hello there"])  # deterministic
+    assert len(ids[0]) == len(ids[1])
+    tokenizer = load_tokenizer(path)
+    turn = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(list(ids[1])) == turn.format("hello there")
+    padding = len("hello there") - len("hi")
+    assert ids[0][:padding] == (tokenizer.pad_token_id,) * padding == (0,) * padding
+    assert tokenizer.decode(list(ids[0][padding:])) == turn.format("hi")
+
+
+def test_text_prompts_without_a_chat_template_are_encoded_and_padded_with_eos(copy_of):
+    from harness.checkpoint.prompts import tokenize_prompts
+
+    path = copy_of()
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    del config["chat_template"], config["pad_token"]
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    ids = tokenize_prompts(path, ["hi", "hello there"])
+    eos = 2  # <|im_end|>
+    assert ids == ((eos,) * 9 + tuple(b"hi"), tuple(b"hello there"))
+
+
+def test_text_prompt_case_runs_the_tokenized_ids(written):
+    from harness import execute
+    from harness.checkpoint.prompts import tokenize_prompts
+
+    path = str(written["hf-per-expert"])
+    texts = ("Why is the sky blue?", "Hi")
+    case = Case("qwen3_moe", "none", checkpoint=path, prompt_text=texts, decode_steps=1)
+    output, _ = execute.run_case(case, None, capture=False, repeats=0)
+    ids = tokenize_prompts(path, texts)
+    assert output.prefill.shape[:2] == (2, len(ids[0]))
+    as_ids = Case("qwen3_moe", "none", checkpoint=path, prompts=ids, decode_steps=1)
+    expected, _ = execute.run_case(as_ids, None, capture=False, repeats=0)
+    assert (output.prefill == expected.prefill).all()
+
+
+def test_suite_with_text_prompts_passes(written, tmp_path, run_cli, db_path):
+    suite = tmp_path / "text.toml"
+    suite.write_text(
+        '[defaults]\nprompt_text = ["What is the capital of France?", "Hi"]\n'
+        f'[[case]]\narch = "qwen3_moe"\ncheckpoint = "{written["hf-per-expert"]}"\n'
+        'strategy = "tp"\n'
+        '[[case]]\narch = "deepseek_v3"\nlayout = "hf-per-expert"\nstrategy = "pp"\n'
+    )
+    result = run_cli("run", "--suite", str(suite), "--ranks", "1", "--db", db_path)
+    assert result.code == 0, result.out
+    progress = [line.split()[2] for line in result.out.splitlines() if line.startswith("[")]
+    assert progress == ["pass", "pass"], result.out
+
+
+def test_case_keys_without_text_prompts_are_unchanged():
+    # Committed goldens' keys: a case without prompt_text keeps its key.
+    assert Case("qwen3_moe").key() == "qwen3_moe-fp32-3209b76363d4"
+    assert Case("deepseek_v3", layout="hf-per-expert").key() == "deepseek_v3-fp32-40524b1d430e"
+    texted = Case("deepseek_v3", layout="hf-per-expert", prompt_text=("Hi",))
+    assert texted.key() != "deepseek_v3-fp32-40524b1d430e"
+    assert texted.key() != Case("deepseek_v3", layout="hf-per-expert", prompt_text=("Ho",)).key()
+    restored = Case.from_dict(json.loads(json.dumps(texted.to_dict())))
+    assert restored == texted and restored.key() == texted.key()
+
+
+def test_text_prompts_on_a_zoo_case_are_one_line(tmp_path, run_cli, db_path):
+    suite = tmp_path / "zoo.toml"
+    suite.write_text('[[case]]\narch = "qwen3_moe"\nprompt_text = ["Hi"]\n')
+    result = run_cli("run", "--suite", str(suite), "--db", db_path)
+    assert_one_line_error(result, "case 1: prompt_text needs a checkpoint or layout")
+    suite.write_text('[[case]]\narch = "qwen3_moe"\nlayout = "mlx"\nprompt_text = "Hi"\n')
+    result = run_cli("run", "--suite", str(suite), "--db", db_path)
+    assert_one_line_error(result, "case 1: prompt_text must be a list of strings")
+    from harness.suites import load_suite
+
+    assert all(c.prompt_text for c in load_suite("real"))

@@ -24,7 +24,7 @@ def test_cli_run_stores_run_and_cases(run_cli, db_path):
     assert run_row["mlx_version"] and run_row["mlx_lm_version"] and run_row["platform"]
     assert run_row["command"].startswith("harness run --suite smoke")
     assert run_row["started"] <= run_row["finished"]
-    assert run_row["cases"] == len(cases) == 4 and run_row["passed"] == 4
+    assert run_row["cases"] == len(cases) == 5 and run_row["passed"] == 5
     for row in cases:
         assert row["status"] == "pass"
         assert row["max_abs"] is not None and row["max_abs"] <= 1e-4
