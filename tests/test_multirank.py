@@ -1,8 +1,6 @@
 """Real 2-rank launches: each strategy, a wrong external strategy, and ranks that crash or
 hang. All cases of a test go through ONE runner call (a launch costs seconds)."""
 
-import time
-
 import pytest
 
 from harness.case import Case
@@ -27,9 +25,7 @@ def test_strategies_wrong_strategy_and_rank_failures_in_one_job():
         Case("llama", "none", decode_steps=2),
         Case("qwen3_moe", "tp", quant=4, decode_steps=2),
     ]
-    started = time.monotonic()
     results = _results(cases, timeout=15)
-    elapsed = time.monotonic() - started
     assert sorted(results) == list(range(len(cases)))
 
     for ok in (0, 2, 7, 8):
@@ -56,4 +52,6 @@ def test_strategies_wrong_strategy_and_rank_failures_in_one_job():
     hang = results[6]
     assert hang.status == "timeout"
     assert "did not finish within 15s" in hang.reason
-    assert elapsed < 120, "a hung rank is bounded by the case timeout"
+    # The hung case's own duration (from the previous case's result to its own) is the
+    # watchdog's 15 s plus a relaunch; the whole job's wall time depends on machine load.
+    assert hang.duration < 60, "a hung rank is bounded by the case timeout"

@@ -73,6 +73,9 @@ def run_property(
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
         verbosity=Verbosity.quiet,
+        # Hypothesis's own CI profile (chosen when CI is set) would append a
+        # reproduce_failure blob to every report.
+        print_blob=False,
     )
     @given(prop.examples(ranks))
     def property_test(example: Any) -> None:
