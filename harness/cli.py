@@ -161,6 +161,7 @@ def preflight_command(
     from harness import preflight
     from harness.build import tiny_config
     from harness.case import Case
+    from harness.checkpoint.read import read_config
 
     if (arch is None) == (config is None):
         raise HarnessError("give either --arch NAME or --config path/to/config.json")
@@ -168,7 +169,7 @@ def preflight_command(
         model_config = tiny_config(Case(arch))
         what = arch
     else:
-        model_config = preflight.read_config(config)
+        model_config = read_config(config)
         what = str(config)
     preflight.require(model_config, strategy, ranks, quant, group_size)
     render.console().print(f"ok: {what} fits {ranks} rank(s) under {strategy}", markup=False)

@@ -585,21 +585,3 @@ def require(
     if violations:
         raise HarnessError(violations[0].message)
 
-
-def read_config(path) -> dict:
-    """A checkpoint's config.json (or the directory holding it) as a dict."""
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise HarnessError(f"'{path}' does not exist; give a config.json or a checkpoint directory")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as error:
-        raise HarnessError(f"'{path}' is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise HarnessError(f"'{path}' has no model_type")
-    return config

@@ -145,7 +145,7 @@ def test_preflight_command_violation_and_ok(run_cli):
 
 def test_preflight_missing_config(run_cli, tmp_path):
     result = run_cli("preflight", "--config", str(tmp_path / "nope"), "--ranks", "2")
-    assert_one_line_error(result, "does not exist")
+    assert_one_line_error(result, "has no config.json")
 
 
 def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):

@@ -72,9 +72,15 @@ def _json(file: Path) -> dict:
 
 
 def read_config(path: Path) -> dict:
-    if not (path / "config.json").is_file():
+    """A checkpoint's config.json, given the checkpoint directory or the file itself."""
+    path = Path(path)
+    file = path if path.is_file() else path / "config.json"
+    if not file.is_file():
         raise HarnessError(f"'{path}' has no config.json, so it is not a model checkpoint")
-    return _json(path / "config.json")
+    config = _json(file)
+    if "model_type" not in config:
+        raise HarnessError(f"'{file}' names no model_type")
+    return config
 
 
 def _refuse_custom_code(path: Path, config: dict) -> None:
