@@ -584,4 +584,3 @@ def require(
     violations = check(config, strategy, ranks, quant, group_size)
     if violations:
         raise HarnessError(violations[0].message)
-
