@@ -75,34 +75,31 @@ def test_unsupported_strategy_is_skipped_with_reason():
     assert "tensor-parallel" in results[0].reason
 
 
-def test_killed_run_keeps_finished_cases(tmp_path):
-    """SIGKILL mid-run: the rows already written stay, the run stays marked unfinished."""
-    db_path = tmp_path / "killed.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            "--suite",
-            "moe",
-            "--repeats",
-            "1",
-            "--db",
-            str(db_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def _start_moe_run(db_path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "harness.cli", "run", "--suite", "moe", "--repeats", "1"]
+    return subprocess.Popen(
+        [*argv, "--db", str(db_path)], stdout=subprocess.DEVNULL, stderr=stderr, text=True
     )
-    deadline = time.monotonic() + 120
-    rows = 0
-    while time.monotonic() < deadline and rows < 2:
+
+
+def _wait_for_rows(db_path, wanted: int, seconds: float = 120) -> int:
+    """Poll the database (as another reader would) until `wanted` case rows exist."""
+    deadline, rows = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline and rows < wanted:
         time.sleep(0.2)
         if db_path.exists():
             try:
                 rows = sqlite3.connect(db_path).execute("select count(*) from cases").fetchone()[0]
             except sqlite3.OperationalError:
                 rows = 0
+    return rows
+
+
+def test_killed_run_keeps_finished_cases(tmp_path):
+    """SIGKILL mid-run: the rows already written stay, the run stays marked unfinished."""
+    db_path = tmp_path / "killed.db"
+    proc = _start_moe_run(db_path)
+    rows = _wait_for_rows(db_path, 2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert rows >= 2
@@ -114,32 +111,8 @@ def test_killed_run_keeps_finished_cases(tmp_path):
 
 def test_sigterm_marks_run_interrupted(tmp_path):
     db_path = tmp_path / "term.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            "--suite",
-            "moe",
-            "--repeats",
-            "1",
-            "--db",
-            str(db_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        if db_path.exists():
-            try:
-                if sqlite3.connect(db_path).execute("select count(*) from cases").fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:
-                pass
+    proc = _start_moe_run(db_path, stderr=subprocess.PIPE)
+    assert _wait_for_rows(db_path, 1) >= 1
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
