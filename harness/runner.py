@@ -17,7 +17,7 @@ from harness import checkpoint, goldens, launch, preflight
 from harness.build import tiny_config
 from harness.case import Case
 from harness.compare import Comparison, compare, tolerance_for
-from harness.errors import HarnessError
+from harness.errors import HarnessError, describe
 from harness.execute import run_case
 from harness.forward import Output, Timings
 from harness.strategy import BUILTIN, normalize, resolve
@@ -156,7 +156,7 @@ def _run_in_process(runnable: list[tuple[int, Case]], options: RunOptions) -> It
                 case,
                 1,
                 "crash",
-                f"rank 0 raised {type(exc).__name__}: {exc}",
+                f"rank 0 raised {describe(exc)}",
                 reference_timings=reference[1],
                 duration=time.perf_counter() - started,
             )
@@ -202,7 +202,7 @@ def _reference_error(index: int, case: Case, options: RunOptions, exc: Exception
         case,
         options.ranks,
         "error",
-        f"the single-rank reference failed: {type(exc).__name__}: {exc}",
+        f"the single-rank reference failed: {describe(exc)}",
     )
 
 

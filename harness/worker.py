@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
     spec = json.loads((job / "job.json").read_text())
 
     from harness.case import Case
+    from harness.errors import describe
     from harness.execute import run_case
 
     for entry in spec["cases"]:
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> None:
         except BaseException as exc:  # recorded for the parent, then this rank ends
             detail = "".join(traceback.format_exception(exc))
             print(detail, file=sys.stderr, flush=True)
-            _write_json(job / f"{stem}.json", {"status": "error", "error": _one_line(exc)})
+            _write_json(job / f"{stem}.json", {"status": "error", "error": describe(exc)})
             os._exit(1)
         with open(job / f"{stem}.npz.tmp", "wb") as fh:
             np.savez(fh, **output.arrays())
@@ -66,11 +67,6 @@ def main(argv: list[str]) -> None:
         _write_json(job / f"{stem}.json", {"status": "ok", "timings": timings.to_dict()})
     sys.stdout.flush()
     sys.stderr.flush()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from harness.checkpoint.read import (
     read_weights,
 )
 from harness.checkpoint.write import quantization, write_checkpoint
-from harness.errors import HarnessError
+from harness.errors import HarnessError, describe
 from harness.strategy import resolve
 
 # The harness never downloads: repo ids resolve in the local Hugging Face cache only.
@@ -259,10 +259,8 @@ def _mlx_lm_call(what: str, checkpoint: Checkpoint, fn, *args, **kwargs):
             f"sanitize() needs {exc}, which the checkpoint does not hold"
         ) from None
     except Exception as exc:
-        message = str(exc).strip().splitlines()
         raise HarnessError(
-            f"mlx-lm could not {what} {checkpoint.path} ({checkpoint.model_type}): "
-            f"{type(exc).__name__}: {message[0] if message else ''}"
+            f"mlx-lm could not {what} {checkpoint.path} ({checkpoint.model_type}): {describe(exc)}"
         ) from None
 
 

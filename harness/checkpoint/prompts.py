@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, describe
 
 
 def tokenize_prompts(checkpoint_dir: Path, texts: Sequence[str]) -> tuple[tuple[int, ...], ...]:
@@ -36,10 +36,8 @@ def _tokenizer(path: Path):
     try:
         return load_tokenizer(path, tokenizer_config_extra={"trust_remote_code": False})
     except Exception as exc:
-        message = str(exc).strip().splitlines()
         raise HarnessError(
-            f"'{path}': mlx-lm could not load the tokenizer for text prompts: "
-            f"{type(exc).__name__}: {message[0] if message else ''}"
+            f"'{path}': mlx-lm could not load the tokenizer for text prompts: {describe(exc)}"
         ) from None
 
 
