@@ -90,6 +90,12 @@ class _Params:
 # ---- rule kinds ----
 
 
+def _violation(rule, value: int, ranks: int, best: int, need: str) -> Violation:
+    """A Violation whose sentence is `need` plus the largest rank count that works."""
+    message = f"{need}; the largest rank count that works for it is {best}."
+    return Violation(rule.rule, rule.parameter, value, ranks, best, message)
+
+
 @dataclass(frozen=True)
 class Divides:
     """Every rank holds an equal share of `parameter` units: value % N == 0."""
@@ -104,15 +110,14 @@ class Divides:
         if not value or value % ctx.ranks == 0:
             return None
         best = _largest(lambda n: value % n == 0)
-        return Violation(
-            self.rule,
-            self.parameter,
+        return _violation(
+            self,
             value,
             ctx.ranks,
             best,
             f"{ctx.label} over {ctx.ranks} ranks needs {self.parameter} ({value}) to be "
             f"divisible by {ctx.ranks}, since every rank holds an equal share of the "
-            f"{self.unit}; the largest rank count that works for it is {best}.",
+            f"{self.unit}",
         )
 
 
@@ -131,15 +136,14 @@ class DividesOrRepeats:
         if not value or value % N == 0 or N % value == 0:
             return None
         best = _largest(lambda n: value % n == 0 or n % value == 0)
-        return Violation(
-            self.rule,
-            self.parameter,
+        return _violation(
+            self,
             value,
             N,
             best,
             f"{ctx.label} over {N} ranks needs {self.parameter} ({value}) to be divisible "
             f"by {N} or to divide it, since the {self.unit} are split across ranks or "
-            f"repeated on them; the largest rank count that works for it is {best}.",
+            f"repeated on them",
         )
 
 
@@ -157,15 +161,13 @@ class AtLeast:
         if value is None or value >= ctx.ranks:
             return None
         best = max(1, min(value, MAX_RANKS))
-        return Violation(
-            self.rule,
-            self.parameter,
+        return _violation(
+            self,
             value,
             ctx.ranks,
             best,
             f"{ctx.label} over {ctx.ranks} ranks needs {self.parameter} ({value}) to be "
-            f"at least {ctx.ranks}, since every rank runs at least one {self.unit}; "
-            f"the largest rank count that works for it is {best}.",
+            f"at least {ctx.ranks}, since every rank runs at least one {self.unit}",
         )
 
 
@@ -190,16 +192,14 @@ class QuantGroups:
         if ctx.bits is None or not value or value % gs or value % N or (value // gs) % N == 0:
             return None
         best = _largest(lambda n: (value // gs) % n == 0)
-        return Violation(
-            self.rule,
-            self.parameter,
+        return _violation(
+            self,
             value,
             N,
             best,
             f"{ctx.bits}-bit {ctx.label} over {N} ranks splits the {self.layer} "
             f"input {self.parameter} ({value}) into slices of {value // N}, "
-            f"not a multiple of the quantization group size {gs}; the largest rank count "
-            f"that works for it is {best}.",
+            f"not a multiple of the quantization group size {gs}",
         )
 
 
