@@ -13,11 +13,14 @@ from typing import Annotated
 
 import typer
 
-from harness import goldens, render, runner, store
+from harness import render
 from harness.commands import checkpoint, golden, props
 from harness.commands.select import select_cases
 from harness.commands.selftest import selftest
 from harness.errors import HarnessError
+from harness.records import goldens, store
+from harness.records.result import case_row
+from harness.run import runner
 
 app = typer.Typer(
     add_completion=False,
@@ -119,7 +122,7 @@ def run(
         status = "failed" if any(r.failed for r in results) else "passed"
     finally:
         counts = store.finish_run(database, run_id, status)
-    rows = render.case_rows_from_results(results)
+    rows = [case_row(r) for r in results]
     out.print(
         render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {options.ranks} rank(s)")
     )
@@ -159,9 +162,9 @@ def preflight_command(
     Example: harness preflight --arch qwen3_moe --ranks 4 --strategy tp --quant 4
     """
     from harness import preflight
-    from harness.build import tiny_config
     from harness.case import Case
-    from harness.checkpoint.read import read_config
+    from harness.models.build import tiny_config
+    from harness.models.checkpoint.read import read_config
 
     if (arch is None) == (config is None):
         raise HarnessError("give either --arch NAME or --config path/to/config.json")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.runner import CaseResult
+from harness.records.result import FAILING, CaseResult
 
 STYLE = {
     "pass": "green",
@@ -43,41 +43,6 @@ def progress_line(result: CaseResult, total: int) -> str:
         f"[{result.index + 1:>3}/{total}] [{colour}]{result.status:<7}[/{colour}] "
         f"{escape(result.case.label()):<45} {detail} {escape(why)}".rstrip()
     )
-
-
-def case_rows_from_results(results: list[CaseResult]) -> list[dict]:
-    """The same row shape `store.get_run` returns, so one table renders both."""
-    rows = []
-    for r in results:
-        m = r.worst.metrics if r.worst else None
-        sharded = r.rank_timings.get(0) or {}
-        rows.append(
-            {
-                "idx": r.index,
-                "arch": r.case.arch,
-                "variant": r.case.variant,
-                "precision": r.case.precision,
-                "strategy": r.case.strategy,
-                "ranks": r.ranks,
-                "status": r.status,
-                "max_abs": m.max_abs if m else None,
-                "kl_max": m.kl_max if m else None,
-                "top1": m.top1 if m else None,
-                "tokens_match": int(m.tokens_match) if m else None,
-                "prefill_tok_s": sharded.get("prefill_tok_s"),
-                "decode_tok_s": sharded.get("decode_tok_s"),
-                "ref_prefill_tok_s": r.reference_timings.prefill_tok_s
-                if r.reference_timings
-                else None,
-                "ref_decode_tok_s": r.reference_timings.decode_tok_s
-                if r.reference_timings
-                else None,
-                "diagnoses": json.dumps(r.diagnoses),
-                "reason": r.reason,
-                "warnings": json.dumps(r.warnings),
-            }
-        )
-    return rows
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
@@ -131,7 +96,7 @@ def failure_details(rows: list[dict]) -> list[str]:
     """The full reason of every non-passing case (crash stderr tails included)."""
     out = []
     for row in rows:
-        if row["status"] in ("fail", "crash", "timeout", "error") and row["reason"]:
+        if row["status"] in FAILING and row["reason"]:
             out.append(
                 f"case {row['idx'] + 1} {row['arch']}/{row['precision']}/{row['strategy']} "
                 f"[{row['status']}]: {row['reason']}"

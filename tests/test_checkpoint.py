@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_flatten
 
-from harness import checkpoint
 from harness.case import Case
-from harness.checkpoint.load import coverage_of, load_checked
 from harness.errors import HarnessError
-from harness.runner import RunOptions, run
+from harness.models import checkpoint
+from harness.models.checkpoint.load import coverage_of, load_checked
+from harness.run.runner import RunOptions, run
 
 TOKENS = mx.array([[1, 17, 42, 99, 7, 250, 31, 64], [5, 200, 13, 77, 128, 3, 190, 45]])
 # (arch, layout, quant): every Hugging Face layout of the families asked for, and the
@@ -140,7 +140,7 @@ def test_sanitize_gives_back_exactly_the_generated_weights(case, seed):
 def test_tp_and_pp_go_through_sharded_load(monkeypatch):
     import mlx_lm.utils
 
-    from harness import execute
+    from harness.run import execute
 
     calls = []
     real = mlx_lm.utils.sharded_load
@@ -164,7 +164,7 @@ def test_tp_and_pp_go_through_sharded_load(monkeypatch):
 def test_single_file_checkpoint_is_sharded_without_an_index(copy_of, monkeypatch):
     import mlx_lm.utils
 
-    from harness import execute
+    from harness.run import execute
 
     path = copy_of()
     merged = {}
@@ -273,7 +273,7 @@ def test_transformers_gpt_oss_layout_is_caught_dropping_every_expert(tmp_path):
     # transformers' own (dequantized) gpt-oss keys: experts.gate_up_proj [E, H, 2I]
     # without ".weight". mlx-lm's sanitize renames it to experts.gate_proj, which no
     # parameter has, so a strict=False load keeps random experts without a word.
-    from harness.checkpoint.write import write_shards
+    from harness.models.checkpoint.write import write_shards
 
     model, config = checkpoint.source_model("gpt_oss", "mlx")
     params, weights = dict(tree_flatten(model.parameters())), {}
@@ -439,7 +439,7 @@ def test_suites_load():
 def test_text_prompts_go_through_the_chat_template_left_padded(written):
     from mlx_lm.utils import load_tokenizer
 
-    from harness.checkpoint.prompts import tokenize_prompts
+    from harness.models.checkpoint.prompts import tokenize_prompts
 
     path = written["mlx"]
     ids = tokenize_prompts(path, ["hi", "hello there"])
@@ -454,7 +454,7 @@ def test_text_prompts_go_through_the_chat_template_left_padded(written):
 
 
 def test_text_prompts_without_a_chat_template_are_encoded_and_padded_with_eos(copy_of):
-    from harness.checkpoint.prompts import tokenize_prompts
+    from harness.models.checkpoint.prompts import tokenize_prompts
 
     path = copy_of()
     config = json.loads((path / "tokenizer_config.json").read_text())
@@ -466,8 +466,8 @@ def test_text_prompts_without_a_chat_template_are_encoded_and_padded_with_eos(co
 
 
 def test_text_prompt_case_runs_the_tokenized_ids(written):
-    from harness import execute
-    from harness.checkpoint.prompts import tokenize_prompts
+    from harness.models.checkpoint.prompts import tokenize_prompts
+    from harness.run import execute
 
     path = str(written["hf-per-expert"])
     texts = ("Why is the sky blue?", "Hi")

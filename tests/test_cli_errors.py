@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from harness import launch
+from harness.run import launch
 
 
 def assert_one_line_error(result, *fragments):
@@ -151,8 +151,8 @@ def test_preflight_missing_config(run_cli, tmp_path):
 def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):
     import json
 
-    from harness.build import tiny_config
     from harness.case import Case
+    from harness.models.build import tiny_config
 
     config = tiny_config(Case("qwen3_moe"))
     config["moe_intermediate_size"] = 90
@@ -162,7 +162,7 @@ def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):
 
 
 def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp_path):
-    from harness import store
+    from harness.records import store
 
     suite = tmp_path / "three.toml"
     suite.write_text('[[case]]\narch = "qwen3_moe"\nstrategy = "tp"\n')

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.compare import TOLERANCES, compare, explain_routing_flip, tolerance_for
-from harness.forward import Output
+from harness.records.compare import TOLERANCES, compare, explain_routing_flip, tolerance_for
+from harness.records.outputs import Output
 
 TOL = TOLERANCES["fp32"]
 rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ tensor and pipeline parallel across seeds and precisions with no false failure."
 import pytest
 
 from harness.case import Case
-from harness.runner import RunOptions, run
+from harness.run.runner import RunOptions, run
 
 pytestmark = pytest.mark.multirank
 

@@ -4,7 +4,7 @@ hang. All cases of a test go through ONE runner call (a launch costs seconds).""
 import pytest
 
 from harness.case import Case
-from harness.runner import RunOptions, run
+from harness.run.runner import RunOptions, run
 
 pytestmark = pytest.mark.multirank
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from harness import store
 from harness.case import Case
-from harness.runner import RunOptions, run
+from harness.records import store
+from harness.run.runner import RunOptions, run
 
 
 def test_cli_run_stores_run_and_cases(run_cli, db_path):

@@ -7,14 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from harness import store
 from harness.case import Case
-from harness.compare import TOLERANCES, Comparison, Metrics, compare
 from harness.faults import catalog
 from harness.faults.catalog import CATALOG, Fault
-from harness.forward import Output
-from harness.runner import CaseResult
-from harness.selftest import (
+from harness.faults.selftest import (
     CAUGHT,
     FALSE_ALARM,
     MISSED,
@@ -25,6 +21,10 @@ from harness.selftest import (
     plan,
     run_selftest,
 )
+from harness.records import store
+from harness.records.compare import TOLERANCES, Comparison, Metrics, compare
+from harness.records.outputs import Output
+from harness.run.runner import CaseResult
 
 FAULT = Fault(
     name="example",
@@ -239,7 +239,7 @@ def test_selftest_catches_every_fault_and_passes_every_control(db_path):
 def test_cases_after_one_where_every_rank_raised_still_run():
     # Every rank raising ends the launch after recording it; the next case must be
     # relaunched, not recorded as a crash it never had.
-    from harness.runner import RunOptions, run
+    from harness.run.runner import RunOptions, run
 
     crash = "harness.faults.heads:kv_heads_not_divided"
     cases = [

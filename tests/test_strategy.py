@@ -1,7 +1,7 @@
 import pytest
 
-from harness import strategy
 from harness.errors import HarnessError
+from harness.run import strategy
 
 
 def test_builtins():

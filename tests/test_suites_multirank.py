@@ -3,7 +3,7 @@ suite under tp and pp, fp32 and 4-bit, on 2 real ranks, against the committed go
 
 import pytest
 
-from harness import store
+from harness.records import store
 
 pytestmark = pytest.mark.multirank
 

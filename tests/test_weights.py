@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from harness.build import build_model, tiny_config
 from harness.case import Case
-from harness.weights import init_weights, param_rng
+from harness.models.build import build_model, tiny_config
+from harness.models.weights import init_weights, param_rng
 from harness.zoo import model_classes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from harness import zoo
-from harness.build import build_model, tiny_config
 from harness.case import DEFAULT_PROMPTS, Case
 from harness.errors import HarnessError
+from harness.models.build import build_model, tiny_config
 from harness.zoo import ARCHS, Arch, get_arch, support
 
 RANKS = (1, 2, 4)

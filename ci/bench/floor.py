@@ -8,8 +8,8 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-from harness.build import build_model
 from harness.case import DEFAULT_PROMPTS, Case
+from harness.models.build import build_model
 
 TP = [
     "qwen3_moe",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness import checkpoint
+from harness.models import checkpoint
 
 app = typer.Typer(
     help="Write tiny checkpoints in real on-disk layouts; check checkpoints load through mlx-lm.",

@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-from harness import goldens, render
+from harness import render
 from harness.case import Case
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
+from harness.records import goldens
+from harness.run import references
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
@@ -39,7 +41,7 @@ def record(
 
     Example: harness golden record --suite moe
     """
-    actions = goldens.record(_cases(suite, arch, precision), directory)
+    actions = references.record(_cases(suite, arch, precision), directory)
     _print(actions)
 
 
@@ -58,7 +60,7 @@ def verify(
     Example: harness golden verify
     """
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    actions = goldens.verify(cases, directory)
+    actions = references.verify(cases, directory)
     if not actions:
         raise HarnessError(
             f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
@@ -84,7 +86,7 @@ def update(
 
     Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
     """
-    _print(goldens.update(_cases(suite, arch, precision), reason, directory))
+    _print(references.update(_cases(suite, arch, precision), reason, directory))
 
 
 @app.command()
@@ -96,11 +98,11 @@ def diff(
 
     Example: harness golden diff qwen3_moe-fp32-0123456789ab
     """
-    summary = goldens.diff(key, directory)
+    summary = references.diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 
 
-def _print(actions: list[goldens.GoldenAction]) -> None:
+def _print(actions: list[references.GoldenAction]) -> None:
     out = render.console()
     out.print(render.golden_table(actions))

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from harness import render, store
-from harness.selftest import run_selftest
+from harness import render
+from harness.faults.selftest import run_selftest
+from harness.records import store
 
 
 def selftest(

@@ -29,7 +29,7 @@ from mlx_lm.models.pipeline import PipelineMixin
 
 from harness.errors import HarnessError
 from harness.faults import parts
-from harness.forward import decoder_layers
+from harness.run.forward import decoder_layers
 from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
 
 # Bug classes, in the words of DESIGN.md's table.

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import HarnessError
-from harness.launch import launch_argv
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
+from harness.run.launch import launch_argv
 
 MAX_RANKS = 8
 SIMULATED_RANKS = st.integers(1, MAX_RANKS)

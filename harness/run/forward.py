@@ -10,54 +10,17 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-from harness.patching import wrap_call, wrap_output
+from harness.records.outputs import Output, Timings
+from harness.run.patching import wrap_call, wrap_output
 
 ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
-
-
-@dataclass
-class Output:
-    """What one run of a model produced, as numpy (float32) so it crosses processes."""
-
-    prefill: np.ndarray  # [B, L, V] logits
-    decode: np.ndarray  # [S, B, V] logits of each greedy decode step
-    tokens: np.ndarray  # [B, S + 1] greedy tokens: after prefill, then after each step
-    layers: dict[str, np.ndarray] = field(default_factory=dict)  # "layer.{i}.{part}" -> [B, L, D]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "prefill": self.prefill,
-            "decode": self.decode,
-            "tokens": self.tokens,
-            **{f"hidden:{k}": v for k, v in self.layers.items()},
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Output:
-        layers = {
-            k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")
-        }
-        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers)
-
-
-@dataclass
-class Timings:
-    prefill_tok_s: float
-    decode_tok_s: float
-    prefill_samples: list[float]  # seconds per prefill call
-    decode_samples: list[float]  # seconds per decode step
-    peak_memory: int  # bytes, this process
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 class _Recorder:

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
 
     from harness.case import Case
     from harness.errors import describe
-    from harness.execute import run_case
+    from harness.run.execute import run_case
 
     for entry in spec["cases"]:
         index, case = entry["index"], Case.from_dict(entry["case"])

@@ -8,8 +8,8 @@ mlx-lm's own load path with a key coverage check.
 - `load`: `load_for_case` (load_model / sharded_load), coverage, `skip_reason`.
 """
 
-from harness.checkpoint.layouts import LAYOUTS, get_layout, layouts_for, to_layout
-from harness.checkpoint.load import (
+from harness.models.checkpoint.layouts import LAYOUTS, get_layout, layouts_for, to_layout
+from harness.models.checkpoint.load import (
     CheckpointNotFound,
     Coverage,
     CoverageError,
@@ -19,7 +19,7 @@ from harness.checkpoint.load import (
     sharded_by_loader,
     skip_reason,
 )
-from harness.checkpoint.write import source_model, write_checkpoint
+from harness.models.checkpoint.write import source_model, write_checkpoint
 
 __all__ = [
     "LAYOUTS",

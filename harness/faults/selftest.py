@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import runner, store
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.faults.catalog import CATALOG, Fault
-from harness.runner import CaseResult, RunOptions
+from harness.records import store
+from harness.run import runner
+from harness.run.runner import CaseResult, RunOptions
 
 DECODE_STEPS = 3
 CAUGHT, MISSED, WRONG = "caught", "missed", "wrong diagnosis"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from harness import checkpoint, forward
-from harness.build import build_model
 from harness.case import Case
-from harness.checkpoint.load import case_checkpoint
-from harness.checkpoint.prompts import tokenize_prompts
 from harness.errors import HarnessError
-from harness.strategy import resolve
+from harness.models import checkpoint
+from harness.models.build import build_model
+from harness.models.checkpoint.load import case_checkpoint
+from harness.models.checkpoint.prompts import tokenize_prompts
+from harness.run import forward
+from harness.run.strategy import resolve
 
 
 def run_case(

@@ -13,7 +13,7 @@ from mlx.utils import tree_map_with_path
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError
-from harness.weights import init_weights
+from harness.models.weights import init_weights
 from harness.zoo import config_copy, get_arch, model_classes, support
 
 

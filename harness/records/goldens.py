@@ -23,11 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from harness.case import Case
-from harness.compare import Comparison, Metrics, Tolerance, compare, first_divergent_layer
 from harness.errors import HarnessError
-from harness.forward import Output
+from harness.records.compare import (
+    Comparison,
+    Metrics,
+    Tolerance,
+    compare,
+    first_divergent_layer,
+    tolerance_for,
+)
+from harness.records.outputs import Output
+from harness.records.provenance import environment
 
-GOLDENS_DIR = Path(__file__).resolve().parent.parent / "goldens"
+GOLDENS_DIR = Path(__file__).resolve().parents[2] / "goldens"
 SUMMARY_PREFIX = "norms:"
 FULL_LOGITS_MAX_VOCAB = 4096  # above: keep top-k logprobs per position (real models)
 TOP_K = 20
@@ -152,12 +160,6 @@ def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Com
     return Comparison(passed=passed, metrics=metrics, diagnoses=diagnoses)
 
 
-def _environment() -> dict:
-    from harness.store import environment
-
-    return environment()
-
-
 def _write(npz_path: Path, meta_path: Path, payload: bytes, meta: dict) -> None:
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     for path, data in ((npz_path, payload), (meta_path, json.dumps(meta, indent=1).encode())):
@@ -174,7 +176,7 @@ def _meta(case: Case, payload: bytes, output: Output) -> dict:
         "dtype": case.dtype,
         "precision": case.precision,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **_environment(),
+        **environment(),
         "greedy_tokens": output.tokens.tolist(),
         "shapes": {"prefill": list(output.prefill.shape), "decode": list(output.decode.shape)},
     }
@@ -299,99 +301,6 @@ def stored_case(key: str, directory: Path = GOLDENS_DIR) -> Case:
 
 
 @dataclass
-class GoldenAction:
-    """What `record` / `update` / `verify` did with one golden."""
-
-    key: str
-    case: Case | None  # None when the sidecar is too damaged to rebuild the case
-    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's;
-    # any: unavailable (this machine cannot compute the case)
-    check: GoldenCheck | None = None
-
-
-def reference_output(case: Case) -> Output:
-    from harness.execute import run_case
-
-    output, _ = run_case(Case.from_dict({**case.to_dict(), "strategy": "none"}), None, repeats=0)
-    return output
-
-
-def unique_cases(cases: list[Case]) -> list[Case]:
-    """One case per key: goldens do not depend on the strategy."""
-    seen: dict[str, Case] = {}
-    for case in cases:
-        seen.setdefault(case.key(), case)
-    return list(seen.values())
-
-
-def _runnable(cases: list[Case], actions: list[GoldenAction]) -> list[Case]:
-    """The unique cases this machine can compute; the others become `unavailable`."""
-    from harness.zoo import support
-
-    runnable = []
-    for case in unique_cases(cases):
-        status = support(case.arch)
-        if status.available:
-            runnable.append(case)
-        else:
-            actions.append(
-                GoldenAction(
-                    case.key(),
-                    case,
-                    "unavailable",
-                    GoldenCheck(case.key(), "unavailable", status.reason),
-                )
-            )
-    return runnable
-
-
-def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
-    """Write the goldens that are missing; existing ones are kept untouched."""
-    actions: list[GoldenAction] = []
-    for case in _runnable(cases, actions):
-        if paths(case.key(), directory)[1].exists():
-            actions.append(GoldenAction(case.key(), case, "exists"))
-            continue
-        save(case, reference_output(case), directory)
-        actions.append(GoldenAction(case.key(), case, "written"))
-    return actions
-
-
-def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
-    """Rewrite goldens on purpose; the reason goes into each sidecar's history."""
-    if not reason or not reason.strip():
-        raise HarnessError("updating goldens needs a non-empty --reason")
-    actions: list[GoldenAction] = []
-    for case in _runnable(cases, actions):
-        existed = paths(case.key(), directory)[1].exists()
-        save(case, reference_output(case), directory, reason=reason if existed else None)
-        actions.append(GoldenAction(case.key(), case, "updated" if existed else "written"))
-    return actions
-
-
-def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
-    """Recompute each case's reference and hold it against its golden. Without cases,
-    every stored golden is verified from the case recorded in its sidecar."""
-    from harness.compare import tolerance_for
-
-    actions = []
-    if cases is None:
-        cases = []
-        for key in stored_keys(directory):
-            try:
-                cases.append(stored_case(key, directory))
-            except CorruptGolden as exc:
-                actions.append(
-                    GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc)))
-                )
-    for case in _runnable(cases, actions):
-        tol = tolerance_for(case.precision, case.tolerance)
-        result = check(case, reference_output(case), tol, directory)
-        actions.append(GoldenAction(case.key(), case, result.status, result))
-    return sorted(actions, key=lambda a: a.key)
-
-
-@dataclass
 class GoldenDiff:
     key: str
     against: str  # "obtained" (the file a failed check wrote) or "fresh" (recomputed now)
@@ -400,10 +309,9 @@ class GoldenDiff:
     obtained: dict
 
 
-def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
-    """The golden against its `obtained` file, or against a fresh reference if none."""
-    from harness.compare import tolerance_for
-
+def diff(key: str, fresh: Output | None = None, directory: Path = GOLDENS_DIR) -> GoldenDiff:
+    """The golden against its `obtained` file, else against `fresh` (a reference the caller
+    recomputed, see `has_obtained`)."""
     stored = load(key, directory)
     if stored is None:
         raise HarnessError(f"no golden with key '{key}' in {directory}")
@@ -417,10 +325,11 @@ def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
         a, norms = obtained.arrays, obtained.layers
         current = Output(a["prefill"], a["decode"], a["tokens"], {})
         against, obtained_meta = "obtained", json.loads(meta_path.read_text())
+    elif fresh is not None:
+        current, norms = fresh, layer_norms(fresh.layers)
+        against, obtained_meta = "fresh", environment()
     else:
-        current = reference_output(case)
-        norms = layer_norms(current.layers)
-        against, obtained_meta = "fresh", _environment()
+        raise HarnessError(f"golden {key} has no obtained file and no fresh reference to diff")
     comparison = hold(golden, current, tol)
     moved = None if comparison.passed else first_divergent_layer(golden.layers, norms, tol)
     if moved is not None:
@@ -428,3 +337,7 @@ def diff(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
         comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
     status = "match" if comparison.passed else "mismatch"
     return GoldenDiff(key, against, GoldenCheck(key, status, None, comparison), meta, obtained_meta)
+
+
+def has_obtained(key: str, directory: Path = GOLDENS_DIR) -> bool:
+    return obtained_paths(key, directory)[0].exists()

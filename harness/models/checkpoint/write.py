@@ -1,6 +1,6 @@
 """Writing tiny checkpoints in real on-disk layouts.
 
-The source of truth is the zoo's deterministic model (`harness.build.build_model`); a
+The source of truth is the zoo's deterministic model (`harness.models.build.build_model`); a
 layout only renames and reshapes its parameters, so every layout of one case loads back
 into the same numbers. A checkpoint is what real ones are: `config.json`, at least two
 safetensors shards with `model.safetensors.index.json`, and a small working byte-level
@@ -20,10 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from harness.build import build_model
 from harness.case import Case
-from harness.checkpoint.layouts import Layout, family_of, get_layout, layouts_for, to_layout
 from harness.errors import HarnessError
+from harness.models.build import build_model
+from harness.models.checkpoint.layouts import Layout, family_of, get_layout, layouts_for, to_layout
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>")
 CHAT_TEMPLATE = (

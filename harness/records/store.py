@@ -4,18 +4,15 @@ as each case finishes, so a killed run keeps everything it finished."""
 from __future__ import annotations
 
 import json
-import platform
 import shlex
-import subprocess
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import sqlite_utils
 
 from harness.errors import HarnessError
-from harness.runner import CaseResult
+from harness.records.provenance import environment
+from harness.records.result import FAILING, STATUSES, CaseResult, case_row, now
 
 DEFAULT_DB = "harness.db"
 
@@ -123,39 +120,6 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     return db
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _package(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_sha() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment() -> dict:
-    return {
-        "harness_sha": git_sha(),
-        "harness_version": _package("harness"),
-        "mlx_version": _package("mlx"),
-        "mlx_lm_version": _package("mlx-lm"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def start_run(
     db,
     kind: str,
@@ -173,7 +137,7 @@ def start_run(
         "backend": backend or ("ring" if ranks > 1 else "in-process"),
         "hosts": hosts or "localhost",
         "command": shlex.join(command),
-        "started": _now(),
+        "started": now(),
         **environment(),
     }
     with db.conn:
@@ -184,77 +148,22 @@ def record_case(
     db, run_id: int, result: CaseResult, verdict: str | None = None, expected: dict | None = None
 ) -> None:
     """One case's row; a selftest adds its verdict and what the case was expected to give."""
-    worst = result.worst
-    m = worst.metrics if worst else None
-    sharded = result.rank_timings.get(0) or next(iter(result.rank_timings.values()), None)
-    ref = result.reference_timings
-    row = {
-        "run_id": run_id,
-        "idx": result.index,
-        "case_key": result.case.key(),
-        "label": result.case.label(),
-        "arch": result.case.arch,
-        "variant": result.case.variant,
-        "strategy": result.case.strategy,
-        "ranks": result.ranks,
-        "dtype": result.case.dtype,
-        "quant": result.case.quant,
-        "precision": result.case.precision,
-        "seed": result.case.seed,
-        "status": result.status,
-        "reason": result.reason,
-        "diagnoses": json.dumps(result.diagnoses),
-        "warnings": json.dumps(result.warnings),
-        "metrics": json.dumps({r: c.to_dict() for r, c in result.comparisons.items()}),
-        "timings": json.dumps(
-            {"reference": ref.to_dict() if ref else None, "ranks": result.rank_timings}
-        ),
-        "duration_s": result.duration,
-        "finished": _now(),
-        "case": json.dumps(result.case.to_dict()),
-        "verdict": verdict,
-        "expected": json.dumps(expected) if expected is not None else None,
-    }
-    if m is not None:
-        row.update(
-            {
-                k: getattr(m, k)
-                for k in ("max_abs", "rel", "cosine", "kl_max", "top1", "decode_max_abs")
-            }
-        )
-        row["tokens_match"] = int(m.tokens_match)
-        row["first_divergent_layer"] = worst.first_divergent_layer
-        row["first_divergent_part"] = worst.first_divergent_part
-    if result.golden is not None:
-        row["golden"] = result.golden.status
-        if result.golden.comparison is not None:
-            row["golden_max_abs"] = result.golden.comparison.metrics.max_abs
-    if sharded:
-        row.update(
-            prefill_tok_s=sharded["prefill_tok_s"],
-            decode_tok_s=sharded["decode_tok_s"],
-            peak_memory=sharded["peak_memory"],
-        )
-    if ref:
-        row.update(
-            ref_prefill_tok_s=ref.prefill_tok_s,
-            ref_decode_tok_s=ref.decode_tok_s,
-            ref_peak_memory=ref.peak_memory,
-        )
+    row = {"run_id": run_id, **case_row(result), "verdict": verdict}
+    row["expected"] = json.dumps(expected) if expected is not None else None
     with db.conn:
         db["cases"].insert(row)
 
 
 def finish_run(db, run_id: int, status: str) -> dict:
-    counts = {s: 0 for s in ("pass", "fail", "skip", "crash", "timeout", "error")}
+    counts = {s: 0 for s in STATUSES}
     for row in db.query(
         "select status, count(*) n from cases where run_id = ? group by status", [run_id]
     ):
         counts[row["status"]] = row["n"]
-    failed = counts["fail"] + counts["crash"] + counts["timeout"] + counts["error"]
+    failed = sum(counts[s] for s in FAILING)
     update = {
         "status": status,
-        "finished": _now(),
+        "finished": now(),
         "cases": sum(counts.values()),
         "passed": counts["pass"],
         "failed": failed,

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from harness.forward import Output
+from harness.records.outputs import Output
 
 TOP_K = 5
 

@@ -7,23 +7,25 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from harness import checkpoint, goldens, launch, preflight
-from harness.build import tiny_config
+from harness import preflight
 from harness.case import Case
-from harness.compare import Comparison, compare, tolerance_for
 from harness.errors import HarnessError, describe
-from harness.execute import run_case
-from harness.forward import Output, Timings
-from harness.strategy import BUILTIN, normalize, resolve
+from harness.models import checkpoint
+from harness.models.build import tiny_config
+from harness.records import goldens
+from harness.records.compare import compare, tolerance_for
+from harness.records.outputs import Output, Timings
+from harness.records.result import CaseResult
+from harness.run import launch
+from harness.run.execute import run_case
+from harness.run.strategy import BUILTIN, normalize, resolve
 from harness.zoo import support
-
-STATUSES = ("pass", "fail", "skip", "crash", "timeout", "error")
 
 
 @dataclass
@@ -39,35 +41,6 @@ class RunOptions:
     # Where ranks and parent exchange files; on a cluster, a folder every host sees at the
     # same path (a shared filesystem). None: a local temporary folder.
     workdir: Path | None = None
-
-
-@dataclass
-class CaseResult:
-    index: int
-    case: Case
-    ranks: int
-    status: str
-    reason: str | None = None
-    comparisons: dict[int, Comparison] = field(default_factory=dict)
-    diagnoses: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    reference_timings: Timings | None = None
-    rank_timings: dict[int, dict] = field(default_factory=dict)
-    duration: float = 0.0
-    golden: goldens.GoldenCheck | None = None
-
-    @property
-    def worst(self) -> Comparison | None:
-        """The comparison of the rank that did worst (largest max |Δ|)."""
-        if not self.comparisons:
-            return None
-        return max(
-            self.comparisons.values(), key=lambda c: np.nan_to_num(c.metrics.max_abs, nan=np.inf)
-        )
-
-    @property
-    def failed(self) -> bool:
-        return self.status in ("fail", "crash", "timeout", "error")
 
 
 def skip_reason(case: Case, ranks: int) -> str | None:

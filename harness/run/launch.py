@@ -163,7 +163,7 @@ def run_job(
 
 def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[CaseOutcome]:
     argv = launch_argv(
-        options.ranks, "harness.worker", [str(job)], options.backend, options.hostfile
+        options.ranks, "harness.run.worker", [str(job)], options.backend, options.hostfile
     )
     log = open(job / "launch.log", "wb")
     process = subprocess.Popen(

@@ -25,16 +25,16 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from harness.case import Case
-from harness.checkpoint.layouts import get_layout, layouts_for
-from harness.checkpoint.read import (
+from harness.errors import HarnessError, describe
+from harness.models.checkpoint.layouts import get_layout, layouts_for
+from harness.models.checkpoint.read import (
     Checkpoint,
     open_checkpoint,
     read_config,
     read_weights,
 )
-from harness.checkpoint.write import quantization, write_checkpoint
-from harness.errors import HarnessError, describe
-from harness.strategy import resolve
+from harness.models.checkpoint.write import quantization, write_checkpoint
+from harness.run.strategy import resolve
 
 # The harness never downloads: repo ids resolve in the local Hugging Face cache only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

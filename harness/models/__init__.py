@@ -1,0 +1,1 @@
+"""Building models: deterministic weights, tiny zoo models, checkpoints on disk."""

@@ -1,0 +1,38 @@
+"""Where a result came from: the harness's git sha, package versions, Python, platform."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict:
+    return {
+        "harness_sha": git_sha(),
+        "harness_version": package_version("harness"),
+        "mlx_version": package_version("mlx"),
+        "mlx_lm_version": package_version("mlx-lm"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,1 @@
+"""Running cases: strategies, forward passes, the rank worker, mlx.launch, the runner."""
