@@ -15,12 +15,13 @@ import typer
 
 from harness import render
 from harness.commands import checkpoint, golden, props
+from harness.commands.compare import compare
 from harness.commands.select import select_cases
 from harness.commands.selftest import selftest
+from harness.commands.serve import serve
 from harness.errors import HarnessError
-from harness.records import goldens, store
+from harness.records import goldens, junit, store, table
 from harness.records.result import case_row
-from harness.run import runner
 
 app = typer.Typer(
     add_completion=False,
@@ -33,6 +34,8 @@ app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
 app.command(name="props")(props.props)
 app.command()(selftest)
+app.command()(serve)
+app.command()(compare)
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
@@ -83,11 +86,16 @@ def run(
     record_missing: Annotated[
         bool, typer.Option("--record-missing", help="Write goldens that are missing.")
     ] = False,
+    junit_path: Annotated[
+        Path | None, typer.Option("--junit", help="Also write JUnit XML, one testcase per case.")
+    ] = None,
 ) -> None:
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
     Example: harness run --suite moe --ranks 2
     """
+    from harness.run import runner  # mlx: commands that only read results start without it
+
     cases = select_cases(suite, arch, strategy, precision)
     options = runner.RunOptions(
         ranks=ranks,
@@ -122,6 +130,8 @@ def run(
         status = "failed" if any(r.failed for r in results) else "passed"
     finally:
         counts = store.finish_run(database, run_id, status)
+    if junit_path is not None:
+        junit.write(junit_path, *store.get_run(database, run_id))
     rows = [case_row(r) for r in results]
     out.print(
         render.verdict_table(rows, f"run {run_id}: {suite or 'archs'} on {options.ranks} rank(s)")
@@ -184,6 +194,9 @@ def report(
         int | None, typer.Option("--run", help="Run id (default: the latest).")
     ] = None,
     db: Db = store.DEFAULT_DB,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print GitHub-flavoured markdown (CI summaries).")
+    ] = False,
 ) -> None:
     """Print a stored run: its environment and the verdict of every case.
 
@@ -191,6 +204,9 @@ def report(
     """
     database = store.open_db(db)
     run, cases = store.get_run(database, run_id)
+    if markdown:
+        print(table.markdown(run, cases), end="")
+        raise typer.Exit(1 if run["status"] == "failed" else 0)
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,7 +12,10 @@ from harness.case import Case
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.records import goldens
-from harness.run import references
+from harness.service.pull import pull as pull_goldens
+
+if TYPE_CHECKING:
+    from harness.run.references import GoldenAction
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
@@ -24,6 +27,14 @@ Precision = Annotated[
     list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
 ]
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
+
+
+def _references():
+    """The computing side (mlx, mlx-lm), imported by the commands that compute references
+    only: `golden pull` and `harness serve` start without it."""
+    from harness.run import references
+
+    return references
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
@@ -41,7 +52,7 @@ def record(
 
     Example: harness golden record --suite moe
     """
-    actions = references.record(_cases(suite, arch, precision), directory)
+    actions = _references().record(_cases(suite, arch, precision), directory)
     _print(actions)
 
 
@@ -60,7 +71,7 @@ def verify(
     Example: harness golden verify
     """
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    actions = references.verify(cases, directory)
+    actions = _references().verify(cases, directory)
     if not actions:
         raise HarnessError(
             f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
@@ -86,7 +97,7 @@ def update(
 
     Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
     """
-    _print(references.update(_cases(suite, arch, precision), reason, directory))
+    _print(_references().update(_cases(suite, arch, precision), reason, directory))
 
 
 @app.command()
@@ -98,11 +109,39 @@ def diff(
 
     Example: harness golden diff qwen3_moe-fp32-0123456789ab
     """
-    summary = references.diff_golden(key, directory)
+    summary = _references().diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 
 
-def _print(actions: list[references.GoldenAction]) -> None:
+def _print(actions: list[GoldenAction]) -> None:
     out = render.console()
     out.print(render.golden_table(actions))
+
+
+@app.command()
+def pull(
+    url: Annotated[str, typer.Argument(help="The service, e.g. http://127.0.0.1:8001")],
+    suite: Suite = None,
+    arch: Arch = None,
+    directory: Dir = goldens.GOLDENS_DIR,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace local goldens whose content differs.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why local goldens are replaced (with --force).")
+    ] = None,
+) -> None:
+    """Fetch goldens from a running 'harness serve' into the goldens directory, verified.
+
+    Example: harness golden pull http://127.0.0.1:8001 --suite moe
+    """
+    if suite and arch:
+        raise HarnessError("give --suite or --arch, not both")
+    if force != bool(reason):
+        raise HarnessError("replacing local goldens needs both --force and --reason 'why'")
+    keys = {case.key() for case in _cases(suite, None, None)} if suite else None
+    pulled = pull_goldens(url, directory, keys, arch, reason)
+    out = render.console()
+    out.print(render.pulled_table(pulled))
+    out.print(render.pulled_summary(pulled, url, directory), markup=False)

@@ -8,7 +8,6 @@ import typer
 
 from harness import render
 from harness.errors import HarnessError
-from harness.props import run_props
 
 
 def props(
@@ -39,6 +38,8 @@ def props(
         raise HarnessError(f"--max-examples must be at least 1, got {max_examples}")
     if timeout <= 0:
         raise HarnessError(f"--timeout must be positive, got {timeout:g}")
+    from harness.props import run_props  # mlx: other commands start without it
+
     report = run_props(ranks, backend, hostfile, max_examples, timeout)
     out = render.console()
     out.print(render.props_table(report))
