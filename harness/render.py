@@ -179,7 +179,8 @@ def comparison_summary(result) -> str:
     verdict = f"{regressed} regression(s)" if regressed else "no regression"
     return (
         f"{result.matched} cases in both runs, {len(result.changes)} change(s): {verdict} "
-        f"(tok/s: below {noise.RATIO}x the baseline median, no sample overlapping)"
+        f"(tok/s: below {noise.RATIO}x the baseline after the run's drift, more than "
+        f"{noise.Z:g} sd below the other cases, no sample overlapping)"
     )
 
 

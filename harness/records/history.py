@@ -3,7 +3,7 @@ started or stopped failing, new diagnoses, goldens whose check changed, and tok/
 beyond noise (`harness.records.noise`). A nightly job compares with the previous night.
 
 Cases match on (case key, strategy): the key names the numbers, never the rank count, so a
-run on 2 ranks still compares with one on 4 (throughput then is not compared).
+run on 2 ranks still compares with one on 4 (their throughput is not compared).
 """
 
 from __future__ import annotations
@@ -91,21 +91,39 @@ def _case_changes(a: dict, b: dict) -> list[Change]:
     if a["golden"] and b["golden"] and a["golden"] != b["golden"]:
         regressed = b["golden"] in GOLDEN_FAILING and a["golden"] not in GOLDEN_FAILING
         changes.append(Change(b["label"], "golden", a["golden"], b["golden"], regressed))
-    if a["ranks"] == b["ranks"]:
-        for part in ("prefill", "decode"):
-            verdict = noise.throughput_regression(_samples(a, part), _samples(b, part))
-            if verdict.regressed:
-                before, after = a[f"{part}_tok_s"], b[f"{part}_tok_s"]
-                changes.append(
-                    Change(
-                        b["label"],
-                        f"{part} tok/s",
-                        f"{before:,.0f}",
-                        f"{after:,.0f} ({verdict.reason})",
-                        True,
-                    )
-                )
     return [change for change in changes if change is not None]
+
+
+def _throughput(result: RunComparison, pairs: list[tuple[dict, dict]]) -> None:
+    """tok/s regressions of the matched cases measured on the same rank count, judged
+    together: the other cases tell how much the machine itself moved (see `noise`)."""
+    samples = {
+        (i, part): (_samples(a, part), _samples(b, part))
+        for i, (a, b) in enumerate(pairs)
+        if a["ranks"] == b["ranks"]
+        for part in ("prefill", "decode")
+    }
+    verdicts, drift = noise.regressions(samples)
+    for (i, part), verdict in verdicts.items():
+        if verdict.regressed:
+            a, b = pairs[i]
+            before, after = a[f"{part}_tok_s"], f"{b[f'{part}_tok_s']:,.0f}: {verdict.reason}"
+            result.changes.append(
+                Change(
+                    b["label"],
+                    f"{part} tok/s",
+                    f"{before:,.0f}",
+                    f"{after:,.0f}: {verdict.reason}",
+                    True,
+                )
+            )
+    if drift is None:
+        result.notes.append(f"tok/s not compared: fewer than {noise.MIN_CASES} measured cases")
+    elif drift.ratio < noise.RATIO or drift.ratio > 1 / noise.RATIO:
+        result.notes.append(
+            f"every case ran at about {drift.ratio:.2f}x the baseline's tok/s: a different or "
+            "busier machine, or a change that slowed everything alike (not flagged per case)"
+        )
 
 
 def compare_runs(
@@ -115,6 +133,7 @@ def compare_runs(
     by_key_a = {(c["case_key"], c["strategy"]): c for c in cases_a}
     by_key_b = {(c["case_key"], c["strategy"]): c for c in cases_b}
     result = RunComparison(run_a, run_b, len(by_key_a.keys() & by_key_b.keys()))
+    pairs = []
     for key, b in by_key_b.items():
         a = by_key_a.get(key)
         if a is None:
@@ -122,11 +141,9 @@ def compare_runs(
             result.changes.append(Change(b["label"], "added", None, b["status"], failing))
         else:
             result.changes += _case_changes(a, b)
+            pairs.append((a, b))
     for key, a in by_key_a.items():
         if key not in by_key_b:
             result.changes.append(Change(a["label"], "removed", a["status"], None, False))
-    if run_a["ranks"] != run_b["ranks"]:
-        result.notes.append(
-            f"runs on {run_a['ranks']} and {run_b['ranks']} ranks: throughput not compared"
-        )
+    _throughput(result, pairs)
     return result
