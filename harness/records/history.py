@@ -107,16 +107,9 @@ def _throughput(result: RunComparison, pairs: list[tuple[dict, dict]]) -> None:
     for (i, part), verdict in verdicts.items():
         if verdict.regressed:
             a, b = pairs[i]
-            before, after = a[f"{part}_tok_s"], f"{b[f'{part}_tok_s']:,.0f}: {verdict.reason}"
-            result.changes.append(
-                Change(
-                    b["label"],
-                    f"{part} tok/s",
-                    f"{before:,.0f}",
-                    f"{after:,.0f}: {verdict.reason}",
-                    True,
-                )
-            )
+            before = f"{a[f'{part}_tok_s']:,.0f}"
+            after = f"{b[f'{part}_tok_s']:,.0f}: {verdict.reason}"
+            result.changes.append(Change(b["label"], f"{part} tok/s", before, after, True))
     if drift is None:
         result.notes.append(f"tok/s not compared: fewer than {noise.MIN_CASES} measured cases")
     elif drift.ratio < noise.RATIO or drift.ratio > 1 / noise.RATIO:
