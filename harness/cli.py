@@ -20,7 +20,7 @@ from harness.commands.select import select_cases
 from harness.commands.selftest import selftest
 from harness.commands.serve import serve
 from harness.errors import HarnessError
-from harness.records import goldens, junit, store, table
+from harness.records import goldens, history, junit, store, table
 from harness.records.result import case_row
 
 app = typer.Typer(
@@ -190,8 +190,9 @@ def preflight_command(
 
 @app.command()
 def report(
-    run_id: Annotated[
-        int | None, typer.Option("--run", help="Run id (default: the latest).")
+    run_spec: Annotated[
+        str | None,
+        typer.Option("--run", help="Run id, or a suite for its latest run (default: the latest)."),
     ] = None,
     db: Db = store.DEFAULT_DB,
     markdown: Annotated[
@@ -203,7 +204,10 @@ def report(
     Example: harness report --run 3
     """
     database = store.open_db(db)
-    run, cases = store.get_run(database, run_id)
+    if run_spec is None:
+        run, cases = store.get_run(database, None)
+    else:
+        run, cases = history.resolve_run(database, run_spec, db)
     if markdown:
         print(table.markdown(run, cases), end="")
         raise typer.Exit(1 if run["status"] == "failed" else 0)

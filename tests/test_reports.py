@@ -70,6 +70,8 @@ def test_markdown_table(db_path, record_run):
 
 def test_report_markdown_command(run_cli, db_path, record_run):
     record_run(db_path, "smoke", [{"arch": "llama"}])
-    result = run_cli("report", "--markdown", "--db", db_path)
+    record_run(db_path, "dense", [{"arch": "qwen3"}])
+    result = run_cli("report", "--markdown", "--db", db_path, "--run", "smoke")
     assert result.code == 0, result.err
     assert result.out.startswith("### run 1: smoke") and "| llama | base | fp32 |" in result.out
+    assert run_cli("report", "--markdown", "--db", db_path).out.startswith("### run 2: dense")
