@@ -181,7 +181,7 @@ def test_history_page_draws_prefill_and_decode_charts(served):
     assert (status, content_type) == (200, "text/html")
     assert page.count("<svg") == 2 and "prefill tok/s" in page and "decode tok/s" in page
     # one series (tp on 2 ranks) with a point per run, in both charts
-    assert page.count('data-series="tp x2"') == 2 and page.count("<circle") == 4
+    assert page.count('data-series="tp, 2 rank(s)"') == 2 and page.count("<circle") == 4
     status, _, body = get(served["url"] + "-/history?db=results&suite=moe")
     assert status == 200 and body.decode().count("<svg") == 2
 

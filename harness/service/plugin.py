@@ -122,7 +122,7 @@ def _case_view(rows: list[dict]) -> tuple[Series, Series]:
     """One series per (strategy, ranks): tensor and pipeline parallel differ in speed."""
     prefill, decode = {}, {}
     for row in rows:
-        name = f"{row['strategy']} x{row['ranks']}"
+        name = f"{row['strategy']}, {row['ranks']} rank(s)"
         prefill.setdefault(name, []).append((row["run_id"], row["prefill_tok_s"]))
         decode.setdefault(name, []).append((row["run_id"], row["decode_tok_s"]))
     return prefill, decode
