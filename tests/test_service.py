@@ -153,6 +153,17 @@ def test_pull_one_architecture(served, run_cli, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["llama"]
 
 
+def test_pull_a_suite(served, run_cli, tmp_path):
+    from harness.suites import load_suite
+
+    wanted = {case.key() for case in load_suite("smoke")}
+    served_keys = set(goldens.stored_keys(served["goldens"]))
+    result = run_cli("golden", "pull", served["url"], "--suite", "smoke", "--dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert set(goldens.stored_keys(tmp_path)) == wanted & served_keys
+    assert f"{len(wanted - served_keys)} not on the service" in result.out
+
+
 def test_pull_never_overwrites_other_content_silently(served, run_cli, tmp_path):
     key = goldens.stored_keys(served["goldens"])[0]
     npz, sidecar = goldens.paths(key, tmp_path)
