@@ -135,6 +135,22 @@ def test_goldens_index(served):
         assert row["mlx_lm_version"] == meta["mlx_lm_version"] and row["created"]
 
 
+def test_goldens_index_follows_the_directory(tmp_path, record_run):
+    db, directory = tmp_path / "results.db", tmp_path / "goldens"
+    record_run(db, "smoke", [{"arch": "llama"}])
+    shutil.copytree(REPO_GOLDENS / "llama", directory / "llama")
+    proc, url = start_service("--db", str(db), "--goldens", str(directory))
+    try:
+        before = get_json(url + "goldens/goldens.json?_shape=array&_size=max")
+        shutil.copytree(REPO_GOLDENS / "qwen3", directory / "qwen3")
+        after = get_json(url + "goldens/goldens.json?_shape=array&_size=max")
+    finally:
+        stop(proc)
+    assert {r["arch"] for r in before} == {"llama"}
+    assert [r["key"] for r in after] == goldens.stored_keys(directory)
+    assert {r["arch"] for r in after} == {"llama", "qwen3"}
+
+
 def test_pull_into_an_empty_directory_is_byte_identical(served, run_cli, tmp_path):
     target = tmp_path / "pulled"
     result = run_cli("golden", "pull", served["url"], "--dir", str(target))

@@ -13,7 +13,7 @@ from harness.records import goldens, store
 def serve(
     db: Annotated[
         list[Path] | None,
-        typer.Option("--db", help="Harness SQLite file to serve (repeatable)."),
+        typer.Option("--db", help="Harness SQLite file to serve (repeatable; default harness.db)."),
     ] = None,
     goldens_dir: Annotated[
         Path, typer.Option("--goldens", help="Goldens directory to index and serve.")

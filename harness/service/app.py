@@ -20,9 +20,8 @@ from harness.errors import HarnessError
 from harness.service import plugin
 from harness.service.queries import canned
 
-GOLDENS_DB = "goldens"
 # Names datasette or the service use for databases of their own.
-RESERVED = {GOLDENS_DB, "_internal", "_memory"}
+RESERVED = {plugin.GOLDENS_DB, "_internal", "_memory"}
 TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -51,7 +50,7 @@ def metadata(names: list[str], goldens_dir: Path) -> dict:
         ),
         "databases": {
             **{name: {"queries": canned()} for name in names},
-            GOLDENS_DB: {
+            plugin.GOLDENS_DB: {
                 "description": f"Index of the goldens in {goldens_dir}; download each file "
                 "at /-/goldens/KEY.npz and its sidecar at /-/goldens/KEY.json.",
                 "tables": {"goldens": {"sort": "key", "facets": ["arch", "precision"]}},
@@ -78,7 +77,7 @@ def build(databases: list[Path], goldens_dir: Path, allow_sql: bool = False) -> 
         settings={"default_allow_sql": allow_sql},
         template_dir=str(TEMPLATES),
     )
-    ds.add_memory_database(GOLDENS_DB)
+    ds.add_memory_database(plugin.GOLDENS_DB)
     return ds
 
 
