@@ -1,40 +1,27 @@
-"""`harness golden record | verify | update | diff`: the golden lifecycle."""
+"""`harness golden record | verify | update | diff | pull`: the golden lifecycle.
+
+The run layer (mlx, mlx-lm) is imported inside the commands that compute references."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from harness import render
 from harness.case import Case
+from harness.commands.options import Arch, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.records import goldens
 from harness.service.pull import pull as pull_goldens
 
-if TYPE_CHECKING:
-    from harness.run.references import GoldenAction
-
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
 )
 
-Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
-Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
-Precision = Annotated[
-    list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
-]
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
-
-
-def _references():
-    """The computing side (mlx, mlx-lm), imported by the commands that compute references
-    only: `golden pull` and `harness serve` start without it."""
-    from harness.run import references
-
-    return references
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
@@ -52,7 +39,9 @@ def record(
 
     Example: harness golden record --suite moe
     """
-    actions = _references().record(_cases(suite, arch, precision), directory)
+    from harness.run import references
+
+    actions = references.record(_cases(suite, arch, precision), directory)
     _print(actions)
 
 
@@ -70,8 +59,10 @@ def verify(
 
     Example: harness golden verify
     """
+    from harness.run import references
+
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    actions = _references().verify(cases, directory)
+    actions = references.verify(cases, directory)
     if not actions:
         raise HarnessError(
             f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
@@ -97,7 +88,9 @@ def update(
 
     Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
     """
-    _print(_references().update(_cases(suite, arch, precision), reason, directory))
+    from harness.run import references
+
+    _print(references.update(_cases(suite, arch, precision), reason, directory))
 
 
 @app.command()
@@ -109,12 +102,14 @@ def diff(
 
     Example: harness golden diff qwen3_moe-fp32-0123456789ab
     """
-    summary = _references().diff_golden(key, directory)
+    from harness.run import references
+
+    summary = references.diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 
 
-def _print(actions: list[GoldenAction]) -> None:
+def _print(actions: list) -> None:
     out = render.console()
     out.print(render.golden_table(actions))
 
