@@ -21,7 +21,9 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on; anything but loopback is reachable.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one and prints it.")] = 8001,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one and prints it.")
+    ] = 8001,
     allow_sql: Annotated[
         bool, typer.Option("--allow-sql", help="Let clients run their own (read-only) SQL.")
     ] = False,

@@ -41,9 +41,8 @@ def line_chart(title: str, series: Series, unit: str = "tok/s") -> str:
         out.append(f'<text x="{LEFT}" y="{TOP + inner_h / 2}">no {unit} recorded</text></svg>')
         return "".join(out)
     top = _nice_top(max(values))
-    x_of = {
-        run: LEFT + (inner_w * (i + 0.5) / len(runs)) for i, run in enumerate(runs)
-    }  # centred slots: a single run still sits mid-panel
+    # Centred slots: a single run still sits mid-panel.
+    x_of = {run: LEFT + inner_w * (i + 0.5) / len(runs) for i, run in enumerate(runs)}
 
     def y_of(v: float) -> float:
         return TOP + inner_h * (1 - v / top)
