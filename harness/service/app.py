@@ -88,6 +88,9 @@ def listen(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise HarnessError(f"cannot listen on '{host}': {exc.strerror}") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
+    # Restarting on the same port right after a stop must not wait out TIME_WAIT (uvicorn's
+    # own sockets do the same); a port another process listens on still refuses.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
         sock.listen(128)
