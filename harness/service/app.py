@@ -44,9 +44,10 @@ def check_database(path: Path) -> str:
 def metadata(names: list[str], goldens_dir: Path) -> dict:
     return {
         "title": "harness: results and goldens",
-        "description": (
+        "description_html": (
             "Runs and case results of sharded MLX inference tests, and the stored goldens. "
-            "Canned queries answer JSON with ?_shape=array; tok/s charts at /-/history."
+            "Canned queries answer JSON with <code>?_shape=array</code>; "
+            '<a href="/-/history">tok/s history charts</a> per case and per suite.'
         ),
         "databases": {
             **{name: {"queries": canned()} for name in names},

@@ -73,11 +73,21 @@ def _replace_table(conn, rows: list[dict]) -> None:
 
 
 @hookimpl
+def startup(datasette):
+    async def index_goldens():
+        await refresh_index(datasette)
+
+    return index_goldens
+
+
+@hookimpl
 def asgi_wrapper(datasette):
     def wrap(app):
         async def refreshed(scope, receive, send):
-            if scope["type"] == "http" and scope["path"].startswith(
-                (f"/{GOLDENS_DB}", "/-/goldens")
+            # Only the pages that show goldens pay for looking at the directory.
+            path = scope.get("path", "")
+            if scope["type"] == "http" and (
+                path == "/" or path.startswith((f"/{GOLDENS_DB}", "/-/goldens"))
             ):
                 await refresh_index(datasette)
             await app(scope, receive, send)
