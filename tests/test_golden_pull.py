@@ -117,6 +117,8 @@ def test_not_an_index(fake_service, run_cli, tmp_path):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (200, "application/json", b"{not json")
     assert_one_line_error(pull(run_cli, url, tmp_path), "did not answer valid JSON")
+    routes["/goldens/goldens.json"] = (200, "application/json", b'{"rows": ["llama"]}')
+    assert_one_line_error(pull(run_cli, url, tmp_path), "a goldens index without rows")
 
 
 def test_bad_options(run_cli, tmp_path):

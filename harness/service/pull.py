@@ -74,15 +74,17 @@ def index(url: str, archs: list[str] | None = None) -> list[dict]:
     params = {"_shape": "objects", "_size": "max"}
     if archs:
         params["arch__in"] = ",".join(archs)
-    rows, after = [], None
+    rows, after, seen = [], None, set()
     while True:
         query = {**params, **({"_next": after} if after else {})}
         page = _json(f"{url}/goldens/goldens.json?{urlencode(query)}")
-        if not isinstance(page, dict) or not isinstance(page.get("rows"), list):
+        listed = page.get("rows") if isinstance(page, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(r, dict) for r in listed):
             raise HarnessError(f"{url} answered a goldens index without rows")
-        rows += page["rows"]
+        rows += listed
+        seen.add(after)
         after = page.get("next")
-        if not after:
+        if not after or after in seen:  # the last page, or a service paging in circles
             return rows
 
 
