@@ -433,7 +433,8 @@ class _Session:
             ref_output, ref_timings = reference
         else:
             ref_ranks = message["reference_ranks"]
-            ref_output = judge.rank_outputs(ref_ranks, arrays, "ref")[0]
+            ref_outputs = judge.rank_outputs(ref_ranks, arrays, "ref")
+            ref_output = judge.filled(ref_outputs[0], ref_outputs)
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
