@@ -8,7 +8,7 @@ from rich.table import Table
 
 from harness.records import noise
 from harness.records.result import FAILING, CaseResult
-from harness.records.table import COLUMNS, STATUS_COLUMN, cells, number
+from harness.records.table import COLUMNS, STATUS_COLUMN, cells, held_against, number
 
 STYLE = {
     "pass": "green",
@@ -23,6 +23,8 @@ STYLE = {
 def progress_line(result: CaseResult, total: int) -> str:
     worst = result.worst
     detail = f"max|Δ| {number(worst.metrics.max_abs)}" if worst else ""
+    if worst and result.reference and result.reference != "single-rank":
+        detail += f" vs {result.reference.split(' (')[0]}"
     why = result.reason if result.status != "pass" else "; ".join(result.warnings)
     why = (why or "").splitlines()[0] if why else ""
     colour = STYLE[result.status]
@@ -33,7 +35,7 @@ def progress_line(result: CaseResult, total: int) -> str:
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title, show_lines=False)
+    table = Table(title=title, caption=held_against(rows), show_lines=False)
     for name in COLUMNS:
         table.add_column(name, overflow="fold")
     for row in rows:

@@ -69,6 +69,12 @@ def cells(row: dict) -> list[str]:
     ]
 
 
+def held_against(rows: list[dict]) -> str | None:
+    """What the cases were compared with (single-rank, golden, another strategy)."""
+    held = sorted({row["reference"] for row in rows if row.get("reference")})
+    return "held against: " + "; ".join(held) if held else None
+
+
 def _md(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
@@ -78,13 +84,14 @@ def markdown(run: dict, cases: list[dict]) -> str:
     verdict table, and each failing case's full reason in a collapsed block."""
     counts = {s: sum(c["status"] == s for c in cases) for s in ("pass", "skip")}
     failing = [c for c in cases if c["status"] in FAILING]
+    held = held_against(cases)
     lines = [
         f"### run {run['id']}: {run['suite']} on {run['ranks']} rank(s): {run['status']}",
         "",
         f"{len(cases)} cases: {counts['pass']} passed, {len(failing)} failed, "
         f"{counts['skip']} skipped. harness `{(run['harness_sha'] or '?')[:10]}`, "
         f"mlx {run['mlx_version']}, mlx-lm {run['mlx_lm_version']}, {run['platform']}, "
-        f"backend {run['backend']}.",
+        f"backend {run['backend']}" + (f"; {held}." if held else "."),
         "",
         "| " + " | ".join(_md(c) for c in COLUMNS) + " |",
         "|" + "|".join("---:" if c in ("#", "ranks") else "---" for c in COLUMNS) + "|",
