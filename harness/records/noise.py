@@ -11,10 +11,12 @@ A case regressed when, with at least `MIN_SAMPLES` samples on each side:
 
 Why not the plain "0.8x and no overlap" or a Mann-Whitney test per case: both assume the
 samples of one case are independent draws of the same machine state. Measured here (two
-cores shared with other jobs, two runs of the smoke suite from one build, 5 samples a case)
+cores shared with other jobs, runs of the smoke suite from one build, 5 samples a case)
 samples come in load regimes lasting longer than a case: within a case they agree, between
-runs the same case moved from 0.22x to 6.8x, so every per-case rule flagged same-build runs
-(and a 3-sd bound still flagged one of six same-build pairs; 4 flagged none).
+runs the same case moved from 0.22x to 6.8x, so the per-case rule flagged 3 of 6
+same-build pairs. A 3-sd bound still flagged one of those six; 4 sd flagged none of 21.
+The price on such a machine is sensitivity: one case made 2x slower was flagged in 6 of 75
+trials, 10x in 61 of 75, 50x in all; a steadier machine has a smaller spread and flags less.
 What varies between runs is the machine, and the other cases of the same comparison measure
 it: a drop shared by every case is drift (reported, not flagged: a slower or busier machine
 cannot be told from a uniform slowdown, which `harness bench` on a quiet machine can), and a
