@@ -13,7 +13,7 @@ Why not the plain "0.8x and no overlap" or a Mann-Whitney test per case: both as
 samples of one case are independent draws of the same machine state. Measured here (two
 cores shared with other jobs, runs of the smoke suite from one build, 5 samples a case)
 samples come in load regimes lasting longer than a case: within a case they agree, between
-runs the same case moved from 0.22x to 6.8x, so the per-case rule flagged 3 of 6
+runs the same case moved from 0.22x to 6.8x, so the per-case rule flagged 4 of 6
 same-build pairs. A 3-sd bound still flagged one of those six; 4 sd flagged none of 21.
 The price on such a machine is sensitivity: one case made 2x slower was flagged in 6 of 75
 trials, 10x in 61 of 75, 50x in all; a steadier machine has a smaller spread and flags less.
