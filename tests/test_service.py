@@ -208,7 +208,9 @@ def test_history_page_draws_prefill_and_decode_charts(served):
     assert (status, content_type) == (200, "text/html")
     assert page.count("<svg") == 2 and "prefill tok/s" in page and "decode tok/s" in page
     # one series (tp on 2 ranks) with a point per run, in both charts
-    assert page.count('data-series="tp, 2 rank(s)"') == 2 and page.count("<circle") == 4
+    assert page.count('data-series="tp, 2 rank(s)"') == 2 and page.count("<title>run ") == 4
+    # the second run failed: its points (and the legend) say so
+    assert page.count(", failing</title>") == 2 and page.count("failing run</text>") == 2
     status, _, body = get(served["url"] + "-/history?db=results&suite=moe")
     assert status == 200 and body.decode().count("<svg") == 2
 

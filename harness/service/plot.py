@@ -10,7 +10,9 @@ WIDTH, HEIGHT = 760, 230
 LEFT, RIGHT, TOP, BOTTOM = 70, 150, 30, 40
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
-Series = dict[str, list[tuple[int, float | None]]]  # name -> (run id, value) in run order
+FAILING_COLOUR = "#d62728"
+# name -> (run id, value, whether that run failed) in run order
+Series = dict[str, list[tuple[int, float | None, bool]]]
 
 
 def _nice_top(value: float) -> float:
@@ -28,8 +30,8 @@ def _label(value: float) -> str:
 def line_chart(title: str, series: Series, unit: str = "tok/s") -> str:
     """One panel: x is the run (in order, labelled by run id), y starts at zero so a drop
     reads as the fraction it is; one line and legend entry per series."""
-    runs = sorted({run for points in series.values() for run, _ in points})
-    values = [v for points in series.values() for _, v in points if v is not None]
+    runs = sorted({point[0] for points in series.values() for point in points})
+    values = [point[1] for points in series.values() for point in points if point[1] is not None]
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="harness-chart" width="{WIDTH}" '
@@ -72,21 +74,31 @@ def line_chart(title: str, series: Series, unit: str = "tok/s") -> str:
     )
     for n, (name, points) in enumerate(sorted(series.items())):
         colour = COLOURS[n % len(COLOURS)]
-        drawn = [(run, v) for run, v in points if v is not None]
-        path = " ".join(f"{x_of[run]:.1f},{y_of(v):.1f}" for run, v in drawn)
+        drawn = [(run, v, failed) for run, v, failed in points if v is not None]
+        path = " ".join(f"{x_of[run]:.1f},{y_of(v):.1f}" for run, v, _ in drawn)
         out.append(
             f'<polyline class="series" data-series="{escape(name)}" fill="none" '
             f'stroke="{colour}" stroke-width="2" points="{path}"/>'
         )
-        for run, v in drawn:
+        for run, v, failed in drawn:
+            # A failing run stands out on the line: when did it start failing, and did the
+            # speed move with it?
+            fill, radius, note = (FAILING_COLOUR, 5, ", failing") if failed else (colour, 3, "")
             out.append(
-                f'<circle cx="{x_of[run]:.1f}" cy="{y_of(v):.1f}" r="3" fill="{colour}">'
-                f"<title>run {run}, {escape(name)}: {_label(v)} {escape(unit)}</title></circle>"
+                f'<circle cx="{x_of[run]:.1f}" cy="{y_of(v):.1f}" r="{radius}" fill="{fill}" '
+                f'stroke="{colour}"><title>run {run}, {escape(name)}: {_label(v)} '
+                f"{escape(unit)}{note}</title></circle>"
             )
         y = TOP + 6 + 16 * n
         out.append(
             f'<rect x="{LEFT + inner_w + 12}" y="{y - 8}" width="10" height="10" '
             f'fill="{colour}"/><text x="{LEFT + inner_w + 26}" y="{y + 1}">{escape(name)}</text>'
+        )
+    if any(failed for points in series.values() for _, _, failed in points):
+        y = TOP + 6 + 16 * len(series)
+        out.append(
+            f'<circle cx="{LEFT + inner_w + 17}" cy="{y - 3}" r="5" fill="{FAILING_COLOUR}"/>'
+            f'<text x="{LEFT + inner_w + 26}" y="{y + 1}">failing run</text>'
         )
     out.append("</svg>")
     return "".join(out)

@@ -133,8 +133,9 @@ def _case_view(rows: list[dict]) -> tuple[Series, Series]:
     prefill, decode = {}, {}
     for row in rows:
         name = f"{row['strategy']}, {row['ranks']} rank(s)"
-        prefill.setdefault(name, []).append((row["run_id"], row["prefill_tok_s"]))
-        decode.setdefault(name, []).append((row["run_id"], row["decode_tok_s"]))
+        failed = row["status"] in FAILING
+        prefill.setdefault(name, []).append((row["run_id"], row["prefill_tok_s"], failed))
+        decode.setdefault(name, []).append((row["run_id"], row["decode_tok_s"], failed))
     return prefill, decode
 
 
@@ -157,8 +158,9 @@ def _suite_view(rows: list[dict]) -> tuple[Series, Series, list[dict]]:
         run["prefill_tok_s"] = _geometric_mean(run.pop("prefill"))
         run["decode_tok_s"] = _geometric_mean(run.pop("decode"))
         name = f"{run['ranks']} rank(s)"
-        prefill.setdefault(name, []).append((run["run_id"], run["prefill_tok_s"]))
-        decode.setdefault(name, []).append((run["run_id"], run["decode_tok_s"]))
+        failed = run["failed"] > 0
+        prefill.setdefault(name, []).append((run["run_id"], run["prefill_tok_s"], failed))
+        decode.setdefault(name, []).append((run["run_id"], run["decode_tok_s"], failed))
     return prefill, decode, list(runs.values())
 
 
