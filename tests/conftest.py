@@ -126,13 +126,14 @@ def _pytest_junit(tmp_path) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="session")
-def junit_vocabulary(tmp_path_factory):
-    return _pytest_junit(tmp_path_factory.mktemp("pytest-junit"))
+def assert_junit_like_pytest(tmp_path_factory):
+    """`assert_junit_like_pytest(xml_text)`: every element and attribute of the document is
+    one pytest's own JUnit XML uses, nested the way pytest nests them."""
+    vocabulary = _pytest_junit(tmp_path_factory.mktemp("pytest-junit"))
+    return lambda xml_text: _assert_junit_like(xml_text, vocabulary)
 
 
-def assert_junit_like_pytest(xml_text: str, vocabulary: dict[str, set[str]]) -> None:
-    """Every element and attribute of `xml_text` is one pytest's JUnit XML uses, nested the
-    way pytest nests them."""
+def _assert_junit_like(xml_text: str, vocabulary: dict[str, set[str]]) -> None:
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(xml_text)

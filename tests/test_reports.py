@@ -3,7 +3,6 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import assert_junit_like_pytest
 
 from harness.errors import HarnessError
 from harness.records import junit, store, table
@@ -26,12 +25,12 @@ def stored(db_path, record_run):
     return store.get_run(store.open_db(db_path), run_id)
 
 
-def test_junit_one_testcase_per_case(db_path, record_run, junit_vocabulary, tmp_path):
+def test_junit_one_testcase_per_case(db_path, record_run, assert_junit_like_pytest, tmp_path):
     run, cases = stored(db_path, record_run)
     path = tmp_path / "reports" / "junit.xml"
     junit.write(path, run, cases)
     text = path.read_text()
-    assert_junit_like_pytest(text, junit_vocabulary)
+    assert_junit_like_pytest(text)
     suite = ET.fromstring(text).find("testsuite")
     counts = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")}
     assert counts == {"tests": "5", "failures": "2", "errors": "1", "skipped": "1"}

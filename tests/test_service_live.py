@@ -11,7 +11,6 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import assert_junit_like_pytest
 from test_service import get, start_service, stop
 
 from harness.records import store
@@ -96,9 +95,9 @@ def test_compare_flags_a_constructed_regression_and_flip(live, run_cli, tmp_path
     assert flagged and all("deepseek_v3/base/fp32/pp" in line for line in flagged), result.out
 
 
-def test_junit_from_harness_run_reads_back(live, junit_vocabulary):
+def test_junit_from_harness_run_reads_back(live, assert_junit_like_pytest):
     text = (live["root"] / "junit2.xml").read_text()
-    assert_junit_like_pytest(text, junit_vocabulary)
+    assert_junit_like_pytest(text)
     suite = ET.fromstring(text).find("testsuite")
     with sqlite3.connect(live["db"]) as conn:
         labels = [r[0] for r in conn.execute("select label from cases where run_id = 2")]
