@@ -1,5 +1,7 @@
 """`harness compare` and the throughput noise rule, on constructed runs."""
 
+import sqlite3
+
 import pytest
 from test_cli_errors import assert_one_line_error
 
@@ -101,3 +103,9 @@ def test_compare_bad_inputs(run_cli, db_path, record_run, tmp_path):
         run_cli("compare", "1", "1", "--db", db_path, "--db", db_path, "--db", db_path),
         "give --db once",
     )
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("create table t (x)").connection.close()
+    result = run_cli("compare", "1", "1", "--db", str(other))
+    assert_one_line_error(result, "is not a harness database")
+    with sqlite3.connect(other) as conn:  # and it was left as it was
+        assert [r[0] for r in conn.execute("select name from sqlite_master")] == ["t"]

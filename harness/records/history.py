@@ -43,8 +43,7 @@ class RunComparison:
 
 
 def open_existing(path: str | Path):
-    if not Path(path).is_file():
-        raise HarnessError(f"no database at {path}")
+    store.require_existing(path)
     return store.open_db(path)
 
 

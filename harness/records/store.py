@@ -4,6 +4,7 @@ as each case finishes, so a killed run keeps everything it finished."""
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,3 +193,18 @@ def get_run(db, run_id: int | None) -> tuple[dict, list[dict]]:
         raise HarnessError(f"no run with id {run_id} in the database") from None
     cases = list(db.query("select * from cases where run_id = ? order by idx", [run_id]))
     return run, cases
+
+
+def require_existing(path: str | Path) -> None:
+    """A harness database must already be at `path` (for readers: opening one with
+    `open_db` would create or migrate it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"no database at {path}; 'harness run --db {path}' creates one")
+    try:
+        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as conn:
+            tables = {row[0] for row in conn.execute("select name from sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise HarnessError(f"{path} is not a SQLite database ({exc})") from None
+    if not {"runs", "cases"} <= tables:
+        raise HarnessError(f"{path} is not a harness database: it has no runs and cases tables")

@@ -8,7 +8,6 @@ and datasette opens mutable files `mode=ro`, so the service itself can never wri
 from __future__ import annotations
 
 import socket
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from datasette.app import Datasette
 from datasette.plugins import pm
 
 from harness.errors import HarnessError
+from harness.records import store
 from harness.service import plugin
 from harness.service.queries import canned
 
@@ -27,15 +27,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 def check_database(path: Path) -> str:
     """The name the database is served under (its file stem), once it is a harness database."""
-    if not path.is_file():
-        raise HarnessError(f"no database at {path}; 'harness run --db {path}' creates one")
-    try:
-        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as conn:
-            tables = {row[0] for row in conn.execute("select name from sqlite_master")}
-    except sqlite3.DatabaseError as exc:
-        raise HarnessError(f"{path} is not a SQLite database ({exc})") from None
-    if not {"runs", "cases"} <= tables:
-        raise HarnessError(f"{path} is not a harness database: it has no runs and cases tables")
+    store.require_existing(path)
     if path.stem in RESERVED:
         raise HarnessError(f"a database may not be named '{path.stem}'; rename {path}")
     return path.stem
