@@ -486,14 +486,14 @@ def _quantization(config: Mapping, bits: int | None, group_size: int) -> tuple[i
 
 def _parse(config: Mapping) -> tuple[type | None, Any, str]:
     """(Model class, parsed args, mlx-lm module name); no class for an unknown type."""
-    from mlx_lm.utils import _get_classes
+    from harness.models.mlx_lm_api import model_classes
 
     if "model_type" not in config:
         raise HarnessError("config has no model_type, so its sharding rules are unknown")
     # Some ModelArgs mutate nested dicts (rope_parameters) in place.
     config = copy.deepcopy(dict(config))
     try:
-        model_cls, args_cls = _get_classes(config)
+        model_cls, args_cls = model_classes(config)
     except (ValueError, SystemExit):
         return None, None, config["model_type"]
     try:
