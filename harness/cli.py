@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from harness import render
-from harness.commands import checkpoint, golden, props
+from harness.commands import bisect, checkpoint, golden, props
 from harness.commands.select import select_cases
 from harness.commands.selftest import selftest
 from harness.errors import HarnessError
@@ -31,6 +31,9 @@ app = typer.Typer(
 
 app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
+app.add_typer(bisect.app, name="bisect")
+app.add_typer(bisect.env_app, name="env")
+app.command(name="diff-impl")(bisect.diff_impl)
 app.command(name="props")(props.props)
 app.command()(selftest)
 

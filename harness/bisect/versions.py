@@ -1,0 +1,153 @@
+"""Bisecting published mlx-lm releases: which release changed which architecture.
+
+Each release is a step: its environment runs every chosen case once (memoized, so the
+searches of all architectures share it), and each case is judged against the baseline.
+Each architecture is bisected on its own cases, so one run finds every architecture's
+change, each at its own release; what changed is the ladder of metrics between the last
+good and the first bad release's references, with the first layer where they diverge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.bisect import implementations, releases
+from harness.bisect.judge import BASELINES, CaseVerdict, group_verdict, judge_case
+from harness.bisect.search import BAD, GOOD, SKIP, Bisection, bisect
+from harness.case import Case
+from harness.errors import HarnessError
+from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.outputs import Output
+from harness.records.result import CaseResult
+
+# The sharded side of a step: (implementation, cases) -> each case's result by label.
+Sharded = Callable[[implementations.Implementation, list[Case]], dict[str, CaseResult]]
+
+
+@dataclass
+class Step:
+    release: str
+    refs: implementations.References
+    verdicts: list[CaseVerdict]
+    seconds: float  # environment (cold or cached) plus running the cases
+    env_reused: bool
+
+
+@dataclass
+class Finding:
+    arch: str
+    outcome: str  # "found" | "unchanged" | "unjudgeable"
+    detail: str
+    bisection: Bisection | None = None
+    changed: list[tuple[Case, Comparison]] = field(default_factory=list)
+
+
+@dataclass
+class VersionsBisect:
+    releases: list[str]
+    inverse: bool
+    findings: list[Finding]
+    steps: dict[str, Step]
+    seconds: float
+
+
+def bisect_versions(
+    cases: list[Case],
+    good: str,
+    bad: str,
+    inverse: bool = False,
+    baseline: str = "goldens",
+    goldens_dir: Path | None = None,
+    sharded: Sharded | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> VersionsBisect:
+    if baseline not in BASELINES:
+        raise HarnessError(f"--baseline is one of {', '.join(BASELINES)}, not '{baseline}'")
+    started = time.perf_counter()
+    items = releases.between(good, bad, inverse)
+    steps: dict[str, Step] = {}
+    baselines: dict[str, Output | Path | None] = {}
+    unique = list({case.key(): case for case in cases}.values())
+    made: dict[str, tuple[implementations.Implementation, implementations.References, float]] = {}
+
+    def references(version: str):
+        if version not in made:
+            began = time.perf_counter()
+            implementation = implementations.release(version)
+            refs = implementations.references(implementation, unique)
+            made[version] = (implementation, refs, time.perf_counter() - began)
+        return made[version]
+
+    def step(version: str) -> Step:
+        if version not in steps:
+            steps[version] = _judge_step(version, references(version), cases, baselines, sharded)
+            if on_step is not None:
+                on_step(steps[version])
+        return steps[version]
+
+    if baseline == "good":
+        _, refs, _ = references(good)
+        for case in cases:
+            reference = refs.cases.get(case.key())
+            baselines[case.key()] = reference.output if reference else None
+    else:
+        baselines.update({case.key(): goldens_dir for case in cases})
+    findings = [
+        _bisect_arch(arch, group, items, step, inverse) for arch, group in _by_arch(cases).items()
+    ]
+    return VersionsBisect(items, inverse, findings, steps, time.perf_counter() - started)
+
+
+def _by_arch(cases: list[Case]) -> dict[str, list[Case]]:
+    groups: dict[str, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(case.arch, []).append(case)
+    return groups
+
+
+def _judge_step(version: str, made, cases: list[Case], baselines: dict, sharded) -> Step:
+    implementation, refs, seconds = made
+    started = time.perf_counter()
+    runs: dict[str, CaseResult] = {}
+    if sharded is not None:
+        runnable = [c for c in cases if getattr(refs.cases.get(c.key()), "status", "") == "ok"]
+        runs = sharded(implementation, runnable) if runnable else {}
+    verdicts = [
+        judge_case(case, refs, baselines.get(case.key()), runs.get(case.label())) for case in cases
+    ]
+    env = implementation.env
+    seconds += time.perf_counter() - started
+    return Step(version, refs, verdicts, seconds, bool(env and env.reused))
+
+
+def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: bool) -> Finding:
+    keys = {case.label() for case in group}
+
+    def judge(version: str) -> str:
+        return group_verdict([v for v in step(version).verdicts if v.case.label() in keys])
+
+    old_state, new_state = (BAD, GOOD) if inverse else (GOOD, BAD)
+    old, new = judge(items[0]), judge(items[-1])
+    if SKIP in (old, new):
+        where = items[0] if old == SKIP else items[-1]
+        reasons = {v.detail for v in step(where).verdicts if v.case.label() in keys}
+        return Finding(arch, "unjudgeable", f"mlx-lm {where}: {'; '.join(sorted(reasons))}")
+    if old == new_state and new == new_state:
+        return Finding(arch, "unjudgeable", f"already {new_state} at {items[0]}")
+    if new == old_state:
+        return Finding(arch, "unchanged", f"{old_state} from {items[0]} to {items[-1]}")
+    result = bisect(items, judge, inverse, label=lambda v: f"mlx-lm {v}")
+    changed = []
+    before, after = step(result.last_old).refs, step(result.first_new).refs
+    for case in group:
+        a, b = before.cases.get(case.key()), after.cases.get(case.key())
+        if a and b and a.output is not None and b.output is not None:
+            tol = tolerance_for(case.precision, case.tolerance)
+            comparison = compare(a.output, b.output, tol, world=1)
+            if not comparison.passed:
+                changed.append((case, comparison))
+    detail = f"{'fixed' if inverse else 'changed'} in mlx-lm {result.first_new}"
+    return Finding(arch, "found", detail, result, changed)

@@ -1,0 +1,293 @@
+"""`harness bisect versions | commits | step`, `harness diff-impl`, `harness env list | prune`:
+finding which mlx-lm release, commit or model file changed the numbers, and where."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness import render
+from harness.bisect import commits, envs
+from harness.bisect.diff import diff_impl as compute_diff
+from harness.bisect.judge import BASELINES
+from harness.bisect.versions import Step, bisect_versions
+from harness.case import Case
+from harness.commands.select import select_cases
+from harness.errors import HarnessError
+from harness.records import goldens, store
+from harness.records.compare import Comparison
+from harness.records.result import CaseResult
+from harness.run.references import unique_cases
+
+app = typer.Typer(
+    help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
+)
+env_app = typer.Typer(help="The cached environments bisects run in.", no_args_is_help=True)
+
+Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
+Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
+Precision = Annotated[
+    list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
+]
+Db = Annotated[str, typer.Option("--db", help="SQLite file where every step is stored.")]
+
+
+def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
+    # Single-rank: a case is its reference, whatever strategy the suite gives it.
+    return unique_cases(select_cases(suite, arch, "none", precision))
+
+
+@app.command()
+def versions(
+    ctx: typer.Context,
+    good: Annotated[str, typer.Option("--good", help="A release whose numbers are right.")],
+    bad: Annotated[str, typer.Option("--bad", help="A release whose numbers are wrong.")],
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+    inverse: Annotated[
+        bool, typer.Option("--inverse", help="Find the release that fixed it (bad is older).")
+    ] = False,
+    baseline: Annotated[
+        str,
+        typer.Option(help="Hold references to the goldens, or to the good release's ('good')."),
+    ] = "goldens",
+    goldens_dir: Annotated[
+        Path, typer.Option("--goldens", help="Goldens directory for --baseline goldens.")
+    ] = goldens.GOLDENS_DIR,
+    db: Db = store.DEFAULT_DB,
+) -> None:
+    """Binary search over published mlx-lm releases, each architecture on its own cases.
+
+    Each release runs in a cached environment (see 'harness env list'); a release that
+    cannot run a case skips it, never counts it bad. Prints, per architecture, the first
+    bad release, its cases' ladder of metrics against the last good one and the first
+    layer where they diverge. Exit 1 when a change was found.
+
+    Example: harness bisect versions --bad 0.30.0 --good 0.32.2 --inverse --suite moe
+    """
+    if baseline not in BASELINES:
+        raise HarnessError(f"--baseline is one of {', '.join(BASELINES)}, not '{baseline}'")
+    cases = _cases(suite, arch, precision)
+    database = store.open_db(db)
+    out = render.console()
+    command = ["harness", *(ctx.obj or {}).get("argv", [])]
+    label = suite or ",".join(arch or [])
+
+    def record(step: Step) -> None:
+        run_id = _store_step(database, step, label, command)
+        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
+        cache = "cached env" if step.env_reused else "new env"
+        out.print(
+            f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
+            f"({cache}, {step.seconds:.1f} s, run {run_id})",
+            markup=False,
+        )
+
+    result = bisect_versions(
+        cases, good, bad, inverse, baseline, goldens_dir, sharded=None, on_step=record
+    )
+    for finding in result.findings:
+        out.print(f"{finding.arch}: {finding.outcome}: {finding.detail}", markup=False)
+        if finding.bisection is not None:
+            b = finding.bisection
+            if b.skipped:
+                skipped = ", ".join(b.skipped)
+                out.print(f"  could also be in the skipped releases {skipped}", markup=False)
+            for case, comparison in finding.changed:
+                out.print(
+                    f"  {case.label()}: {b.last_old} -> {b.first_new}: {_ladder(comparison)}",
+                    markup=False,
+                )
+            flipped = _flipped(result.steps[b.last_old], result.steps[b.first_new], finding.arch)
+            for line in flipped:
+                out.print(f"  {line}", markup=False)
+    out.print(
+        f"{len(result.steps)} release(s) run of {len(result.releases)} in range, "
+        f"{result.seconds:.1f} s",
+        markup=False,
+    )
+    raise typer.Exit(1 if any(f.outcome == "found" for f in result.findings) else 0)
+
+
+def _flipped(before: Step, after: Step, arch: str) -> list[str]:
+    """Cases whose verdict changed between the two releases, with the reason."""
+    old = {v.case.label(): v for v in before.verdicts if v.case.arch == arch}
+    lines = []
+    for v in after.verdicts:
+        was = old.get(v.case.label())
+        if v.case.arch == arch and was is not None and was.verdict != v.verdict:
+            why = v.detail or was.detail or ""
+            lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict} {why}".rstrip())
+    return lines
+
+
+def _ladder(c: Comparison) -> str:
+    m = c.metrics
+    layer = (
+        f"first divergent layer {c.first_divergent_layer} ({c.first_divergent_part})"
+        if c.first_divergent_layer is not None
+        else "no layer diverges"
+    )
+    tokens = (
+        "tokens match" if m.tokens_match else f"tokens differ from step {m.first_token_divergence}"
+    )
+    return (
+        f"max|Δ| {m.max_abs:.2e} rel {m.rel:.2e} cosine {m.cosine:.6f} KL {m.kl_max:.2e} "
+        f"top1 {m.top1:.2f}, {tokens}; {layer}"
+    )
+
+
+_STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
+
+
+def _store_step(database, step: Step, label: str, command: list[str]) -> int:
+    versions = step.refs.versions
+    run_id = store.start_run(
+        database,
+        "bisect",
+        f"{label} @ mlx-lm {step.release}",
+        1,
+        None,
+        None,
+        command,
+        {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
+    )
+    for index, v in enumerate(step.verdicts):
+        comparisons = {0: v.comparison} if v.comparison is not None else {}
+        result = CaseResult(index, v.case, 1, _STATUS[v.verdict], v.detail, comparisons)
+        store.record_case(database, run_id, result, verdict=v.verdict)
+    bad = any(v.verdict == "bad" for v in step.verdicts)
+    store.finish_run(database, run_id, "failed" if bad else "passed")
+    return run_id
+
+
+@app.command(name="commits")
+def commits_command(
+    repo: Annotated[Path, typer.Option("--repo", help="A local mlx-lm git checkout.")],
+    good: Annotated[str, typer.Option("--good", help="A commit whose numbers are right.")],
+    bad: Annotated[str, typer.Option("--bad", help="A commit whose numbers are wrong.")],
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+) -> None:
+    """Drive 'git bisect run' over commits of a local mlx-lm checkout.
+
+    The bisect runs in a temporary worktree, so the checkout is left as it was; a dirty
+    checkout is refused. A commit that cannot run the cases is skipped. Exit 1 once the
+    change is found (the first bad commit, or the skipped commits it hides among).
+
+    Example: harness bisect commits --repo ~/src/mlx-lm --good v0.31.3 --bad main --arch qwen3_moe
+    """
+    cases = _cases(suite, arch, precision)
+    out = render.console()
+    with tempfile.TemporaryDirectory(prefix="harness-bisect-") as work:
+        started = time.perf_counter()
+        result = commits.bisect_commits(repo, good, bad, cases, Path(work))
+    for sha, verdict in result.steps:
+        out.print(f"  {sha[:12]} {verdict}", markup=False)
+    if result.first_bad:
+        out.print(f"first bad commit: {result.first_bad} {result.subject}", markup=False)
+    else:
+        out.print(
+            "skipped commits hide the first bad one; it is one of: "
+            + ", ".join(sha[:12] for sha in result.candidates),
+            markup=False,
+        )
+    out.print(f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s", markup=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def step(
+    checkout: Annotated[Path, typer.Argument(help="The mlx-lm source tree to judge.")],
+    baseline: Annotated[
+        Path, typer.Option("--baseline", help="Folder of the good commit's saved references.")
+    ],
+) -> None:
+    """Judge one mlx-lm source tree for 'git bisect run': exit 0 good, 1 bad, 125 skip.
+
+    What 'harness bisect commits' runs at each commit; a failure of the harness itself
+    exits 128, which stops the bisect.
+
+    Example: git bisect run harness bisect step --baseline /tmp/harness-bisect-x/baseline .
+    """
+    try:
+        verdict, verdicts = commits.step(checkout, baseline)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(commits.EXIT_ABORT) from None
+    for v in verdicts:
+        print(f"{v.case.label()}: {v.verdict} {v.detail or ''}".rstrip())
+    raise typer.Exit(commits.EXIT_CODES[verdict])
+
+
+def diff_impl(
+    model_type: Annotated[str, typer.Argument(help="The model type both implement.")],
+    a: Annotated[str, typer.Argument(help="A release, a commit (with --repo), a tree or a .py.")],
+    b: Annotated[str, typer.Argument(help="The implementation to hold against A.")],
+    repo: Annotated[
+        Path | None, typer.Option("--repo", help="mlx-lm checkout the commits are of.")
+    ] = None,
+) -> None:
+    """Compare two implementations of a model type on the same tiny weights and prompts.
+
+    Prints the ladder of metrics of B against A and the first layer where they diverge;
+    exit 1 when they differ.
+
+    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py
+    """
+    out = render.console()
+    differ = False
+    for d in compute_diff(model_type, a, b, repo):
+        if d.comparison is None:
+            out.print(f"{d.case.arch}: not compared: {d.detail}", markup=False)
+            continue
+        same = d.comparison.passed
+        differ |= not same
+        verdict = "same within tolerance" if same else "differ"
+        out.print(f"{d.case.arch}: {d.b} vs {d.a}: {verdict}", markup=False)
+        out.print(f"  {_ladder(d.comparison)}", markup=False)
+    raise typer.Exit(1 if differ else 0)
+
+
+@env_app.command(name="list")
+def env_list() -> None:
+    """List the cached environments: what each holds, its size, when it was last used.
+
+    Example: harness env list
+    """
+    out = render.console()
+    found = envs.cached()
+    out.print(f"environments in {envs.cache_dir()}: {len(found)}", markup=False)
+    for env in found:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(env.used))
+        size = envs.size_bytes(env.path) / 2**20
+        out.print(
+            f"  {env.key}  mlx-lm {env.versions.get('mlx-lm')}  mlx {env.versions.get('mlx')}  "
+            f"{size:.0f} MiB  used {used}  ({env.installer})",
+            markup=False,
+        )
+
+
+@env_app.command(name="prune")
+def env_prune(
+    older_than: Annotated[
+        float | None,
+        typer.Option("--older-than", help="Only those unused for this many days."),
+    ] = None,
+) -> None:
+    """Remove cached environments (all, or those unused for --older-than days).
+
+    Example: harness env prune --older-than 30
+    """
+    removed = envs.prune(older_than)
+    out = render.console()
+    for env in removed:
+        out.print(f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})", markup=False)
+    out.print(f"{len(removed)} environment(s) removed from {envs.cache_dir()}", markup=False)
