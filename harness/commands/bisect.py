@@ -80,6 +80,9 @@ def versions(
     label = suite or ",".join(arch or [])
 
     def record(step: Step) -> None:
+        env = step.refs.implementation.env
+        for note in env.notes if env else []:
+            print(f"warning: {note}", file=sys.stderr)
         run_id = _store_step(database, step, label, command)
         counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
         cache = "cached env" if step.env_reused else "new env"
@@ -87,26 +90,34 @@ def versions(
             f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
             f"({cache}, {step.seconds:.1f} s, run {run_id})",
             markup=False,
+            soft_wrap=True,
         )
 
     result = bisect_versions(
         cases, good, bad, inverse, baseline, goldens_dir, sharded=None, on_step=record
     )
     for finding in result.findings:
-        out.print(f"{finding.arch}: {finding.outcome}: {finding.detail}", markup=False)
+        out.print(
+            f"{finding.arch}: {finding.outcome}: {finding.detail}", markup=False, soft_wrap=True
+        )
         if finding.bisection is not None:
             b = finding.bisection
             if b.skipped:
                 skipped = ", ".join(b.skipped)
-                out.print(f"  could also be in the skipped releases {skipped}", markup=False)
+                out.print(
+                    f"  could also be in the skipped releases {skipped}",
+                    markup=False,
+                    soft_wrap=True,
+                )
             for case, comparison in finding.changed:
                 out.print(
                     f"  {case.label()}: {b.last_old} -> {b.first_new}: {_ladder(comparison)}",
                     markup=False,
+                    soft_wrap=True,
                 )
             flipped = _flipped(result.steps[b.last_old], result.steps[b.first_new], finding.arch)
             for line in flipped:
-                out.print(f"  {line}", markup=False)
+                out.print(f"  {line}", markup=False, soft_wrap=True)
     out.print(
         f"{len(result.steps)} release(s) run of {len(result.releases)} in range, "
         f"{result.seconds:.1f} s",
@@ -190,16 +201,23 @@ def commits_command(
         started = time.perf_counter()
         result = commits.bisect_commits(repo, good, bad, cases, Path(work))
     for sha, verdict in result.steps:
-        out.print(f"  {sha[:12]} {verdict}", markup=False)
+        out.print(f"  {sha[:12]} {verdict}", markup=False, soft_wrap=True)
     if result.first_bad:
-        out.print(f"first bad commit: {result.first_bad} {result.subject}", markup=False)
+        out.print(
+            f"first bad commit: {result.first_bad} {result.subject}", markup=False, soft_wrap=True
+        )
     else:
         out.print(
             "skipped commits hide the first bad one; it is one of: "
             + ", ".join(sha[:12] for sha in result.candidates),
             markup=False,
+            soft_wrap=True,
         )
-    out.print(f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s", markup=False)
+    out.print(
+        f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s",
+        markup=False,
+        soft_wrap=True,
+    )
     raise typer.Exit(1)
 
 
@@ -246,13 +264,13 @@ def diff_impl(
     differ = False
     for d in compute_diff(model_type, a, b, repo):
         if d.comparison is None:
-            out.print(f"{d.case.arch}: not compared: {d.detail}", markup=False)
+            out.print(f"{d.case.arch}: not compared: {d.detail}", markup=False, soft_wrap=True)
             continue
         same = d.comparison.passed
         differ |= not same
         verdict = "same within tolerance" if same else "differ"
-        out.print(f"{d.case.arch}: {d.b} vs {d.a}: {verdict}", markup=False)
-        out.print(f"  {_ladder(d.comparison)}", markup=False)
+        out.print(f"{d.case.arch}: {d.b} vs {d.a}: {verdict}", markup=False, soft_wrap=True)
+        out.print(f"  {_ladder(d.comparison)}", markup=False, soft_wrap=True)
     raise typer.Exit(1 if differ else 0)
 
 
@@ -264,7 +282,7 @@ def env_list() -> None:
     """
     out = render.console()
     found = envs.cached()
-    out.print(f"environments in {envs.cache_dir()}: {len(found)}", markup=False)
+    out.print(f"environments in {envs.cache_dir()}: {len(found)}", markup=False, soft_wrap=True)
     for env in found:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(env.used))
         size = envs.size_bytes(env.path) / 2**20
@@ -272,6 +290,7 @@ def env_list() -> None:
             f"  {env.key}  mlx-lm {env.versions.get('mlx-lm')}  mlx {env.versions.get('mlx')}  "
             f"{size:.0f} MiB  used {used}  ({env.installer})",
             markup=False,
+            soft_wrap=True,
         )
 
 
@@ -289,5 +308,11 @@ def env_prune(
     removed = envs.prune(older_than)
     out = render.console()
     for env in removed:
-        out.print(f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})", markup=False)
-    out.print(f"{len(removed)} environment(s) removed from {envs.cache_dir()}", markup=False)
+        out.print(
+            f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})", markup=False, soft_wrap=True
+        )
+    out.print(
+        f"{len(removed)} environment(s) removed from {envs.cache_dir()}",
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,79 @@
+"""Alternative model files: `--impl` loads them as mlx-lm loads its own modules, and
+`diff-impl` finds the layer where one differs from mlx-lm's own."""
+
+import sys
+
+import pytest
+from mlx_lm_sources import SOURCES, scale_moe_output
+from test_cli_errors import assert_one_line_error
+
+from harness.case import Case
+from harness.models import impl
+from harness.run.references import reference_output
+
+
+@pytest.fixture
+def forked(tmp_path):
+    """qwen3_moe.py as a fork would change it: layer 2's MoE output scaled by 1.01."""
+    path = tmp_path / "qwen3_moe_fork.py"
+    path.write_text(scale_moe_output((SOURCES / "models/qwen3_moe.py").read_text(), layer=2))
+    return path
+
+
+@pytest.fixture
+def restore_modules():
+    """install() replaces mlx_lm.models.qwen3_moe for the process: put mlx-lm's back."""
+    import mlx_lm.models.qwen3_moe as original
+
+    yield
+    sys.modules["mlx_lm.models.qwen3_moe"] = original
+    import mlx_lm.models
+
+    mlx_lm.models.qwen3_moe = original
+    from harness.zoo import support
+
+    support.cache_clear()
+
+
+def test_diff_impl_finds_the_layer_that_differs(forked, run_cli):
+    own = str(SOURCES / "models/qwen3_moe.py")
+    result = run_cli("diff-impl", "qwen3_moe", own, str(forked))
+    assert result.code == 1, result.err
+    assert "qwen3_moe: " in result.out and ": differ" in result.out
+    # The scaling sits after the MoE block returns: its output matches, the layer's does not.
+    assert "first divergent layer 2 (layer output)" in result.out
+
+
+def test_diff_impl_of_identical_files_is_the_same(run_cli):
+    own = str(SOURCES / "models/qwen3_moe.py")
+    result = run_cli("diff-impl", "qwen3_moe", own, own)
+    assert result.code == 0, result.err
+    assert "same within tolerance" in result.out
+
+
+def test_install_makes_the_model_type_use_the_file(forked, restore_modules):
+    case = Case("qwen3_moe", strategy="none", decode_steps=1)
+    before = reference_output(case)
+    impl.install(impl.parse([f"qwen3_moe={forked}"]))
+    after = reference_output(case)
+    assert sys.modules["mlx_lm.models.qwen3_moe"].__file__ == str(forked)
+    assert abs(after.prefill - before.prefill).max() > 1e-4
+
+
+def test_a_file_that_does_not_define_the_model_type(tmp_path, run_cli):
+    stray = tmp_path / "helpers.py"
+    stray.write_text("def helper():\n    return 1\n")
+    result = run_cli("diff-impl", "qwen3_moe", str(SOURCES / "models/qwen3_moe.py"), str(stray))
+    assert_one_line_error(result, "does not define Model and ModelArgs", "qwen3_moe")
+
+
+def test_a_model_type_the_zoo_does_not_have(run_cli):
+    result = run_cli("diff-impl", "qwen9_moe", "a.py", "b.py")
+    assert_one_line_error(result, "no architecture of the zoo has model_type 'qwen9_moe'")
+
+
+def test_impl_option_needs_type_and_file(tmp_path):
+    with pytest.raises(Exception, match="MODEL_TYPE=path/to/file.py"):
+        impl.parse(["qwen3_moe"])
+    with pytest.raises(Exception, match="is not a Python file"):
+        impl.parse([f"qwen3_moe={tmp_path / 'missing.py'}"])
