@@ -77,3 +77,13 @@ def test_impl_option_needs_type_and_file(tmp_path):
         impl.parse(["qwen3_moe"])
     with pytest.raises(Exception, match="is not a Python file"):
         impl.parse([f"qwen3_moe={tmp_path / 'missing.py'}"])
+
+
+def test_golden_verify_builds_from_the_impl_file(forked, restore_modules, tmp_path, run_cli):
+    goldens = str(tmp_path / "goldens")
+    assert run_cli("golden", "record", "--arch", "qwen3_moe", "--dir", goldens).code == 0
+    result = run_cli(
+        "golden", "verify", "--arch", "qwen3_moe", "--dir", goldens, "--impl", f"qwen3_moe={forked}"
+    )
+    assert result.code == 1, result.err
+    assert "changed numerically: qwen3_moe" in result.out

@@ -61,6 +61,7 @@ def bisect_versions(
     inverse: bool = False,
     baseline: str = "goldens",
     goldens_dir: Path | None = None,
+    impl: dict[str, str] | None = None,
     sharded: Sharded | None = None,
     on_step: Callable[[Step], None] | None = None,
 ) -> VersionsBisect:
@@ -77,6 +78,7 @@ def bisect_versions(
         if version not in made:
             began = time.perf_counter()
             implementation = implementations.release(version)
+            implementation.impl = dict(impl or {})  # the same model files in every release
             refs = implementations.references(implementation, unique)
             made[version] = (implementation, refs, time.perf_counter() - began)
         return made[version]

@@ -19,6 +19,7 @@ from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
+from harness.models import impl
 from harness.records import goldens, store
 from harness.records.compare import Comparison
 from harness.records.result import CaseResult
@@ -60,6 +61,10 @@ def versions(
     goldens_dir: Annotated[
         Path, typer.Option("--goldens", help="Goldens directory for --baseline goldens.")
     ] = goldens.GOLDENS_DIR,
+    impl_files: Annotated[
+        list[str] | None,
+        typer.Option("--impl", help="MODEL_TYPE=file.py: that model type from this file."),
+    ] = None,
     db: Db = store.DEFAULT_DB,
 ) -> None:
     """Binary search over published mlx-lm releases, each architecture on its own cases.
@@ -74,6 +79,7 @@ def versions(
     if baseline not in BASELINES:
         raise HarnessError(f"--baseline is one of {', '.join(BASELINES)}, not '{baseline}'")
     cases = _cases(suite, arch, precision)
+    overrides = impl.parse(impl_files)
     database = store.open_db(db)
     out = render.console()
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
@@ -94,7 +100,7 @@ def versions(
         )
 
     result = bisect_versions(
-        cases, good, bad, inverse, baseline, goldens_dir, sharded=None, on_step=record
+        cases, good, bad, inverse, baseline, goldens_dir, overrides, sharded=None, on_step=record
     )
     for finding in result.findings:
         out.print(
