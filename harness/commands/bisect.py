@@ -239,7 +239,7 @@ def step(
     What 'harness bisect commits' runs at each commit; a failure of the harness itself
     exits 128, which stops the bisect.
 
-    Example: git bisect run harness bisect step --baseline /tmp/harness-bisect-x/baseline .
+    Example: harness bisect step --baseline /tmp/harness-bisect-x/baseline ~/src/mlx-lm
     """
     try:
         verdict, verdicts = commits.step(checkout, baseline)
