@@ -48,7 +48,8 @@ def model_classes(config: Mapping[str, Any]) -> tuple[type[nn.Module], type]:
 
 
 def _accepts(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
+    parameters = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def load_model(path: Path, get_model_classes: Callable) -> nn.Module:
@@ -68,13 +69,12 @@ def sharded_load(path: Path, **groups) -> nn.Module:
 
     Its default turns trust_remote_code on for the tokenizer; where it takes a
     tokenizer_config (0.32 on) that is turned off here, and before that the checkpoint was
-    already refused by `harness.models.checkpoint.read` if it maps a tokenizer to code."""
+    already refused by `harness.models.checkpoint.read` if it maps a tokenizer to code.
+    Its own trust_remote_code (model code, 0.32 on) is off by default."""
     from mlx_lm.utils import sharded_load as mlx_lm_sharded_load
 
     kwargs: dict[str, Any] = dict(groups)
     if _accepts(mlx_lm_sharded_load, "tokenizer_config"):
         kwargs["tokenizer_config"] = {"trust_remote_code": False}
-    if _accepts(mlx_lm_sharded_load, "trust_remote_code"):
-        kwargs["trust_remote_code"] = False
     model, _ = mlx_lm_sharded_load(str(path), **kwargs)
     return model
