@@ -1,49 +1,20 @@
 """The release list comes from the package index over HTTP (a local one here, speaking the
 simple API in JSON), yanked releases left out; bad input is one sentence."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+from package_index import serve, use
 from test_cli_errors import assert_one_line_error
 
 from harness.bisect import releases
 
 VERSIONS = ["0.29.1", "0.30.0", "0.30.2", "0.31.0", "0.31.1", "0.32.0rc1", "0.32.0", "0.4.0"]
-YANKED = {"0.31.0"}
-
-
-class Index(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        if self.path.rstrip("/") != "/simple/mlx-lm":
-            self.send_error(404)
-            return
-        files = []
-        for v in VERSIONS:
-            for name in (f"mlx_lm-{v}-py3-none-any.whl", f"mlx_lm-{v}.tar.gz"):
-                files.append({"filename": name, "url": name, "yanked": v in YANKED})
-        body = json.dumps({"name": "mlx-lm", "versions": VERSIONS, "files": files}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", releases.ACCEPT)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def index(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Index)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    for name in releases.INDEX_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple/")
-    yield
-    server.shutdown()
-    server.server_close()
+    with serve(VERSIONS, yanked={"0.31.0"}) as url:
+        use(monkeypatch, url)
+        yield
 
 
 def test_between_orders_versions_and_leaves_out_yanked_and_prereleases(index):
@@ -69,10 +40,8 @@ def test_bad_input_is_one_sentence(index, run_cli, db_path):
 
 
 def test_no_network_to_the_index(monkeypatch, run_cli, db_path):
-    for name in releases.INDEX_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    use(monkeypatch, "http://127.0.0.1:9/simple")
     result = run_cli(
         "bisect",
         "versions",

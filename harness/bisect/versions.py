@@ -126,21 +126,35 @@ def _judge_step(version: str, made, cases: list[Case], baselines: dict, sharded)
 
 
 def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: bool) -> Finding:
-    keys = {case.label() for case in group}
+    labels = {case.label() for case in group}
 
     def judge(version: str) -> str:
-        return group_verdict([v for v in step(version).verdicts if v.case.label() in keys])
+        return group_verdict([v for v in step(version).verdicts if v.case.label() in labels])
+
+    def reasons(version: str) -> str:
+        found = {v.detail for v in step(version).verdicts if v.case.label() in labels}
+        return "; ".join(sorted(d for d in found if d))
 
     old_state, new_state = (BAD, GOOD) if inverse else (GOOD, BAD)
+    since = ""
+    if judge(items[0]) == SKIP:
+        # Added to mlx-lm after the old endpoint: bisect from the first release that has it.
+        first = _first_runnable(items, judge)
+        if first is None:
+            return Finding(
+                arch, "unjudgeable", f"no release in range runs it: {reasons(items[-1])}"
+            )
+        since = f" (first runnable in mlx-lm {items[first]})"
+        items = items[first:]
     old, new = judge(items[0]), judge(items[-1])
-    if SKIP in (old, new):
-        where = items[0] if old == SKIP else items[-1]
-        reasons = {v.detail for v in step(where).verdicts if v.case.label() in keys}
-        return Finding(arch, "unjudgeable", f"mlx-lm {where}: {'; '.join(sorted(reasons))}")
-    if old == new_state and new == new_state:
-        return Finding(arch, "unjudgeable", f"already {new_state} at {items[0]}")
-    if new == old_state:
-        return Finding(arch, "unchanged", f"{old_state} from {items[0]} to {items[-1]}")
+    if new == SKIP:
+        return Finding(arch, "unjudgeable", f"mlx-lm {items[-1]}: {reasons(items[-1])}")
+    if old == new:
+        return Finding(arch, "unchanged", f"{old} from {items[0]} to {items[-1]}{since}")
+    if old == new_state:
+        return Finding(arch, "unjudgeable", f"{old} at {items[0]} but {new} at {items[-1]}{since}")
+    if len(items) < 2:
+        return Finding(arch, "unjudgeable", f"only mlx-lm {items[0]} runs it{since}")
     result = bisect(items, judge, inverse, label=lambda v: f"mlx-lm {v}")
     changed = []
     before, after = step(result.last_old).refs, step(result.first_new).refs
@@ -151,5 +165,20 @@ def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: 
             comparison = compare(a.output, b.output, tol, world=1)
             if not comparison.passed:
                 changed.append((case, comparison))
-    detail = f"{'fixed' if inverse else 'changed'} in mlx-lm {result.first_new}"
+    detail = f"{'fixed' if inverse else 'changed'} in mlx-lm {result.first_new}{since}"
     return Finding(arch, "found", detail, result, changed)
+
+
+def _first_runnable(items: list[str], judge) -> int | None:
+    """The first release that can run the group, by binary search: an architecture, once
+    added, stays (the old endpoint cannot run it, the new one can, or none can)."""
+    if judge(items[-1]) == SKIP:
+        return None
+    low, high = 0, len(items) - 1  # low skips, high runs
+    while high - low > 1:
+        middle = (low + high) // 2
+        if judge(items[middle]) == SKIP:
+            low = middle
+        else:
+            high = middle
+    return high

@@ -121,7 +121,10 @@ def versions(
                     markup=False,
                     soft_wrap=True,
                 )
-            flipped = _flipped(result.steps[b.last_old], result.steps[b.first_new], finding.arch)
+            shown = {case.label() for case, _ in finding.changed}
+            flipped = _flipped(
+                result.steps[b.last_old], result.steps[b.first_new], finding.arch, shown
+            )
             for line in flipped:
                 out.print(f"  {line}", markup=False, soft_wrap=True)
     out.print(
@@ -132,15 +135,19 @@ def versions(
     raise typer.Exit(1 if any(f.outcome == "found" for f in result.findings) else 0)
 
 
-def _flipped(before: Step, after: Step, arch: str) -> list[str]:
-    """Cases whose verdict changed between the two releases, with the reason."""
+def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]:
+    """Cases whose verdict changed between the two releases without a ladder to show (a
+    crash, a checkpoint that stopped loading), with the reason, cut to one short line."""
     old = {v.case.label(): v for v in before.verdicts if v.case.arch == arch}
     lines = []
     for v in after.verdicts:
         was = old.get(v.case.label())
-        if v.case.arch == arch and was is not None and was.verdict != v.verdict:
+        if v.case.arch != arch or was is None or was.verdict == v.verdict:
+            continue
+        if v.case.label() not in shown:
             why = v.detail or was.detail or ""
-            lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict} {why}".rstrip())
+            why = why if len(why) <= 160 else why[:157] + "..."
+            lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict}: {why}".rstrip(": "))
     return lines
 
 
