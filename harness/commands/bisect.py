@@ -13,17 +13,14 @@ import typer
 
 from harness import render
 from harness.bisect import commits, envs
-from harness.bisect.diff import diff_impl as compute_diff
 from harness.bisect.judge import BASELINES
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
-from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.models import impl
 from harness.records import goldens, store
 from harness.records.compare import Comparison
 from harness.records.result import CaseResult
-from harness.run.references import unique_cases
 
 app = typer.Typer(
     help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
@@ -39,8 +36,10 @@ Db = Annotated[str, typer.Option("--db", help="SQLite file where every step is s
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
+    from harness.commands.select import select_cases  # the zoo loads mlx: only when needed
+
     # Single-rank: a case is its reference, whatever strategy the suite gives it.
-    return unique_cases(select_cases(suite, arch, "none", precision))
+    return list({c.key(): c for c in select_cases(suite, arch, "none", precision)}.values())
 
 
 @app.command()
@@ -273,6 +272,9 @@ def diff_impl(
 
     Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py
     """
+    # Imported here: the zoo loads mlx, which the other commands of the CLI never need.
+    from harness.bisect.diff import diff_impl as compute_diff
+
     out = render.console()
     differ = False
     for d in compute_diff(model_type, a, b, repo):

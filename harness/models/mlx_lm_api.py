@@ -13,9 +13,10 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlx.nn as nn
+if TYPE_CHECKING:  # the zoo imports this module and must not load mlx to list itself
+    import mlx.nn as nn
 
 
 class MissingModelType(ValueError):

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from harness.case import Case
-from harness.errors import HarnessError
+from harness.errors import HarnessError, model_code
 from harness.models import checkpoint
 from harness.models.build import build_model
 from harness.models.checkpoint.load import case_checkpoint
@@ -22,10 +22,14 @@ def run_case(
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
     model = model_for_case(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
-        model = resolve(case.strategy).apply(model, group)
-        mx.eval(model.parameters())
+        strategy = resolve(case.strategy)
+        with model_code():
+            model = strategy.apply(model, group)
+            mx.eval(model.parameters())
+    prompts = case_prompts(case)
     mx.reset_peak_memory()
-    return forward.run(model, case_prompts(case), case.decode_steps, capture, repeats)
+    with model_code():
+        return forward.run(model, prompts, case.decode_steps, capture, repeats)
 
 
 def case_prompts(case: Case) -> tuple[tuple[int, ...], ...]:

@@ -112,7 +112,7 @@ def _model_type(path: Path, config: dict) -> None:
     model_type = config.get("model_type")
     if not model_type:
         raise HarnessError(f"'{path}/config.json' has no model_type")
-    from harness.models.mlx_lm_api import model_classes
+    from harness.zoo import model_classes
 
     try:
         model_classes(config)
