@@ -52,12 +52,17 @@ class Implementation:
         paths = [*self.pythonpath, str(HARNESS_ROOT)]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
+    def rank_env(self) -> dict[str, str]:
+        """The extra environment of its ranks (the launcher adds the harness itself)."""
+        return {"PYTHONPATH": os.pathsep.join(self.pythonpath)} if self.pythonpath else {}
+
 
 @dataclass
 class Reference:
     status: str  # "ok" | "skip" | "error" (see harness.bisect.probe)
     detail: str | None = None
     output: Output | None = None
+    strategies: tuple[str, ...] = ()  # what the architecture has here: "tp", "pp"
 
 
 @dataclass
@@ -141,5 +146,6 @@ def references(implementation: Implementation, cases: list[Case]) -> References:
             if line["status"] == "ok":
                 with np.load(Path(out) / f"{line['key']}.npz") as data:
                     output = Output.from_arrays(dict(data))
-            found[line["key"]] = Reference(line["status"], line.get("detail"), output)
+            strategies = tuple(s for s in ("tp", "pp") if line.get(s))
+            found[line["key"]] = Reference(line["status"], line.get("detail"), output, strategies)
     return References(implementation, versions, found)

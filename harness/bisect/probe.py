@@ -47,8 +47,9 @@ def probe(request: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for data in request["cases"]:
         case = Case.from_dict({**data, "strategy": "none"})
-        line = {"key": case.key()}
         available = support(case.arch)
+        # What the release offers the sharded side: old ones lack some shard() / pipeline().
+        line = {"key": case.key(), "tp": available.tp, "pp": available.pp}
         reason = available.reason if not available.available else skip_reason(case)
         if reason:
             _emit({**line, "status": "skip", "detail": reason})

@@ -21,8 +21,11 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.compare import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
+from harness.records.result import SKIP as SKIP_STATUS
 from harness.records.result import CaseResult
 
+# Built-in strategies a release may lack for an architecture, as the skip reason names them.
+SHARDING = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}
 # The sharded side of a step: (implementation, cases) -> each case's result by label.
 Sharded = Callable[[implementations.Implementation, list[Case]], dict[str, CaseResult]]
 
@@ -115,8 +118,17 @@ def _judge_step(version: str, made, cases: list[Case], baselines: dict, sharded)
     started = time.perf_counter()
     runs: dict[str, CaseResult] = {}
     if sharded is not None:
-        runnable = [c for c in cases if getattr(refs.cases.get(c.key()), "status", "") == "ok"]
-        runs = sharded(implementation, runnable) if runnable else {}
+        runnable = []
+        for case in cases:
+            reference = refs.cases.get(case.key())
+            if reference is None or reference.status != "ok":
+                continue  # judged on the reference alone: skip or bad already
+            if case.strategy in SHARDING and case.strategy not in reference.strategies:
+                reason = f"{case.arch} has no {SHARDING[case.strategy]} in {implementation.label}"
+                runs[case.label()] = CaseResult(0, case, 0, SKIP_STATUS, reason)
+            else:
+                runnable.append(case)
+        runs.update(sharded(implementation, runnable) if runnable else {})
     verdicts = [
         judge_case(case, refs, baselines.get(case.key()), runs.get(case.label())) for case in cases
     ]

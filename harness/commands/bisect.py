@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 
 from harness import render
-from harness.bisect import commits, envs
+from harness.bisect import commits, envs, sharded
 from harness.bisect.judge import BASELINES
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
+from harness.commands.options import Arch, Db, GoldensDir, Precision, Ranks, Suite, Timeout
 from harness.errors import HarnessError
 from harness.models import impl
 from harness.records import goldens, store
@@ -27,17 +28,14 @@ app = typer.Typer(
 )
 env_app = typer.Typer(help="The cached environments bisects run in.", no_args_is_help=True)
 
-Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
-Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
-Precision = Annotated[
-    list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
-]
-Db = Annotated[str, typer.Option("--db", help="SQLite file where every step is stored.")]
 
-
-def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
+def _cases(
+    suite: str | None, arch: list[str] | None, precision: list[str] | None, ranks: int = 1
+) -> list[Case]:
     from harness.commands.select import select_cases  # the zoo loads mlx: only when needed
 
+    if ranks > 1:
+        return select_cases(suite, arch, None, precision)
     # Single-rank: a case is its reference, whatever strategy the suite gives it.
     return list({c.key(): c for c in select_cases(suite, arch, "none", precision)}.values())
 
@@ -57,19 +55,21 @@ def versions(
         str,
         typer.Option(help="Hold references to the goldens, or to the good release's ('good')."),
     ] = "goldens",
-    goldens_dir: Annotated[
-        Path, typer.Option("--goldens", help="Goldens directory for --baseline goldens.")
-    ] = goldens.GOLDENS_DIR,
+    goldens_dir: GoldensDir = goldens.GOLDENS_DIR,
     impl_files: Annotated[
         list[str] | None,
         typer.Option("--impl", help="MODEL_TYPE=file.py: that model type from this file."),
     ] = None,
+    ranks: Ranks = 1,
+    timeout: Timeout = 60.0,
     db: Db = store.DEFAULT_DB,
 ) -> None:
     """Binary search over published mlx-lm releases, each architecture on its own cases.
 
     Each release runs in a cached environment (see 'harness env list'); a release that
-    cannot run a case skips it, never counts it bad. Prints, per architecture, the first
+    cannot run a case skips it, never counts it bad. With --ranks N each release also
+    runs the cases sharded (their suite's strategies) on N ranks under its Python: a
+    case that fails there is bad. Prints, per architecture, the first
     bad release, its cases' ladder of metrics against the last good one and the first
     layer where they diverge. Exit 1 when a change was found.
 
@@ -77,8 +77,13 @@ def versions(
     """
     if baseline not in BASELINES:
         raise HarnessError(f"--baseline is one of {', '.join(BASELINES)}, not '{baseline}'")
-    cases = _cases(suite, arch, precision)
+    cases = _cases(suite, arch, precision, ranks)
     overrides = impl.parse(impl_files)
+    if overrides and ranks > 1:
+        raise HarnessError(
+            "--impl runs on one rank only for now: the ranks of a launch do not load model "
+            "files yet; drop --ranks or --impl"
+        )
     database = store.open_db(db)
     out = render.console()
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
@@ -88,7 +93,7 @@ def versions(
         env = step.refs.implementation.env
         for note in env.notes if env else []:
             print(f"warning: {note}", file=sys.stderr)
-        run_id = _store_step(database, step, label, command)
+        run_id = _store_step(database, step, label, command, ranks)
         counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
         cache = "cached env" if step.env_reused else "new env"
         out.print(
@@ -99,7 +104,15 @@ def versions(
         )
 
     result = bisect_versions(
-        cases, good, bad, inverse, baseline, goldens_dir, overrides, sharded=None, on_step=record
+        cases,
+        good,
+        bad,
+        inverse,
+        baseline,
+        goldens_dir,
+        overrides,
+        sharded=sharded.runner(ranks, timeout=timeout) if ranks > 1 else None,
+        on_step=record,
     )
     for finding in result.findings:
         out.print(
@@ -169,22 +182,25 @@ def _ladder(c: Comparison) -> str:
 _STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
 
 
-def _store_step(database, step: Step, label: str, command: list[str]) -> int:
+def _store_step(database, step: Step, label: str, command: list[str], ranks: int) -> int:
     versions = step.refs.versions
     run_id = store.start_run(
         database,
         "bisect",
         f"{label} @ mlx-lm {step.release}",
-        1,
+        ranks,
         None,
         None,
         command,
         {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
     )
     for index, v in enumerate(step.verdicts):
+        # The sharded run's comparisons when there is one, else the reference vs baseline.
         comparisons = {0: v.comparison} if v.comparison is not None else {}
-        result = CaseResult(index, v.case, 1, _STATUS[v.verdict], v.detail, comparisons)
-        store.record_case(database, run_id, result, verdict=v.verdict)
+        if v.sharded is not None and v.sharded.comparisons:
+            comparisons = v.sharded.comparisons
+        result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
+        store.record_case(database, run_id, result, {"verdict": v.verdict})
     bad = any(v.verdict == "bad" for v in step.verdicts)
     store.finish_run(database, run_id, "failed" if bad else "passed")
     return run_id
