@@ -74,3 +74,36 @@ def test_finds_the_release_and_layer_per_architecture_skipping_what_cannot_run(
     )
     rows = [(row["arch"], row["verdict"]) for row in skipped]
     assert rows == [("deepseek_v3", "good"), ("qwen3_moe", "skip")]
+
+
+@pytest.mark.multirank
+def test_two_ranks_run_each_release_sharded_under_its_sources(published, run_cli, db_path):
+    result = run_cli(
+        "bisect",
+        "versions",
+        "--good",
+        "0.1.0",
+        "--bad",
+        "0.1.5",
+        "--baseline",
+        "good",
+        "--arch",
+        "qwen3_moe",
+        "--ranks",
+        "2",
+        "--db",
+        db_path,
+    )
+    assert result.code == 1, result.err
+    assert "qwen3_moe: found: changed in mlx-lm 0.1.4" in result.out
+    rows = list(
+        store.open_db(db_path).query(
+            "select r.suite, r.ranks, c.strategy, c.verdict, c.max_abs from cases c "
+            "join runs r on r.id = c.run_id order by r.id, c.strategy"
+        )
+    )
+    assert {row["ranks"] for row in rows} == {2}
+    good = [row for row in rows if row["verdict"] == "good"]
+    # Good steps hold the sharded tp and pp runs, against the reference on the same ranks.
+    assert {row["strategy"] for row in good} == {"tp", "pp"}
+    assert all(row["max_abs"] is not None and row["max_abs"] < 1e-4 for row in good)

@@ -31,6 +31,7 @@ import numpy as np
 import harness
 from harness.bisect import envs, git
 from harness.bisect.probe import PREFIX
+from harness.bisect.releases import check_release
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.outputs import Output
@@ -102,8 +103,6 @@ def resolve(spec: str, model_type: str, repo: Path | None = None) -> Iterator[Im
             yield checkout(tree, f"{spec} of {repo}")
     elif RELEASE.fullmatch(spec):
         version = RELEASE.fullmatch(spec).group(1)
-        from harness.bisect.releases import check_release
-
         check_release(version)
         yield release(version)
     else:

@@ -1,9 +1,10 @@
 """Judging cases under one implementation: good, bad or skip, per case and for a group.
 
 A case is bad when its reference failed to run or moved beyond its tolerance from the
-baseline (its golden, or the good endpoint's reference), or when its sharded run failed;
-skip when the implementation cannot run it (or the baseline has nothing to hold it
-against); good otherwise. A group is bad if any case is, skip if every case is."""
+baseline (its golden, or the good endpoint's reference), or when its sharded run failed,
+crashed or hung; skip when the implementation cannot run it (or the baseline has nothing
+to hold it against, or the sharded run met a setup or harness error); good otherwise.
+A group is bad if any case is, skip if every case is."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from harness.case import Case
 from harness.records import goldens
 from harness.records.compare import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import CaseResult
+from harness.records.result import CRASH, ERROR, FAIL, TIMEOUT, CaseResult
+from harness.records.result import SKIP as SKIP_STATUS
 
 BASELINES = ("goldens", "good")
 
@@ -74,10 +76,13 @@ def judge_case(
     detail = None
     if verdict == BAD:
         detail = f"reference moved: max|Δ| {comparison.metrics.max_abs:.2e}"
-    if sharded is not None and sharded.failed:
+    if sharded is None or verdict == BAD:
+        return CaseVerdict(case, verdict, detail, comparison, sharded)
+    if sharded.status in (CRASH, FAIL, TIMEOUT):  # the model under this release
         verdict, detail = BAD, f"sharded run {sharded.status}: {sharded.reason}"
-    elif sharded is not None and sharded.status == "skip" and verdict == GOOD:
-        verdict, detail = SKIP, sharded.reason
+    elif sharded.status in (ERROR, SKIP_STATUS):
+        # The setup's or the harness's fault (a loader this release lacks): never the model's.
+        verdict, detail = SKIP, f"sharded run {sharded.status}: {sharded.reason}"
     return CaseVerdict(case, verdict, detail, comparison, sharded)
 
 
