@@ -41,10 +41,6 @@ def require_clean(repo: Path) -> None:
         raise HarnessError(
             f"'{repo}' has uncommitted changes ({first}, ...); commit or stash them first"
         )
-    if run(repo, "rev-parse", "-q", "--verify", "BISECT_HEAD", check=False).returncode == 0 or (
-        Path(run(repo, "rev-parse", "--git-dir").stdout.strip()).joinpath("BISECT_LOG").exists()
-    ):
-        raise HarnessError(f"'{repo}' is already bisecting; run 'git bisect reset' there first")
 
 
 def is_commit(repo: Path, rev: str) -> bool:
