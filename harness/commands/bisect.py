@@ -15,7 +15,16 @@ from harness import render
 from harness.bisect import commits, envs, sharded
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
-from harness.commands.options import Arch, Db, GoldensDir, Precision, Ranks, Suite, Timeout
+from harness.commands.options import (
+    Arch,
+    Db,
+    GoldensDir,
+    Precision,
+    Ranks,
+    Suite,
+    Timeout,
+    command_line,
+)
 from harness.errors import HarnessError
 from harness.models import impl
 from harness.records import goldens, store
@@ -26,6 +35,11 @@ app = typer.Typer(
     help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
 )
 env_app = typer.Typer(help="The cached environments bisects run in.", no_args_is_help=True)
+
+
+def _say(out, text: str) -> None:
+    # Plain text, one line each however long: paths and ladders are read whole.
+    out.print(text, markup=False, soft_wrap=True)
 
 
 def _cases(
@@ -68,9 +82,9 @@ def versions(
     Each release runs in a cached environment (see 'harness env list'); a release that
     cannot run a case skips it, never counts it bad. With --ranks N each release also
     runs the cases sharded (their suite's strategies) on N ranks under its Python: a
-    case that fails there is bad. Prints, per architecture, the first
-    bad release, its cases' ladder of metrics against the last good one and the first
-    layer where they diverge. Exit 1 when a change was found.
+    case that fails there is bad. Prints, per architecture, the first bad release, its
+    cases' ladder of metrics against the last good one and the first layer where they
+    diverge. Exit 1 when a change was found.
 
     Example: harness bisect versions --bad 0.30.0 --good 0.32.2 --inverse --suite moe
     """
@@ -83,7 +97,7 @@ def versions(
         )
     database = store.open_db(db)
     out = render.console()
-    command = ["harness", *(ctx.obj or {}).get("argv", [])]
+    command = command_line(ctx, "bisect")
     label = suite or ",".join(arch or [])
 
     def record(step: Step) -> None:
@@ -93,11 +107,10 @@ def versions(
         run_id = _store_step(database, step, label, command, ranks)
         counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
         cache = "cached env" if step.env_reused else "new env"
-        out.print(
+        _say(
+            out,
             f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
             f"({cache}, {step.seconds:.1f} s, run {run_id})",
-            markup=False,
-            soft_wrap=True,
         )
 
     result = bisect_versions(
@@ -112,31 +125,22 @@ def versions(
         on_step=record,
     )
     for finding in result.findings:
-        out.print(
-            f"{finding.arch}: {finding.outcome}: {finding.detail}", markup=False, soft_wrap=True
-        )
+        _say(out, f"{finding.arch}: {finding.outcome}: {finding.detail}")
         if finding.bisection is not None:
             b = finding.bisection
             if b.skipped:
                 skipped = ", ".join(b.skipped)
-                out.print(
-                    f"  could also be in the skipped releases {skipped}",
-                    markup=False,
-                    soft_wrap=True,
-                )
+                _say(out, f"  could also be in the skipped releases {skipped}")
             for case, comparison in finding.changed:
-                out.print(
-                    f"  {case.label()}: {b.last_old} -> {b.first_new}: {_ladder(comparison)}",
-                    markup=False,
-                    soft_wrap=True,
-                )
+                _say(out, f"  {case.label()}: {b.last_old} -> {b.first_new}: {_ladder(comparison)}")
             shown = {case.label() for case, _ in finding.changed}
             flipped = _flipped(
                 result.steps[b.last_old], result.steps[b.first_new], finding.arch, shown
             )
             for line in flipped:
-                out.print(f"  {line}", markup=False, soft_wrap=True)
-    out.print(
+                _say(out, f"  {line}")
+    _say(
+        out,
         f"{len(result.steps)} release(s) run of {len(result.releases)} in range, "
         f"{result.seconds:.1f} s",
         markup=False,
@@ -226,23 +230,16 @@ def commits_command(
         started = time.perf_counter()
         result = commits.bisect_commits(repo, good, bad, cases, Path(work))
     for sha, verdict in result.steps:
-        out.print(f"  {sha[:12]} {verdict}", markup=False, soft_wrap=True)
+        _say(out, f"  {sha[:12]} {verdict}")
     if result.first_bad:
-        out.print(
-            f"first bad commit: {result.first_bad} {result.subject}", markup=False, soft_wrap=True
-        )
+        _say(out, f"first bad commit: {result.first_bad} {result.subject}")
     else:
-        out.print(
+        _say(
+            out,
             "skipped commits hide the first bad one; it is one of: "
             + ", ".join(sha[:12] for sha in result.candidates),
-            markup=False,
-            soft_wrap=True,
         )
-    out.print(
-        f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s",
-        markup=False,
-        soft_wrap=True,
-    )
+    _say(out, f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s")
     raise typer.Exit(1)
 
 
@@ -292,13 +289,13 @@ def diff_impl(
     differ = False
     for d in compute_diff(model_type, a, b, repo):
         if d.comparison is None:
-            out.print(f"{d.case.arch}: not compared: {d.detail}", markup=False, soft_wrap=True)
+            _say(out, f"{d.case.arch}: not compared: {d.detail}")
             continue
         same = d.comparison.passed
         differ |= not same
         verdict = "same within tolerance" if same else "differ"
-        out.print(f"{d.case.arch}: {d.b} vs {d.a}: {verdict}", markup=False, soft_wrap=True)
-        out.print(f"  {_ladder(d.comparison)}", markup=False, soft_wrap=True)
+        _say(out, f"{d.case.arch}: {d.b} vs {d.a}: {verdict}")
+        _say(out, f"  {_ladder(d.comparison)}")
     raise typer.Exit(1 if differ else 0)
 
 
@@ -310,15 +307,14 @@ def env_list() -> None:
     """
     out = render.console()
     found = envs.cached()
-    out.print(f"environments in {envs.cache_dir()}: {len(found)}", markup=False, soft_wrap=True)
+    _say(out, f"environments in {envs.cache_dir()}: {len(found)}")
     for env in found:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(env.used))
         size = envs.size_bytes(env.path) / 2**20
-        out.print(
+        _say(
+            out,
             f"  {env.key}  mlx-lm {env.versions.get('mlx-lm')}  mlx {env.versions.get('mlx')}  "
             f"{size:.0f} MiB  used {used}  ({env.installer})",
-            markup=False,
-            soft_wrap=True,
         )
 
 
@@ -336,11 +332,5 @@ def env_prune(
     removed = envs.prune(older_than)
     out = render.console()
     for env in removed:
-        out.print(
-            f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})", markup=False, soft_wrap=True
-        )
-    out.print(
-        f"{len(removed)} environment(s) removed from {envs.cache_dir()}",
-        markup=False,
-        soft_wrap=True,
-    )
+        _say(out, f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})")
+    _say(out, f"{len(removed)} environment(s) removed from {envs.cache_dir()}")
