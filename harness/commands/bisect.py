@@ -143,7 +143,6 @@ def versions(
         out,
         f"{len(result.steps)} release(s) run of {len(result.releases)} in range, "
         f"{result.seconds:.1f} s",
-        markup=False,
     )
     raise typer.Exit(1 if any(f.outcome == "found" for f in result.findings) else 0)
 
