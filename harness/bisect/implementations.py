@@ -122,7 +122,8 @@ def references(implementation: Implementation, cases: list[Case]) -> References:
             "out": out,
         }
         done = subprocess.run(
-            [implementation.python, "-m", "harness.bisect.probe"],
+            # -P: an mlx_lm folder in the current directory must not shadow the one chosen.
+            [implementation.python, "-P", "-m", "harness.bisect.probe"],
             input=json.dumps(request),
             capture_output=True,
             text=True,
