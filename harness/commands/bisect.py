@@ -154,7 +154,7 @@ def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]
     lines = []
     for v in after.verdicts:
         was = old.get(v.case.label())
-        if v.case.arch != arch or was is None or was.verdict == v.verdict:
+        if v.case.arch != arch or was is None or "bad" not in (was.verdict, v.verdict):
             continue
         if v.case.label() not in shown:
             why = v.detail or was.detail or ""
