@@ -37,7 +37,6 @@ class CommitsBisect:
     candidates: list[str]  # the commits the change may be in
     subject: str
     steps: list[tuple[str, str]]  # (sha, good | bad | skip) in the order git tried them
-    log: str
 
 
 def save_baseline(refs: implementations.References, cases: list[Case], folder: Path) -> None:
@@ -122,7 +121,7 @@ def _result(repo: Path, output: str, log: str) -> CommitsBisect:
     if found:
         sha = found.group(1)
         subject = git.run(repo, "log", "-1", "--format=%s", sha).stdout.strip()
-        return CommitsBisect(sha, [sha], subject, steps, log)
+        return CommitsBisect(sha, [sha], subject, steps)
     # "There are only 'skip'ped commits left to test. The first bad commit could be any of:"
     candidates = re.findall(r"^([0-9a-f]{40})$", output, re.M)
-    return CommitsBisect(None, candidates, "", steps, log)
+    return CommitsBisect(None, candidates, "", steps)

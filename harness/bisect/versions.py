@@ -51,7 +51,6 @@ class Finding:
 @dataclass
 class VersionsBisect:
     releases: list[str]
-    inverse: bool
     findings: list[Finding]
     steps: dict[str, Step]
     seconds: float
@@ -103,7 +102,7 @@ def bisect_versions(
     findings = [
         _bisect_arch(arch, group, items, step, inverse) for arch, group in _by_arch(cases).items()
     ]
-    return VersionsBisect(items, inverse, findings, steps, time.perf_counter() - started)
+    return VersionsBisect(items, findings, steps, time.perf_counter() - started)
 
 
 def _by_arch(cases: list[Case]) -> dict[str, list[Case]]:
