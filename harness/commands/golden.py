@@ -14,6 +14,7 @@ from harness.case import Case
 from harness.commands.options import Arch, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
+from harness.models import impl
 from harness.records import goldens
 from harness.service.pull import pull as pull_goldens
 
@@ -22,6 +23,10 @@ app = typer.Typer(
 )
 
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
+Impl = Annotated[
+    list[str] | None,
+    typer.Option("--impl", help="MODEL_TYPE=file.py: build that model type from another file."),
+]
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
@@ -51,16 +56,18 @@ def verify(
     arch: Arch = None,
     precision: Precision = None,
     directory: Dir = goldens.GOLDENS_DIR,
+    impl_files: Impl = None,
 ) -> None:
     """Recompute references and hold them against the goldens (all stored ones by default).
 
     Exit 1 when a golden is missing, corrupt or differs; a mismatch writes an `obtained`
-    file beside the golden.
+    file beside the golden. A case this mlx-lm cannot run is listed and skipped.
 
     Example: harness golden verify
     """
     from harness.run import references
 
+    impl.install(impl.parse(impl_files))
     cases = _cases(suite, arch, precision) if (suite or arch) else None
     actions = references.verify(cases, directory)
     if not actions:

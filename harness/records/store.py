@@ -138,7 +138,10 @@ def start_run(
     backend: str | None,
     hosts: str | None,
     command: list[str],
+    versions: dict | None = None,
 ) -> int:
+    """A new run's row; `versions` replaces this process's mlx / mlx-lm versions when the
+    cases ran under another environment (a bisect step)."""
     row = {
         "kind": kind,
         "status": "running",
@@ -149,6 +152,7 @@ def start_run(
         "command": shlex.join(command),
         "started": now(),
         **environment(),
+        **(versions or {}),
     }
     with db.conn:
         return db["runs"].insert(row).last_pk
