@@ -20,12 +20,19 @@ def run_case(
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
+    model = sharded_model(case, group)
+    mx.reset_peak_memory()
+    return forward.run(model, _prompts(case), case.decode_steps, capture, repeats)
+
+
+def sharded_model(case: Case, group) -> nn.Module:
+    """The case's model built fresh and sharded by its strategy for `group` (None: the
+    unsharded model), evaluated."""
     model = _model(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
-    mx.reset_peak_memory()
-    return forward.run(model, _prompts(case), case.decode_steps, capture, repeats)
+    return model
 
 
 def _prompts(case: Case) -> tuple[tuple[int, ...], ...]:
