@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from harness import render
-from harness.commands import checkpoint, golden, props
+from harness.commands import bench, checkpoint, golden, props
 from harness.commands.select import select_cases
 from harness.commands.selftest import selftest
 from harness.errors import HarnessError
@@ -33,6 +33,7 @@ app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
 app.command(name="props")(props.props)
 app.command()(selftest)
+app.command(name="bench")(bench.bench)
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
@@ -191,6 +192,8 @@ def report(
     """
     database = store.open_db(db)
     run, cases = store.get_run(database, run_id)
+    if run["kind"] == "bench":
+        raise typer.Exit(1 if bench.show_run(database, run) else 0)
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(
