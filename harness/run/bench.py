@@ -59,6 +59,7 @@ def gather(trials: list[dict], group) -> list[dict]:
 
 def time_case(bench: BenchCase, group) -> list[dict]:
     """This rank's timed trials of one bench case, after its warm-up generations."""
+    from mlx_lm.generate import generation_stream
     from mlx_lm.utils import load_tokenizer
 
     # Peak memory as a fresh `mlx_lm.benchmark` process sees it: the model load included.
@@ -79,6 +80,10 @@ def time_case(bench: BenchCase, group) -> list[dict]:
         tic = time.perf_counter()
         trial = generate(model, tokenizer, prompts, bench)
         trials.append({**trial, "wall_s": time.perf_counter() - tic})
+    # generate_step schedules the step after the last token before it stops: let that
+    # step's collectives finish on the generation stream, or the next collective on
+    # another stream (the gather, the next case's load) interleaves with them on the ring.
+    mx.synchronize(generation_stream)
     return trials
 
 
