@@ -197,3 +197,10 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
     assert out["index"] == 7 and len(out["trials"]) == 2
     assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out["trials"])
     json.dumps(out)  # what the worker sends back to the parent
+
+
+def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():
+    from harness.run.bench_runner import validate
+
+    benches = validate(suites.load_bench("bench", ranks=2), 2)
+    assert {b.case.strategy for b in benches} == {"tp", "pp"}
