@@ -204,3 +204,17 @@ def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():
 
     benches = validate(suites.load_bench("bench", ranks=2), 2)
     assert {b.case.strategy for b in benches} == {"tp", "pp"}
+
+
+def test_a_strategy_that_raises_is_a_stored_error_and_exit_1(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--strategy", "none",
+        "--strategy", "harness.faults.crash:raise_on_last_rank", *SMALL, "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.err
+    db = store.open_db(db_path)
+    rows = list(db.query("select strategy, status, reason from bench_cases order by idx"))
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"] == "error"
+    assert "rank 0 raised RuntimeError: injected failure" in rows[1]["reason"]
+    assert db["runs"].get(1)["status"] == "failed"
