@@ -193,8 +193,11 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
     )
     import mlx.core as mx
 
-    (out,) = run_on_rank({"cases": [{"index": 7, "case": bench.to_dict()}]}, mx.distributed.init())
-    assert out["index"] == 7 and len(out["trials"]) == 2
+    spec = {"cases": [{"index": 7, "case": bench.to_dict()}]}
+    (start, _), (out, arrays) = run_on_rank(spec, mx.distributed.init())
+    assert start == {"type": "start", "phase": "bench", "indices": [7]}
+    assert out["type"] == "result" and out["index"] == 7 and not arrays
+    assert len(out["trials"]) == 2
     assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out["trials"])
     json.dumps(out)  # what the worker sends back to the parent
 

@@ -22,9 +22,9 @@ RANK_SCRIPT = textwrap.dedent(
     from harness.run.bench import run_on_rank
 
     group = mx.distributed.init()
-    for done in run_on_rank(json.loads(sys.argv[1]), group):
-        if group.rank() == 0:
-            print("BENCH " + json.dumps(done), flush=True)
+    for message, _ in run_on_rank(json.loads(sys.argv[1]), group):
+        if group.rank() == 0 and message["type"] == "result":
+            print("BENCH " + json.dumps(message), flush=True)
     """
 )
 

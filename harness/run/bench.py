@@ -33,13 +33,15 @@ from harness.run.execute import sharded_model
 FIELDS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb", "wall_s")
 
 
-def run_on_rank(spec: dict, group) -> Iterator[dict]:
-    """Every bench case of a job on this rank; yields, per finished case, its index and
-    every rank's trials (gathered, so each rank yields the same dict)."""
+def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
+    """Every bench case of a job (`spec["cases"]`: index and bench case) on this rank, as
+    the worker's messages: `start` when a case begins (the watchdog's clock), then `result`
+    with every rank's trials (gathered, so every rank yields the same); no arrays."""
     for entry in spec["cases"]:
-        bench = BenchCase.from_dict(entry["case"])
-        trials = time_case(bench, group)
-        yield {"index": entry["index"], "trials": gather(trials, group)}
+        index, bench = entry["index"], BenchCase.from_dict(entry["case"])
+        yield {"type": "start", "phase": "bench", "indices": [index]}, {}
+        trials = gather(time_case(bench, group), group)
+        yield {"type": "result", "index": index, "trials": trials}, {}
 
 
 def gather(trials: list[dict], group) -> list[dict]:
