@@ -221,3 +221,12 @@ def test_a_strategy_that_raises_is_a_stored_error_and_exit_1(run_cli, db_path):
     assert rows[1]["status"] == "error"
     assert "rank 0 raised RuntimeError: injected failure" in rows[1]["reason"]
     assert db["runs"].get(1)["status"] == "failed"
+
+
+def test_run_timings_are_labelled_model_call_throughput_in_the_verdict_table():
+    from harness import render
+
+    table = render.verdict_table([], "run 1")
+    headers = [str(column.header) for column in table.columns]
+    assert "model-call prefill tok/s" in headers and "model-call decode tok/s" in headers
+    assert "model-call throughput on the comparison shapes" in str(table.caption)
