@@ -36,8 +36,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from harness.bench_case import BenchCase
-from harness.case import DTYPES, QUANT_BITS, Case
+from harness.case import DTYPES, QUANT_BITS, BenchCase, Case
 from harness.errors import HarnessError
 from harness.zoo import ARCHS, get_arch, support
 

@@ -7,8 +7,7 @@ import pytest
 import sqlite_utils
 
 from harness import suites
-from harness.bench_case import BenchCase
-from harness.case import Case
+from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side, within_noise
@@ -203,13 +202,13 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
 
 
 def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():
-    from harness.run.bench_runner import validate
+    from harness.run.bench_runner import BenchOptions, validate
 
-    benches = validate(suites.load_bench("bench", ranks=2), 2)
+    benches, _ = validate(suites.load_bench("bench", ranks=2), BenchOptions(ranks=2))
     assert {b.case.strategy for b in benches} == {"tp", "pp"}
 
 
-def test_a_strategy_that_raises_is_a_stored_error_and_exit_1(run_cli, db_path):
+def test_a_strategy_that_raises_is_a_stored_crash_and_exit_1(run_cli, db_path):
     result = run_cli(
         "bench", "--arch", "qwen3_moe", "--strategy", "none",
         "--strategy", "harness.faults.crash:raise_on_last_rank", *SMALL, "--db", db_path,
@@ -218,7 +217,7 @@ def test_a_strategy_that_raises_is_a_stored_error_and_exit_1(run_cli, db_path):
     db = store.open_db(db_path)
     rows = list(db.query("select strategy, status, reason from bench_cases order by idx"))
     assert rows[0]["status"] == "ok"
-    assert rows[1]["status"] == "error"
+    assert rows[1]["status"] == "crash"  # the code under test raised: the model's crash
     assert "rank 0 raised RuntimeError: injected failure" in rows[1]["reason"]
     assert db["runs"].get(1)["status"] == "failed"
 

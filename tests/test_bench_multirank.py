@@ -1,63 +1,47 @@
-"""Bench cases on 2 real ranks: mlx-lm's tp, pp and an external strategy in one launch,
-every rank's trials gathered."""
-
-import json
-import subprocess
-import sys
-import textwrap
+"""`harness bench` on 2 real ranks: mlx-lm's tp and pp and an external strategy compared in
+one launch, every rank's trials stored; a strategy that kills its rank costs only itself."""
 
 import pytest
 
-from harness.bench_case import BenchCase
-from harness.case import Case
-from harness.run import launch
+from harness.records import store
 
 pytestmark = pytest.mark.multirank
 
-# Rank 0 prints what run_on_rank yields: the dicts the worker sends back to the parent.
-RANK_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import mlx.core as mx
-    from harness.run.bench import run_on_rank
 
-    group = mx.distributed.init()
-    for message, _ in run_on_rank(json.loads(sys.argv[1]), group):
-        if group.rank() == 0 and message["type"] == "result":
-            print("BENCH " + json.dumps(message), flush=True)
-    """
-)
+def test_strategies_side_by_side_in_one_launch_and_a_crash_costs_only_itself(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--layout", "mlx", "--ranks", "2",
+        "--strategy", "tp", "--strategy", "pp",
+        "--strategy", "harness.faults.crash:segfault_on_last_rank",
+        "--strategy", "harness.faults.controls:manual_tp",
+        "-p", "32", "-g", "6", "-n", "2", "--timeout", "120", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err  # the segfaulting strategy failed
+    db = store.open_db(db_path)
+    run, stored = store.get_bench(db, None)
+    assert run["ranks"] == 2 and run["kind"] == "bench"
+    by_strategy = {row["strategy"]: (row, trials) for row, trials in stored}
+    for ok in ("tp", "pp", "harness.faults.controls:manual_tp"):
+        row, trials = by_strategy[ok]
+        assert row["status"] == "ok", row["reason"]
+        assert {(t["rank"], t["trial"]) for t in trials} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+        assert all(t["prompt_tps"] > 0 and t["generation_tps"] > 0 for t in trials)
+        assert all(t["peak_memory_gb"] > 0 for t in trials)
+    crashed, trials = by_strategy["harness.faults.crash:segfault_on_last_rank"]
+    assert crashed["status"] == "crash" and not trials
+    assert crashed["reason"].startswith("rank 1 killed by SIGSEGV")
+    # Side by side: every strategy against tp, the first one given.
+    assert "baseline" in result.out and "manual_tp" in result.out
+    # The runs launched once before the crash and once after it: the case after the crash
+    # still ran, in a fresh launch.
+    assert [row["idx"] for row, _ in stored] == [0, 1, 2, 3]
 
 
-def test_strategies_side_by_side_in_one_launch(tmp_path):
-    shapes = {"prompt_tokens": 32, "generation_tokens": 6, "num_trials": 2}
-    benches = [
-        BenchCase(Case("qwen3_moe", "tp", layout="mlx"), **shapes),
-        BenchCase(Case("qwen3_moe", "pp", layout="mlx"), **shapes),
-        BenchCase(Case("qwen3_moe", "harness.faults.controls:manual_tp"), **shapes),
-        BenchCase(Case("qwen3_moe", "tp"), batch_size=2, **shapes),
-    ]
-    spec = {"cases": [{"index": i, "case": b.to_dict()} for i, b in enumerate(benches)]}
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    argv = [
-        launch.find_launcher(),
-        "--python",
-        sys.executable,
-        "-n",
-        "2",
-        "--backend",
-        "ring",
-        "--starting-port",
-        str(launch.free_port_block(2)),
-        str(script),
-        json.dumps(spec),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    outs = [json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("BENCH ")]
-    assert [o["index"] for o in outs] == [0, 1, 2, 3]
-    for out in outs:
-        assert {(t["rank"], t["trial"]) for t in out["trials"]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
-        assert all(t["prompt_tps"] > 0 and t["generation_tps"] > 0 for t in out["trials"]), out
-        assert all(t["peak_memory_gb"] > 0 for t in out["trials"])
+def test_batched_generation_on_two_ranks(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "deepseek_v3", "--ranks", "2", "--strategy", "pp",
+        "-p", "16", "-g", "4", "-b", "3", "-n", "2", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    samples = list(store.open_db(db_path).query("select * from bench_samples"))
+    assert len(samples) == 4 and all(s["batch_size"] == 3 for s in samples)

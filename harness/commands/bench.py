@@ -8,15 +8,12 @@ from typing import Annotated
 
 import typer
 
-from harness import bench_case as defaults
 from harness import render, suites
-from harness.bench_case import BenchCase
+from harness.case import BenchCase
+from harness.commands.options import DEFAULT_DB, Backend, Db, Hostfile, Python, command_line
 from harness.errors import HarnessError
-from harness.models.checkpoint.load import resolve_checkpoint
-from harness.models.checkpoint.read import read_config
 from harness.records import store
 from harness.records.bench import OK, SKIP, result_line, row_line, side_by_side
-from harness.run.bench_runner import BenchOptions, run_bench, validate
 
 
 def select_benches(
@@ -38,6 +35,9 @@ def select_benches(
     if checkpoint and layout:
         raise HarnessError("give --layout (a zoo model written to disk) or --checkpoint, not both")
     if checkpoint and arch is None:
+        from harness.models.checkpoint.load import resolve_checkpoint
+        from harness.models.checkpoint.read import read_config
+
         # A checkpoint names its own architecture.
         arch = read_config(resolve_checkpoint(checkpoint))["model_type"]
     if arch is None:
@@ -75,34 +75,33 @@ def bench(
     ] = None,
     prompt_tokens: Annotated[
         int, typer.Option("--prompt-tokens", "-p", help="Length of each prompt.")
-    ] = defaults.PROMPT_TOKENS,
+    ] = BenchCase.prompt_tokens,
     generation_tokens: Annotated[
         int, typer.Option("--generation-tokens", "-g", help="Tokens generated per prompt.")
-    ] = defaults.GENERATION_TOKENS,
+    ] = BenchCase.generation_tokens,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Prompts generated together.")
-    ] = defaults.BATCH_SIZE,
+    ] = BenchCase.batch_size,
     prefill_step_size: Annotated[
         int, typer.Option(help="Prompt tokens per prefill chunk.")
-    ] = defaults.PREFILL_STEP_SIZE,
+    ] = BenchCase.prefill_step_size,
     num_trials: Annotated[
         int, typer.Option("--num-trials", "-n", help="Timed trials per strategy.")
-    ] = defaults.NUM_TRIALS,
+    ] = BenchCase.num_trials,
     warmup: Annotated[
         int, typer.Option(help="Untimed generations before the trials.")
-    ] = defaults.WARMUP,
+    ] = BenchCase.warmup,
     suite: Annotated[
         str | None, typer.Option("--suite", "-s", help="A suite's [[bench]] entries instead.")
     ] = None,
     ranks: Annotated[int, typer.Option(help="Number of ranks (1 runs in-process).")] = 1,
-    backend: Annotated[
-        str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")
-    ] = None,
-    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster.")] = None,
+    backend: Backend = None,
+    hostfile: Hostfile = None,
+    python: Python = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds one bench case (load, warm-up, trials) may take.")
     ] = 600.0,
-    db: Annotated[str, typer.Option("--db", help="SQLite file for results.")] = store.DEFAULT_DB,
+    db: Db = DEFAULT_DB,
 ) -> None:
     """Time mlx-lm's generation (prompt and generation tok/s, peak memory per rank) per strategy.
 
@@ -117,15 +116,26 @@ def bench(
         "prefill_step_size": prefill_step_size,
     }
     counts = {"num_trials": num_trials, "warmup": warmup}
+    # Imported here: `harness report` and the other commands load no mlx.
+    from harness.run.bench_runner import BenchOptions, run_bench, validate
+    from harness.run.launch import hostfile_ranks
+
+    if hostfile is not None:
+        ranks = hostfile_ranks(hostfile)  # the hostfile sets the rank count
     benches = select_benches(
         suite, arch, checkpoint, layout, precision, strategy, shapes, counts, ranks
     )
-    options = BenchOptions(ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout)
-    benches = validate(benches, ranks)
+    options = BenchOptions(ranks, backend, hostfile, timeout, python=python)
+    benches, options = validate(benches, options)
     database = store.open_db(db)
-    command = ["harness", *(ctx.obj or {}).get("argv", [])]
     run_id = store.start_run(
-        database, "bench", suite or benches[0].label(), ranks, backend, hostfile, command
+        database,
+        "bench",
+        suite or benches[0].label(),
+        options.ranks,
+        backend,
+        hostfile,
+        command_line(ctx, "bench"),
     )
     out = render.console()
     started, lines, status = time.perf_counter(), [], "interrupted"
@@ -137,7 +147,7 @@ def bench(
         status = "failed" if any(line.status not in (OK, SKIP) for line in lines) else "passed"
     finally:
         counts = store.finish_bench_run(database, run_id, status)
-    title = f"bench run {run_id} on {ranks} rank(s): rank 0's median (min-max over trials)"
+    title = f"bench run {run_id} on {options.ranks} rank(s): rank 0's median (min-max over trials)"
     out.print(render.bench_table(side_by_side(lines), title))
     out.print(
         f"{counts['cases']} bench cases, {counts['failed']} failed, in "

@@ -14,7 +14,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
-from harness.bench_case import BenchCase
+from harness.case import BenchCase
 from harness.records.result import CRASH, ERROR, SKIP, TIMEOUT, now
 
 OK = "ok"

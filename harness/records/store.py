@@ -3,7 +3,6 @@ as each case finishes, so a killed run keeps everything it finished."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +101,12 @@ def _v3_selftest(db: sqlite_utils.Database) -> None:
     db["cases"].add_column("verdict", str)
 
 
-def _v4_bench(db: sqlite_utils.Database) -> None:
+def _v4_reference(db: sqlite_utils.Database) -> None:
+    # What a case was held against: the single-rank run, its golden, another strategy.
+    db["cases"].add_column("reference", str)
+
+
+def _v5_bench(db: sqlite_utils.Database) -> None:
     # `harness bench`: runs of kind "bench", one bench_cases row per (model, strategy,
     # shapes) and every rank's every trial in bench_trials, as mlx-lm's generation reports
     # them (tok/s, seconds, GB).
@@ -180,7 +184,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
     _v2_goldens,
     _v3_selftest,
-    _v4_bench,
+    _v4_reference,
+    _v5_bench,
 ]
 
 
@@ -223,12 +228,9 @@ def start_run(
         return db["runs"].insert(row).last_pk
 
 
-def record_case(
-    db, run_id: int, result: CaseResult, verdict: str | None = None, expected: dict | None = None
-) -> None:
-    """One case's row; a selftest adds its verdict and what the case was expected to give."""
-    row = {"run_id": run_id, **case_row(result), "verdict": verdict}
-    row["expected"] = json.dumps(expected) if expected is not None else None
+def record_case(db, run_id: int, result: CaseResult, extra: dict | None = None) -> None:
+    """One case's row, committed at once; `extra` adds columns (a selftest's verdict)."""
+    row = {"run_id": run_id, **case_row(result), **(extra or {})}
     with db.conn:
         db["cases"].insert(row)
 

@@ -6,8 +6,8 @@ on every rank) and a tokenizer with no end-of-sequence token (no early stop), th
 through `stream_generate` at batch 1 and `batch_generate` above, with the case's
 `prefill_step_size`: warm-up generations first, then the timed trials. Each trial's numbers
 are the ones mlx-lm computes and `mlx_lm.benchmark` prints: prompt tok/s, generation tok/s,
-peak memory (GB, this process), plus the prompt time (the time to the first token at batch
-1; the batch's prompt processing time above) and the trial's wall time.
+peak memory (GB, this process, from the loaded model on), plus the prompt time (the time to
+the first token at batch 1; the batch's prompt processing time above) and the wall time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from harness.bench_case import BenchCase
+from harness.case import BenchCase
+from harness.errors import model_code
 from harness.models.build import tiny_config
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.read import read_config
@@ -64,28 +65,31 @@ def time_case(bench: BenchCase, group) -> list[dict]:
     from mlx_lm.generate import generation_stream
     from mlx_lm.utils import load_tokenizer
 
-    # Peak memory as a fresh `mlx_lm.benchmark` process sees it: the model load included.
-    mx.clear_cache()
-    mx.reset_peak_memory()
     case = bench.case
     model = sharded_model(case, group)
     folder = case_checkpoint(case) if (case.layout or case.checkpoint) else _zoo_tokenizer()
     tokenizer = load_tokenizer(folder, tokenizer_config_extra={"trust_remote_code": False})
+    # Peak memory from here on: the sharded weights and generation, what a user's process
+    # holds. The load's own peak is the harness's (its key-coverage check reads the whole
+    # checkpoint; a zoo model is built whole before the strategy shards it).
+    mx.clear_cache()
+    mx.reset_peak_memory()
     # As mlx_lm.benchmark: no end-of-sequence token, so every trial generates all tokens.
     tokenizer.eos_token_ids = []
     generate = _single if bench.batch_size == 1 else _batched
     prompts = _prompts(bench)
-    for _ in range(bench.warmup):
-        generate(model, tokenizer, prompts, bench)
     trials = []
-    for _ in range(bench.num_trials):
-        tic = time.perf_counter()
-        trial = generate(model, tokenizer, prompts, bench)
-        trials.append({**trial, "wall_s": time.perf_counter() - tic})
-    # generate_step schedules the step after the last token before it stops: let that
-    # step's collectives finish on the generation stream, or the next collective on
-    # another stream (the gather, the next case's load) interleaves with them on the ring.
-    mx.synchronize(generation_stream)
+    with model_code():
+        for _ in range(bench.warmup):
+            generate(model, tokenizer, prompts, bench)
+        for _ in range(bench.num_trials):
+            tic = time.perf_counter()
+            trial = generate(model, tokenizer, prompts, bench)
+            trials.append({**trial, "wall_s": time.perf_counter() - tic})
+        # generate_step schedules the step after the last token before it stops: let that
+        # step's collectives finish on the generation stream, or the next collective on
+        # another stream (the gather, the next case's load) interleaves with them on the ring.
+        mx.synchronize(generation_stream)
     return trials
 
 

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from harness.case import Case
-from harness.errors import HarnessError
+from harness.errors import HarnessError, model_code
 from harness.models import checkpoint
 from harness.models.build import build_model
 from harness.models.checkpoint.load import case_checkpoint
@@ -21,17 +21,21 @@ def run_case(
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
     model = sharded_model(case, group)
+    prompts = _prompts(case)
     mx.reset_peak_memory()
-    return forward.run(model, _prompts(case), case.decode_steps, capture, repeats)
+    with model_code():
+        return forward.run(model, prompts, case.decode_steps, capture, repeats)
 
 
 def sharded_model(case: Case, group) -> nn.Module:
     """The case's model built fresh and sharded by its strategy for `group` (None: the
-    unsharded model), evaluated."""
+    unsharded model), evaluated; what the strategy raises is the model's (`ModelError`)."""
     model = _model(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
-        model = resolve(case.strategy).apply(model, group)
-        mx.eval(model.parameters())
+        strategy = resolve(case.strategy)
+        with model_code():
+            model = strategy.apply(model, group)
+            mx.eval(model.parameters())
     return model
 
 
