@@ -45,3 +45,16 @@ def test_batched_generation_on_two_ranks(run_cli, db_path):
     assert result.code == 0, result.out + result.err
     samples = list(store.open_db(db_path).query("select * from bench_samples"))
     assert len(samples) == 4 and all(s["batch_size"] == 3 for s in samples)
+
+
+def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--ranks", "2",
+        "--strategy", "harness.faults.crash:hang_on_last_rank",
+        "-p", "16", "-g", "4", "-n", "1", "--timeout", "10", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err
+    ((row, trials),) = store.get_bench(store.open_db(db_path), None)[1]
+    assert row["status"] == "timeout" and not trials
+    assert "did not finish within 10s" in row["reason"]
+    assert "hang_on_last_rank" in row["reason"]  # the hung rank's Python stack
