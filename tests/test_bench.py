@@ -10,7 +10,7 @@ from harness import suites
 from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
-from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side, within_noise
+from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side
 from harness.run.bench import FIELDS, run_on_rank
 
 SMALL = ("-p", "32", "-g", "8", "-n", "2")
@@ -41,8 +41,8 @@ def _trials(ranks: int, prompt: list[float], generation: list[float]) -> list[di
 
 
 def test_noise_rule_is_overlap_of_trial_ranges():
-    assert within_noise([10, 12, 11], [11.5, 13, 14])
-    assert not within_noise([10, 12, 11], [12.5, 13, 14])
+    assert Spread.of([10, 12, 11]).overlaps(Spread.of([11.5, 13, 14]))
+    assert not Spread.of([10, 12, 11]).overlaps(Spread.of([12.5, 13, 14]))
     spread = Spread.of([3.0, 1.0, 2.0, 10.0])
     assert (spread.median, spread.low, spread.high) == (2.5, 1.0, 10.0)
 

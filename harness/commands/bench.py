@@ -13,7 +13,7 @@ from harness.case import BenchCase
 from harness.commands.options import DEFAULT_DB, Backend, Db, Hostfile, Python, command_line
 from harness.errors import HarnessError
 from harness.records import store
-from harness.records.bench import OK, SKIP, result_line, row_line, side_by_side
+from harness.records.bench import result_line, row_line, side_by_side
 
 
 def select_benches(
@@ -138,13 +138,14 @@ def bench(
         command_line(ctx, "bench"),
     )
     out = render.console()
-    started, lines, status = time.perf_counter(), [], "interrupted"
+    started, lines, status, failed = time.perf_counter(), [], "interrupted", False
     try:
         for result in run_bench(benches, options):
             store.record_bench(database, run_id, result)
+            failed = failed or result.failed
             lines.append(result_line(result))
             out.print(render.bench_line(lines[-1]))
-        status = "failed" if any(line.status not in (OK, SKIP) for line in lines) else "passed"
+        status = "failed" if failed else "passed"
     finally:
         counts = store.finish_bench_run(database, run_id, status)
     title = f"bench run {run_id} on {options.ranks} rank(s): rank 0's median (min-max over trials)"

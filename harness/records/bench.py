@@ -15,10 +15,10 @@ import statistics
 from dataclasses import dataclass, field
 
 from harness.case import BenchCase
-from harness.records.result import CRASH, ERROR, SKIP, TIMEOUT, now
+from harness.records.result import CRASH, ERROR, TIMEOUT, now
 
 OK = "ok"
-BENCH_STATUSES = (OK, SKIP, CRASH, TIMEOUT, ERROR)
+BENCH_STATUSES = (OK, CRASH, TIMEOUT, ERROR)
 METRICS = ("prompt_tps", "generation_tps", "ttft_s")
 
 
@@ -36,7 +36,7 @@ class BenchResult:
 
     @property
     def failed(self) -> bool:
-        return self.status not in (OK, SKIP)
+        return self.status != OK
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,14 @@ class Spread:
     median: float
     low: float
     high: float
-    samples: tuple[float, ...]
 
     @classmethod
     def of(cls, samples: list[float]) -> Spread:
-        return cls(statistics.median(samples), min(samples), max(samples), tuple(samples))
+        return cls(statistics.median(samples), min(samples), max(samples))
 
     def overlaps(self, other: Spread) -> bool:
+        """Within noise of `other`: the two sample ranges overlap (the module's rule)."""
         return self.low <= other.high and other.low <= self.high
-
-
-def within_noise(a: list[float], b: list[float]) -> bool:
-    """Whether two samples of a measurement cannot be told apart (their ranges overlap)."""
-    return Spread.of(a).overlaps(Spread.of(b))
 
 
 @dataclass

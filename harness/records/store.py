@@ -12,7 +12,7 @@ import sqlite_utils
 from harness.errors import HarnessError
 from harness.records.bench import BENCH_STATUSES, OK, BenchResult, bench_row
 from harness.records.provenance import environment
-from harness.records.result import FAILING, SKIP, STATUSES, CaseResult, case_row, now
+from harness.records.result import FAILING, STATUSES, CaseResult, case_row, now
 
 DEFAULT_DB = "harness.db"
 
@@ -290,8 +290,8 @@ def finish_bench_run(db, run_id: int, status: str) -> dict:
         "finished": now(),
         "cases": sum(counts.values()),
         "passed": counts[OK],
-        "failed": sum(n for s, n in counts.items() if s not in (OK, SKIP)),
-        "skipped": counts[SKIP],
+        "failed": sum(n for s, n in counts.items() if s != OK),
+        "skipped": 0,  # every bench case applies or the command stopped before launching
     }
     with db.conn:
         db["runs"].update(run_id, update)
