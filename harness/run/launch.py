@@ -137,14 +137,15 @@ class Target:
         return env
 
 
-def launch_argv(target: Target, module: str, args: list[str], job: str) -> list[str]:
-    """The command that runs `python -m module args...` on the target's ranks.
+def launch_argv(target: Target, program: list[str], job: str) -> list[str]:
+    """The command that runs `python PROGRAM...` (`-m module args` or `script args`) on the
+    target's ranks: through mlx.launch, or directly for one local rank.
 
-    `--` ends mlx.launch's own options: it would otherwise take the module's `-n` etc.
+    `--` ends mlx.launch's own options: it would otherwise take the program's `-n` etc.
     """
     check_options(target.backend, target.hostfile)
     if target.ranks == 1 and target.hostfile is None:
-        return [target.interpreter, "-m", module, *args]
+        return [target.interpreter, *program]
     argv = [find_launcher(target.python), "--python", target.interpreter]
     if target.hostfile is not None:
         argv += ["--hostfile", target.hostfile]
@@ -158,7 +159,7 @@ def launch_argv(target: Target, module: str, args: list[str], job: str) -> list[
         argv += ["--cwd", str(target.cwd)]
     for key, value in {**target.environment(), "HARNESS_JOB": job}.items():
         argv += ["--env", f"{key}={value}"]
-    return argv + ["--", "-m", module, *args]
+    return argv + ["--", *program]
 
 
 class Job:
@@ -174,7 +175,7 @@ class Job:
         self.items: queue.Queue = queue.Queue()
         env = {**os.environ, **target.environment(), "HARNESS_JOB": self.id}
         self.process = subprocess.Popen(
-            launch_argv(target, module, [], self.id),
+            launch_argv(target, ["-m", module], self.id),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -16,17 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from harness import preflight
 from harness.case import Case
-from harness.errors import INTERNAL, HarnessError, blame, describe
+from harness.errors import INTERNAL, HarnessError, blame
 from harness.models import checkpoint
 from harness.models.build import tiny_config
-from harness.records import goldens
-from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
+from harness.records import goldens, judge
 from harness.records.outputs import Output, Timings
-from harness.records.result import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import CRASH, ERROR, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run import launch
 from harness.run.hosts import check_hosts
 from harness.run.strategy import BUILTIN, normalize, resolve
@@ -418,14 +415,14 @@ class _Session:
     # -- judging ------------------------------------------------------------------------
 
     def _judged(self, index: int, message: dict, arrays: dict) -> CaseResult:
-        outputs = _rank_outputs(message["ranks"], arrays, "")
+        outputs = judge.rank_outputs(message["ranks"], arrays, "")
         timings = {r["rank"]: r["timings"] for r in message["ranks"] if r.get("timings")}
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
                 return self._result(index, ERROR, stored, rank_timings=timings)
             result = self._result(index, PASS, rank_timings=timings)
-            return _judge_against_golden(result, stored[0], outputs)
+            return judge.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(index)
             if not isinstance(reference, tuple):
@@ -436,14 +433,16 @@ class _Session:
             ref_output, ref_timings = reference
         else:
             ref_ranks = message["reference_ranks"]
-            ref_output = _rank_outputs(ref_ranks, arrays, "ref")[0]
+            ref_output = judge.rank_outputs(ref_ranks, arrays, "ref")[0]
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
-        _judge(result, ref_output, outputs)
+        judge.judge(result, ref_output, outputs)
         if self.options.reference == SINGLE:
-            _against_golden(result, ref_output, self.options)
+            judge.against_golden(
+                result, ref_output, self.options.goldens, self.options.record_missing
+            )
         return result
 
     def _load_goldens(self) -> Iterator[CaseResult]:
@@ -464,84 +463,3 @@ class _Session:
             if isinstance(stored, str):
                 self.remaining.remove(index)
                 yield self._result(index, ERROR, stored)
-
-
-def _rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
-    outputs = {}
-    for entry in ranks:
-        head = f"{prefix}{entry['rank']}:"
-        outputs[entry["rank"]] = Output.from_arrays(
-            {k.removeprefix(head): v for k, v in arrays.items() if k.startswith(head)}
-        )
-    return outputs
-
-
-def _judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
-    """Compare every rank's output with the reference; the case passes if all ranks do."""
-    case = result.case
-    tol = tolerance_for(case.precision, case.tolerance)
-    # Pipeline ranks hold different layers: each rank's layer states, filled in from the
-    # other ranks', so the first divergent layer can be found wherever it lives.
-    merged: dict[str, np.ndarray] = {}
-    for output in outputs.values():
-        merged.update(output.layers)
-    for rank, output in sorted(outputs.items()):
-        test = Output(output.prefill, output.decode, output.tokens, {**merged, **output.layers})
-        result.comparisons[rank] = compare(ref, test, tol, world=result.ranks)
-    _conclude(result)
-
-
-def _conclude(result: CaseResult) -> None:
-    comparisons = result.comparisons
-    failing = [r for r, c in comparisons.items() if not c.passed]
-    for c in comparisons.values():
-        result.warnings += [w for w in c.warnings if w not in result.warnings]
-    if failing:
-        result.status = FAIL
-        first = comparisons[failing[0]]
-        result.diagnoses = list(first.diagnoses)
-        if len(failing) < len(comparisons):
-            passing = [r for r in comparisons if r not in failing]
-            result.diagnoses.append(
-                f"ranks disagree: rank {', '.join(map(str, failing))} fail, "
-                f"rank {', '.join(map(str, passing))} pass"
-            )
-        result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
-
-
-def _judge_against_golden(
-    result: CaseResult, golden: goldens.Golden, outputs: dict[int, Output]
-) -> CaseResult:
-    """Every rank held against the golden itself (full logits, or top-k logprobs for a
-    real vocabulary); the first divergent layer from the golden's per-layer norms."""
-    tol = tolerance_for(result.case.precision, result.case.tolerance)
-    for rank, output in sorted(outputs.items()):
-        comparison = goldens.hold(golden, output, tol)
-        if not comparison.passed:
-            moved = first_divergent_layer(golden.layers, goldens.layer_norms(output.layers), tol)
-            if moved is not None:
-                comparison.first_divergent_layer = moved[0]
-                comparison.first_divergent_part = PART_NAMES[moved[1]]
-                comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
-        result.comparisons[rank] = comparison
-    _conclude(result)
-    return result
-
-
-def _against_golden(result: CaseResult, reference: Output, options: RunOptions) -> None:
-    """Hold the single-rank reference against the stored golden of the case's key."""
-    if options.goldens is None:
-        return
-    tol = tolerance_for(result.case.precision, result.case.tolerance)
-    try:
-        check = goldens.check(result.case, reference, tol, options.goldens, options.record_missing)
-    except OSError as exc:
-        raise HarnessError(f"cannot write goldens in {options.goldens}: {describe(exc)}") from None
-    result.golden = check
-    if check.status in ("missing", "written"):
-        result.warnings.append(check.detail)
-    elif check.status in ("mismatch", "corrupt"):
-        result.diagnoses.append(f"golden {check.status}")
-        result.reason = "; ".join(filter(None, [result.reason, check.detail]))
-        if result.status == PASS:
-            result.status = FAIL
