@@ -115,6 +115,7 @@ class _Launches:
         self.target = options.target()
         self.remaining = list(range(len(benches)))
         self.last = time.perf_counter()
+        self.errors: list[dict] = []  # the error frames of the latest launch
 
     def results(self) -> Iterator[BenchResult]:
         stalled = 0
@@ -128,7 +129,8 @@ class _Launches:
             stalled = stalled + 1 if len(self.remaining) == before else 0
             if stalled == 2:
                 # Two launches in a row timed nothing: stop rather than loop.
-                yield self._result(self.remaining.pop(0), ERROR, self._failure([], job, False))
+                reason = self._failure(self.errors, job, False)
+                yield self._result(self.remaining.pop(0), ERROR, reason)
                 stalled = 0
 
     def _spec(self) -> dict:
@@ -147,7 +149,8 @@ class _Launches:
         return BenchResult(index, bench, self.target.ranks, status, reason, duration=duration, **kw)
 
     def _consume(self, job: launch.Job) -> Iterator[BenchResult]:
-        current, errors, grace = None, [], None
+        current, grace = None, None
+        errors = self.errors = []
         clock, limit = time.monotonic(), self.options.startup_timeout
         for item in job.messages():
             now = time.monotonic()
