@@ -36,6 +36,8 @@ def _rate(sharded, reference) -> str:
 def progress_line(result: CaseResult, total: int) -> str:
     worst = result.worst
     detail = f"max|Δ| {_num(worst.metrics.max_abs)}" if worst else ""
+    if worst and result.reference and result.reference != "single-rank":
+        detail += f" vs {result.reference.split(' (')[0]}"
     why = result.reason if result.status != "pass" else "; ".join(result.warnings)
     why = (why or "").splitlines()[0] if why else ""
     colour = STYLE[result.status]
@@ -48,12 +50,14 @@ def progress_line(result: CaseResult, total: int) -> str:
 def verdict_table(rows: list[dict], title: str) -> Table:
     # The run's tok/s time bare model calls on the comparison shapes, not generation as
     # users quote it (that is `harness bench`): the caption says so.
-    table = Table(
-        title=title,
-        show_lines=False,
-        caption="tok/s: model-call throughput on the comparison shapes, sharded / reference "
-        "(generation tok/s as mlx_lm.benchmark reports it: harness bench)",
-    )
+    captions = [
+        "tok/s: model-call throughput on the comparison shapes, sharded / reference "
+        "(generation tok/s as mlx_lm.benchmark reports it: harness bench)"
+    ]
+    held = sorted({r["reference"] for r in rows if r.get("reference")})
+    if held:
+        captions.append("held against: " + "; ".join(held))
+    table = Table(title=title, caption="\n".join(captions), show_lines=False)
     for name in (
         "#",
         "arch",

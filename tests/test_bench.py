@@ -229,3 +229,15 @@ def test_run_timings_are_labelled_model_call_throughput_in_the_verdict_table():
     headers = [str(column.header) for column in table.columns]
     assert "model-call prefill tok/s" in headers and "model-call decode tok/s" in headers
     assert "model-call throughput on the comparison shapes" in str(table.caption)
+
+
+def test_an_interpreter_without_mlx_is_one_sentence_before_any_launch(run_cli, db_path, tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "bare"], check=True)
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--python", str(tmp_path / "bare/bin/python"),
+        "-p", "16", "-g", "4", "-n", "1", "--db", db_path,
+    )  # fmt: skip
+    assert_one_line_error(result, "bare/bin/python has no mlx or mlx-lm installed")

@@ -58,19 +58,3 @@ def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
     assert row["status"] == "timeout" and not trials
     assert "did not finish within 10s" in row["reason"]
     assert "hang_on_last_rank" in row["reason"]  # the hung rank's Python stack
-
-
-def test_ranks_that_cannot_start_are_a_setup_error_with_their_words(run_cli, db_path, tmp_path):
-    import subprocess
-    import sys
-
-    # An interpreter with nothing installed: the ranks die importing the harness's needs.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "bare"], check=True)
-    result = run_cli(
-        "bench", "--arch", "qwen3_moe", "--python", str(tmp_path / "bare/bin/python"),
-        "-p", "16", "-g", "4", "-n", "1", "--db", db_path,
-    )  # fmt: skip
-    assert result.code == 1, result.out + result.err
-    ((row, trials),) = store.get_bench(store.open_db(db_path), None)[1]
-    assert row["status"] == "error" and not trials
-    assert "No module named" in row["reason"]

@@ -25,18 +25,21 @@ def rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Outp
     return outputs
 
 
+def filled(output: Output, outputs: dict[int, Output]) -> Output:
+    """A rank's output with its layer states filled in from the other ranks': pipeline
+    ranks each hold different layers, so a divergent layer is found wherever it lives."""
+    layers: dict[str, np.ndarray] = {}
+    for other in outputs.values():
+        layers.update(other.layers)
+    return Output(output.prefill, output.decode, output.tokens, {**layers, **output.layers})
+
+
 def judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
     """Compare every rank's output with the reference; the case passes if all ranks do."""
     case = result.case
     tol = tolerance_for(case.precision, case.tolerance)
-    # Pipeline ranks hold different layers: each rank's layer states, filled in from the
-    # other ranks', so the first divergent layer can be found wherever it lives.
-    merged: dict[str, np.ndarray] = {}
-    for output in outputs.values():
-        merged.update(output.layers)
     for rank, output in sorted(outputs.items()):
-        test = Output(output.prefill, output.decode, output.tokens, {**merged, **output.layers})
-        result.comparisons[rank] = compare(ref, test, tol, world=result.ranks)
+        result.comparisons[rank] = compare(ref, filled(output, outputs), tol, world=result.ranks)
     conclude(result)
 
 

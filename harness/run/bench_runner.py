@@ -76,7 +76,7 @@ def validate(
         checked.append(replace(bench, case=case))
     if options.ranks > 1:
         launch.find_launcher(options.python)
-    if options.hostfile is not None:
+    if options.hostfile is not None or options.python is not None:
         check_hosts(options.target())
     return checked, options
 

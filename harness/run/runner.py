@@ -110,7 +110,7 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
             if violation:
                 raise HarnessError(violation)
         checked.append(case)
-    if options.hostfile is not None:
+    if options.hostfile is not None or options.python is not None:
         check_hosts(options.target())
     return checked, options
 
@@ -210,10 +210,7 @@ class _Session:
     def results(self) -> Iterator[CaseResult]:
         if self.options.reference == GOLDEN:
             yield from self._load_goldens()
-        launches = 0
         while self.remaining:
-            launches += 1
-            before = len(self.remaining)
             if self.target.in_process:
                 yield from self._consume(self._in_process(self._spec()), None)
             else:
@@ -222,17 +219,17 @@ class _Session:
                     yield from self._consume(job.messages(), job)
                 finally:
                     job.kill()
-            if self.remaining and len(self.remaining) == before and launches > 1:
-                # Two launches in a row made no progress: stop rather than loop.
-                index = self.remaining.pop(0)
-                yield self._result(index, ERROR, "the launch keeps ending before any case ran")
             if self.remaining and self.target.hostfile is not None:
                 try:
                     check_hosts(self.target)
                 except HarnessError as exc:
-                    for index in self.remaining:
-                        yield self._result(index, ERROR, f"not run: {exc}")
-                    self.remaining = []
+                    yield from self._not_run(f"not run: {exc}")
+
+    def _not_run(self, reason: str) -> Iterator[CaseResult]:
+        """Every remaining case fails with the same fault of the setup."""
+        for index in self.remaining:
+            yield self._result(index, ERROR, reason)
+        self.remaining = []
 
     def _consume(self, stream, job: launch.Job | None) -> Iterator[CaseResult]:
         current: dict = {}
@@ -267,7 +264,7 @@ class _Session:
                 clock = now
             elif kind == "end":
                 break
-        if errors or (self.remaining and current):
+        if errors or self.remaining:
             yield from self._died(current, errors, job)
 
     # -- outcomes -----------------------------------------------------------------------
@@ -306,7 +303,12 @@ class _Session:
         )
 
     def _died(self, current: dict, errors: list[dict], job: launch.Job | None):
-        """The launch ended inside `current` (a case or a reference round)."""
+        """The launch ended inside `current` (a case or a reference round), or before any
+        (the ranks could not start: a fault of the setup, so every remaining case says so)."""
+        if not current:
+            _, reason = self._failure(errors, job, started=False)
+            yield from self._not_run(f"the ranks failed before any case started: {reason}")
+            return
         indices = [i for i in current.get("indices", []) if i in self.remaining]
         if current.get("phase") == "reference":
             yield from self._reference_died(indices, errors, job)
@@ -397,9 +399,8 @@ class _Session:
             time.sleep(0.5)  # the ranks' stack dumps land just before the limit
             job.kill()
         if not current:
-            index = self.remaining.pop(0)
-            reason = f"no rank started within {limit:g}s" + (self._tails(job) if job else "")
-            yield self._result(index, TIMEOUT, reason)
+            tails = self._tails(job) if job else ""
+            yield from self._not_run(f"the ranks did not start within {limit:g}s{tails}")
             return
         what = "reference round" if current.get("phase") == "reference" else "case"
         reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
@@ -433,7 +434,8 @@ class _Session:
             ref_output, ref_timings = reference
         else:
             ref_ranks = message["reference_ranks"]
-            ref_output = judge.rank_outputs(ref_ranks, arrays, "ref")[0]
+            ref_outputs = judge.rank_outputs(ref_ranks, arrays, "ref")
+            ref_output = judge.filled(ref_outputs[0], ref_outputs)
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
