@@ -119,6 +119,7 @@ def bench(
     # Imported here: `harness report` and the other commands load no mlx.
     from harness.run.bench_runner import BenchOptions, run_bench, validate
     from harness.run.launch import hostfile_ranks
+    from harness.run.loop import sigterm_interrupts
 
     if hostfile is not None:
         ranks = hostfile_ranks(hostfile)  # the hostfile sets the rank count
@@ -140,11 +141,13 @@ def bench(
     out = render.console()
     started, lines, status, failed = time.perf_counter(), [], "interrupted", False
     try:
-        for result in run_bench(benches, options):
-            store.record_bench(database, run_id, result)
-            failed = failed or result.failed
-            lines.append(result_line(result))
-            out.print(render.bench_line(lines[-1]))
+        # SIGTERM ends the run as Ctrl-C does: the launch is killed, the run kept.
+        with sigterm_interrupts():
+            for result in run_bench(benches, options):
+                store.record_bench(database, run_id, result)
+                failed = failed or result.failed
+                lines.append(result_line(result))
+                out.print(render.bench_line(lines[-1]))
         status = "failed" if failed else "passed"
     finally:
         counts = store.finish_bench_run(database, run_id, status)
