@@ -182,14 +182,15 @@ def default_strategies(ranks: int) -> list[str]:
 def bench_cases(
     model: dict, strategies: list[str], shapes: dict, counts: dict, where: str
 ) -> list[BenchCase]:
-    """Every strategy x combination of shapes (each an integer or a list of them)."""
+    """Every combination of shapes (each an integer or a list of them) x strategy, the
+    strategies of one shape next to each other, as the side-by-side table shows them."""
     axes = {k: v if isinstance(v, list) else [v] for k, v in shapes.items()}
     if not strategies or not all(isinstance(s, str) for s in strategies):
         raise HarnessError(f"{where}: strategies must be a non-empty list of names")
+    cases = [_case({**model, "strategy": strategy}, where) for strategy in strategies]
     benches = []
-    for strategy in strategies:
-        case = _case({**model, "strategy": strategy}, where)
-        for values in itertools.product(*axes.values()):
+    for values in itertools.product(*axes.values()):
+        for case in cases:
             try:
                 benches.append(BenchCase(case, **dict(zip(axes, values, strict=True)), **counts))
             except HarnessError as exc:

@@ -110,8 +110,8 @@ def test_suite_bench_entries_expand_strategies_and_shape_lists(tmp_path):
     benches = suites.load_bench(str(path), ranks=2)
     assert [(b.case.strategy, b.prompt_tokens) for b in benches[:4]] == [
         ("tp", 16),
-        ("tp", 32),
         ("pp", 16),
+        ("tp", 32),
         ("pp", 32),
     ]
     assert all(b.case.layout == "mlx" and b.num_trials == 2 for b in benches[:4])
