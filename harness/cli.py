@@ -11,6 +11,7 @@ import sys
 import typer
 
 from harness.commands import (
+    bench,
     bisect,
     checkpoint,
     compare,
@@ -43,6 +44,7 @@ app.command()(props.props)
 app.command()(selftest.selftest)
 app.command()(serve.serve)
 app.command()(compare.compare)
+app.command()(bench.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

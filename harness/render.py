@@ -8,7 +8,14 @@ from rich.table import Table
 
 from harness.records import noise
 from harness.records.result import FAILING, CaseResult
-from harness.records.table import COLUMNS, STATUS_COLUMN, cells, held_against, number
+from harness.records.table import (
+    COLUMNS,
+    STATUS_COLUMN,
+    TIMINGS_CAPTION,
+    cells,
+    held_against,
+    number,
+)
 
 STYLE = {
     "pass": "green",
@@ -35,7 +42,10 @@ def progress_line(result: CaseResult, total: int) -> str:
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title, caption=held_against(rows), show_lines=False)
+    # The run's tok/s time bare model calls on the comparison shapes, not generation as
+    # users quote it (that is `harness bench`): the caption says so.
+    captions = [TIMINGS_CAPTION, held_against(rows)]
+    table = Table(title=title, caption="\n".join(filter(None, captions)), show_lines=False)
     for name in COLUMNS:
         table.add_column(name, overflow="fold")
     for row in rows:
@@ -300,3 +310,75 @@ def props_summary(report) -> str:
         f"{len(report.results)} properties: {passed} passed, {len(report.results) - passed} "
         f"failed, {examples} examples on {where} in {report.seconds:.1f}s"
     )
+
+
+BENCH_STYLE = {"ok": "green", **STYLE}
+
+
+def bench_line(line) -> str:
+    """A finished bench case: its medians, or why it has none."""
+    colour = BENCH_STYLE[line.status]
+    head = f"[{colour}]{line.status:<7}[/{colour}] {escape(line.label)} {escape(line.strategy)}"
+    if not line.stats:
+        return f"{head} {escape((line.reason or '').splitlines()[0] if line.reason else '')}"
+    prompt, generation = line.stats["prompt_tps"], line.stats["generation_tps"]
+    return f"{head}: prompt {prompt.median:,.1f} tok/s, generation {generation.median:,.1f} tok/s"
+
+
+def _spread(spread) -> str:
+    return f"{spread.median:,.1f} ({spread.low:,.1f}-{spread.high:,.1f})"
+
+
+def _versus(line, metric: str) -> str:
+    if line.baseline is None:
+        return "baseline" if line.stats else "-"
+    ratio = line.ratios[metric]
+    return f"{ratio:.2f}x" + (" (noise)" if line.noise[metric] else "")
+
+
+def bench_table(lines: list, title: str) -> Table:
+    """Strategies side by side: rank 0's median (min-max over trials) as mlx_lm.benchmark
+    computes it, ratios to the first strategy of the same model and shapes."""
+    table = Table(
+        title=title,
+        show_lines=False,
+        caption="vs first: median / the first strategy's median of the same model and shapes; "
+        "(noise): within noise, the trial ranges overlap",
+    )
+    for name in (
+        "#",
+        "model and shapes",
+        "strategy",
+        "ranks",
+        "status",
+        "prompt tok/s",
+        "vs first",
+        "generation tok/s",
+        "vs first",
+        "prompt time ms",
+        "peak GB per rank",
+    ):
+        table.add_column(name, overflow="fold")
+    for line in lines:
+        colour = BENCH_STYLE.get(line.status, "white")
+        if line.stats:
+            ttft = line.stats["ttft_s"]
+            cells = (
+                _spread(line.stats["prompt_tps"]),
+                _versus(line, "prompt_tps"),
+                _spread(line.stats["generation_tps"]),
+                _versus(line, "generation_tps"),
+                f"{ttft.median * 1e3:,.1f}",
+                " / ".join(f"{gb:.3f}" for _, gb in sorted(line.peak_memory_gb.items())),
+            )
+        else:
+            cells = (escape((line.reason or "-").splitlines()[0]), "", "", "", "", "")
+        table.add_row(
+            str(line.index + 1),
+            escape(line.label),
+            escape(line.strategy),
+            str(line.ranks),
+            f"[{colour}]{line.status}[/{colour}]",
+            *cells,
+        )
+    return table

@@ -133,6 +133,10 @@ def report(
         run, cases = store.get_run(database, None)
     else:
         run, cases = history.resolve_run(database, run_spec, db)
+    if run["kind"] == "bench":
+        from harness.commands.bench import show_run
+
+        raise typer.Exit(1 if show_run(database, run) else 0)
     if markdown:
         print(table.markdown(run, cases), end="")
         raise typer.Exit(1 if run["status"] == "failed" else 0)

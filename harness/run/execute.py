@@ -20,16 +20,23 @@ def run_case(
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
+    model = sharded_model(case, group)
+    prompts = case_prompts(case)
+    mx.reset_peak_memory()
+    with model_code():
+        return forward.run(model, prompts, case.decode_steps, capture, repeats)
+
+
+def sharded_model(case: Case, group) -> nn.Module:
+    """The case's model built fresh and sharded by its strategy for `group` (None: the
+    unsharded model), evaluated; what the strategy raises is the model's (`ModelError`)."""
     model = model_for_case(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
         strategy = resolve(case.strategy)
         with model_code():
             model = strategy.apply(model, group)
             mx.eval(model.parameters())
-    prompts = case_prompts(case)
-    mx.reset_peak_memory()
-    with model_code():
-        return forward.run(model, prompts, case.decode_steps, capture, repeats)
+    return model
 
 
 def case_prompts(case: Case) -> tuple[tuple[int, ...], ...]:
