@@ -1,6 +1,8 @@
 """Real 2-rank launches: each strategy, a wrong external strategy, and ranks that crash or
 hang. All cases of a test go through ONE runner call (a launch costs seconds)."""
 
+from pathlib import Path
+
 import pytest
 
 from harness.case import Case
@@ -70,3 +72,27 @@ def test_tensor_parallel_held_against_pipeline_on_the_same_ranks():
     assert results[1].status == "fail" and "scaled x2" in results[1].diagnoses
     assert results[2].status == "skip"
     assert "reference strategy is the case's own" in results[2].reason
+
+
+def test_references_on_the_ranks_survive_model_code_that_talks_to_the_world(tmp_path):
+    """mlx-lm 0.30's pipeline models all-gathered over the world in every forward, sharded
+    or not. Two ranks computing two different single-rank references must not meet there."""
+    import mlx_lm.models
+
+    source = Path(mlx_lm.models.__file__).with_name("qwen3_moe.py").read_text()
+    guarded = (
+        "        if pipeline_size > 1:\n            h = mx.distributed.all_gather(h)[: h.shape[0]]"
+    )
+    assert guarded in source
+    fork = tmp_path / "qwen3_moe.py"
+    fork.write_text(
+        source.replace(guarded, "        h = mx.distributed.all_gather(h)[: h.shape[0]]")
+    )
+    cases = [
+        Case("qwen3_moe", "pp", decode_steps=2),
+        Case("qwen3_moe", "pp", quant=4, decode_steps=2),
+    ]
+    results = _results(cases, goldens=None, impl={"qwen3_moe": str(fork)})
+    assert [results[i].status for i in (0, 1)] == ["pass", "pass"], [
+        r.reason for r in results.values()
+    ]

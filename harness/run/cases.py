@@ -18,6 +18,7 @@ from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame
 from harness.run.execute import run_case
 from harness.run.protocol import gather_bytes, pack, unpack
+from harness.run.solo import solo_world
 
 Message = tuple[dict, dict[str, np.ndarray]]
 
@@ -35,7 +36,8 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     """A case's single-rank reference, or why it could not run, as a gatherable payload."""
     reference = Case.from_dict({**case.to_dict(), "strategy": "none"})
     try:
-        output, timings = run_case(reference, None, capture, repeats)
+        with solo_world():
+            output, timings = run_case(reference, None, capture, repeats)
     except (ModelError, HarnessError) as exc:
         status, reason = blame(exc)
         return pack({"status": status, "reason": reason})
