@@ -162,7 +162,8 @@ class _Session:
         self.target = options.target()
         self.cases = dict(runnable)
         self.remaining = [index for index, _ in runnable]
-        self.references: dict[int, tuple[Output, Timings | None] | str] = {}
+        # By case key: cases that differ only in strategy share one reference.
+        self.references: dict[str, tuple[Output, Timings | None] | str] = {}
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
 
@@ -171,7 +172,10 @@ class _Session:
     def _spec(self) -> dict:
         wanted = []
         if self.options.reference == SINGLE:
-            wanted = [i for i in self.remaining if i not in self.references]
+            first: dict[str, int] = {}
+            for i in self.remaining:
+                first.setdefault(self.cases[i].key(), i)
+            wanted = [i for key, i in first.items() if key not in self.references]
         return {
             "kind": "cases",
             "cases": [{"index": i, "case": self.cases[i].to_dict()} for i in self.remaining],
@@ -299,12 +303,12 @@ class _Session:
         return f"{self.options.reference} on {self.options.ranks} ranks"
 
     def _reference(self, message: dict, arrays: dict) -> None:
-        index = message["index"]
+        key = self.cases[message["index"]].key()
         if message["status"] != "ok":
-            self.references[index] = message["reason"]
+            self.references[key] = message["reason"]
             return
         timings = message.get("timings")
-        self.references[index] = (
+        self.references[key] = (
             Output.from_arrays(arrays),
             Timings(**timings) if timings else None,
         )
@@ -335,10 +339,11 @@ class _Session:
             failing |= {r for r, code in job.exit_codes().items() if code != 0}
             failing |= job.killed_ranks()
         culprits = [indices[r] for r in sorted(failing) if r < len(indices)] or indices
-        status, reason = self._failure(errors, job, started=True)
-        for index in culprits:
-            self.references[index] = f"the single-rank reference crashed: {reason}"
-        for index in culprits:
+        _, reason = self._failure(errors, job, started=True)
+        keys = {self.cases[i].key() for i in culprits}
+        for key in keys:
+            self.references[key] = f"the single-rank reference crashed: {reason}"
+        for index in [i for i in self.remaining if self.cases[i].key() in keys]:
             self.remaining.remove(index)
             yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
 
@@ -432,7 +437,7 @@ class _Session:
             result = self._result(index, PASS, rank_timings=timings)
             return judge.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
-            reference = self.references.get(index)
+            reference = self.references.get(self.cases[index].key())
             if not isinstance(reference, tuple):
                 why = reference or "no single-rank reference arrived"
                 return self._result(
