@@ -25,7 +25,9 @@ def run_case(
         model = resolve(case.strategy).apply(model, group)
         mx.eval(model.parameters())
     mx.reset_peak_memory()
-    return forward.run(model, _prompts(case), case.decode_steps, capture, repeats)
+    return forward.run(
+        model, _prompts(case), case.decode_steps, capture, repeats, case.prefill_step
+    )
 
 
 def _prompts(case: Case) -> tuple[tuple[int, ...], ...]:
