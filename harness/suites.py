@@ -3,14 +3,16 @@
 description = "..."
 [defaults]                 # any Case field: seed, decode_steps, group_size, ...
 decode_steps = 4
-[[matrix]]                 # archs x strategies x precisions, where the arch supports it
-archs = "moe"              # "moe", "dense", "all" or a list of names
+[[matrix]]                 # archs x strategies x precisions x shapes, where the arch
+archs = "moe"              # supports it; "moe", "dense", "all" or a list of names
 strategies = ["tp", "pp"]
 precisions = ["fp32", "q4"]
+shapes = ["long-chunked"]  # shape profiles (harness.shapes); without: the defaults' shape
 [[case]]                   # one explicit case; any Case field
 arch = "qwen3_moe"
 strategy = "tp"
 precision = "q8"
+shape = "mixed"            # a shape profile, or prompts / prefill_step / decode_steps
 tolerance = { atol = 1e-4 }
 [[case]]                   # the model written to disk in a real checkpoint layout and
 arch = "deepseek_v3"       # loaded through mlx-lm (harness checkpoint layouts)
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError
+from harness.shapes import get_shape
 from harness.zoo import ARCHS, get_arch, support
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -80,6 +83,8 @@ def _arch_names(selector, where: str) -> list[str]:
 
 def _case(fields: dict, where: str) -> Case:
     fields = dict(fields)
+    if "shape" in fields:
+        fields.update(get_shape(fields.pop("shape")).fields())
     if "precision" in fields:
         fields.update(parse_precision(fields.pop("precision")))
     unknown = set(fields) - _CASE_FIELDS - {"arch", "strategy"}
@@ -114,19 +119,35 @@ def _prompt_text(fields: dict, where: str) -> tuple[str, ...]:
 
 
 def matrix_cases(
-    archs: list[str], strategies: list[str], precisions: list[str], defaults: dict
+    archs: list[str],
+    strategies: list[str],
+    precisions: list[str],
+    defaults: dict,
+    shapes: list[str] | None = None,
+    keep_unsupported: bool = False,
 ) -> list[Case]:
-    """Every arch x strategy x precision; built-in strategies only where the installed
-    mlx-lm supports them (an arch it lacks entirely stays, to be reported as skipped)."""
+    """Every arch x strategy x precision x shape; built-in strategies only where the
+    installed mlx-lm supports them (an arch it lacks entirely stays, to be reported as
+    skipped; with `keep_unsupported`, every strategy stays, to be skipped with the reason).
+    A shape's prompts, prefill step and decode steps replace the defaults'."""
+    profiles = [get_shape(name).fields() for name in shapes] if shapes else [{}]
     cases = []
     for arch in archs:
         sup = support(arch)
         for strategy in strategies:
-            if sup.available and strategy in ("tp", "pp") and not getattr(sup, strategy):
+            unsupported = strategy in ("tp", "pp") and not getattr(sup, strategy)
+            if sup.available and unsupported and not keep_unsupported:
                 continue
             for precision in precisions:
-                fields = {**defaults, "arch": arch, "strategy": strategy, "precision": precision}
-                cases.append(_case(fields, f"matrix {arch}/{strategy}/{precision}"))
+                for profile in profiles:
+                    fields = {
+                        **defaults,
+                        **profile,
+                        "arch": arch,
+                        "strategy": strategy,
+                        "precision": precision,
+                    }
+                    cases.append(_case(fields, f"matrix {arch}/{strategy}/{precision}"))
     return cases
 
 
@@ -144,8 +165,13 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
         if missing:
             raise HarnessError(f"{where}: missing {', '.join(sorted(missing))}")
         archs = _arch_names(matrix["archs"], where)
+        shapes = matrix.get("shapes")
+        if shapes is not None and (
+            not isinstance(shapes, list) or not all(isinstance(n, str) for n in shapes)
+        ):
+            raise HarnessError(f"{where}: shapes must be a list of shape names")
         cases += matrix_cases(
-            archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults
+            archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults, shapes
         )
     for i, fields in enumerate(data.get("case", [])):
         where = f"{path}: case {i + 1}"
@@ -171,3 +197,10 @@ def _dedupe(cases: list[Case]) -> list[Case]:
 def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
     """The suite's cases under one strategy instead of theirs (`--strategy`)."""
     return _dedupe([replace(c, strategy=strategy) for c in cases])
+
+
+def override_shapes(cases: list[Case], shapes: list[str]) -> list[Case]:
+    """The suite's cases at each of the given shapes instead of theirs (`--shapes`); text
+    prompts (a checkpoint's tokenizer makes their shape) stay as they are."""
+    profiles = [get_shape(name).fields() for name in shapes]
+    return _dedupe([c if c.prompt_text else replace(c, **p) for c in cases for p in profiles])

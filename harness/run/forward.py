@@ -192,18 +192,24 @@ def _plan(prompts, prefill_step: int | None) -> tuple[list[_Call], list[int] | N
     return calls, [M - (n - 1) for n in lengths]
 
 
+def unbatchable(model: nn.Module) -> str | None:
+    """Why mlx-lm cannot batch prompts of different lengths for this model (a cache
+    without `merge`), or None."""
+    for cache in make_prompt_cache(model):
+        if not callable(getattr(cache, "merge", None)):
+            return f"mlx-lm's {type(cache).__name__} cannot batch prompts of different lengths"
+    return None
+
+
 def _batch_cache(model: nn.Module, calls: list[_Call], padding: list[int]) -> list:
     """mlx-lm's batch cache for right-padded prompts: one cache per prompt, merged, told
     each prompt's length and padding (its attention masks come from them)."""
     B = len(padding)
     per_prompt = [make_prompt_cache(model) for _ in range(B)]
-    merged = []
-    for layer in zip(*per_prompt, strict=True):
-        if not callable(getattr(layer[0], "merge", None)):
-            raise HarnessError(
-                f"mlx-lm's {type(layer[0]).__name__} cannot batch prompts of different lengths"
-            )
-        merged.append(layer[0].merge(list(layer)))
+    problem = unbatchable(model)
+    if problem:
+        raise HarnessError(problem)
+    merged = [layer[0].merge(list(layer)) for layer in zip(*per_prompt, strict=True)]
     lengths = [int(n) for n in np.sum(np.concatenate([c.positions for c in calls[:-1]], 1) >= 0, 1)]
     for cache in merged:
         cache.prepare(lengths=lengths, right_padding=padding)

@@ -23,7 +23,7 @@ from harness.records.compare import compare, tolerance_for
 from harness.records.outputs import Output, Timings
 from harness.records.result import CaseResult
 from harness.run import launch
-from harness.run.execute import run_case
+from harness.run.execute import run_case, shape_skip_reason
 from harness.run.strategy import BUILTIN, normalize, resolve
 from harness.zoo import support
 
@@ -52,7 +52,9 @@ def skip_reason(case: Case, ranks: int) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return checkpoint.skip_reason(case) or preflight_violation(case, ranks)
+    return (
+        checkpoint.skip_reason(case) or shape_skip_reason(case) or preflight_violation(case, ranks)
+    )
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
