@@ -8,6 +8,8 @@ archs = "moe"              # supports it; "moe", "dense", "all" or a list of nam
 strategies = ["tp", "pp"]
 precisions = ["fp32", "q4"]
 shapes = ["long-chunked"]  # shape profiles (harness.shapes); without: the defaults' shape
+first_supported = true     # each arch once, under the first strategy listed it supports
+tolerance = { atol = 1e-4 }  # any other Case field applies to the matrix's cases
 [[case]]                   # one explicit case; any Case field
 arch = "qwen3_moe"
 strategy = "tp"
@@ -37,6 +39,7 @@ from harness.zoo import ARCHS, get_arch, support
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 _CASE_FIELDS = set(Case.__dataclass_fields__) - {"arch", "strategy"}
+_MATRIX_KEYS = {"archs", "strategies", "precisions", "shapes", "first_supported"}
 _SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -125,18 +128,22 @@ def matrix_cases(
     defaults: dict,
     shapes: list[str] | None = None,
     keep_unsupported: bool = False,
+    first_supported: bool = False,
 ) -> list[Case]:
     """Every arch x strategy x precision x shape; built-in strategies only where the
     installed mlx-lm supports them (an arch it lacks entirely stays, to be reported as
-    skipped; with `keep_unsupported`, every strategy stays, to be skipped with the reason).
-    A shape's prompts, prefill step and decode steps replace the defaults'."""
+    skipped; with `keep_unsupported`, every strategy stays, to be skipped with the reason;
+    with `first_supported`, only the first strategy each arch supports). A shape's
+    prompts, prefill step and decode steps replace the defaults'."""
     profiles = [get_shape(name).fields() for name in shapes] if shapes else [{}]
     cases = []
     for arch in archs:
         sup = support(arch)
+        supported = [s for s in strategies if not (s in ("tp", "pp") and not getattr(sup, s))]
+        if first_supported:
+            supported = supported[:1]
         for strategy in strategies:
-            unsupported = strategy in ("tp", "pp") and not getattr(sup, strategy)
-            if sup.available and unsupported and not keep_unsupported:
+            if sup.available and strategy not in supported and not keep_unsupported:
                 continue
             for precision in precisions:
                 for profile in profiles:
@@ -161,6 +168,7 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
     cases: list[Case] = []
     for i, matrix in enumerate(data.get("matrix", [])):
         where = f"{path}: matrix {i + 1}"
+        fields = {k: v for k, v in matrix.items() if k not in _MATRIX_KEYS}
         missing = {"archs", "strategies"} - set(matrix)
         if missing:
             raise HarnessError(f"{where}: missing {', '.join(sorted(missing))}")
@@ -171,7 +179,12 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
         ):
             raise HarnessError(f"{where}: shapes must be a list of shape names")
         cases += matrix_cases(
-            archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults, shapes
+            archs,
+            matrix["strategies"],
+            matrix.get("precisions", ["fp32"]),
+            {**defaults, **fields},
+            shapes,
+            first_supported=bool(matrix.get("first_supported", False)),
         )
     for i, fields in enumerate(data.get("case", [])):
         where = f"{path}: case {i + 1}"

@@ -9,9 +9,13 @@ quantization with group size 32 still applies to every shard. Each config keeps 
 features that matter for sharding (dense-first layers, shared experts, MLA, linear
 attention, sinks, biases, sliding windows, ...).
 
-Model types of the installed mlx-lm with `shard` or `pipeline` that are left out:
+Every MoE model type of the installed mlx-lm is here, with or without its own `shard()` /
+`pipeline()`: those without (mixtral, qwen2_moe, olmoe, ...) run external strategies, and
+their built-in tp / pp cases are skipped with the reason. Left out:
 - prism_hadamard_qwen35: loads only pre-quantized 2-bit Hadamard packs (frozen uint32
-  weights, input widths divisible by 128), so there is nothing to initialise.
+  weights, input widths divisible by 128), so there is nothing to initialise;
+- bailing_moe_v3: reached only through bailing_hybrid's architecture remapping, with its
+  own KDA / MLA layer groups; not yet configured.
 """
 
 from __future__ import annotations
@@ -558,11 +562,19 @@ _ENTRIES: tuple[Arch, ...] = (
     ),
     # ---- Mixture of Experts without mlx-lm's shard() / pipeline() ----
     # Users shard these with their own strategies (FILE:fn); built-in tp / pp cases skip.
+    # Where head_dim is hidden / heads, hidden 128 keeps 16-dim heads and an o_proj that
+    # 4 ranks can split into quantizable slices, as qwen2 does.
     _arch(
         "mixtral",
         True,
         (),
-        {**_BASE, "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 128},
+        {
+            **_BASE,
+            "hidden_size": 128,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 128,
+        },
     ),
     _arch(
         "qwen2_moe",
@@ -571,7 +583,6 @@ _ENTRIES: tuple[Arch, ...] = (
         {
             **_BASE,
             **_MOE,
-            # head_dim = hidden / heads, as in qwen2.
             "hidden_size": 128,
             "num_experts": 8,
             "shared_expert_intermediate_size": 128,
@@ -586,6 +597,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("layer_norm", "longrope"),
         {
             **_BASE,
+            "hidden_size": 128,
             "num_local_experts": 8,
             "num_experts_per_tok": 2,
             "intermediate_size": 128,
@@ -599,6 +611,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("multipliers",),
         {
             **_BASE,
+            "hidden_size": 128,
             "num_local_experts": 8,
             "num_experts_per_tok": 2,
             "intermediate_size": 128,
@@ -651,6 +664,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("shared_experts", "dense_first"),
         {
             **_BASE,
+            "hidden_size": 128,
             **_MOE,
             "num_experts": 8,
             "num_shared_experts": 1,
@@ -665,6 +679,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("shared_experts", "dense_first"),
         {
             **_BASE,
+            "hidden_size": 128,
             **_MOE,
             "n_routed_experts": 8,
             "n_shared_experts": 1,
@@ -693,6 +708,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("shared_experts", "qk_norm", "cross_layer_attention"),
         {
             **_BASE,
+            "hidden_size": 128,
             "attention_bias": False,
             "moe_topk": 2,
             "num_experts": 8,
@@ -713,6 +729,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("shared_experts", "dense_first", "qk_norm"),
         {
             **_BASE,
+            "hidden_size": 128,
             **_MOE,
             "attention_bias": False,
             "mlp_only_layers": [0],
@@ -742,6 +759,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("short_conv", "dense_first", "expert_bias"),
         {
             **_BASE,
+            "hidden_size": 128,
             **_MOE,
             "num_experts": 8,
             "norm_topk_prob": True,
@@ -777,6 +795,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("ssm", "hybrid"),
         {
             **_BASE,
+            "hidden_size": 128,
             "num_experts": 8,
             "num_experts_per_tok": 2,
             "intermediate_size": 128,
@@ -825,6 +844,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("ssm", "hybrid", "shared_experts", "multipliers"),
         {
             **_BASE,
+            "hidden_size": 128,
             "attention_bias": False,
             "embedding_multiplier": 4.0,
             "attention_multiplier": 0.25,
@@ -873,6 +893,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("linear_attention", "shared_experts", "dense_first"),
         {
             **_BASE,
+            "hidden_size": 128,
             **_MOE,
             "num_experts": 8,
             "num_shared_experts": 1,
@@ -922,12 +943,12 @@ _ENTRIES: tuple[Arch, ...] = (
         ("layer_norm", "partial_rope"),
         {
             "num_vocab": 256,
-            "model_dim": 64,
+            "model_dim": 128,
             "num_heads": 4,
             "num_layers": 4,
             "rotary_dim": 8,
             "num_experts_per_tok": 2,
-            "num_local_experts": 4,
+            "num_local_experts": 8,
         },
     ),
     _arch(
@@ -967,7 +988,7 @@ _ENTRIES: tuple[Arch, ...] = (
         ("fused_qkv", "clip_qkv"),
         {
             "vocab_size": 256,
-            "d_model": 64,
+            "d_model": 128,
             "n_layers": 4,
             "n_heads": 8,
             "attn_config": {"kv_n_heads": 4, "clip_qkv": 8.0, "rope_theta": 10000.0},
