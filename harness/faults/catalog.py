@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.models.pipeline import PipelineMixin
 
 from harness.errors import HarnessError
 from harness.faults import parts
+from harness.faults import shapes as shape_faults
 from harness.run.forward import decoder_layers
 from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
 
@@ -44,6 +46,12 @@ PIPELINE = "pipeline rank runs the wrong layers"
 DECODE_ONLY = "bug only in decode steps"
 SMALL = "small perturbation of one expert on one rank"
 NON_FINITE = "non-finite value from an uninitialised buffer"
+# Shape classes: bugs the short shape (two 8-token prompts, one prefill call) never takes.
+PREFILL_CHUNK = "corruption past the first prefill chunk"
+TOKEN_COUNT = "a path taken only above a token count"
+BATCH_ONE = "a path taken only at batch 1"
+WINDOW = "wrong once a rotating cache is full"
+PADDING = "padding not masked in a batch of mixed lengths"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
 ATTENTION, MLP, OUTPUT = "attention", "mlp/moe", "layer output"
@@ -63,9 +71,11 @@ class Structure:
     kv_heads: bool = False  # ... that keeps a KV-head count
     fused_qkv: bool = False  # ... that is a GatedDeltaNet with in_proj_qkv
     output_bias: bool = False  # ... whose o_proj has a bias
+    mask_and_cache: bool = False  # ... that is called (x, mask, cache)
     pipeline_split: bool = False  # model.model.pipeline(group, split=...)
     plain_pipeline: bool = False  # mlx-lm's PipelineMixin.pipeline, not an override
     final_norm: bool = False  # model.model.norm
+    rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
 
 
 @functools.cache
@@ -83,6 +93,9 @@ def structure(name: str) -> Structure:
     found["pipeline_split"] = "split" in takes
     found["plain_pipeline"] = pipeline is PipelineMixin.pipeline
     found["final_norm"] = isinstance(getattr(inner, "norm", None), nn.Module)
+    found["rotating_cache"] = any(
+        getattr(c, "max_size", None) is not None for c in make_prompt_cache(model)
+    )
     found.update(_probe(lambda: parts.feedforward(parts.layer(model, L1)), _feedforward))
     found.update(_probe(lambda: parts.attention(parts.layer(model, L2)), _attention))
     return Structure(**found)
@@ -118,6 +131,7 @@ def _attention(attn: nn.Module) -> dict:
         "kv_heads": any(f"self.{n}" in forward for n in counts),
         "fused_qkv": "in_proj_qkv" in attn and "conv1d" in attn,
         "output_bias": isinstance(o_proj, nn.Module) and "bias" in o_proj,
+        "mask_and_cache": shape_faults.takes_mask_and_cache(attn),
     }
 
 
@@ -153,6 +167,7 @@ class Fault:
     precision: str = "fp32"  # fp32 | q4
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
+    shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
 
     @property
     def control(self) -> bool:
@@ -252,6 +267,24 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
           representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
+    # ---- shape classes: each fails only at its shape, with where it starts ----
+    Fault(name="later_prefill_chunk", strategy=F + "shapes:later_prefill_chunk",
+          bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache),
+          representative=("qwen3_moe",), shape="long-chunked",
+          **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
+    Fault(name="many_tokens", strategy=F + "shapes:many_tokens", bug_class=TOKEN_COUNT,
+          applies=tp(lambda s: s.stacked_experts), representative=("qwen3_moe",),
+          shape="long-chunked", **_at(L1, MLP, "from prompt token 0 (prefill chunk 1 of 3)")),
+    Fault(name="batch_one", strategy=F + "shapes:batch_one", bug_class=BATCH_ONE,
+          applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",),
+          shape="single-stream", **_at(L2, ATTENTION)),
+    Fault(name="past_window", strategy=F + "shapes:past_window", bug_class=WINDOW,
+          applies=tp(lambda s: s.mask_and_cache and s.rotating_cache),
+          representative=("gpt_oss",), shape="window",
+          diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
+    Fault(name="unmasked_padding", strategy=F + "shapes:unmasked_padding", bug_class=PADDING,
+          applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",), shape="mixed",
+          **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
@@ -264,6 +297,10 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
           precision="q4"),
+    Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
+    Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe",), expected="pass", shape="mixed"),
 )
 # fmt: on
 
