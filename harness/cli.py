@@ -20,6 +20,7 @@ from harness.commands.selftest import selftest
 from harness.errors import HarnessError
 from harness.records import goldens, store
 from harness.records.result import case_row
+from harness.records.shapes import shape_summary
 from harness.run import runner
 
 app = typer.Typer(
@@ -60,6 +61,12 @@ def run(
         list[str] | None,
         typer.Option("--precision", "-p", help="With --arch: fp32, q4, q8, q4-bf16 (repeatable)."),
     ] = None,
+    shapes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shapes", help="Shape profiles (repeatable): short, single-stream, long-chunked, ..."
+        ),
+    ] = None,
     ranks: Ranks = 1,
     backend: Annotated[
         str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")
@@ -86,9 +93,9 @@ def run(
 ) -> None:
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
-    Example: harness run --suite moe --ranks 2
+    Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
     """
-    cases = select_cases(suite, arch, strategy, precision)
+    cases = select_cases(suite, arch, strategy, precision, shapes)
     options = runner.RunOptions(
         ranks=ranks,
         backend=backend,
@@ -101,10 +108,11 @@ def run(
     )
     cases = runner.validate(cases, options)
     if arch:
-        # Asked for by name: a rule the ranks break is the user's mistake, not a skip.
+        # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
+        # a strategy the installed mlx-lm lacks for the architecture stays a skip.
         for case in cases:
             violation = runner.preflight_violation(case, options.ranks)
-            if violation:
+            if violation and runner.skip_reason(case, options.ranks) == violation:
                 raise HarnessError(violation)
     database = store.open_db(db)
     command = ["harness", *(ctx.obj or {}).get("argv", [])]
@@ -128,6 +136,8 @@ def run(
     )
     for line in render.failure_details(rows):
         out.print(line, markup=False)
+    for line in shape_summary(results):
+        out.print(f"shapes: {line}", markup=False)
     out.print(render.summary(counts, time.perf_counter() - started, db, run_id))
     raise typer.Exit(1 if status == "failed" else 0)
 
