@@ -137,7 +137,7 @@ def run(
     for line in render.failure_details(rows):
         out.print(line, markup=False)
     for line in shape_summary(results):
-        out.print(f"shapes: {line}", markup=False)
+        out.print(f"shapes: {line}", markup=False, soft_wrap=True)
     out.print(render.summary(counts, time.perf_counter() - started, db, run_id))
     raise typer.Exit(1 if status == "failed" else 0)
 
