@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 
 from harness.shapes import CUSTOM, DEFAULT, DEFAULT_PROMPTS, shape_of
 
@@ -104,7 +105,15 @@ class Case:
 
     @classmethod
     def from_dict(cls, data: dict) -> Case:
-        data = dict(data)
+        """A case from its dict; unknown keys (a newer harness's, in a golden's sidecar) are
+        dropped with a warning, as mlx-lm's `from_dict` ignores unknown config keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(
+                f"case fields not known to this harness ignored: {', '.join(unknown)}", stacklevel=2
+            )
+        data = {k: v for k, v in data.items() if k in known}
         data["prompts"] = tuple(tuple(p) for p in data.get("prompts", DEFAULT_PROMPTS))
         data["prompt_text"] = tuple(data.get("prompt_text", ()))
         return cls(**data)

@@ -1,4 +1,10 @@
-"""The one exception type for user mistakes and environment problems."""
+"""Who is to blame: the user or the setup (HarnessError), the code under test (ModelError),
+or, for anything else, the harness itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class HarnessError(Exception):
@@ -9,3 +15,37 @@ def describe(exc: BaseException) -> str:
     """`Type: first line of the message`: how a foreign exception enters a one-line error."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+class ModelError(Exception):
+    """An exception raised inside the code under test (an mlx-lm model, its loader, a
+    sharding strategy): the case's `crash`. Anything else a rank raises that is not a
+    HarnessError is a bug of the harness and is reported as one."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(describe(original))
+        self.original = original
+
+
+@contextmanager
+def model_code() -> Iterator[None]:
+    """Mark a span that runs the code under test: what it raises is the model's."""
+    try:
+        yield
+    except (HarnessError, ModelError):
+        raise
+    except Exception as exc:
+        raise ModelError(exc) from exc
+
+
+INTERNAL = "harness internal error"
+
+
+def blame(exc: BaseException) -> tuple[str, str]:
+    """(status, reason) of an exception raised while running a case: the model's `crash`,
+    the setup's or user's `error`, or an `error` that is a bug of the harness."""
+    if isinstance(exc, ModelError):
+        return "crash", f"raised {exc}"
+    if isinstance(exc, HarnessError):
+        return "error", str(exc)
+    return "error", f"{INTERNAL}: {describe(exc)}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 
-MAX_RANKS = 64
+PREFLIGHT_MAX_RANKS = 64
 STRATEGY_NAMES = {"tp": "tensor parallel", "pp": "pipeline parallel"}
 
 
@@ -48,7 +48,7 @@ class _Context:
 
 
 def _largest(ok: Callable[[int], bool]) -> int:
-    return max((n for n in range(1, MAX_RANKS + 1) if ok(n)), default=1)
+    return max((n for n in range(1, PREFLIGHT_MAX_RANKS + 1) if ok(n)), default=1)
 
 
 _TOKEN = re.compile(r"\*|//")
@@ -160,7 +160,7 @@ class AtLeast:
         value = params.value(self.parameter)
         if value is None or value >= ctx.ranks:
             return None
-        best = max(1, min(value, MAX_RANKS))
+        best = max(1, min(value, PREFLIGHT_MAX_RANKS))
         return _violation(
             self,
             value,
@@ -486,14 +486,14 @@ def _quantization(config: Mapping, bits: int | None, group_size: int) -> tuple[i
 
 def _parse(config: Mapping) -> tuple[type | None, Any, str]:
     """(Model class, parsed args, mlx-lm module name); no class for an unknown type."""
-    from mlx_lm.utils import _get_classes
+    from harness.zoo import model_classes
 
     if "model_type" not in config:
         raise HarnessError("config has no model_type, so its sharding rules are unknown")
     # Some ModelArgs mutate nested dicts (rope_parameters) in place.
     config = copy.deepcopy(dict(config))
     try:
-        model_cls, args_cls = _get_classes(config)
+        model_cls, args_cls = model_classes(config)
     except (ValueError, SystemExit):
         return None, None, config["model_type"]
     try:

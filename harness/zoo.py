@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import mlx.core as mx
-import mlx.nn as nn
-
 from harness.errors import HarnessError
 
 
@@ -1072,7 +1069,7 @@ def config_copy(arch: Arch) -> dict[str, Any]:
     return copy.deepcopy(dict(arch.config))
 
 
-def model_classes(config: Mapping[str, Any]) -> tuple[type[nn.Module], type]:
+def model_classes(config: Mapping[str, Any]) -> tuple[type, type]:
     """(Model, ModelArgs) of a config through mlx-lm's own model_type resolution."""
     # Imported here: mlx_lm.utils takes ~1.5 s to import, which listing the zoo never needs.
     from mlx_lm.utils import _get_classes
@@ -1096,6 +1093,8 @@ def support(name: str) -> Support:
         return Support(available=False, tp=False, pp=False, reason=reason)
     tp = callable(getattr(model, "shard", None))
     pp = callable(getattr(getattr(model, "model", None), "pipeline", None))
+    import mlx.core as mx  # here: listing the zoo and reading suites need no mlx
+
     if METAL_ONLY in arch.features and not mx.metal.is_available():
         reason = f"'{name}' runs Metal-only kernels (mlx_lm.kernels) and this device has no Metal"
         return Support(available=False, tp=tp, pp=pp, reason=reason)

@@ -192,7 +192,7 @@ def test_large_vocabulary_goldens_keep_topk_logprobs(gdir, monkeypatch):
     npz_path, _ = goldens.paths(CASE.key(), gdir)
     with np.load(npz_path) as data:
         names = set(data.files)
-        assert data["topk_ids:prefill"].shape[-1] == goldens.TOP_K
+        assert data["topk_ids:prefill"].shape[-1] == goldens.GOLDEN_TOP_K
     assert "prefill" not in names and {"tokens", "topk_logprobs:decode"} <= names
     assert [a.status for a in references.verify(None, gdir)] == ["match"]
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ import pytest
 
 from harness import preflight
 from harness.errors import HarnessError
+from harness.run.launch import Target, launch_argv
 from harness.zoo import ARCHS, config_copy, model_classes, support
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,19 +279,6 @@ def test_preflight_reports_exactly_the_broken_rules(grounding):
 # ---- the multirank grounding ----
 
 
-def _free_port(count: int) -> int:
-    for _ in range(100):
-        start = random.randrange(20000, 60000 - count)
-        try:
-            for port in range(start, start + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return start
-    raise RuntimeError("no free port block for mlx.launch")
-
-
 def _launch(ranks: int, tmp_path: Path) -> dict[str, dict]:
     cases = [g for g in GROUNDINGS if g.ranks == ranks]
     cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.json"
@@ -310,11 +296,7 @@ def _launch(ranks: int, tmp_path: Path) -> dict[str, dict]:
             ]
         )
     )
-    argv = [
-        str(Path(sys.executable).with_name("mlx.launch")),
-        *("-n", str(ranks), "--backend", "ring", "--starting-port", str(_free_port(ranks))),
-        *("--python", sys.executable, __file__, "--", str(cases_file), str(results_file)),
-    ]
+    argv = launch_argv(Target(ranks), [__file__, str(cases_file), str(results_file)], "grounding")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         argv,
@@ -550,10 +532,10 @@ def test_real_checkpoint_configs():
 
 def _build(case: dict):
     import mlx.core as mx
-    from mlx_lm.utils import _get_classes, quantize_model
+    from mlx_lm.utils import quantize_model
 
     mx.random.seed(0)  # the same random weights on every rank
-    model_cls, args_cls = _get_classes(case["config"])
+    model_cls, args_cls = model_classes(case["config"])
     model = model_cls(args_cls.from_dict(json.loads(json.dumps(case["config"]))))
     if case["quant"]:
         quantize_model(model, {}, case["group_size"], case["quant"])

@@ -4,7 +4,6 @@ properties pass on real ranks through mlx.launch."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 
 import mlx.core as mx
@@ -34,7 +33,7 @@ from harness.props import (
 
 # Wrong shards are detected on every example with at least two ranks (one rank has
 # nothing to scramble), so a handful of examples per broken sharding is enough.
-MULTI = st.integers(2, props.MAX_RANKS)
+MULTI = st.integers(2, props.MAX_SIMULATED_RANKS)
 SUMMED = "all-summed shards vs numpy"
 few = settings(
     max_examples=5,
@@ -268,13 +267,15 @@ def test_properties_hold_on_two_real_ranks():
     assert report.ok, report.error or "\n".join(failed)
 
 
-def test_results_of_an_interrupted_job(tmp_path):
+def test_results_of_an_interrupted_job():
     first, second = PROPERTIES[0].name, PROPERTIES[1].name
     done = props.PropertyResult(first, True, 3, None, 0.5)
-    lines = [{"start": first}, {"name": first, "result": asdict(done)}, {"start": second}]
-    path = tmp_path / "results.jsonl"
-    path.write_text("\n".join(json.dumps(e) for e in lines) + '\n{"name": "cut sh')
-    results = props.read_results(path, "launch exited with code 1\nrank 1 exited with code 1")
+    events = [
+        {"type": "start", "name": first},
+        {"type": "property", "result": asdict(done)},
+        {"type": "start", "name": second},
+    ]
+    results = props.results_of(events, "launch exited with code 1\nrank 1 exited with code 1")
     assert results[0] == done
     assert results[1].detail == "interrupted: launch exited with code 1"
     assert results[2].detail == "not run: launch exited with code 1"

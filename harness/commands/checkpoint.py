@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness.models import checkpoint
+from harness import render
 
 app = typer.Typer(
     help="Write tiny checkpoints in real on-disk layouts; check checkpoints load through mlx-lm.",
@@ -33,8 +33,10 @@ def write(
 
     Example: harness checkpoint write --arch qwen3_moe --layout hf-per-expert --out /tmp/qwen3_moe
     """
+    from harness.models import checkpoint  # loads mlx-lm: only when the command runs
+
     path = checkpoint.write_checkpoint(arch, layout, out, seed, quant, group_size)
-    typer.echo(f"wrote {arch} in layout {layout} to {path}")
+    render.console().print(f"wrote {arch} in layout {layout} to {path}", markup=False)
 
 
 @app.command()
@@ -48,8 +50,10 @@ def check(
 
     Example: harness checkpoint check ~/models/Qwen3-30B-A3B-4bit
     """
+    from harness.models import checkpoint  # loads mlx-lm: only when the command runs
+
     coverage = checkpoint.check_checkpoint(path)
-    typer.echo(coverage.verdict())
+    render.console().print(coverage.verdict(), markup=False)
     raise typer.Exit(0 if coverage.ok else 1)
 
 
@@ -63,6 +67,9 @@ def layouts(
 
     Example: harness checkpoint layouts --arch deepseek_v3
     """
+    from harness.models import checkpoint  # loads mlx-lm: only when the command runs
+
     names = checkpoint.layouts_for(arch) if arch else list(checkpoint.LAYOUTS)
+    out = render.console()
     for name in names:
-        typer.echo(f"{name:15s} {checkpoint.LAYOUTS[name].description}")
+        out.print(f"{name:15s} {checkpoint.LAYOUTS[name].description}", markup=False)

@@ -1,4 +1,6 @@
-"""`harness golden record | verify | update | diff`: the golden lifecycle."""
+"""`harness golden record | verify | update | diff`: the golden lifecycle.
+
+The run layer (mlx, mlx-lm) is imported inside the commands that compute references."""
 
 from __future__ import annotations
 
@@ -9,20 +11,15 @@ import typer
 
 from harness import render
 from harness.case import Case
+from harness.commands.options import Arch, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.records import goldens
-from harness.run import references
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
 )
 
-Suite = Annotated[str | None, typer.Option("--suite", "-s", help="Suite name or .toml path.")]
-Arch = Annotated[list[str] | None, typer.Option("--arch", "-a", help="Architecture (repeatable).")]
-Precision = Annotated[
-    list[str] | None, typer.Option("--precision", "-p", help="With --arch: fp32, q4, ...")
-]
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
 
 
@@ -41,6 +38,8 @@ def record(
 
     Example: harness golden record --suite moe
     """
+    from harness.run import references
+
     actions = references.record(_cases(suite, arch, precision), directory)
     _print(actions)
 
@@ -59,6 +58,8 @@ def verify(
 
     Example: harness golden verify
     """
+    from harness.run import references
+
     cases = _cases(suite, arch, precision) if (suite or arch) else None
     actions = references.verify(cases, directory)
     if not actions:
@@ -86,6 +87,8 @@ def update(
 
     Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
     """
+    from harness.run import references
+
     _print(references.update(_cases(suite, arch, precision), reason, directory))
 
 
@@ -98,11 +101,13 @@ def diff(
 
     Example: harness golden diff qwen3_moe-fp32-0123456789ab
     """
+    from harness.run import references
+
     summary = references.diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 
 
-def _print(actions: list[references.GoldenAction]) -> None:
+def _print(actions: list) -> None:
     out = render.console()
     out.print(render.golden_table(actions))

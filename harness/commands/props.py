@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from harness import render
+from harness.commands.options import Backend, Hostfile
 from harness.errors import HarnessError
-from harness.props import run_props
 
 
 def props(
@@ -18,10 +18,8 @@ def props(
             "--ranks", "-n", help="Number of ranks (1 simulates 1 to 8 ranks in-process)."
         ),
     ] = 1,
-    backend: Annotated[
-        str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")
-    ] = None,
-    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster.")] = None,
+    backend: Backend = None,
+    hostfile: Hostfile = None,
     max_examples: Annotated[
         int, typer.Option("--max-examples", help="Examples hypothesis draws per property.")
     ] = 25,
@@ -39,6 +37,8 @@ def props(
         raise HarnessError(f"--max-examples must be at least 1, got {max_examples}")
     if timeout <= 0:
         raise HarnessError(f"--timeout must be positive, got {timeout:g}")
+    from harness.props import run_props  # loads mlx: only when properties run
+
     report = run_props(ranks, backend, hostfile, max_examples, timeout)
     out = render.console()
     out.print(render.props_table(report))

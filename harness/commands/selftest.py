@@ -8,15 +8,15 @@ from typing import Annotated
 import typer
 
 from harness import render
-from harness.faults.selftest import run_selftest
+from harness.commands.options import DEFAULT_DB, Backend, Db, Hostfile, Timeout, command_line
 from harness.records import store
 
 
 def selftest(
     ctx: typer.Context,
     ranks: Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (at least 2).")] = 2,
-    db: Annotated[str, typer.Option("--db", help="SQLite file for results.")] = store.DEFAULT_DB,
-    timeout: Annotated[float, typer.Option(help="Seconds each case may take on the ranks.")] = 60.0,
+    db: Db = DEFAULT_DB,
+    timeout: Timeout = 60.0,
     all_archs: Annotated[
         bool,
         typer.Option(
@@ -27,10 +27,8 @@ def selftest(
         list[str] | None,
         typer.Option("--fault", "-f", help="Only this catalog entry (repeatable)."),
     ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="mlx.launch backend: ring, mpi, jaccl, nccl.")
-    ] = None,
-    hostfile: Annotated[str | None, typer.Option(help="mlx.launch hostfile for a cluster.")] = None,
+    backend: Backend = None,
+    hostfile: Hostfile = None,
 ) -> None:
     """Prove the harness catches sharding bugs: run every cataloged fault and control, judge each.
 
@@ -38,9 +36,11 @@ def selftest(
 
     Example: harness selftest --ranks 2
     """
+    from harness.faults.selftest import run_selftest  # loads mlx: only when it runs
+
     out = render.console()
     database = store.open_db(db)
-    command = ["harness", *((ctx.obj or {}).get("argv", ["selftest"]))]
+    command = command_line(ctx, "selftest")
     report = run_selftest(
         ranks,
         timeout=timeout,

@@ -19,16 +19,17 @@ preflight rule at the rank count are reported as not applicable, never run.
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.faults.catalog import CATALOG, Fault
-from harness.records import store
+from harness.records.result import CaseResult
 from harness.run import runner
-from harness.run.runner import CaseResult, RunOptions
+from harness.run.loop import run_cases
+from harness.run.runner import RunOptions
 from harness.shapes import get_shape
 
 DECODE_STEPS = 3
@@ -66,6 +67,10 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.verdict not in BAD
+
+    def row(self) -> dict:
+        """The columns a selftest case adds to its stored row."""
+        return {"verdict": self.verdict, "expected": json.dumps(self.expected())}
 
     def expected(self) -> dict:
         """What the case was expected to give, as stored beside its row."""
@@ -191,7 +196,6 @@ def run_selftest(
 ) -> SelftestReport:
     """Run the catalog at `ranks` in one launch and judge every case; with a database,
     store it as a run of kind `selftest` with each case's verdict and expectation."""
-    started = time.perf_counter()
     planned, not_applicable = plan(ranks, all_archs, names)
     if not planned:
         raise HarnessError(f"no fault of the catalog applies at {ranks} rank(s); try --ranks 2")
@@ -199,32 +203,23 @@ def run_selftest(
     options = RunOptions(
         ranks=ranks, backend=backend, hostfile=hostfile, timeout=timeout, repeats=1, goldens=None
     )
-    cases = [p.case for p in planned]
-    runner.validate(cases, options)
-    if database is not None:
-        report.run_id = store.start_run(
-            database,
-            "selftest",
-            "selftest",
-            ranks,
-            backend,
-            hostfile,
-            command or ["harness", "selftest"],
-        )
-    status = "interrupted"
-    try:
-        for result in runner.run(cases, options):
-            verdict = judge(planned[result.index].fault, result)
-            report.verdicts.append(verdict)
-            if database is not None:
-                store.record_case(
-                    database, report.run_id, result, verdict.verdict, verdict.expected()
-                )
-            if progress is not None:
-                progress(verdict)
-        status = "passed" if report.ok else "failed"
-    finally:
-        if database is not None:
-            store.finish_run(database, report.run_id, status)
-        report.seconds = time.perf_counter() - started
+
+    def on_result(result: CaseResult) -> dict:
+        verdict = judge(planned[result.index].fault, result)
+        report.verdicts.append(verdict)
+        if progress is not None:
+            progress(verdict)
+        return verdict.row()
+
+    record = run_cases(
+        [p.case for p in planned],
+        options,
+        database,
+        kind="selftest",
+        suite="selftest",
+        command=command or ["harness", "selftest"],
+        on_result=on_result,
+        judge=lambda results: not report.ok,
+    )
+    report.run_id, report.seconds = record.run_id, record.seconds
     return report

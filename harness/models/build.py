@@ -12,7 +12,7 @@ import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
 from harness.case import DTYPES, QUANT_BITS, Case
-from harness.errors import HarnessError
+from harness.errors import HarnessError, ModelError, model_code
 from harness.models.weights import init_weights
 from harness.zoo import config_copy, get_arch, model_classes, support
 
@@ -64,8 +64,12 @@ def _construct(case: Case, config: dict[str, Any]) -> nn.Module:
     model_cls, args_cls = model_classes(config)
     try:
         # from_dict may mutate nested dicts (rope_parameters), so it gets its own copy.
-        return model_cls(args_cls.from_dict(copy.deepcopy(config)))
-    except (TypeError, ValueError, KeyError, AssertionError) as error:
+        with model_code():
+            return model_cls(args_cls.from_dict(copy.deepcopy(config)))
+    except ModelError as wrapped:
+        error = wrapped.original
+        if not isinstance(error, (TypeError, ValueError, KeyError, AssertionError)):
+            raise
         # The registry's own configs build (tests/test_zoo.py), so the overrides broke it.
         raise HarnessError(
             f"mlx-lm cannot build '{case.arch}' with overrides {case.overrides}: {error}"
@@ -90,6 +94,6 @@ def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: i
     # MultiLinear, which bare nn.quantize does not. It prints an [INFO] line.
     from mlx_lm.utils import quantize_model
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), model_code():
         _, quantized = quantize_model(model, config, group_size, bits)
     return quantized

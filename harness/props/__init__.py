@@ -41,10 +41,10 @@ from harness.props.linear import (
 from harness.props.pipeline import check_pipeline, mlx_lm_pipeline, pipeline_examples
 from harness.props.registry import PROPERTIES, Property
 from harness.props.run import (
-    MAX_RANKS,
+    MAX_SIMULATED_RANKS,
     PropertyResult,
     PropsReport,
-    read_results,
+    results_of,
     run_property,
     run_props,
     run_props_inprocess,
@@ -53,7 +53,7 @@ from harness.props.run import (
 from harness.props.simulate import SimGroup, simulate
 
 __all__ = [
-    "MAX_RANKS",
+    "MAX_SIMULATED_RANKS",
     "PROPERTIES",
     "Property",
     "PropertyResult",
@@ -76,7 +76,7 @@ __all__ = [
     "mlx_lm_pipeline",
     "mlx_shard_linear",
     "pipeline_examples",
-    "read_results",
+    "results_of",
     "run_property",
     "run_props",
     "run_props_inprocess",

@@ -15,7 +15,7 @@ from mlx.nn.layers.distributed import shard_linear
 from mlx_lm.models import llama
 
 from harness.props.numeric import (
-    DTYPES,
+    MX_DTYPES,
     Expected,
     allowance,
     checked,
@@ -140,7 +140,7 @@ def attention_examples(draw, ranks: st.SearchStrategy[int]):
         batch=draw(st.integers(1, 2)),
         length=draw(st.integers(1, 8)),
         bias=draw(st.booleans()),
-        dtype=draw(st.sampled_from(tuple(DTYPES))),
+        dtype=draw(st.sampled_from(tuple(MX_DTYPES))),
     )
 
 

@@ -16,7 +16,7 @@ from mlx.nn.layers.distributed import shard_inplace
 from mlx_lm.models.switch_layers import SwitchGLU
 
 from harness.props.numeric import (
-    DTYPES,
+    MX_DTYPES,
     Expected,
     Quant,
     allowance,
@@ -130,7 +130,7 @@ def expert_parallel(block: SwitchGLU, group: Any) -> Callable:
 @st.composite
 def switch_examples(draw, ranks: st.SearchStrategy[int], expert_parallel: bool = False):
     n = draw(ranks)
-    dtypes = tuple(DTYPES)
+    dtypes = tuple(MX_DTYPES)
     quant = draw(st.sampled_from((None, *quant_modes())))
     if quant is None:
         dtypes = gather_mm_dtypes()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mlx.nn.layers.distributed import shard_linear
 
 from harness.props.numeric import (
-    DTYPES,
+    MX_DTYPES,
     Expected,
     Quant,
     allowance,
@@ -167,7 +167,7 @@ def linear_examples(draw, ranks: st.SearchStrategy[int], shardings=SHARDINGS, fu
         sections=sections,
         other=other,
         bias=draw(st.booleans()),
-        dtype=draw(st.sampled_from(tuple(DTYPES))),
+        dtype=draw(st.sampled_from(tuple(MX_DTYPES))),
         quant=quant,
         batch=draw(st.integers(1, 4)),
     )

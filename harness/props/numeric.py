@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+MX_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # Unit roundoff of each dtype's significand; tolerances are multiples of it.
 EPS = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
 # Measured over hundreds of examples: right results use at most ~0.45 of the allowance
@@ -62,7 +62,7 @@ def quant_modes() -> tuple[Quant, ...]:
 def gather_mm_dtypes() -> tuple[str, ...]:
     """Dtypes unquantized SwitchLinear (`gather_mm`) runs in: only float32 on CPU."""
     found = []
-    for name, dtype in DTYPES.items():
+    for name, dtype in MX_DTYPES.items():
         try:
             a = mx.ones((1, 1, 4), dtype=dtype)
             mx.eval(mx.gather_mm(a, mx.ones((2, 4, 4), dtype=dtype), rhs_indices=mx.array([1])))
@@ -168,5 +168,5 @@ def normal(seed: int, *shape: int, scale: float = 1.0) -> np.ndarray:
 
 
 def to_mlx(values: np.ndarray, dtype: str) -> mx.array:
-    """`values` as an mlx array of `dtype`, a name in DTYPES."""
-    return mx.array(values).astype(DTYPES[dtype])
+    """`values` as an mlx array of `dtype`, a name in MX_DTYPES."""
+    return mx.array(values).astype(MX_DTYPES[dtype])

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mlx_lm.models.pipeline import PipelineMixin
 
 from harness.props.numeric import (
-    DTYPES,
+    MX_DTYPES,
     Expected,
     allowance,
     checked,
@@ -102,7 +102,7 @@ def pipeline_examples(draw, ranks: st.SearchStrategy[int]):
         hidden=draw(st.integers(1, 16)),
         batch=draw(st.integers(1, 2)),
         length=draw(st.integers(1, 4)),
-        dtype=draw(st.sampled_from(tuple(DTYPES))),
+        dtype=draw(st.sampled_from(tuple(MX_DTYPES))),
     )
 
 

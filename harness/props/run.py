@@ -3,16 +3,9 @@ ranks in this process, or on real ranks through one `mlx.launch` of `harness.pro
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -21,10 +14,10 @@ from hypothesis import strategies as st
 from harness.errors import HarnessError
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
-from harness.run.launch import launch_argv
+from harness.run.launch import Job, Target, check_options, hostfile_ranks
 
-MAX_RANKS = 8
-SIMULATED_RANKS = st.integers(1, MAX_RANKS)
+MAX_SIMULATED_RANKS = 8
+SIMULATED_RANKS = st.integers(1, MAX_SIMULATED_RANKS)
 
 
 @dataclass
@@ -123,65 +116,52 @@ def run_props(
     max_examples: int = 25,
     timeout: float = 300,
 ) -> PropsReport:
-    """The properties on `ranks` ranks: simulated in-process for 1, else one `mlx.launch`
-    of `harness.props.worker` with real collectives. A crash or hang of the launch
-    becomes a failed report (the job is killed after `timeout` seconds)."""
+    """The properties on `ranks` ranks: simulated in-process for 1, else one launch of the
+    `props` job (the same launch and stream as a run's cases). A crash or hang of the
+    launch becomes a failed report (the job is killed after `timeout` seconds)."""
     if ranks < 1:
         raise HarnessError(f"--ranks must be at least 1, got {ranks}")
     if ranks == 1 and hostfile is None:
         return run_props_inprocess(max_examples)
-    with tempfile.TemporaryDirectory(prefix="harness-props-") as tmp:
-        out = Path(tmp) / "results.jsonl"
-        argv = launch_argv(
-            ranks,
-            "harness.props.worker",
-            ["--out", str(out), "--max-examples", str(max_examples)],
-            backend,
-            hostfile,
-        )
-        start = time.perf_counter()
-        error = _launch(argv, timeout)
-        results = read_results(out, error)
-        return PropsReport(ranks, False, results, error, time.perf_counter() - start)
-
-
-def _launch(argv: list[str], timeout: float) -> str | None:
-    """Run the job; None if it exited 0, else what went wrong with the log's tail."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+    check_options(backend, hostfile)
+    target = Target(hostfile_ranks(hostfile) if hostfile else ranks, backend, hostfile)
+    start = time.perf_counter()
+    job = Job(target, {"kind": "props", "max_examples": max_examples})
+    events, error = [], None
     try:
-        log, _ = process.communicate(timeout=timeout)
-        what = None if process.returncode == 0 else f"launch exited with code {process.returncode}"
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-        what = f"timed out after {timeout:g}s"
-    if what is None:
-        return None
-    tail = log.decode(errors="replace").strip()[-1500:]
-    return what + (f"\n{tail}" if tail else "")
+        for item in job.messages():
+            if time.perf_counter() - start > timeout:
+                error = f"timed out after {timeout:g}s"
+                break
+            if item is None:
+                continue
+            message = item[0]
+            if message["type"] == "error":
+                error = f"rank {message['rank']} {message['reason']}"
+            elif message["type"] in ("start", "property"):
+                events.append(message)
+        else:
+            if not any(e["type"] == "property" for e in events) and error is None:
+                error = "the launch ended before any property ran"
+    finally:
+        job.kill()
+    if error:
+        tail = "\n".join([*job.output, *job.stderr][-15:]).strip()
+        error += f"\n{tail}" if tail else ""
+    return PropsReport(
+        target.ranks, False, results_of(events, error), error, time.perf_counter() - start
+    )
 
 
-def read_results(path: Path, error: str | None) -> list[PropertyResult]:
-    """Every property's result as rank 0 wrote it (JSON lines: `{"start": name}`, then
-    `{"name": name, "result": {...}}`). The property a dead or hung job was in, and those
-    it never reached, are failures; a line cut short by a crash is ignored."""
-    events = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            events.append(json.loads(line))
-    finished = {e["name"]: PropertyResult(**e["result"]) for e in events if "result" in e}
-    started = {e["start"] for e in events if "start" in e}
+def results_of(events: list[dict], error: str | None) -> list[PropertyResult]:
+    """Every property's result as the ranks reported it. The property a dead or hung job
+    was in, and those it never reached, are failures."""
+    finished = {
+        e["result"]["name"]: PropertyResult(**e["result"])
+        for e in events
+        if e["type"] == "property"
+    }
+    started = {e["name"] for e in events if e["type"] == "start"}
     why = (error or "the job ended").splitlines()[0]
     results = []
     for prop in PROPERTIES:

@@ -1,17 +1,15 @@
-"""One rank of `harness props --ranks N`: run under mlx.launch by `harness.props.run_props`.
+"""One rank of `harness props --ranks N`, the `props` job of `harness.run.worker`.
 
 Every rank runs every property with the real group; hypothesis is derandomized, so all
-ranks draw the same examples (checked per example). Rank 0 appends one JSON line when a
+ranks draw the same examples (checked per example). Rank 0 streams a message when a
 property starts and one when it ends, so a crash or hang still leaves the results so far.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
+from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -41,24 +39,13 @@ def same_example_everywhere(group: Any) -> Any:
     return execute
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.props.worker")
-    parser.add_argument("--out", type=Path, required=True, help="rank 0's JSON-lines results")
-    parser.add_argument("--max-examples", type=int, default=25)
-    args = parser.parse_args(argv)
-
-    group = mx.distributed.init(strict=True)
-    rank, size = group.rank(), group.size()
+def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
+    """Every property with the real group (the `props` job kind of `harness.run.worker`):
+    a `start` message before each, then its `property` result, the same on every rank."""
     execute = same_example_everywhere(group)
-
-    def record(event: dict) -> None:
-        if rank == 0:
-            with open(args.out, "a") as out:
-                out.write(json.dumps(event) + "\n")
-
     for prop in PROPERTIES:
-        record({"start": prop.name})
-        result = run_property(prop, args.max_examples, st.just(size), execute)
+        yield {"type": "start", "phase": "property", "indices": [], "name": prop.name}, {}
+        result = run_property(prop, spec["max_examples"], st.just(group.size()), execute)
         # every rank must reach the same verdict; a split verdict is a finding in itself
         verdicts = gather(mx.array([int(result.passed)], dtype=mx.int32), group)
         if len({int(v[0]) for v in verdicts}) > 1:
@@ -67,9 +54,4 @@ def main(argv: list[str] | None = None) -> int:
             )
             result.passed = False
             result.detail = f"ranks disagree ({split}); rank 0: {result.detail or 'passed'}"
-        record({"name": prop.name, "result": asdict(result)})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        yield {"type": "property", "result": asdict(result)}, {}

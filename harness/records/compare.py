@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.records.outputs import Output
 
-TOP_K = 5
+CONTAINMENT_TOP_K = 5
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _greedy_divergence(ref: Output, test: Output) -> int | None:
 def _topk_contained(ref_logits: np.ndarray, test_logits: np.ndarray) -> bool:
     """Each side's greedy token is in the other's top-k, row by row."""
     for r, t in zip(ref_logits, test_logits, strict=True):
-        r_top, t_top = np.argsort(-r)[:TOP_K], np.argsort(-t)[:TOP_K]
+        r_top, t_top = np.argsort(-r)[:CONTAINMENT_TOP_K], np.argsort(-t)[:CONTAINMENT_TOP_K]
         if int(np.argmax(t)) not in r_top or int(np.argmax(r)) not in t_top:
             return False
     return True

@@ -38,7 +38,7 @@ from harness.records.provenance import environment
 GOLDENS_DIR = Path(__file__).resolve().parents[2] / "goldens"
 SUMMARY_PREFIX = "norms:"
 FULL_LOGITS_MAX_VOCAB = 4096  # above: keep top-k logprobs per position (real models)
-TOP_K = 20
+GOLDEN_TOP_K = 20
 
 
 @dataclass
@@ -76,8 +76,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _topk(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The TOP_K token ids of every position and their logprobs."""
-    ids = np.argsort(-logits, axis=-1)[..., :TOP_K]
+    """The GOLDEN_TOP_K token ids of every position and their logprobs."""
+    ids = np.argsort(-logits, axis=-1)[..., :GOLDEN_TOP_K]
     return ids, np.take_along_axis(_log_softmax(logits), ids, axis=-1).astype(np.float32)
 
 
@@ -156,7 +156,9 @@ def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Com
         not finite,
     )
     passed = ok and diverge is None and finite
-    diagnoses = [] if passed else [f"top-{TOP_K} logprobs or greedy tokens differ from the golden"]
+    diagnoses = (
+        [] if passed else [f"top-{GOLDEN_TOP_K} logprobs or greedy tokens differ from the golden"]
+    )
     return Comparison(passed=passed, metrics=metrics, diagnoses=diagnoses)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -36,3 +37,14 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def source_digest() -> str:
+    """A digest of the harness's own source files: ranks on different hosts must run the
+    same harness, whatever its version string or git state says."""
+    digest = hashlib.sha256()
+    package = REPO / "harness"
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -33,6 +33,7 @@ class CaseResult:
     rank_timings: dict[int, dict] = field(default_factory=dict)
     duration: float = 0.0
     golden: GoldenCheck | None = None
+    reference: str | None = None  # what the case was held against (single-rank, golden, pp)
 
     @property
     def worst(self) -> Comparison | None:
@@ -82,6 +83,7 @@ def case_row(result: CaseResult) -> dict:
         "duration_s": result.duration,
         "finished": now(),
         "case": json.dumps(case.to_dict()),
+        "reference": result.reference,
         **{k: None for k in METRIC_COLUMNS},
         "tokens_match": None,
         "first_divergent_layer": None,

@@ -3,7 +3,6 @@ as each case finishes, so a killed run keeps everything it finished."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +100,18 @@ def _v3_selftest(db: sqlite_utils.Database) -> None:
     db["cases"].add_column("verdict", str)
 
 
+def _v4_reference(db: sqlite_utils.Database) -> None:
+    # What a case was held against: the single-rank run, its golden, another strategy.
+    db["cases"].add_column("reference", str)
+
+
 # Schema migrations in order; PRAGMA user_version counts how many have run.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_goldens, _v3_selftest]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1,
+    _v2_goldens,
+    _v3_selftest,
+    _v4_reference,
+]
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -144,12 +153,9 @@ def start_run(
         return db["runs"].insert(row).last_pk
 
 
-def record_case(
-    db, run_id: int, result: CaseResult, verdict: str | None = None, expected: dict | None = None
-) -> None:
-    """One case's row; a selftest adds its verdict and what the case was expected to give."""
-    row = {"run_id": run_id, **case_row(result), "verdict": verdict}
-    row["expected"] = json.dumps(expected) if expected is not None else None
+def record_case(db, run_id: int, result: CaseResult, extra: dict | None = None) -> None:
+    """One case's row, committed at once; `extra` adds columns (a selftest's verdict)."""
+    row = {"run_id": run_id, **case_row(result), **(extra or {})}
     with db.conn:
         db["cases"].insert(row)
 

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from harness.case import Case
-from harness.errors import HarnessError
+from harness.errors import HarnessError, model_code
 from harness.models import checkpoint
 from harness.models.build import build_model, tiny_config
 from harness.models.checkpoint.load import case_checkpoint
@@ -25,12 +25,14 @@ def run_case(
     for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
     model = _model(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
-        model = resolve(case.strategy).apply(model, group)
-        mx.eval(model.parameters())
+        strategy = resolve(case.strategy)
+        with model_code():
+            model = strategy.apply(model, group)
+            mx.eval(model.parameters())
+    prompts = _prompts(case)
     mx.reset_peak_memory()
-    return forward.run(
-        model, _prompts(case), case.decode_steps, capture, repeats, case.prefill_step
-    )
+    with model_code():
+        return forward.run(model, prompts, case.decode_steps, capture, repeats, case.prefill_step)
 
 
 def _prompts(case: Case) -> tuple[tuple[int, ...], ...]:

@@ -1,31 +1,42 @@
-"""Starting ranks with `mlx.launch` and supervising them: the command line, free ports,
-and a watchdog that turns a dead or hung rank into a recorded outcome, never a hung run."""
+"""Starting ranks and talking to them: the `mlx.launch` command line (or a lone rank out of
+process) under any interpreter, free ports, the job spec on stdin, frames back on stdout,
+and each rank's log, read here or fetched from its host over ssh."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.run import protocol
 
 BACKENDS = ("ring", "mpi", "jaccl", "nccl")
+LOCAL = ("127.0.0.1", "localhost")
+HARNESS_ROOT = Path(__file__).resolve().parents[2]
+_EXITED = re.compile(r"rank (\d+) exited with code (-?\d+)")
+_KILLED = re.compile(r"rank (\d+) was killed")
+SSH = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
 
 
-def find_launcher() -> str:
-    """The `mlx.launch` beside this interpreter, else the one on PATH."""
-    beside = Path(sys.executable).with_name("mlx.launch")
-    if beside.exists():
-        return str(beside)
+def find_launcher(python: str | None = None) -> str:
+    """The `mlx.launch` beside the interpreter, else beside this one, else on PATH."""
+    for interpreter in filter(None, (python, sys.executable)):
+        beside = Path(interpreter).with_name("mlx.launch")
+        if beside.exists():
+            return str(beside)
     found = shutil.which("mlx.launch")
     if found is None:
         raise HarnessError(
@@ -67,8 +78,8 @@ def check_options(backend: str | None, hostfile: str | None) -> None:
         raise HarnessError(f"hostfile '{hostfile}' does not exist")
 
 
-def hostfile_ranks(hostfile: str) -> int:
-    """How many ranks an mlx.launch hostfile starts: one per host entry."""
+def hostfile_hosts(hostfile: str) -> list[str]:
+    """The ssh name of every host of an mlx.launch hostfile, one rank each, in rank order."""
     try:
         data = json.loads(Path(hostfile).read_text())
     except (OSError, ValueError) as exc:
@@ -76,216 +87,209 @@ def hostfile_ranks(hostfile: str) -> int:
     hosts = data.get("hosts") if isinstance(data, dict) else data
     if not isinstance(hosts, list) or not hosts:
         raise HarnessError(f"hostfile '{hostfile}' lists no hosts")
-    return len(hosts)
+    names = []
+    for entry in hosts:
+        name = entry.get("ssh") if isinstance(entry, dict) else entry
+        if not isinstance(name, str) or not name:
+            raise HarnessError(f"hostfile '{hostfile}' has a host without an 'ssh' name")
+        names.append(name)
+    return names
 
 
-def launch_argv(
-    ranks: int,
-    module: str,
-    args: list[str],
-    backend: str | None = None,
-    hostfile: str | None = None,
-) -> list[str]:
-    """The `mlx.launch` command that runs `python -m module args...` on `ranks` ranks.
-
-    `--` ends mlx.launch's own options: it would otherwise take the module's `-n` etc.
-    """
-    check_options(backend, hostfile)
-    argv = [find_launcher(), "--python", sys.executable]
-    if hostfile is not None:
-        argv += ["--hostfile", hostfile]
-    else:
-        argv += ["-n", str(ranks)]
-    argv += ["--backend", backend or "ring"]
-    if (backend or "ring") == "ring":
-        argv += ["--starting-port", str(free_port_block(ranks))]
-    return argv + ["--", "-m", module, *args]
+def hostfile_ranks(hostfile: str) -> int:
+    """How many ranks an mlx.launch hostfile starts: one per host entry."""
+    return len(hostfile_hosts(hostfile))
 
 
 @dataclass
-class RankResult:
-    rank: int
-    status: str  # "ok" | "error" | "missing"
-    error: str | None = None
-    timings: dict | None = None
-    output: Path | None = None  # the rank's npz
+class Target:
+    """Where and how ranks run: the rank count, the interpreter, extra environment."""
 
-
-@dataclass
-class CaseOutcome:
-    """What the ranks did with one case: `done` (every rank wrote a result, ok or error),
-    `crash` (a rank died without one) or `timeout` (the watchdog stopped the job)."""
-
-    index: int
-    status: str
-    ranks: list[RankResult]
-    detail: str | None = None
-
-
-@dataclass
-class JobOptions:
     ranks: int
     backend: str | None = None
     hostfile: str | None = None
-    timeout: float = 60.0  # per case, from its first rank's start
-    startup_timeout: float = 120.0  # from launch to the first case's start
-    capture: bool = True
-    repeats: int = 3
+    python: str | None = None  # None: this interpreter
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # working directory of the ranks on every host
 
+    @property
+    def interpreter(self) -> str:
+        return self.python or sys.executable
 
-def run_job(
-    entries: list[tuple[int, dict]], options: JobOptions, workdir: Path
-) -> Iterator[CaseOutcome]:
-    """Run `(index, case_dict)` entries on `options.ranks` ranks, yielding each case's
-    outcome as soon as every rank finished it. A dead or hung job costs the case it was
-    on; the remaining cases run in a fresh launch."""
-    remaining = list(entries)
-    attempt = 0
-    while remaining:
-        job = workdir / f"launch{attempt}"
-        attempt += 1
-        job.mkdir(parents=True)
-        (job / "job.json").write_text(
-            json.dumps(
-                {
-                    "cases": [{"index": i, "case": c} for i, c in remaining],
-                    "capture": options.capture,
-                    "repeats": options.repeats,
-                }
-            )
+    @property
+    def in_process(self) -> bool:
+        """One local rank under this very interpreter runs in this process."""
+        return (
+            self.ranks == 1 and self.hostfile is None and self.python is None and self.cwd is None
         )
-        done = 0
-        for outcome in _supervise(job, [i for i, _ in remaining], options):
-            done += 1
-            yield outcome
-        remaining = remaining[done:]
+
+    def hosts(self) -> list[str]:
+        if self.hostfile is not None:
+            return hostfile_hosts(self.hostfile)
+        return ["127.0.0.1"] * self.ranks
+
+    def environment(self) -> dict[str, str]:
+        """Extra environment of every rank: the harness importable under any interpreter."""
+        env = dict(self.env)
+        if self.python is not None:
+            paths = [env.get("PYTHONPATH"), str(HARNESS_ROOT)]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return env
 
 
-def _supervise(job: Path, indices: list[int], options: JobOptions) -> Iterator[CaseOutcome]:
-    argv = launch_argv(
-        options.ranks, "harness.run.worker", [str(job)], options.backend, options.hostfile
-    )
-    log = open(job / "launch.log", "wb")
-    process = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
-    launched = time.monotonic()
-    ranks = range(options.ranks)
-    try:
-        for index in indices:
-            while True:
-                if all((job / f"case{index}.rank{r}.json").exists() for r in ranks):
-                    yield CaseOutcome(index, "done", [_rank_result(job, index, r) for r in ranks])
-                    break
-                started = _started(job, index, ranks)
-                exited = process.poll() is not None
-                if exited:
-                    time.sleep(0.2)  # let the last JSON writes land before judging
-                    if all((job / f"case{index}.rank{r}.json").exists() for r in ranks):
-                        continue
-                    if started is None and index != indices[0]:
-                        # Every rank raised in an earlier case and exited after
-                        # recording it: this case never ran, so relaunch it.
-                        return
-                    yield _dead(job, index, ranks, started)
-                    return
-                clock, limit = (
-                    (started, options.timeout) if started else (launched, options.startup_timeout)
-                )
-                if time.monotonic() - clock > limit:
-                    _kill(process)
-                    yield _timed_out(job, index, ranks, limit, started is not None)
-                    return
-                time.sleep(0.02)
-    finally:
-        _kill(process)
-        log.close()
+def launch_argv(target: Target, program: list[str], job: str) -> list[str]:
+    """The command that runs `python PROGRAM...` (`-m module args` or `script args`) on the
+    target's ranks: through mlx.launch, or directly for one local rank.
+
+    `--` ends mlx.launch's own options: it would otherwise take the program's `-n` etc.
+    """
+    check_options(target.backend, target.hostfile)
+    if target.ranks == 1 and target.hostfile is None:
+        return [target.interpreter, *program]
+    argv = [find_launcher(target.python), "--python", target.interpreter]
+    if target.hostfile is not None:
+        argv += ["--hostfile", target.hostfile]
+    else:
+        argv += ["-n", str(target.ranks)]
+    backend = target.backend or "ring"
+    argv += ["--backend", backend]
+    if backend == "ring":
+        argv += ["--starting-port", str(free_port_block(target.ranks))]
+    if target.cwd is not None:
+        argv += ["--cwd", str(target.cwd)]
+    for key, value in {**target.environment(), "HARNESS_JOB": job}.items():
+        argv += ["--env", f"{key}={value}"]
+    return argv + ["--", *program]
 
 
-def _started(job: Path, index: int, ranks: range) -> float | None:
-    """Monotonic time of the first rank's start of case `index`, None if none started."""
-    stamps = [
-        p.stat().st_mtime for r in ranks if (p := job / f"case{index}.rank{r}.start").exists()
-    ]
-    if not stamps:
-        return None
-    return time.monotonic() - (time.time() - min(stamps))
+class Job:
+    """A running launch: the spec written to its stdin, frames and other lines read from its
+    stdout by a thread, the launcher's own stderr kept for the record."""
 
-
-def _rank_result(job: Path, index: int, rank: int) -> RankResult:
-    path = job / f"case{index}.rank{rank}.json"
-    if not path.exists():
-        return RankResult(rank, "missing")
-    data = json.loads(path.read_text())
-    npz = job / f"case{index}.rank{rank}.npz"
-    return RankResult(
-        rank, data["status"], data.get("error"), data.get("timings"), npz if npz.exists() else None
-    )
-
-
-_EXIT_LINE = re.compile(r"rank (\d+) exited with code (-?\d+)")
-
-
-def _dead(job: Path, index: int, ranks: range, started: float | None) -> CaseOutcome:
-    results = [_rank_result(job, index, r) for r in ranks]
-    codes = {int(r): int(c) for r, c in _EXIT_LINE.findall(_tail(job / "launch.log", 4000))}
-    parts = []
-    for result in results:
-        if result.status == "error":
-            parts.append(f"rank {result.rank} raised {result.error}")
-        elif codes.get(result.rank, 0) < 0 and codes[result.rank] != -signal.SIGTERM:
-            parts.append(f"rank {result.rank} killed by {signal.Signals(-codes[result.rank]).name}")
-        elif codes.get(result.rank, 0) > 0:
-            parts.append(f"rank {result.rank} exited with code {codes[result.rank]}")
-    if not parts:
-        parts.append(
-            "the launch ended before this case finished"
-            if started
-            else "the launch failed to start"
+    def __init__(self, target: Target, spec: dict, module: str = "harness.run.worker"):
+        self.target = target
+        self.id = uuid.uuid4().hex[:12]
+        self.hello: list[dict] = []
+        self.output: list[str] = []  # lines that were not frames
+        self.stderr: list[str] = []
+        self.items: queue.Queue = queue.Queue()
+        env = {**os.environ, **target.environment(), "HARNESS_JOB": self.id}
+        self.process = subprocess.Popen(
+            launch_argv(target, ["-m", module], self.id),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+            cwd=target.cwd,
         )
-    return CaseOutcome(
-        index, "crash", results, "; ".join(parts) + _tails(job, ranks, started is None)
-    )
+        self.started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._read_frames, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        # stdin stays open while the job runs: mlx.launch spins on a closed stdin.
+        self.process.stdin.write(protocol.encode_spec(spec))
+        self.process.stdin.flush()
 
+    def _read_frames(self) -> None:
+        for item in protocol.frames(self.process.stdout):
+            if isinstance(item, str):
+                if item.strip():
+                    self.output.append(item)
+                continue
+            if item[0].get("type") == "hello":
+                self.hello = item[0]["ranks"]
+            self.items.put(item)
+        self.items.put(None)  # the stream ended
 
-def _timed_out(job: Path, index: int, ranks: range, limit: float, started: bool) -> CaseOutcome:
-    results = [_rank_result(job, index, r) for r in ranks]
-    waiting = [str(r.rank) for r in results if r.status == "missing"]
-    what = (
-        f"case did not finish within {limit:g}s"
-        if started
-        else f"no rank started within {limit:g}s"
-    )
-    detail = f"{what} (unfinished on rank {', '.join(waiting)})"
-    return CaseOutcome(index, "timeout", results, detail + _tails(job, ranks, not started))
+    def _read_stderr(self) -> None:
+        for raw in self.process.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
 
+    def messages(self, poll: float = 0.05) -> Iterator[tuple[dict, dict] | None]:
+        """Each message as it arrives; None every `poll` seconds while nothing does (so the
+        caller can watch the clock); ends when the stream ends."""
+        while True:
+            try:
+                item = self.items.get(timeout=poll)
+            except queue.Empty:
+                yield None
+                continue
+            if item is None:
+                return
+            yield item
 
-def _tails(job: Path, ranks: range, include_launch: bool) -> str:
-    out = []
-    for r in ranks:
-        tail = _tail(job / f"rank{r}.stderr", 1500).strip()
-        if tail:
-            out.append(f"\n--- rank {r} stderr ---\n{tail}")
-    if include_launch or not out:
-        tail = _tail(job / "launch.log", 1500).strip()
-        if tail:
-            out.append(f"\n--- mlx.launch ---\n{tail}")
-    return "".join(out)
+    def exit_codes(self) -> dict[int, int]:
+        """What mlx.launch said of ranks that exited non-zero ('Node with rank 1 exited
+        with code -11'); a lone out-of-process rank's own code."""
+        if self.target.ranks == 1 and self.target.hostfile is None:
+            code = self.process.poll()
+            return {0: code} if code not in (None, 0) else {}
+        text = "\n".join(self.stderr)
+        return {int(r): int(c) for r, c in _EXITED.findall(text)}
 
+    def killed_ranks(self) -> set[int]:
+        return {int(r) for r in _KILLED.findall("\n".join(self.stderr))}
 
-def _tail(path: Path, chars: int) -> str:
-    if not path.exists():
-        return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - chars))
-        return fh.read().decode(errors="replace")
+    def log_tails(self, chars: int = 1500) -> dict[int, str]:
+        """The end of every rank's log, read here for local ranks and over ssh from a host."""
+        hosts = self.target.hosts()
+        tails = {}
+        for rank, host in enumerate(hosts):
+            info = next((h for h in self.hello if h["rank"] == rank), None)
+            path = info["log"] if info else f"/tmp/harness-{self.id}/rank{rank}.log"
+            tails[rank] = read_tail(host, path, chars)
+        return tails
 
-
-def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
+    def settle(self, seconds: float = 10.0) -> None:
+        """Give the launch a moment to end on its own and its streams to be read to the
+        end, so what it said of each rank's exit is all there."""
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.process.stdin:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+
+
+def read_tail(host: str, path: str, chars: int) -> str:
+    """The last `chars` characters of a file on a host ('' if absent); why not, if the host
+    cannot be reached."""
+    if host in LOCAL:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - chars))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+    try:
+        out = subprocess.run(
+            [*SSH, host, f"tail -c {chars} {path} 2>/dev/null"],
+            capture_output=True,
+            timeout=15,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return f"(host {host} did not answer ssh to hand over its log)"
+    if out.returncode == 255:
+        return f"(host {host} does not answer ssh: its log could not be read)"
+    return out.stdout.decode(errors="replace")

@@ -1,31 +1,39 @@
-"""Running cases: plan (skip what cannot apply), compute each case's single-rank reference,
-run the sharded side (in-process for one rank, one mlx.launch job for several), compare
-every rank's output with the reference, and yield one result per case as it finishes."""
+"""Running cases: plan (skip what cannot apply), hand the runnable cases to the ranks (in
+this process for one local rank, else one launch), watch every case, and judge each rank's
+output against the case's reference as it arrives, yielding one result per case.
+
+The parent does no model work: references are computed on the ranks (`harness.run.cases`),
+or are the case's golden (`reference="golden"`, for a model no single host holds), or
+another strategy on the same ranks (`reference="pp"`).
+"""
 
 from __future__ import annotations
 
-import tempfile
+import dataclasses
 import time
+import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
 from harness import preflight
 from harness.case import Case
-from harness.errors import HarnessError, describe
+from harness.errors import INTERNAL, HarnessError, blame, describe
 from harness.models import checkpoint
 from harness.models.build import tiny_config
 from harness.records import goldens
-from harness.records.compare import compare, tolerance_for
+from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
 from harness.records.outputs import Output, Timings
-from harness.records.result import CaseResult
+from harness.records.result import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run import launch
-from harness.run.execute import run_case, shape_skip_reason
+from harness.run.execute import shape_skip_reason
+from harness.run.hosts import check_hosts
 from harness.run.strategy import BUILTIN, normalize, resolve
 from harness.zoo import support
+
+SINGLE, GOLDEN = "single", "golden"
 
 
 @dataclass
@@ -33,14 +41,24 @@ class RunOptions:
     ranks: int = 1
     backend: str | None = None
     hostfile: str | None = None
-    timeout: float = 60.0
+    timeout: float = 60.0  # per case (or reference round), from its start on the ranks
+    startup_timeout: float = 120.0  # from launch to the first message
     repeats: int = 3
     capture: bool = True
     goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
     record_missing: bool = False
-    # Where ranks and parent exchange files; on a cluster, a folder every host sees at the
-    # same path (a shared filesystem). None: a local temporary folder.
-    workdir: Path | None = None
+    # What a case is held against: the single-rank run (on the ranks), its golden, or
+    # another strategy on the same ranks (e.g. "pp").
+    reference: str = SINGLE
+    python: str | None = None  # interpreter of the ranks; None: this one
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of the ranks
+    workdir: Path | None = None  # working directory of the ranks on every host
+    strict: bool = False  # cases asked for by name: a preflight violation is an error
+
+    def target(self) -> launch.Target:
+        return launch.Target(
+            self.ranks, self.backend, self.hostfile, self.python, self.env, self.workdir
+        )
 
 
 def skip_reason(case: Case, ranks: int) -> str | None:
@@ -64,189 +82,426 @@ def preflight_violation(case: Case, ranks: int) -> str | None:
     return violations[0].message if violations else None
 
 
-def validate(cases: list[Case], options: RunOptions) -> list[Case]:
-    """Check what would otherwise fail late; return cases with strategies made absolute."""
+def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:
+    """Check what would otherwise fail late, once: the options (the rank count a hostfile
+    sets), the hosts, the strategies; return cases with absolute strategy names."""
     if options.ranks < 1:
         raise HarnessError(f"--ranks must be at least 1, got {options.ranks}")
+    if options.repeats < 0:
+        raise HarnessError(f"--repeats must be 0 or more, got {options.repeats}")
+    if options.timeout <= 0:
+        raise HarnessError(f"--timeout must be positive, got {options.timeout:g}")
+    launch.check_options(options.backend, options.hostfile)
     if options.hostfile is not None:
-        launch.check_options(options.backend, options.hostfile)
         hosts = launch.hostfile_ranks(options.hostfile)
         if options.ranks not in (1, hosts):
             raise HarnessError(
                 f"--ranks {options.ranks} disagrees with the {hosts} hosts in '{options.hostfile}'"
             )
-        options.ranks = hosts
+        options = dataclasses.replace(options, ranks=hosts)
+    if options.reference not in (SINGLE, GOLDEN):
+        resolve(options.reference)
+        options = dataclasses.replace(options, reference=normalize(options.reference))
     if options.ranks > 1:
-        launch.check_options(options.backend, options.hostfile)
-        launch.find_launcher()
+        launch.find_launcher(options.python)
     checked = []
     for case in cases:
         name = normalize(case.strategy)
         if name not in BUILTIN:
             resolve(name)  # an external strategy that does not import fails here, once
-        checked.append(Case.from_dict({**case.to_dict(), "strategy": name}))
-    return checked
+        case = Case.from_dict({**case.to_dict(), "strategy": name})
+        if options.strict:
+            # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
+            # a strategy the installed mlx-lm lacks for the architecture stays a skip.
+            violation = preflight_violation(case, options.ranks)
+            if violation and skip_reason(case, options.ranks) == violation:
+                raise HarnessError(violation)
+        checked.append(case)
+    if options.hostfile is not None:
+        check_hosts(options.target())
+    return checked, options
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    cases = validate(cases, options)
+    """Prepare, then execute."""
+    yield from execute(*prepare(cases, options))
+
+
+def execute(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
+    """Run prepared cases (see `prepare`), one result per case as it finishes."""
     runnable = []
     for index, case in enumerate(cases):
         reason = skip_reason(case, options.ranks)
+        if reason is None and options.reference not in (SINGLE, GOLDEN):
+            if options.reference == case.strategy:
+                reason = f"the reference strategy is the case's own ({case.strategy})"
+            else:
+                reason = skip_reason(
+                    Case.from_dict({**case.to_dict(), "strategy": options.reference}), options.ranks
+                )
+                reason = reason and f"reference {options.reference}: {reason}"
         if reason is not None:
-            yield CaseResult(index, case, options.ranks, "skip", reason)
+            yield CaseResult(index, case, options.ranks, SKIP, reason)
         else:
             runnable.append((index, case))
-    if options.ranks == 1:
-        yield from _run_in_process(runnable, options)
-    else:
-        yield from _run_launched(runnable, options)
+    if runnable:
+        yield from _Session(runnable, options).results()
 
 
-def _reference(case: Case, options: RunOptions) -> tuple[Output, Timings]:
-    return run_case(case, None, capture=options.capture, repeats=options.repeats)
+def _who(target: launch.Target, rank: int) -> str:
+    if target.hostfile is None:
+        return f"rank {rank}"
+    hosts = target.hosts()
+    return f"rank {rank} (host {hosts[rank]})" if rank < len(hosts) else f"rank {rank}"
 
 
-def _run_in_process(runnable: list[tuple[int, Case]], options: RunOptions) -> Iterator[CaseResult]:
-    # References first: a strategy may patch model classes for the rest of the process.
-    references = {}
-    for index, case in runnable:
-        started = time.perf_counter()
+class _Session:
+    """The cases of one run on its ranks, through as many launches as crashes require."""
+
+    def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions):
+        self.options = options
+        self.target = options.target()
+        self.cases = dict(runnable)
+        self.remaining = [index for index, _ in runnable]
+        self.references: dict[int, tuple[Output, Timings | None] | str] = {}
+        self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
+        self.last = time.perf_counter()
+
+    # -- the stream of messages, in this process or from a launch -----------------------
+
+    def _spec(self) -> dict:
+        wanted = []
+        if self.options.reference == SINGLE:
+            wanted = [i for i in self.remaining if i not in self.references]
+        return {
+            "kind": "cases",
+            "cases": [{"index": i, "case": self.cases[i].to_dict()} for i in self.remaining],
+            "references": wanted,
+            "reference_strategy": None
+            if self.options.reference in (SINGLE, GOLDEN)
+            else self.options.reference,
+            "capture": self.options.capture,
+            "repeats": self.options.repeats,
+            "dump_after": max(self.options.timeout * 0.8, self.options.timeout - 2),
+        }
+
+    def _in_process(self, spec: dict):
+        import mlx.core as mx
+
+        from harness.run.cases import run_on_rank
+
+        current: dict = {}
         try:
-            references[index] = (_reference(case, options), time.perf_counter() - started)
+            for message, arrays in run_on_rank(spec, mx.distributed.init()):
+                if message["type"] == "start":
+                    current = message
+                yield message, arrays
         except Exception as exc:
-            references[index] = (exc, 0.0)
-    group = mx.distributed.init()
-    for index, case in runnable:
-        reference, ref_seconds = references[index]
-        if isinstance(reference, Exception):
-            yield _reference_error(index, case, options, reference)
-            continue
-        started = time.perf_counter()
-        try:
-            output, timings = run_case(case, group, options.capture, options.repeats)
-        except Exception as exc:
-            yield CaseResult(
-                index,
-                case,
-                1,
-                "crash",
-                f"rank 0 raised {describe(exc)}",
-                reference_timings=reference[1],
-                duration=time.perf_counter() - started,
+            status, reason = blame(exc)
+            yield (
+                {
+                    "type": "error",
+                    "rank": 0,
+                    "status": status,
+                    "reason": reason,
+                    "indices": current.get("indices", []),
+                    "phase": current.get("phase"),
+                    "traceback": "".join(traceback.format_exception(exc))[-3000:],
+                },
+                {},
             )
-            continue
-        result = _judge(index, case, 1, reference, {0: output}, {0: timings.to_dict()})
-        result.duration = time.perf_counter() - started + ref_seconds
-        yield _against_golden(result, reference[0], options)
+        yield {"type": "end"}, {}
 
+    # -- driving ------------------------------------------------------------------------
 
-def _run_launched(runnable: list[tuple[int, Case]], options: RunOptions) -> Iterator[CaseResult]:
-    if not runnable:
-        return
-    cases = dict(runnable)
-    job_options = launch.JobOptions(
-        ranks=options.ranks,
-        backend=options.backend,
-        hostfile=options.hostfile,
-        timeout=options.timeout,
-        capture=options.capture,
-        repeats=options.repeats,
-    )
-    if options.workdir is not None:
-        options.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="harness-job-", dir=options.workdir) as workdir:
-        entries = [(i, c.to_dict()) for i, c in runnable]
-        last = time.perf_counter()
-        for outcome in launch.run_job(entries, job_options, Path(workdir)):
-            case = cases[outcome.index]
-            try:
-                reference = _reference(case, options)
-            except Exception as exc:
-                yield _reference_error(outcome.index, case, options, exc)
+    def results(self) -> Iterator[CaseResult]:
+        if self.options.reference == GOLDEN:
+            yield from self._load_goldens()
+        launches = 0
+        while self.remaining:
+            launches += 1
+            before = len(self.remaining)
+            if self.target.in_process:
+                yield from self._consume(self._in_process(self._spec()), None)
+            else:
+                job = launch.Job(self.target, self._spec())
+                try:
+                    yield from self._consume(job.messages(), job)
+                finally:
+                    job.kill()
+            if self.remaining and len(self.remaining) == before and launches > 1:
+                # Two launches in a row made no progress: stop rather than loop.
+                index = self.remaining.pop(0)
+                yield self._result(index, ERROR, "the launch keeps ending before any case ran")
+            if self.remaining and self.target.hostfile is not None:
+                try:
+                    check_hosts(self.target)
+                except HarnessError as exc:
+                    for index in self.remaining:
+                        yield self._result(index, ERROR, f"not run: {exc}")
+                    self.remaining = []
+
+    def _consume(self, stream, job: launch.Job | None) -> Iterator[CaseResult]:
+        current: dict = {}
+        clock, limit = time.monotonic(), self.options.startup_timeout
+        errors: list[dict] = []
+        grace = None
+        for item in stream:
+            now = time.monotonic()
+            if item is None:
+                if grace is not None and now > grace:
+                    break
+                if grace is None and now - clock > limit:
+                    yield from self._timed_out(current, job, limit)
+                    return
                 continue
-            result = _from_outcome(outcome, case, options, reference)
-            now = time.perf_counter()
-            result.duration, last = now - last, now
-            yield _against_golden(result, reference[0], options)
+            message, arrays = item
+            kind = message["type"]
+            if kind == "start":
+                current, clock, limit = message, now, self.options.timeout
+            elif kind == "reference":
+                self._reference(message, arrays)
+                clock = now
+            elif kind == "result":
+                index = message["index"]
+                self.remaining.remove(index)
+                yield self._judged(index, message, arrays)
+                clock = now
+            elif kind == "error":
+                errors.append(message)
+                grace = now + 5.0  # let the other ranks' error frames and exits arrive
+            elif kind == "hello":
+                clock = now
+            elif kind == "end":
+                break
+        if errors or (self.remaining and current):
+            yield from self._died(current, errors, job)
 
+    # -- outcomes -----------------------------------------------------------------------
 
-def _reference_error(index: int, case: Case, options: RunOptions, exc: Exception) -> CaseResult:
-    return CaseResult(
-        index,
-        case,
-        options.ranks,
-        "error",
-        f"the single-rank reference failed: {describe(exc)}",
-    )
+    def _result(self, index: int, status: str, reason: str | None = None, **kw) -> CaseResult:
+        now = time.perf_counter()
+        duration, self.last = now - self.last, now
+        result = CaseResult(index, self.cases[index], self.options.ranks, status, reason, **kw)
+        result.duration = duration
+        result.reference = self._reference_label(index)
+        return result
 
+    def _reference_label(self, index: int) -> str:
+        if self.options.reference == GOLDEN:
+            stored = self.goldens.get(index)
+            if isinstance(stored, tuple):
+                meta = stored[1]
+                return (
+                    f"golden {meta.get('key')} (mlx-lm {meta.get('mlx_lm_version')}, "
+                    f"{meta.get('platform')}, {meta.get('created')})"
+                )
+            return "golden"
+        if self.options.reference == SINGLE:
+            return "single-rank"
+        return f"{self.options.reference} on {self.options.ranks} ranks"
 
-def _from_outcome(
-    outcome: launch.CaseOutcome, case: Case, options: RunOptions, reference: tuple[Output, Timings]
-) -> CaseResult:
-    timings = {r.rank: r.timings for r in outcome.ranks if r.timings}
-    if outcome.status != "done":
-        return CaseResult(
-            outcome.index,
-            case,
-            options.ranks,
-            outcome.status,
-            outcome.detail,
-            reference_timings=reference[1],
-            rank_timings=timings,
+    def _reference(self, message: dict, arrays: dict) -> None:
+        index = message["index"]
+        if message["status"] != "ok":
+            self.references[index] = message["reason"]
+            return
+        timings = message.get("timings")
+        self.references[index] = (
+            Output.from_arrays(arrays),
+            Timings(**timings) if timings else None,
         )
-    errors = [f"rank {r.rank} raised {r.error}" for r in outcome.ranks if r.status == "error"]
-    if errors:
-        return CaseResult(
-            outcome.index,
-            case,
-            options.ranks,
-            "crash",
-            "; ".join(errors),
-            reference_timings=reference[1],
-            rank_timings=timings,
-        )
+
+    def _died(self, current: dict, errors: list[dict], job: launch.Job | None):
+        """The launch ended inside `current` (a case or a reference round)."""
+        indices = [i for i in current.get("indices", []) if i in self.remaining]
+        if current.get("phase") == "reference":
+            yield from self._reference_died(indices, errors, job)
+            return
+        if not indices:
+            return  # ended between cases: the rest re-launch
+        index = indices[0]
+        self.remaining.remove(index)
+        status, reason = self._failure(errors, job, started=True)
+        yield self._result(index, status, reason)
+
+    def _reference_died(self, indices: list[int], errors: list[dict], job):
+        """A reference round died: the case the failing rank computed gets the blame (all
+        of the round's when that cannot be told); the others run again."""
+        failing = {e["rank"] for e in errors}
+        if job is not None:
+            failing |= {r for r, code in job.exit_codes().items() if code != 0}
+            failing |= job.killed_ranks()
+        culprits = [indices[r] for r in sorted(failing) if r < len(indices)] or indices
+        status, reason = self._failure(errors, job, started=True)
+        for index in culprits:
+            self.references[index] = f"the single-rank reference crashed: {reason}"
+        for index in culprits:
+            self.remaining.remove(index)
+            yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
+
+    def _failure(self, errors: list[dict], job: launch.Job | None, started: bool):
+        """(status, reason) of a launch that ended early: ranks that died without a word
+        (a signal, a lost host) first, then what the ranks' error frames said, then every
+        rank's log tail."""
+        if job is not None:
+            job.settle()
+        reported = {e["rank"] for e in errors}
+        deaths = self._exits(job, reported) if job else []
+        # A peer's death surfaces on the survivors as a lost connection: list it last.
+        errors = sorted(errors, key=lambda e: "connection to a peer" in e["reason"])
+        parts = deaths + [f"{_who(self.target, e['rank'])} {e['reason']}" for e in errors]
+        if not parts:
+            parts = [
+                "the launch ended before this case finished"
+                if started
+                else "the launch failed to start"
+            ]
+        internal = [e for e in errors if e["status"] == ERROR]
+        crashed = deaths or any(e["status"] == CRASH for e in errors)
+        status = CRASH if crashed or not internal else ERROR
+        reason = "; ".join(dict.fromkeys(parts))
+        if internal and internal[0]["reason"].startswith(INTERNAL):
+            reason += f"\n--- traceback ---\n{internal[0]['traceback']}"
+        if job is not None:
+            reason += self._tails(job)
+        return status, reason
+
+    def _exits(self, job: launch.Job, reported: set[int]) -> list[str]:
+        """What mlx.launch saw of ranks that ended without an error frame of their own."""
+        import signal
+
+        parts = []
+        for rank, code in sorted(job.exit_codes().items()):
+            who = _who(self.target, rank)
+            if rank in reported:
+                continue
+            if code < 0 and code != -signal.SIGTERM:
+                parts.append(f"{who} killed by {signal.Signals(-code).name}")
+            elif code == 255 and self.target.hostfile is not None:
+                parts.append(f"{who} lost its ssh connection (exit 255)")
+            elif code > 0:
+                parts.append(f"{who} exited with code {code}")
+        parts += [
+            f"{_who(self.target, r)} was killed" for r in sorted(job.killed_ranks() - reported)
+        ]
+        return parts
+
+    def _tails(self, job: launch.Job) -> str:
+        out = []
+        for rank, tail in job.log_tails().items():
+            if tail.strip():
+                out.append(f"\n--- {_who(self.target, rank)} log ---\n{tail.strip()}")
+        if not job.hello:
+            launch_text = "\n".join([*job.output, *job.stderr][-20:]).strip()
+            if launch_text:
+                out.append(f"\n--- mlx.launch ---\n{launch_text[-1500:]}")
+        return "".join(out)
+
+    def _timed_out(self, current: dict, job: launch.Job | None, limit: float):
+        indices = [i for i in current.get("indices", []) if i in self.remaining]
+        if job is not None:
+            time.sleep(0.5)  # the ranks' stack dumps land just before the limit
+            job.kill()
+        if not current:
+            index = self.remaining.pop(0)
+            reason = f"no rank started within {limit:g}s" + (self._tails(job) if job else "")
+            yield self._result(index, TIMEOUT, reason)
+            return
+        what = "reference round" if current.get("phase") == "reference" else "case"
+        reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
+        if job is not None:
+            reason += self._tails(job)
+        for index in indices:
+            self.remaining.remove(index)
+            if what == "case":
+                yield self._result(index, TIMEOUT, reason)
+            else:
+                yield self._result(index, ERROR, f"the single-rank reference timed out: {reason}")
+
+    # -- judging ------------------------------------------------------------------------
+
+    def _judged(self, index: int, message: dict, arrays: dict) -> CaseResult:
+        outputs = _rank_outputs(message["ranks"], arrays, "")
+        timings = {r["rank"]: r["timings"] for r in message["ranks"] if r.get("timings")}
+        if self.options.reference == GOLDEN:
+            stored = self.goldens[index]
+            if isinstance(stored, str):
+                return self._result(index, ERROR, stored, rank_timings=timings)
+            result = self._result(index, PASS, rank_timings=timings)
+            return _judge_against_golden(result, stored[0], outputs)
+        if self.options.reference == SINGLE:
+            reference = self.references.get(index)
+            if not isinstance(reference, tuple):
+                why = reference or "no single-rank reference arrived"
+                return self._result(
+                    index, ERROR, f"the single-rank reference failed: {why}", rank_timings=timings
+                )
+            ref_output, ref_timings = reference
+        else:
+            ref_ranks = message["reference_ranks"]
+            ref_output = _rank_outputs(ref_ranks, arrays, "ref")[0]
+            ref_timings = next(
+                (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
+            )
+        result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
+        _judge(result, ref_output, outputs)
+        if self.options.reference == SINGLE:
+            _against_golden(result, ref_output, self.options)
+        return result
+
+    def _load_goldens(self) -> Iterator[CaseResult]:
+        directory = self.options.goldens or goldens.GOLDENS_DIR
+        for index in list(self.remaining):
+            key = self.cases[index].key()
+            try:
+                stored = goldens.load(key, directory)
+            except goldens.CorruptGolden as exc:
+                stored = str(exc)
+            if stored is None:
+                stored = (
+                    f"no golden {key} in {directory} to hold the case against; record it "
+                    "where the model fits one host ('harness golden record') or pull it "
+                    "from a golden service ('harness golden pull URL')"
+                )
+            self.goldens[index] = stored
+            if isinstance(stored, str):
+                self.remaining.remove(index)
+                yield self._result(index, ERROR, stored)
+
+
+def _rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
     outputs = {}
-    for r in outcome.ranks:
-        with np.load(r.output) as data:
-            outputs[r.rank] = Output.from_arrays(dict(data))
-    return _judge(outcome.index, case, options.ranks, reference, outputs, timings)
+    for entry in ranks:
+        head = f"{prefix}{entry['rank']}:"
+        outputs[entry["rank"]] = Output.from_arrays(
+            {k.removeprefix(head): v for k, v in arrays.items() if k.startswith(head)}
+        )
+    return outputs
 
 
-def _judge(
-    index: int,
-    case: Case,
-    ranks: int,
-    reference: tuple[Output, Timings],
-    outputs: dict[int, Output],
-    timings: dict[int, dict],
-) -> CaseResult:
+def _judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
     """Compare every rank's output with the reference; the case passes if all ranks do."""
-    ref, ref_timings = reference
+    case = result.case
     tol = tolerance_for(case.precision, case.tolerance)
     # Pipeline ranks hold different layers: each rank's layer states, filled in from the
     # other ranks', so the first divergent layer can be found wherever it lives.
     merged: dict[str, np.ndarray] = {}
     for output in outputs.values():
         merged.update(output.layers)
-    comparisons = {}
     for rank, output in sorted(outputs.items()):
         test = Output(output.prefill, output.decode, output.tokens, {**merged, **output.layers})
-        comparisons[rank] = compare(ref, test, tol, world=ranks)
-    result = CaseResult(
-        index,
-        case,
-        ranks,
-        "pass",
-        comparisons=comparisons,
-        reference_timings=ref_timings,
-        rank_timings=timings,
-    )
+        result.comparisons[rank] = compare(ref, test, tol, world=result.ranks)
+    _conclude(result)
+
+
+def _conclude(result: CaseResult) -> None:
+    comparisons = result.comparisons
     failing = [r for r, c in comparisons.items() if not c.passed]
     for c in comparisons.values():
         result.warnings += [w for w in c.warnings if w not in result.warnings]
     if failing:
-        result.status = "fail"
+        result.status = FAIL
         first = comparisons[failing[0]]
         result.diagnoses = list(first.diagnoses)
         if len(failing) < len(comparisons):
@@ -256,21 +511,41 @@ def _judge(
                 f"rank {', '.join(map(str, passing))} pass"
             )
         result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
+
+
+def _judge_against_golden(
+    result: CaseResult, golden: goldens.Golden, outputs: dict[int, Output]
+) -> CaseResult:
+    """Every rank held against the golden itself (full logits, or top-k logprobs for a
+    real vocabulary); the first divergent layer from the golden's per-layer norms."""
+    tol = tolerance_for(result.case.precision, result.case.tolerance)
+    for rank, output in sorted(outputs.items()):
+        comparison = goldens.hold(golden, output, tol)
+        if not comparison.passed:
+            moved = first_divergent_layer(golden.layers, goldens.layer_norms(output.layers), tol)
+            if moved is not None:
+                comparison.first_divergent_layer = moved[0]
+                comparison.first_divergent_part = PART_NAMES[moved[1]]
+                comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+        result.comparisons[rank] = comparison
+    _conclude(result)
     return result
 
 
-def _against_golden(result: CaseResult, reference: Output, options: RunOptions) -> CaseResult:
+def _against_golden(result: CaseResult, reference: Output, options: RunOptions) -> None:
     """Hold the single-rank reference against the stored golden of the case's key."""
-    if options.goldens is None or result.status in ("skip", "error"):
-        return result
+    if options.goldens is None:
+        return
     tol = tolerance_for(result.case.precision, result.case.tolerance)
-    check = goldens.check(result.case, reference, tol, options.goldens, options.record_missing)
+    try:
+        check = goldens.check(result.case, reference, tol, options.goldens, options.record_missing)
+    except OSError as exc:
+        raise HarnessError(f"cannot write goldens in {options.goldens}: {describe(exc)}") from None
     result.golden = check
     if check.status in ("missing", "written"):
         result.warnings.append(check.detail)
     elif check.status in ("mismatch", "corrupt"):
         result.diagnoses.append(f"golden {check.status}")
         result.reason = "; ".join(filter(None, [result.reason, check.detail]))
-        if result.status == "pass":
-            result.status = "fail"
-    return result
+        if result.status == PASS:
+            result.status = FAIL

@@ -1,73 +1,144 @@
-"""The program every rank runs under `mlx.launch`: all cases of a job, one after another.
+"""The program every rank runs under `mlx.launch` (or alone, for one rank out of process).
 
-Protocol with the parent (harness.launcher), through files in the job folder:
-- `job.json`: the cases (with their indices), capture flag, timing repeats;
-- `rank{r}.stderr` / `rank{r}.stdout`: this rank's output, fd-level, so a segfault's
-  faulthandler dump lands there too;
-- `case{i}.rank{r}.start`: written when the rank starts case i (the watchdog's clock);
-- `case{i}.rank{r}.npz` then `case{i}.rank{r}.json`: the outputs, then the status; the
-  JSON is written last, atomically, and marks the case done on this rank.
-A case that raises is recorded in its JSON and the rank exits: its peers may already be
-blocked in a collective, and mlx.launch stops them when one rank exits.
+Rank 0 reads the job spec from its standard input and shares it over the group; the job's
+kind names the function that runs it on every rank (`JOBS`), which yields messages. Rank 0
+writes each message as a frame on its standard output (see `harness.run.protocol`); every
+other byte a rank prints (Python warnings, mlx-lm's prints, a segfault's faulthandler dump,
+a hung case's stacks) goes to a log file of its own on its own host, which the parent reads
+(or fetches over ssh) when a case crashes or hangs.
+
+A rank that raises writes one error frame (the case it was in, who is to blame, the
+traceback's tail) and exits at once: its peers may be blocked in a collective, and
+mlx.launch stops them when one rank exits.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import json
 import os
+import platform
+import shutil
+import socket
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
-import mlx.core as mx
-import numpy as np
+from harness.errors import blame
+from harness.run import protocol
+
+# kind -> "module:function" yielding (message, arrays) on every rank; imported lazily so a
+# job loads only what it runs.
+JOBS = {
+    "cases": "harness.run.cases:run_on_rank",
+    "props": "harness.props.worker:run_on_rank",
+}
+TRACEBACK_CHARS = 3000
 
 
-def _redirect(job: Path, rank: int) -> None:
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        target = os.open(job / f"rank{rank}.{name}", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+def log_dir(job: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"harness-{job}"
+
+
+def _redirect(path: Path):
+    """Point this process's fd 1 and 2 at `path`; return a stream on the original stdout."""
+    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd in (1, 2):
         os.dup2(target, fd)
-        os.close(target)
-    faulthandler.enable(file=sys.stderr, all_threads=True)
+    os.close(target)
+    log = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = sys.stderr = log
+    faulthandler.enable(file=log, all_threads=True)
+    return frames, log
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.parent / f"{path.name}.tmp"
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+def _share_spec(group) -> dict:
+    """Rank 0 reads the spec; every rank gets it over the group."""
+    payload = b""
+    if group.rank() == 0:
+        payload = json.dumps(protocol.read_spec(sys.__stdin__)).encode()
+    return json.loads(protocol.gather_bytes(payload, group)[0])
 
 
-def main(argv: list[str]) -> None:
-    job = Path(argv[0])
+def describe_rank(group, log: Path) -> dict:
+    from harness.records.provenance import package_version, source_digest
+
+    return {
+        "rank": group.rank(),
+        "host": socket.gethostname(),
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "mlx": package_version("mlx"),
+        "mlx_lm": package_version("mlx-lm"),
+        "harness": source_digest(),
+        "log": str(log),
+        "pid": os.getpid(),
+    }
+
+
+def resolve_job(kind: str):
+    if kind not in JOBS:
+        raise ValueError(f"unknown job kind '{kind}'; known: {', '.join(JOBS)}")
+    module, name = JOBS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main() -> None:
+    import mlx.core as mx
+
     group = mx.distributed.init()
     rank = group.rank()
-    _redirect(job, rank)
-    spec = json.loads((job / "job.json").read_text())
-
-    from harness.case import Case
-    from harness.errors import describe
-    from harness.run.execute import run_case
-
-    for entry in spec["cases"]:
-        index, case = entry["index"], Case.from_dict(entry["case"])
-        stem = f"case{index}.rank{rank}"
-        (job / f"{stem}.start").touch()
-        print(f"case {index}: {case.label()}", file=sys.stderr, flush=True)
-        try:
-            output, timings = run_case(case, group, spec["capture"], spec["repeats"])
-        except BaseException as exc:  # recorded for the parent, then this rank ends
-            detail = "".join(traceback.format_exception(exc))
-            print(detail, file=sys.stderr, flush=True)
-            _write_json(job / f"{stem}.json", {"status": "error", "error": describe(exc)})
-            os._exit(1)
-        with open(job / f"{stem}.npz.tmp", "wb") as fh:
-            np.savez(fh, **output.arrays())
-        os.replace(job / f"{stem}.npz.tmp", job / f"{stem}.npz")
-        _write_json(job / f"{stem}.json", {"status": "ok", "timings": timings.to_dict()})
-    sys.stdout.flush()
-    sys.stderr.flush()
+    job_id = os.environ.get("HARNESS_JOB", str(os.getpid()))
+    folder = log_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames, log = _redirect(folder / f"rank{rank}.log")
+    emit = lambda message, arrays=None: frames.write(protocol.encode_frame(message, arrays))  # noqa: E731
+    current: dict = {}
+    try:
+        spec = _share_spec(group)
+        ranks = [
+            json.loads(part)
+            for part in protocol.gather_bytes(
+                json.dumps(describe_rank(group, log.name)).encode(), group
+            )
+        ]
+        if rank == 0:
+            emit({"type": "hello", "ranks": ranks})
+        dump_after = spec.get("dump_after")
+        for message, arrays in resolve_job(spec["kind"])(spec, group):
+            if message.get("type") == "start":
+                current = message
+                if dump_after:
+                    # A hung case leaves every rank's Python stack in its log.
+                    faulthandler.dump_traceback_later(dump_after, exit=False, file=log)
+            elif dump_after:
+                faulthandler.cancel_dump_traceback_later()
+            if rank == 0:
+                emit(message, arrays)
+    except BaseException as exc:  # reported for the parent, then this rank ends
+        status, reason = blame(exc)
+        detail = "".join(traceback.format_exception(exc))
+        print(detail, file=log, flush=True)
+        emit(
+            {
+                "type": "error",
+                "rank": rank,
+                "status": status,
+                "reason": reason,
+                "indices": current.get("indices", []),
+                "phase": current.get("phase"),
+                "traceback": detail[-TRACEBACK_CHARS:],
+            }
+        )
+        os._exit(1)
+    if rank == 0:
+        emit({"type": "end"})
+    log.flush()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

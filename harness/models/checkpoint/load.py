@@ -228,12 +228,14 @@ def _load_model(path: Path) -> tuple[nn.Module, dict[str, mx.array]]:
     """load_model, and the parameters the model declared before the weights went in:
     strict=False replaces a parameter whatever its shape, so the loaded model no longer
     says what it expected."""
-    from mlx_lm.utils import _get_classes, load_model
+    from mlx_lm.utils import load_model
+
+    from harness.zoo import model_classes
 
     declared: dict[str, mx.array] = {}
 
     def recording_classes(config):
-        model_cls, args_cls = _get_classes(config)
+        model_cls, args_cls = model_classes(config)
 
         def load_weights(self, weights, strict=True):
             declared.update(tree_flatten(self.parameters()))

@@ -112,10 +112,10 @@ def _model_type(path: Path, config: dict) -> None:
     model_type = config.get("model_type")
     if not model_type:
         raise HarnessError(f"'{path}/config.json' has no model_type")
-    from mlx_lm.utils import _get_classes
+    from harness.zoo import model_classes
 
     try:
-        _get_classes(dict(config))
+        model_classes(config)
     # A model module may even call sys.exit at import (mlx_lm.models.olmo does).
     except (Exception, SystemExit):
         import mlx_lm

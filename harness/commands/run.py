@@ -1,0 +1,140 @@
+"""`harness run` and `harness report`: run cases sharded across ranks; show a stored run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness import render
+from harness.commands.options import (
+    DEFAULT_DB,
+    DEFAULT_GOLDENS,
+    Arch,
+    Backend,
+    Db,
+    GoldensDir,
+    Hostfile,
+    Precision,
+    Python,
+    Ranks,
+    Suite,
+    Timeout,
+    command_line,
+)
+from harness.commands.select import select_cases
+from harness.records import store
+from harness.records.result import case_row
+from harness.records.shapes import shape_summary
+
+
+def run(
+    ctx: typer.Context,
+    suite: Suite = None,
+    arch: Arch = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's."),
+    ] = None,
+    precision: Precision = None,
+    shapes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shapes", help="Shape profiles (repeatable): short, single-stream, long-chunked, ..."
+        ),
+    ] = None,
+    ranks: Ranks = 1,
+    backend: Backend = None,
+    hostfile: Hostfile = None,
+    python: Python = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Working directory of the ranks on every host (mlx.launch --cwd)."),
+    ] = None,
+    reference: Annotated[
+        str,
+        typer.Option(
+            help="What each case is held against: single (the single-rank run, computed on "
+            "the ranks), golden (its stored golden: for a model no host holds whole), or a "
+            "strategy on the same ranks (e.g. pp)."
+        ),
+    ] = "single",
+    timeout: Timeout = 60.0,
+    repeats: Annotated[
+        int, typer.Option(help="Timed repeats after one warm-up (0: no timings).")
+    ] = 3,
+    db: Db = DEFAULT_DB,
+    goldens_dir: GoldensDir = DEFAULT_GOLDENS,
+    no_goldens: Annotated[
+        bool, typer.Option("--no-goldens", help="Do not compare with goldens.")
+    ] = False,
+    record_missing: Annotated[
+        bool, typer.Option("--record-missing", help="Write goldens that are missing.")
+    ] = False,
+) -> None:
+    """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
+
+    Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
+    """
+    # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
+    from harness.run.loop import run_cases
+    from harness.run.runner import RunOptions
+
+    cases = select_cases(suite, arch, strategy, precision, shapes)
+    options = RunOptions(
+        ranks=ranks,
+        backend=backend,
+        hostfile=hostfile,
+        timeout=timeout,
+        repeats=repeats,
+        goldens=None if no_goldens else goldens_dir,
+        record_missing=record_missing,
+        reference=reference,
+        python=python,
+        workdir=workdir,
+        strict=bool(arch),
+    )
+    database = store.open_db(db)
+    out = render.console()
+    total = len(cases)
+    record = run_cases(
+        cases,
+        options,
+        database,
+        kind="run",
+        suite=suite or ",".join(arch or []),
+        command=command_line(ctx, "run"),
+        on_result=lambda result: out.print(render.progress_line(result, total)),
+    )
+    rows = [case_row(r) for r in record.results]
+    title = f"run {record.run_id}: {suite or 'archs'} on {record.options.ranks} rank(s)"
+    out.print(render.verdict_table(rows, title))
+    for line in render.failure_details(rows):
+        out.print(line, markup=False)
+    for line in shape_summary(record.results):
+        out.print(f"shapes: {line}", markup=False, soft_wrap=True)
+    out.print(render.summary(record.counts, record.seconds, db, record.run_id))
+    raise typer.Exit(1 if record.failed else 0)
+
+
+def report(
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Run id (default: the latest).")
+    ] = None,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Print a stored run: its environment and the verdict of every case.
+
+    Example: harness report --run 3
+    """
+    database = store.open_db(db)
+    run, cases = store.get_run(database, run_id)
+    out = render.console()
+    out.print(render.run_header(run), markup=False)
+    out.print(
+        render.verdict_table(cases, f"run {run['id']}: {run['suite']} on {run['ranks']} rank(s)")
+    )
+    for line in render.failure_details(cases):
+        out.print(line, markup=False)
+    raise typer.Exit(1 if run["status"] == "failed" else 0)

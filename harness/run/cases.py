@@ -1,0 +1,87 @@
+"""A run's cases on the ranks: first the single-rank references, spread over the ranks and
+computed before any strategy of the job has run (a strategy may patch model classes for the
+rest of the process), then every case sharded across all ranks. Every rank's outputs are
+gathered to rank 0, which the worker streams back to the parent.
+
+Yields, on every rank: `start` (the case or reference round being worked on, for the
+watchdog), `reference` (one case's single-rank output, or why it could not run) and
+`result` (every rank's output of one sharded case); arrays are keyed `<rank>:<name>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from harness.case import Case
+from harness.errors import HarnessError, ModelError, blame
+from harness.run.execute import run_case
+from harness.run.protocol import gather_bytes, pack, unpack
+
+Message = tuple[dict, dict[str, np.ndarray]]
+
+
+def _timings(timings) -> dict | None:
+    return timings.to_dict() if timings is not None else None
+
+
+def _gathered(payload: bytes, group) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    for part in gather_bytes(payload, group):
+        yield unpack(part)
+
+
+def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
+    """A case's single-rank reference, or why it could not run, as a gatherable payload."""
+    reference = Case.from_dict({**case.to_dict(), "strategy": "none"})
+    try:
+        output, timings = run_case(reference, None, capture, repeats)
+    except (ModelError, HarnessError) as exc:
+        status, reason = blame(exc)
+        return pack({"status": status, "reason": reason})
+    return pack({"status": "ok", "timings": _timings(timings)}, output.arrays())
+
+
+def _references(todo, group, capture: bool, repeats: int) -> Iterator[Message]:
+    size, rank = group.size(), group.rank()
+    for start in range(0, len(todo), size):
+        batch = todo[start : start + size]
+        yield {"type": "start", "phase": "reference", "indices": [i for i, _ in batch]}, {}
+        payload = pack({})
+        if rank < len(batch):
+            payload = _single_rank(batch[rank][1], capture, repeats)
+        for r, (message, arrays) in enumerate(_gathered(payload, group)):
+            if r < len(batch):
+                yield {"type": "reference", "index": batch[r][0], **message}, arrays
+
+
+def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[dict, dict]:
+    output, timings = run_case(case, group, capture, repeats)
+    ranks, arrays = [], {}
+    for r, (message, part) in enumerate(
+        _gathered(pack({"timings": _timings(timings)}, output.arrays()), group)
+    ):
+        ranks.append({"rank": r, **message})
+        arrays.update({f"{r}:{k}": v for k, v in part.items()})
+    return {"ranks": ranks}, arrays
+
+
+def run_on_rank(spec: dict, group) -> Iterator[Message]:
+    capture, repeats = spec["capture"], spec["repeats"]
+    cases = [(entry["index"], Case.from_dict(entry["case"])) for entry in spec["cases"]]
+    wanted = set(spec.get("references", []))
+    yield from _references([(i, c) for i, c in cases if i in wanted], group, capture, repeats)
+    against = spec.get("reference_strategy")
+    for index, case in cases:
+        yield {"type": "start", "phase": "case", "indices": [index]}, {}
+        reference: dict = {}
+        if against:
+            # Held against another strategy on the same ranks (a model no host fits whole),
+            # run first: the case's own strategy may patch classes for the rest of the job.
+            other = Case.from_dict({**case.to_dict(), "strategy": against})
+            reference, ref_arrays = _sharded(other, group, capture, repeats)
+        message, arrays = _sharded(case, group, capture, repeats)
+        if against:
+            message["reference_ranks"] = reference["ranks"]
+            arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
+        yield {"type": "result", "index": index, **message}, arrays

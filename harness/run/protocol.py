@@ -1,0 +1,130 @@
+"""The wire between the parent and its ranks, with no shared filesystem.
+
+- The job spec goes to rank 0 on its standard input (mlx.launch forwards the launcher's
+  stdin; over `ssh -tt` that is a terminal, whose lines are limited to MAX_CANON bytes, so
+  the spec travels as short base64 lines after a header); rank 0 shares it over the group.
+- Results come back as frames on rank 0's standard output, the only stream that carries
+  frames while a job runs: mlx.launch forwards every rank's output in chunks and chunks of
+  two ranks may interleave, so the other ranks hand their results to rank 0 over the group
+  (`gather_bytes`). A rank that fails writes one short error frame of its own and exits.
+- A frame is one line: a marker, a CRC32, and base64 of (JSON header, npz arrays), so a
+  frame that arrives damaged is detected, and lines that are not frames are left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+import numpy as np
+
+FRAME = "@@harness-frame@@"
+SPEC = "@@harness-spec@@"
+LINE = 512  # base64 characters per spec line: well under any terminal's MAX_CANON
+
+
+def pack(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    """A message (JSON) and its arrays (npz) as one byte string."""
+    header = json.dumps(message).encode()
+    body = b""
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        body = buffer.getvalue()
+    return struct.pack(">I", len(header)) + header + body
+
+
+def unpack(raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    (size,) = struct.unpack(">I", raw[:4])
+    message = json.loads(raw[4 : 4 + size])
+    arrays = {}
+    if raw[4 + size :]:
+        with np.load(io.BytesIO(raw[4 + size :])) as data:
+            arrays = dict(data)
+    return message, arrays
+
+
+def encode_frame(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    payload = zlib.compress(pack(message, arrays), 1)
+    text = base64.b64encode(payload).decode()
+    return f"\n{FRAME} {zlib.crc32(payload):08x} {text}\n".encode()
+
+
+class DamagedFrame(Exception):
+    """A frame whose checksum or encoding does not hold."""
+
+
+def decode_frame(line: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The message and arrays of a frame line; None for a line that is not a frame."""
+    line = line.strip()
+    if not line.startswith(FRAME):
+        return None
+    try:
+        _, crc, text = line.split(" ", 2)
+        payload = base64.b64decode(text, validate=True)
+        if zlib.crc32(payload) != int(crc, 16):
+            raise DamagedFrame("checksum mismatch")
+        return unpack(zlib.decompress(payload))
+    except (ValueError, zlib.error, struct.error) as exc:
+        raise DamagedFrame(str(exc)) from None
+
+
+def encode_spec(spec: dict) -> bytes:
+    text = base64.b64encode(zlib.compress(json.dumps(spec).encode(), 6)).decode()
+    lines = [text[i : i + LINE] for i in range(0, len(text), LINE)]
+    return (
+        f"{SPEC} {len(lines)} {zlib.crc32(text.encode()):08x}\n" + "\n".join(lines) + "\n"
+    ).encode()
+
+
+def read_spec(stream: IO[str]) -> dict:
+    """The job spec from a text stream (rank 0's stdin); terminal echo or stray lines
+    before the header are skipped."""
+    for line in stream:
+        if line.strip().startswith(SPEC):
+            _, count, crc = line.split()
+            break
+    else:
+        raise EOFError("the job spec never arrived on standard input")
+    chunks = []
+    while len(chunks) < int(count):
+        line = stream.readline()
+        if not line:
+            raise EOFError("the job spec was cut short")
+        chunks.append(line.strip())
+    text = "".join(chunks)
+    if zlib.crc32(text.encode()) != int(crc, 16):
+        raise ValueError("the job spec arrived damaged")
+    return json.loads(zlib.decompress(base64.b64decode(text)))
+
+
+def gather_bytes(payload: bytes, group) -> list[bytes]:
+    """Every rank's payload, on every rank (an all_gather of padded uint8 buffers)."""
+    import mlx.core as mx
+
+    if group is None or group.size() == 1:
+        return [payload]
+    sizes = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int32), group=group)
+    sizes = [int(s) for s in np.array(sizes)]
+    buffer = np.zeros(max(max(sizes), 1), np.uint8)
+    buffer[: len(payload)] = np.frombuffer(payload, np.uint8)
+    gathered = np.array(mx.distributed.all_gather(mx.array(buffer), group=group))
+    rows = gathered.reshape(group.size(), -1)
+    return [rows[r, : sizes[r]].tobytes() for r in range(group.size())]
+
+
+def frames(stream: IO[bytes]) -> Iterator[tuple[dict, dict[str, np.ndarray]] | str]:
+    """Frames and other lines of a byte stream (a terminal's \\r\\n endings tolerated)."""
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+        try:
+            decoded = decode_frame(line)
+        except DamagedFrame as exc:
+            yield f"damaged frame: {exc}"
+            continue
+        yield line if decoded is None else decoded

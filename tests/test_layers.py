@@ -1,0 +1,173 @@
+"""The tree's layers: what reads results never loads mlx, imports point downward and form no
+cycle, and one run loop serves `run` and `selftest`."""
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.case import Case
+from harness.records import store
+from harness.run.runner import RunOptions, run
+
+PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_records_import_neither_mlx_nor_mlx_lm():
+    modules = sorted(p.stem for p in (PACKAGE / "records").glob("*.py") if p.stem != "__init__")
+    code = "import sys\n" + "".join(f"import harness.records.{m}\n" for m in modules)
+    code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))"
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert "store" in modules and "goldens" in modules and "compare" in modules
+
+
+def test_report_loads_no_mlx(tmp_path):
+    db = tmp_path / "r.db"
+    store.finish_run(
+        d := store.open_db(db), store.start_run(d, "run", "x", 1, None, None, ["h"]), "passed"
+    )
+    code = (
+        "import sys\nfrom harness.cli import main\n"
+        f"try:\n    main(['report', '--db', {str(db)!r}])\nexcept SystemExit as e:\n"
+        "    code = e.code\n"
+        "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))"
+    )
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert "MLX []" in out.stdout
+
+
+def _imports(path: Path) -> set[str]:
+    """The harness modules a file imports at module level (not inside functions)."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("harness")}
+    return found
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_records_import_only_records_case_and_errors():
+    allowed = ("harness.records", "harness.case", "harness.errors")
+    for name, path in MODULES.items():
+        if name.startswith("harness.records"):
+            bad = [m for m in _imports(path) if not m.startswith(allowed) and m != "harness"]
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_lower_layers_never_import_the_command_layer():
+    upper = ("harness.cli", "harness.commands", "harness.render")
+    for name, path in MODULES.items():
+        if not name.startswith(upper):
+            bad = [m for m in _imports(path) if m.startswith(upper)]
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_no_import_cycle_at_module_level():
+    graph = {
+        name: {m for m in _imports(path) if m in MODULES and m != name}
+        for name, path in MODULES.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*trail, node, nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+def test_case_from_a_newer_harness_drops_unknown_fields_with_a_warning():
+    data = {**Case("qwen3_moe").to_dict(), "field_of_the_future": 3}
+    with pytest.warns(UserWarning, match="field_of_the_future"):
+        case = Case.from_dict(data)
+    assert case.key() == Case("qwen3_moe").key()
+
+
+@pytest.mark.multirank
+def test_repeats_zero_passes_the_smoke_suite_at_two_ranks(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--repeats", "0", "--db", db_path)
+    assert result.code == 0, result.out + result.err
+    _, cases = store.get_run(store.open_db(db_path), None)
+    assert cases and all(c["status"] in ("pass", "skip") for c in cases)
+    assert all(c["prefill_tok_s"] is None for c in cases)
+
+
+INJECTED = """
+import os
+if os.environ.get("MLX_RANK") is not None:
+    import harness.run.cases as cases
+    original = cases._sharded
+    def _sharded(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyError("a bug of the harness, injected after the model ran")
+    cases._sharded = _sharded
+"""
+
+
+@pytest.mark.multirank
+def test_a_bug_in_the_harness_on_a_rank_is_a_harness_error_not_a_crash(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(INJECTED)
+    options = RunOptions(ranks=2, repeats=0, goldens=None, env={"PYTHONPATH": str(tmp_path)})
+    (result,) = run([Case("qwen3_moe", "tp", decode_steps=1)], options)
+    assert result.status == "error", result.reason
+    assert "harness internal error" in result.reason
+    assert "KeyError" in result.reason and "injected" in result.reason
+    assert "crash" not in result.reason
+
+
+@pytest.mark.multirank
+def test_sigterm_during_selftest_marks_the_run_interrupted(tmp_path):
+    db_path = tmp_path / "selftest.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "selftest", "--ranks", "2", "--db", str(db_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    rows = 0
+    while time.monotonic() < deadline and rows < 1:
+        time.sleep(0.3)
+        if db_path.exists():
+            try:
+                rows = len(list(store.open_db(db_path).query("select id from cases")))
+            except Exception:
+                rows = 0
+    assert rows >= 1, "the selftest stored no case"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run_row, cases = store.get_run(store.open_db(db_path), None)
+    assert run_row["kind"] == "selftest" and run_row["status"] == "interrupted"
+    assert cases and all(c["verdict"] for c in cases)
