@@ -11,9 +11,9 @@ layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
 with shared experts: deepseek_v3; biases and sinks: gpt_oss; linear attention:
-qwen3_5_moe): 36 cases, about 30 s on 2 local ranks of a 2-core machine.
-`harness selftest --all-archs` runs every architecture a fault applies to (334 cases,
-about 5 minutes there).
+qwen3_5_moe; a fault of a shape class runs at its shape): 44 cases, about 30 s on 2
+local ranks of an otherwise idle 2-core machine. `harness selftest --all-archs` runs
+every architecture a fault applies to (about 460 cases, several minutes there).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Structure:
     plain_pipeline: bool = False  # mlx-lm's PipelineMixin.pipeline, not an override
     final_norm: bool = False  # model.model.norm
     rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
+    kv_cache: bool = False  # layer 2's cache holds keys and values (not recurrent state)
 
 
 @functools.cache
@@ -93,9 +94,9 @@ def structure(name: str) -> Structure:
     found["pipeline_split"] = "split" in takes
     found["plain_pipeline"] = pipeline is PipelineMixin.pipeline
     found["final_norm"] = isinstance(getattr(inner, "norm", None), nn.Module)
-    found["rotating_cache"] = any(
-        getattr(c, "max_size", None) is not None for c in make_prompt_cache(model)
-    )
+    caches = make_prompt_cache(model)
+    found["rotating_cache"] = any(getattr(c, "max_size", None) is not None for c in caches)
+    found["kv_cache"] = len(caches) > L2 and hasattr(caches[L2], "update_and_fetch")
     found.update(_probe(lambda: parts.feedforward(parts.layer(model, L1)), _feedforward))
     found.update(_probe(lambda: parts.attention(parts.layer(model, L2)), _attention))
     return Structure(**found)
@@ -269,7 +270,7 @@ _ENTRIES: tuple[Fault, ...] = (
           representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
     # ---- shape classes: each fails only at its shape, with where it starts ----
     Fault(name="later_prefill_chunk", strategy=F + "shapes:later_prefill_chunk",
-          bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache),
+          bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="long-chunked",
           **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
     Fault(name="many_tokens", strategy=F + "shapes:many_tokens", bug_class=TOKEN_COUNT,
@@ -283,7 +284,8 @@ _ENTRIES: tuple[Fault, ...] = (
           representative=("gpt_oss",), shape="window",
           diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
     Fault(name="unmasked_padding", strategy=F + "shapes:unmasked_padding", bug_class=PADDING,
-          applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",), shape="mixed",
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          shape="mixed",
           **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
