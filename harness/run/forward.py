@@ -162,7 +162,7 @@ class _Call:
 
 
 def _plan(prompts, prefill_step: int | None) -> tuple[list[_Call], list[int] | None]:
-    """The prefill calls of a batch of prompts, and the padding to prepare the caches
+    """The prefill calls of a batch of prompts, and the lengths to prepare a batch cache
     with (None: prompts of one length, no batch cache)."""
     lengths = [len(p) for p in prompts]
     if len(set(lengths)) == 1:
@@ -189,7 +189,7 @@ def _plan(prompts, prefill_step: int | None) -> tuple[list[_Call], list[int] | N
         _Call(mx.array(body[:, a : a + step]), filled[:, a : a + step]) for a in range(0, M, step)
     ]
     calls.append(_Call(mx.array([[p[-1]] for p in prompts]), np.array([[n - 1] for n in lengths])))
-    return calls, [M - (n - 1) for n in lengths]
+    return calls, [n - 1 for n in lengths]
 
 
 def unbatchable(model: nn.Module) -> str | None:
@@ -201,30 +201,27 @@ def unbatchable(model: nn.Module) -> str | None:
     return None
 
 
-def _batch_cache(model: nn.Module, calls: list[_Call], padding: list[int]) -> list:
-    """mlx-lm's batch cache for right-padded prompts: one cache per prompt, merged, told
-    each prompt's length and padding (its attention masks come from them)."""
-    B = len(padding)
-    per_prompt = [make_prompt_cache(model) for _ in range(B)]
+def _batch_cache(model: nn.Module, lengths: list[int]) -> list:
+    """mlx-lm's batch cache for right-padded prompts of these lengths: one cache per
+    prompt, merged, told each prompt's length and padding (its masks come from them)."""
     problem = unbatchable(model)
     if problem:
         raise HarnessError(problem)
+    per_prompt = [make_prompt_cache(model) for _ in lengths]
     merged = [layer[0].merge(list(layer)) for layer in zip(*per_prompt, strict=True)]
-    lengths = [int(n) for n in np.sum(np.concatenate([c.positions for c in calls[:-1]], 1) >= 0, 1)]
+    padding = [max(lengths) - n for n in lengths]
     for cache in merged:
         cache.prepare(lengths=lengths, right_padding=padding)
     return merged
 
 
-def _prefill(model: nn.Module, calls: list[_Call], padding: list[int] | None, on_call=None):
-    """Run the prefill calls; returns the cache and each call's logits."""
-    if padding is None:
-        cache = make_prompt_cache(model)
-    else:
-        cache = _batch_cache(model, calls, padding)
+def _prefill(model: nn.Module, calls: list[_Call], batched: list[int] | None, on_call=None):
+    """Run the prefill calls (`batched`: the lengths of a padded batch, else None);
+    returns the cache and each call's logits."""
+    cache = make_prompt_cache(model) if batched is None else _batch_cache(model, batched)
     logits = []
     for index, call in enumerate(calls):
-        if padding is not None and index == len(calls) - 1:
+        if batched is not None and index == len(calls) - 1:
             # BatchGenerator finalizes before the last tokens: the padding moves left.
             for c in cache:
                 c.finalize()
@@ -291,18 +288,18 @@ def run(
     if prefill_step is not None and prefill_step < 1:
         raise HarnessError(f"prefill_step must be at least 1, got {prefill_step}")
     recorder = install_capture(model) if capture else None
-    calls, padding = _plan(prompts, prefill_step)
+    calls, batched = _plan(prompts, prefill_step)
     lengths = [len(p) for p in prompts]
     L = max(lengths)
     if recorder:
         recorder.active = True
-    cache, parts = _prefill(model, calls, padding, recorder and (lambda: recorder.calls.append({})))
+    cache, parts = _prefill(model, calls, batched, recorder and (lambda: recorder.calls.append({})))
     if recorder:
         recorder.active = False
     as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
     prefill = _place([as_np(p) for p in parts], calls, L)
-    last = prefill[np.arange(len(prompts)), np.array(lengths) - 1]
-    steps, greedy, decode_samples = [], [mx.array(np.argmax(last, axis=-1))], []
+    last = mx.array(prefill[np.arange(len(prompts)), np.array(lengths) - 1])
+    steps, greedy, decode_samples = [], [mx.argmax(last, axis=-1)], []
     for _ in range(decode_steps):
         logits, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
         steps.append(logits[:, -1, :])
@@ -325,7 +322,7 @@ def run(
     prefill_samples = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _prefill(model, calls, padding)
+        _prefill(model, calls, batched)
         prefill_samples.append(time.perf_counter() - start)
     decode_samples = decode_samples[1 : repeats + 1]
     timings = Timings(
