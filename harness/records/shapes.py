@@ -41,18 +41,18 @@ class ShapeFacts:
         )
 
 
-# (what the failing shapes share and the passing ones lack, as words), in the order said.
-_EXPLANATIONS: tuple[tuple[Callable[[ShapeFacts], bool], Callable[[list, list], str]], ...] = (
-    (lambda f: f.batch == 1, lambda bad, good: "at batch 1"),
-    (lambda f: f.padded, lambda bad, good: "with padded prompts of different lengths"),
-    (lambda f: f.chunked, lambda bad, good: "with a prefill in chunks"),
+# What the failing shapes may share and the passing ones lack, in the order said.
+_PROPERTIES: tuple[tuple[Callable[[ShapeFacts], bool], str], ...] = (
+    (lambda f: f.batch == 1, "at batch 1"),
+    (lambda f: f.padded, "with padded prompts of different lengths"),
+    (lambda f: f.chunked, "with a prefill in chunks"),
 )
 
 
 def _explain(bad: list[ShapeFacts], good: list[ShapeFacts]) -> list[str]:
     said = [
-        words(bad, good)
-        for holds, words in _EXPLANATIONS
+        words
+        for holds, words in _PROPERTIES
         if all(holds(f) for f in bad) and not any(holds(f) for f in good)
     ]
     shortest_bad, longest_good = min(f.longest for f in bad), max(f.longest for f in good)
