@@ -234,3 +234,11 @@ def test_override_shapes_and_arch_selection_keep_unsupported_strategies():
     assert [c.strategy for c in named] == ["tp", "pp"]
     assert matrix_cases(["mixtral"], ["tp", "pp"], ["fp32"], {}) == []
     assert Case("qwen3_moe").prompts == DEFAULT_PROMPTS
+
+
+def test_run_with_an_unknown_shape_is_one_line(run_cli, db_path):
+    result = run_cli("run", "--suite", "smoke", "--shapes", "bogus", "--db", db_path)
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        "error: unknown shape 'bogus'; known: short, single-stream, long-chunked, window, mixed"
+    ]
