@@ -283,7 +283,8 @@ def run(
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
     step are the warm-ups, later decode steps are decode samples (extra uncompared steps
-    make up `repeats`), and `repeats` fresh prefills are the prefill samples.
+    make up `repeats`), and fresh prefills of about `repeats` calls in all are the prefill
+    samples.
     """
     if prefill_step is not None and prefill_step < 1:
         raise HarnessError(f"prefill_step must be at least 1, got {prefill_step}")
@@ -320,7 +321,9 @@ def run(
         _, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
         decode_samples.append(seconds)
     prefill_samples = []
-    for _ in range(repeats):
+    # `repeats` counts timed prefill calls: a chunked prefill (several calls, each with
+    # its collectives) is timed whole fewer times, at least once.
+    for _ in range(max(1, repeats // len(calls))):
         start = time.perf_counter()
         _prefill(model, calls, batched)
         prefill_samples.append(time.perf_counter() - start)
