@@ -76,7 +76,7 @@ class Structure:
     plain_pipeline: bool = False  # mlx-lm's PipelineMixin.pipeline, not an override
     final_norm: bool = False  # model.model.norm
     rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
-    kv_cache: bool = False  # layer 2's cache holds keys and values (not recurrent state)
+    kv_cache: bool = False  # layer 2 keeps a plain, unbounded KV cache (no window, no state)
 
 
 @functools.cache
@@ -96,7 +96,11 @@ def structure(name: str) -> Structure:
     found["final_norm"] = isinstance(getattr(inner, "norm", None), nn.Module)
     caches = make_prompt_cache(model)
     found["rotating_cache"] = any(getattr(c, "max_size", None) is not None for c in caches)
-    found["kv_cache"] = len(caches) > L2 and hasattr(caches[L2], "update_and_fetch")
+    found["kv_cache"] = (
+        len(caches) > L2
+        and hasattr(caches[L2], "update_and_fetch")
+        and getattr(caches[L2], "max_size", None) is None
+    )
     found.update(_probe(lambda: parts.feedforward(parts.layer(model, L1)), _feedforward))
     found.update(_probe(lambda: parts.attention(parts.layer(model, L2)), _attention))
     return Structure(**found)
@@ -203,6 +207,9 @@ def _at(layer: int, part: str, *more: str) -> dict:
 
 
 F = "harness.faults."
+# Tensor parallel differs by ~9e-5 at the 40th token here (KL 3e-10), above the fp32
+# atol: suites/moe.toml loosens it for this case; the control leaves it out.
+LOOSE_AT_LONG = ("deepseek_v41",)
 # Architectures whose mlx-lm shard() controls.manual_tp reproduces.
 MANUAL_TP = ("qwen3_moe", "deepseek_v3")
 
@@ -273,8 +280,10 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="long-chunked",
           **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
+    # A latent MoE (kimi_k3) calls its experts in a latent width of its own: left out.
     Fault(name="many_tokens", strategy=F + "shapes:many_tokens", bug_class=TOKEN_COUNT,
-          applies=tp(lambda s: s.stacked_experts), representative=("qwen3_moe",),
+          applies=lambda arch, sup: "latent_moe" not in arch.features
+          and tp(lambda s: s.stacked_experts)(arch, sup), representative=("qwen3_moe",),
           shape="long-chunked", **_at(L1, MLP, "from prompt token 0 (prefill chunk 1 of 3)")),
     Fault(name="batch_one", strategy=F + "shapes:batch_one", bug_class=BATCH_ONE,
           applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",),
@@ -283,9 +292,10 @@ _ENTRIES: tuple[Fault, ...] = (
           applies=tp(lambda s: s.mask_and_cache and s.rotating_cache),
           representative=("gpt_oss",), shape="window",
           diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
+    # MLA attention builds its own array masks, so only GQA heads take the plain causal one.
     Fault(name="unmasked_padding", strategy=F + "shapes:unmasked_padding", bug_class=PADDING,
-          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
-          shape="mixed",
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache and s.kv_heads),
+          representative=("qwen3_moe",), shape="mixed",
           **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
@@ -299,7 +309,8 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
           precision="q4"),
-    Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL, applies=tp(),
+    Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL,
+          applies=lambda arch, sup: arch.name not in LOOSE_AT_LONG and tp()(arch, sup),
           representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
     Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe",), expected="pass", shape="mixed"),
