@@ -36,6 +36,8 @@ def _rate(sharded, reference) -> str:
 def progress_line(result: CaseResult, total: int) -> str:
     worst = result.worst
     detail = f"max|Δ| {_num(worst.metrics.max_abs)}" if worst else ""
+    if worst and result.reference and result.reference != "single-rank":
+        detail += f" vs {result.reference.split(' (')[0]}"
     why = result.reason if result.status != "pass" else "; ".join(result.warnings)
     why = (why or "").splitlines()[0] if why else ""
     colour = STYLE[result.status]
@@ -46,7 +48,9 @@ def progress_line(result: CaseResult, total: int) -> str:
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title, show_lines=False)
+    held = sorted({r["reference"] for r in rows if r.get("reference")})
+    caption = "held against: " + "; ".join(held) if held else None
+    table = Table(title=title, caption=caption, show_lines=False)
     for name in (
         "#",
         "arch",

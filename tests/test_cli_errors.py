@@ -183,3 +183,17 @@ def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path):
     hostfile.write_text("{not json")
     result = run_cli("run", "--suite", "smoke", "--hostfile", str(hostfile), "--db", db_path)
     assert_one_line_error(result, "not readable JSON")
+
+
+def test_rank_interpreter_without_mlx_is_named_before_any_case(run_cli, db_path, tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+    )
+    python = str(tmp_path / "bare" / "bin" / "python")
+    result = run_cli(
+        "run", "--arch", "qwen3_moe", "--ranks", "2", "--python", python, "--db", db_path
+    )
+    assert_one_line_error(result, f"{python} has no mlx or mlx-lm installed")

@@ -55,3 +55,18 @@ def test_strategies_wrong_strategy_and_rank_failures_in_one_job():
     # The hung case's own duration (from the previous case's result to its own) is the
     # watchdog's 15 s plus a relaunch; the whole job's wall time depends on machine load.
     assert hang.duration < 60, "a hung rank is bounded by the case timeout"
+
+
+def test_tensor_parallel_held_against_pipeline_on_the_same_ranks():
+    """For a model no single host holds: no single-rank reference runs, tp is held against pp."""
+    cases = [
+        Case("qwen3_moe", "tp", decode_steps=2),
+        Case("qwen3_moe", "harness.faults.reduction:double_reduce_mlp", decode_steps=2),
+        Case("qwen3_moe", "pp", decode_steps=2),
+    ]
+    results = _results(cases, reference="pp", goldens=None)
+    assert results[0].status == "pass", results[0].reason
+    assert results[0].reference == "pp on 2 ranks"
+    assert results[1].status == "fail" and "scaled x2" in results[1].diagnoses
+    assert results[2].status == "skip"
+    assert "reference strategy is the case's own" in results[2].reason

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: wall time of the bare floor script and of `harness run` on the
-# same 30 cases at 2 ranks, and of the moe suite at 1 and 2 ranks; REPEATS runs each,
-# medians printed. Usage: ci/bench/bench.sh [REPEATS]   (run from the repository root)
+# same 30 cases at 2 ranks (alternating, so both see the same machine), and of the moe
+# suite at 1 and 2 ranks; REPEATS runs each, medians and the ratio printed.
+# Usage: ci/bench/bench.sh [REPEATS]   (run from the repository root)
 set -euo pipefail
 repeats=${1:-3}
 py=${PYTHON:-.venv/bin/python}
@@ -25,7 +26,15 @@ bench() {
     printf '%-34s median %6.1f s  (runs: %s)\n' "$name" "$(printf '%s\n' "${times[@]}" | median)" "${times[*]}"
 }
 
-bench "floor script, 30 cases, 2 ranks" "$bin/mlx.launch" -n 2 --backend ring --python "$py" ci/bench/floor.py
-bench "harness, same 30 cases, 2 ranks" "$bin/harness" run --suite ci/bench/floor.toml --ranks 2 --db "$db"
+floor=() harness=()
+for _ in $(seq "$repeats"); do
+    floor+=("$(wall "$bin/mlx.launch" -n 2 --backend ring --python "$py" ci/bench/floor.py)")
+    harness+=("$(wall "$bin/harness" run --suite ci/bench/floor.toml --ranks 2 --db "$db")")
+done
+f=$(printf '%s\n' "${floor[@]}" | median)
+h=$(printf '%s\n' "${harness[@]}" | median)
+printf '%-34s median %6.1f s  (runs: %s)\n' "floor script, 30 cases, 2 ranks" "$f" "${floor[*]}"
+printf '%-34s median %6.1f s  (runs: %s)\n' "harness, same 30 cases, 2 ranks" "$h" "${harness[*]}"
+"$py" -c "print(f'harness / floor: {$h / $f:.2f}x')"
 bench "harness run --suite moe --ranks 1" "$bin/harness" run --suite moe --ranks 1 --db "$db"
 bench "harness run --suite moe --ranks 2" "$bin/harness" run --suite moe --ranks 2 --db "$db"

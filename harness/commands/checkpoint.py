@@ -53,7 +53,7 @@ def check(
     from harness.models import checkpoint  # loads mlx-lm: only when the command runs
 
     coverage = checkpoint.check_checkpoint(path)
-    render.console().print(coverage.verdict(), markup=False)
+    render.console().print(coverage.verdict(), markup=False, soft_wrap=True)
     raise typer.Exit(0 if coverage.ok else 1)
 
 

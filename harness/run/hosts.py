@@ -42,6 +42,10 @@ class HostInfo:
     versions: dict
 
 
+def _where(host: str) -> str:
+    return "this machine" if host in LOCAL else f"host {host}"
+
+
 def _probe(host: str, target: Target) -> HostInfo:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in target.environment().items())
     command = f"{env} {shlex.quote(target.interpreter)} -c {shlex.quote(PROBE)}".strip()
@@ -57,14 +61,14 @@ def _probe(host: str, target: Target) -> HostInfo:
         raise HarnessError(f"host {host} does not answer ssh: {why}")
     if out.returncode == 127 or "No such file" in out.stderr:
         raise HarnessError(
-            f"host {host} has no Python at {target.interpreter}; mlx.launch runs the same "
+            f"{_where(host)} has no Python at {target.interpreter}; mlx.launch runs the same "
             "interpreter path on every host, so install the same environment there"
         )
     try:
         return HostInfo(host, json.loads(out.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
         why = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HarnessError(f"host {host}: {target.interpreter} failed to start: {why}") from None
+        raise HarnessError(f"{_where(host)}: {target.interpreter} failed to start: {why}") from None
 
 
 def check_hosts(target: Target) -> list[HostInfo]:
@@ -75,9 +79,14 @@ def check_hosts(target: Target) -> list[HostInfo]:
         futures = [pool.submit(_probe, host, target) for host in hosts]
         infos = [f.result() for f in futures]
     for info in infos:
+        missing = [name for name in ("mlx", "mlx-lm") if not info.versions.get(name)]
+        if missing:
+            raise HarnessError(
+                f"{_where(info.host)}: {target.interpreter} has no {' or '.join(missing)} installed"
+            )
         if str(info.versions.get("harness", "")).startswith("unimportable"):
             raise HarnessError(
-                f"host {info.host} cannot import the harness under {target.interpreter}: "
+                f"{_where(info.host)} cannot import the harness under {target.interpreter}: "
                 "install it there at the same path"
             )
     for name in COMPARED:

@@ -16,17 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from harness import preflight
 from harness.case import Case
-from harness.errors import INTERNAL, HarnessError, blame, describe
+from harness.errors import INTERNAL, HarnessError, blame
 from harness.models import checkpoint
 from harness.models.build import tiny_config
-from harness.records import goldens
-from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
+from harness.records import goldens, judge
 from harness.records.outputs import Output, Timings
-from harness.records.result import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import CRASH, ERROR, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run import launch
 from harness.run.execute import shape_skip_reason
 from harness.run.hosts import check_hosts
@@ -117,7 +114,7 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
             if violation and skip_reason(case, options.ranks) == violation:
                 raise HarnessError(violation)
         checked.append(case)
-    if options.hostfile is not None:
+    if options.hostfile is not None or options.python is not None:
         check_hosts(options.target())
     return checked, options
 
@@ -217,10 +214,7 @@ class _Session:
     def results(self) -> Iterator[CaseResult]:
         if self.options.reference == GOLDEN:
             yield from self._load_goldens()
-        launches = 0
         while self.remaining:
-            launches += 1
-            before = len(self.remaining)
             if self.target.in_process:
                 yield from self._consume(self._in_process(self._spec()), None)
             else:
@@ -229,17 +223,17 @@ class _Session:
                     yield from self._consume(job.messages(), job)
                 finally:
                     job.kill()
-            if self.remaining and len(self.remaining) == before and launches > 1:
-                # Two launches in a row made no progress: stop rather than loop.
-                index = self.remaining.pop(0)
-                yield self._result(index, ERROR, "the launch keeps ending before any case ran")
             if self.remaining and self.target.hostfile is not None:
                 try:
                     check_hosts(self.target)
                 except HarnessError as exc:
-                    for index in self.remaining:
-                        yield self._result(index, ERROR, f"not run: {exc}")
-                    self.remaining = []
+                    yield from self._not_run(f"not run: {exc}")
+
+    def _not_run(self, reason: str) -> Iterator[CaseResult]:
+        """Every remaining case fails with the same fault of the setup."""
+        for index in self.remaining:
+            yield self._result(index, ERROR, reason)
+        self.remaining = []
 
     def _consume(self, stream, job: launch.Job | None) -> Iterator[CaseResult]:
         current: dict = {}
@@ -274,7 +268,7 @@ class _Session:
                 clock = now
             elif kind == "end":
                 break
-        if errors or (self.remaining and current):
+        if errors or self.remaining:
             yield from self._died(current, errors, job)
 
     # -- outcomes -----------------------------------------------------------------------
@@ -313,7 +307,12 @@ class _Session:
         )
 
     def _died(self, current: dict, errors: list[dict], job: launch.Job | None):
-        """The launch ended inside `current` (a case or a reference round)."""
+        """The launch ended inside `current` (a case or a reference round), or before any
+        (the ranks could not start: a fault of the setup, so every remaining case says so)."""
+        if not current:
+            _, reason = self._failure(errors, job, started=False)
+            yield from self._not_run(f"the ranks failed before any case started: {reason}")
+            return
         indices = [i for i in current.get("indices", []) if i in self.remaining]
         if current.get("phase") == "reference":
             yield from self._reference_died(indices, errors, job)
@@ -404,9 +403,8 @@ class _Session:
             time.sleep(0.5)  # the ranks' stack dumps land just before the limit
             job.kill()
         if not current:
-            index = self.remaining.pop(0)
-            reason = f"no rank started within {limit:g}s" + (self._tails(job) if job else "")
-            yield self._result(index, TIMEOUT, reason)
+            tails = self._tails(job) if job else ""
+            yield from self._not_run(f"the ranks did not start within {limit:g}s{tails}")
             return
         what = "reference round" if current.get("phase") == "reference" else "case"
         reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
@@ -422,14 +420,14 @@ class _Session:
     # -- judging ------------------------------------------------------------------------
 
     def _judged(self, index: int, message: dict, arrays: dict) -> CaseResult:
-        outputs = _rank_outputs(message["ranks"], arrays, "")
+        outputs = judge.rank_outputs(message["ranks"], arrays, "")
         timings = {r["rank"]: r["timings"] for r in message["ranks"] if r.get("timings")}
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
                 return self._result(index, ERROR, stored, rank_timings=timings)
             result = self._result(index, PASS, rank_timings=timings)
-            return _judge_against_golden(result, stored[0], outputs)
+            return judge.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(index)
             if not isinstance(reference, tuple):
@@ -440,14 +438,17 @@ class _Session:
             ref_output, ref_timings = reference
         else:
             ref_ranks = message["reference_ranks"]
-            ref_output = _rank_outputs(ref_ranks, arrays, "ref")[0]
+            ref_outputs = judge.rank_outputs(ref_ranks, arrays, "ref")
+            ref_output = judge.filled(ref_outputs[0], ref_outputs)
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
-        _judge(result, ref_output, outputs)
+        judge.judge(result, ref_output, outputs)
         if self.options.reference == SINGLE:
-            _against_golden(result, ref_output, self.options)
+            judge.against_golden(
+                result, ref_output, self.options.goldens, self.options.record_missing
+            )
         return result
 
     def _load_goldens(self) -> Iterator[CaseResult]:
@@ -468,84 +469,3 @@ class _Session:
             if isinstance(stored, str):
                 self.remaining.remove(index)
                 yield self._result(index, ERROR, stored)
-
-
-def _rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
-    outputs = {}
-    for entry in ranks:
-        head = f"{prefix}{entry['rank']}:"
-        outputs[entry["rank"]] = Output.from_arrays(
-            {k.removeprefix(head): v for k, v in arrays.items() if k.startswith(head)}
-        )
-    return outputs
-
-
-def _judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
-    """Compare every rank's output with the reference; the case passes if all ranks do."""
-    case = result.case
-    tol = tolerance_for(case.precision, case.tolerance)
-    # Pipeline ranks hold different layers: each rank's layer states, filled in from the
-    # other ranks', so the first divergent layer can be found wherever it lives.
-    merged: dict[str, np.ndarray] = {}
-    for output in outputs.values():
-        merged.update(output.layers)
-    for rank, output in sorted(outputs.items()):
-        test = Output(output.prefill, output.decode, output.tokens, {**merged, **output.layers})
-        result.comparisons[rank] = compare(ref, test, tol, world=result.ranks)
-    _conclude(result)
-
-
-def _conclude(result: CaseResult) -> None:
-    comparisons = result.comparisons
-    failing = [r for r, c in comparisons.items() if not c.passed]
-    for c in comparisons.values():
-        result.warnings += [w for w in c.warnings if w not in result.warnings]
-    if failing:
-        result.status = FAIL
-        first = comparisons[failing[0]]
-        result.diagnoses = list(first.diagnoses)
-        if len(failing) < len(comparisons):
-            passing = [r for r in comparisons if r not in failing]
-            result.diagnoses.append(
-                f"ranks disagree: rank {', '.join(map(str, failing))} fail, "
-                f"rank {', '.join(map(str, passing))} pass"
-            )
-        result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
-
-
-def _judge_against_golden(
-    result: CaseResult, golden: goldens.Golden, outputs: dict[int, Output]
-) -> CaseResult:
-    """Every rank held against the golden itself (full logits, or top-k logprobs for a
-    real vocabulary); the first divergent layer from the golden's per-layer norms."""
-    tol = tolerance_for(result.case.precision, result.case.tolerance)
-    for rank, output in sorted(outputs.items()):
-        comparison = goldens.hold(golden, output, tol)
-        if not comparison.passed:
-            moved = first_divergent_layer(golden.layers, goldens.layer_norms(output.layers), tol)
-            if moved is not None:
-                comparison.first_divergent_layer = moved[0]
-                comparison.first_divergent_part = PART_NAMES[moved[1]]
-                comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
-        result.comparisons[rank] = comparison
-    _conclude(result)
-    return result
-
-
-def _against_golden(result: CaseResult, reference: Output, options: RunOptions) -> None:
-    """Hold the single-rank reference against the stored golden of the case's key."""
-    if options.goldens is None:
-        return
-    tol = tolerance_for(result.case.precision, result.case.tolerance)
-    try:
-        check = goldens.check(result.case, reference, tol, options.goldens, options.record_missing)
-    except OSError as exc:
-        raise HarnessError(f"cannot write goldens in {options.goldens}: {describe(exc)}") from None
-    result.golden = check
-    if check.status in ("missing", "written"):
-        result.warnings.append(check.detail)
-    elif check.status in ("mismatch", "corrupt"):
-        result.diagnoses.append(f"golden {check.status}")
-        result.reason = "; ".join(filter(None, [result.reason, check.detail]))
-        if result.status == PASS:
-            result.status = FAIL

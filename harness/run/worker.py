@@ -109,7 +109,8 @@ def main() -> None:
             emit({"type": "hello", "ranks": ranks})
         dump_after = spec.get("dump_after")
         for message, arrays in resolve_job(spec["kind"])(spec, group):
-            if message.get("type") == "start":
+            starting = message.get("type") == "start"
+            if starting:
                 current = message
                 if dump_after:
                     # A hung case leaves every rank's Python stack in its log.
@@ -118,6 +119,10 @@ def main() -> None:
                 faulthandler.cancel_dump_traceback_later()
             if rank == 0:
                 emit(message, arrays)
+            if starting and group.size() > 1:
+                # No rank begins a case before rank 0 has said so (and sent everything
+                # before it): a rank that dies at once is then blamed on the right case.
+                mx.eval(mx.distributed.all_sum(mx.array(0), group=group))
     except BaseException as exc:  # reported for the parent, then this rank ends
         status, reason = blame(exc)
         detail = "".join(traceback.format_exception(exc))

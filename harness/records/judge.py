@@ -1,0 +1,101 @@
+"""Judging a case's outputs: every rank's output against the case's reference (a
+single-rank run, another strategy's, or a golden), the case's status and diagnoses, and
+the reference held against the stored golden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError, describe
+from harness.records import goldens
+from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
+from harness.records.outputs import Output
+from harness.records.result import FAIL, PASS, CaseResult
+
+
+def rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
+    outputs = {}
+    for entry in ranks:
+        head = f"{prefix}{entry['rank']}:"
+        outputs[entry["rank"]] = Output.from_arrays(
+            {k.removeprefix(head): v for k, v in arrays.items() if k.startswith(head)}
+        )
+    return outputs
+
+
+def filled(output: Output, outputs: dict[int, Output]) -> Output:
+    """A rank's output with its layer states filled in from the other ranks': pipeline
+    ranks each hold different layers, so a divergent layer is found wherever it lives."""
+    layers: dict[str, np.ndarray] = {}
+    for other in outputs.values():
+        layers.update(other.layers)
+    return Output(output.prefill, output.decode, output.tokens, {**layers, **output.layers})
+
+
+def judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
+    """Compare every rank's output with the reference; the case passes if all ranks do."""
+    case = result.case
+    tol = tolerance_for(case.precision, case.tolerance)
+    for rank, output in sorted(outputs.items()):
+        result.comparisons[rank] = compare(ref, filled(output, outputs), tol, world=result.ranks)
+    conclude(result)
+
+
+def conclude(result: CaseResult) -> None:
+    comparisons = result.comparisons
+    failing = [r for r, c in comparisons.items() if not c.passed]
+    for c in comparisons.values():
+        result.warnings += [w for w in c.warnings if w not in result.warnings]
+    if failing:
+        result.status = FAIL
+        first = comparisons[failing[0]]
+        result.diagnoses = list(first.diagnoses)
+        if len(failing) < len(comparisons):
+            passing = [r for r in comparisons if r not in failing]
+            result.diagnoses.append(
+                f"ranks disagree: rank {', '.join(map(str, failing))} fail, "
+                f"rank {', '.join(map(str, passing))} pass"
+            )
+        result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
+
+
+def judge_against_golden(
+    result: CaseResult, golden: goldens.Golden, outputs: dict[int, Output]
+) -> CaseResult:
+    """Every rank held against the golden itself (full logits, or top-k logprobs for a
+    real vocabulary); the first divergent layer from the golden's per-layer norms."""
+    tol = tolerance_for(result.case.precision, result.case.tolerance)
+    for rank, output in sorted(outputs.items()):
+        comparison = goldens.hold(golden, output, tol)
+        if not comparison.passed:
+            moved = first_divergent_layer(golden.layers, goldens.layer_norms(output.layers), tol)
+            if moved is not None:
+                comparison.first_divergent_layer = moved[0]
+                comparison.first_divergent_part = PART_NAMES[moved[1]]
+                comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+        result.comparisons[rank] = comparison
+    conclude(result)
+    return result
+
+
+def against_golden(
+    result: CaseResult, reference: Output, directory: Path | None, record_missing: bool
+) -> None:
+    """Hold the single-rank reference against the stored golden of the case's key."""
+    if directory is None:
+        return
+    tol = tolerance_for(result.case.precision, result.case.tolerance)
+    try:
+        check = goldens.check(result.case, reference, tol, directory, record_missing)
+    except OSError as exc:
+        raise HarnessError(f"cannot write goldens in {directory}: {describe(exc)}") from None
+    result.golden = check
+    if check.status in ("missing", "written"):
+        result.warnings.append(check.detail)
+    elif check.status in ("mismatch", "corrupt"):
+        result.diagnoses.append(f"golden {check.status}")
+        result.reason = "; ".join(filter(None, [result.reason, check.detail]))
+        if result.status == PASS:
+            result.status = FAIL
