@@ -10,7 +10,18 @@ import sys
 
 import typer
 
-from harness.commands import checkpoint, golden, inspect, props, run, selftest
+from harness.commands import (
+    bench,
+    bisect,
+    checkpoint,
+    compare,
+    golden,
+    inspect,
+    props,
+    run,
+    selftest,
+    serve,
+)
 from harness.errors import HarnessError
 
 app = typer.Typer(
@@ -26,8 +37,14 @@ app.command()(inspect.archs)
 app.command()(inspect.preflight)
 app.add_typer(golden.app, name="golden")
 app.add_typer(checkpoint.app, name="checkpoint")
+app.add_typer(bisect.app, name="bisect")
+app.add_typer(bisect.env_app, name="env")
+app.command(name="diff-impl")(bisect.diff_impl)
 app.command()(props.props)
 app.command()(selftest.selftest)
+app.command()(serve.serve)
+app.command()(compare.compare)
+app.command()(bench.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.records import noise
 from harness.records.result import FAILING, CaseResult
+from harness.records.table import (
+    COLUMNS,
+    STATUS_COLUMN,
+    TIMINGS_CAPTION,
+    cells,
+    held_against,
+    number,
+)
 
 STYLE = {
     "pass": "green",
@@ -21,21 +27,9 @@ STYLE = {
 }
 
 
-def _num(value, fmt: str = ".1e") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, fmt)
-
-
-def _rate(sharded, reference) -> str:
-    if sharded is None:
-        return "-"
-    return f"{sharded:,.0f}" + (f" / {reference:,.0f}" if reference else "")
-
-
 def progress_line(result: CaseResult, total: int) -> str:
     worst = result.worst
-    detail = f"max|Δ| {_num(worst.metrics.max_abs)}" if worst else ""
+    detail = f"max|Δ| {number(worst.metrics.max_abs)}" if worst else ""
     if worst and result.reference and result.reference != "single-rank":
         detail += f" vs {result.reference.split(' (')[0]}"
     why = result.reason if result.status != "pass" else "; ".join(result.warnings)
@@ -48,51 +42,17 @@ def progress_line(result: CaseResult, total: int) -> str:
 
 
 def verdict_table(rows: list[dict], title: str) -> Table:
-    held = sorted({r["reference"] for r in rows if r.get("reference")})
-    caption = "held against: " + "; ".join(held) if held else None
-    table = Table(title=title, caption=caption, show_lines=False)
-    for name in (
-        "#",
-        "arch",
-        "variant",
-        "prec",
-        "strategy",
-        "ranks",
-        "status",
-        "max|Δ|",
-        "KL",
-        "top1",
-        "tokens",
-        "prefill tok/s",
-        "decode tok/s",
-        "diagnosis",
-    ):
+    # The run's tok/s time bare model calls on the comparison shapes, not generation as
+    # users quote it (that is `harness bench`): the caption says so.
+    captions = [TIMINGS_CAPTION, held_against(rows)]
+    table = Table(title=title, caption="\n".join(filter(None, captions)), show_lines=False)
+    for name in COLUMNS:
         table.add_column(name, overflow="fold")
     for row in rows:
+        text = [escape(cell) for cell in cells(row)]
         colour = STYLE.get(row["status"], "white")
-        diagnoses = json.loads(row["diagnoses"] or "[]")
-        warnings = json.loads(row.get("warnings") or "[]")
-        if row["status"] == "pass":
-            note = "; ".join(warnings)
-        else:
-            note = "; ".join(diagnoses) or (row["reason"] or "").splitlines()[0]
-        tokens = {1: "match", 0: "differ"}.get(row["tokens_match"], "-")
-        table.add_row(
-            str(row["idx"] + 1),
-            row["arch"],
-            row["variant"],
-            row["precision"],
-            row["strategy"],
-            str(row["ranks"]),
-            f"[{colour}]{row['status']}[/{colour}]",
-            _num(row["max_abs"]),
-            _num(row["kl_max"]),
-            _num(row["top1"], ".2f"),
-            tokens,
-            _rate(row["prefill_tok_s"], row["ref_prefill_tok_s"]),
-            _rate(row["decode_tok_s"], row["ref_decode_tok_s"]),
-            escape(note),
-        )
+        text[STATUS_COLUMN] = f"[{colour}]{text[STATUS_COLUMN]}[/{colour}]"
+        table.add_row(*text)
     return table
 
 
@@ -188,7 +148,7 @@ def golden_table(actions) -> Table:
         table.add_row(
             a.key,
             f"[{colour}]{a.status}[/{colour}]",
-            _num(m.max_abs) if m else "-",
+            number(m.max_abs) if m else "-",
             versions,
             detail,
         )
@@ -206,13 +166,65 @@ def golden_diff(d) -> str:
         f"{rec.get('platform')} at {rec.get('created')}",
         f"  {d.against}: mlx {obt.get('mlx_version')} mlx-lm {obt.get('mlx_lm_version')} "
         f"{obt.get('platform')}",
-        f"  max|Δ| {_num(m.max_abs)}  rel {_num(m.rel)}  cosine {_num(m.cosine, '.6f')}  "
-        f"KL {_num(m.kl_max)}  top1 {_num(m.top1, '.2f')}  decode max|Δ| {_num(m.decode_max_abs)}",
+        f"  max|Δ| {number(m.max_abs)}  rel {number(m.rel)}  cosine {number(m.cosine, '.6f')}  "
+        f"KL {number(m.kl_max)}  top1 {number(m.top1, '.2f')}  "
+        f"decode max|Δ| {number(m.decode_max_abs)}",
         f"  greedy tokens {tokens}",
     ]
     if c.diagnoses:
         lines.append("  diagnosis: " + "; ".join(c.diagnoses))
     return "\n".join(lines)
+
+
+def comparison_table(result) -> Table:
+    """`harness compare`: one row per change, regressions first."""
+    a, b = result.run_a, result.run_b
+    table = Table(title=f"run {a['id']} ({a['suite']}) -> run {b['id']} ({b['suite']})")
+    for name in ("case", "change", "before", "after", "regressed"):
+        table.add_column(name, overflow="fold")
+    for change in sorted(result.changes, key=lambda c: (not c.regressed, c.label)):
+        flag = "[red]yes[/red]" if change.regressed else "no"
+        table.add_row(
+            escape(change.label),
+            change.what,
+            escape(change.before or "-"),
+            escape(change.after or "-"),
+            flag,
+        )
+    return table
+
+
+def comparison_summary(result) -> str:
+    regressed = sum(c.regressed for c in result.changes)
+    verdict = f"{regressed} regression(s)" if regressed else "no regression"
+    return (
+        f"{result.matched} cases in both runs, {len(result.changes)} change(s): {verdict} "
+        f"(tok/s: below {noise.RATIO}x the baseline after the run's drift, more than "
+        f"{noise.Z:g} sd below the other cases, no sample overlapping)"
+    )
+
+
+PULL_STYLE = {"new": "green", "replaced": "yellow", "same": "dim", "absent": "yellow"}
+
+
+def pulled_table(pulled) -> Table:
+    """`golden pull`: what happened to each golden the service listed."""
+    table = Table(title="goldens pulled")
+    for name in ("key", "action", "sha256"):
+        table.add_column(name, overflow="fold")
+    for p in pulled:
+        colour = PULL_STYLE[p.action]
+        table.add_row(p.key, f"[{colour}]{p.action}[/{colour}]", (p.sha256 or "-")[:16])
+    return table
+
+
+def pulled_summary(pulled, url: str, directory) -> str:
+    counts = {action: sum(p.action == action for p in pulled) for action in PULL_STYLE}
+    absent = f", {counts['absent']} not on the service" if counts["absent"] else ""
+    return (
+        f"{counts['new']} new, {counts['replaced']} replaced, {counts['same']} already "
+        f"identical{absent}: from {url} into {directory}"
+    )
 
 
 VERDICT_STYLE = {
@@ -306,3 +318,75 @@ def props_summary(report) -> str:
         f"{len(report.results)} properties: {passed} passed, {len(report.results) - passed} "
         f"failed, {examples} examples on {where} in {report.seconds:.1f}s"
     )
+
+
+BENCH_STYLE = {"ok": "green", **STYLE}
+
+
+def bench_line(line) -> str:
+    """A finished bench case: its medians, or why it has none."""
+    colour = BENCH_STYLE[line.status]
+    head = f"[{colour}]{line.status:<7}[/{colour}] {escape(line.label)} {escape(line.strategy)}"
+    if not line.stats:
+        return f"{head} {escape((line.reason or '').splitlines()[0] if line.reason else '')}"
+    prompt, generation = line.stats["prompt_tps"], line.stats["generation_tps"]
+    return f"{head}: prompt {prompt.median:,.1f} tok/s, generation {generation.median:,.1f} tok/s"
+
+
+def _spread(spread) -> str:
+    return f"{spread.median:,.1f} ({spread.low:,.1f}-{spread.high:,.1f})"
+
+
+def _versus(line, metric: str) -> str:
+    if line.baseline is None:
+        return "baseline" if line.stats else "-"
+    ratio = line.ratios[metric]
+    return f"{ratio:.2f}x" + (" (noise)" if line.noise[metric] else "")
+
+
+def bench_table(lines: list, title: str) -> Table:
+    """Strategies side by side: rank 0's median (min-max over trials) as mlx_lm.benchmark
+    computes it, ratios to the first strategy of the same model and shapes."""
+    table = Table(
+        title=title,
+        show_lines=False,
+        caption="vs first: median / the first strategy's median of the same model and shapes; "
+        "(noise): within noise, the trial ranges overlap",
+    )
+    for name in (
+        "#",
+        "model and shapes",
+        "strategy",
+        "ranks",
+        "status",
+        "prompt tok/s",
+        "vs first",
+        "generation tok/s",
+        "vs first",
+        "prompt time ms",
+        "peak GB per rank",
+    ):
+        table.add_column(name, overflow="fold")
+    for line in lines:
+        colour = BENCH_STYLE.get(line.status, "white")
+        if line.stats:
+            ttft = line.stats["ttft_s"]
+            cells = (
+                _spread(line.stats["prompt_tps"]),
+                _versus(line, "prompt_tps"),
+                _spread(line.stats["generation_tps"]),
+                _versus(line, "generation_tps"),
+                f"{ttft.median * 1e3:,.1f}",
+                " / ".join(f"{gb:.3f}" for _, gb in sorted(line.peak_memory_gb.items())),
+            )
+        else:
+            cells = (escape((line.reason or "-").splitlines()[0]), "", "", "", "", "")
+        table.add_row(
+            str(line.index + 1),
+            escape(line.label),
+            escape(line.strategy),
+            str(line.ranks),
+            f"[{colour}]{line.status}[/{colour}]",
+            *cells,
+        )
+    return table

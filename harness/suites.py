@@ -24,15 +24,23 @@ arch = "qwen3_moe"         # Face cache (never downloaded; skipped when absent)
 checkpoint = "mlx-community/Qwen3-30B-A3B-4bit"
 prompt_text = ["Why is the sky blue?"]  # text, tokenized with the checkpoint's tokenizer
                            # and chat template (checkpoint or layout cases only)
+[[bench]]                  # `harness bench --suite`: tok/s through mlx-lm's generation
+arch = "qwen3_moe"         # model fields as in [[case]] (arch, layout, checkpoint, precision)
+layout = "mlx"
+strategies = ["tp", "pp"]  # compared side by side (default: none at 1 rank, tp above)
+prompt_tokens = [128, 512] # shapes: an integer or a list (every combination is a case);
+generation_tokens = 64     # mlx_lm.benchmark's defaults where absent
+batch_size = 1
 """
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from harness.case import DTYPES, QUANT_BITS, Case
+from harness.case import DTYPES, QUANT_BITS, BenchCase, Case
 from harness.errors import HarnessError
 from harness.shapes import get_shape
 from harness.zoo import ARCHS, get_arch, support
@@ -160,10 +168,7 @@ def matrix_cases(
 
 def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
     path = suite_path(name, directory)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise HarnessError(f"{path}: malformed TOML: {exc}") from None
+    data = _read(path)
     defaults = data.get("defaults", {})
     cases: list[Case] = []
     for i, matrix in enumerate(data.get("matrix", [])):
@@ -195,6 +200,60 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
     if not cases:
         raise HarnessError(f"{path}: the suite defines no cases")
     return _dedupe(cases)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise HarnessError(f"{path}: malformed TOML: {exc}") from None
+
+
+_SHAPES = ("prompt_tokens", "generation_tokens", "batch_size", "prefill_step_size")
+_BENCH_COUNTS = ("num_trials", "warmup")
+
+
+def default_strategies(ranks: int) -> list[str]:
+    """mlx_lm.benchmark's: the unsharded model on one rank, tensor parallel above."""
+    return ["none"] if ranks == 1 else ["tp"]
+
+
+def bench_cases(
+    model: dict, strategies: list[str], shapes: dict, counts: dict, where: str
+) -> list[BenchCase]:
+    """Every combination of shapes (each an integer or a list of them) x strategy, the
+    strategies of one shape next to each other, as the side-by-side table shows them."""
+    axes = {k: v if isinstance(v, list) else [v] for k, v in shapes.items()}
+    if not strategies or not all(isinstance(s, str) for s in strategies):
+        raise HarnessError(f"{where}: strategies must be a non-empty list of names")
+    cases = [_case({**model, "strategy": strategy}, where) for strategy in strategies]
+    benches = []
+    for values in itertools.product(*axes.values()):
+        for case in cases:
+            try:
+                benches.append(BenchCase(case, **dict(zip(axes, values, strict=True)), **counts))
+            except HarnessError as exc:
+                raise HarnessError(f"{where}: {exc}") from None
+    return benches
+
+
+def load_bench(name: str, ranks: int, directory: Path = SUITES_DIR) -> list[BenchCase]:
+    """A suite's [[bench]] entries as bench cases, in order, strategies side by side."""
+    path = suite_path(name, directory)
+    benches: list[BenchCase] = []
+    for i, entry in enumerate(_read(path).get("bench", [])):
+        where = f"{path}: bench {i + 1}"
+        entry = dict(entry)
+        if "arch" not in entry:
+            raise HarnessError(f"{where}: missing arch")
+        get_arch(entry["arch"])
+        strategies = entry.pop("strategies", default_strategies(ranks))
+        shapes = {k: entry.pop(k) for k in _SHAPES if k in entry}
+        counts = {k: entry.pop(k) for k in _BENCH_COUNTS if k in entry}
+        benches += bench_cases(entry, strategies, shapes, counts, where)
+    if not benches:
+        raise HarnessError(f"{path}: the suite has no [[bench]] entries")
+    return benches
 
 
 def _dedupe(cases: list[Case]) -> list[Case]:

@@ -28,6 +28,8 @@ from types import MappingProxyType
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.models import mlx_lm_api
+from harness.models.mlx_lm_api import MissingModelType
 
 
 @dataclass(frozen=True)
@@ -1071,10 +1073,7 @@ def config_copy(arch: Arch) -> dict[str, Any]:
 
 def model_classes(config: Mapping[str, Any]) -> tuple[type, type]:
     """(Model, ModelArgs) of a config through mlx-lm's own model_type resolution."""
-    # Imported here: mlx_lm.utils takes ~1.5 s to import, which listing the zoo never needs.
-    from mlx_lm.utils import _get_classes
-
-    return _get_classes(dict(config))
+    return mlx_lm_api.model_classes(config)
 
 
 @functools.cache
@@ -1087,6 +1086,8 @@ def support(name: str) -> Support:
         # Constructing is cheap (weights stay lazy) and is the only reliable way to
         # reach the inner model whose class carries pipeline().
         model = model_cls(args_cls.from_dict(config))
+    except MissingModelType as error:  # an older (or newer) release without it
+        return Support(available=False, tp=False, pp=False, reason=str(error))
     # A model module may even call sys.exit at import (mlx_lm.models.olmo does).
     except (Exception, SystemExit) as error:
         reason = f"mlx-lm cannot build model_type '{arch.model_type}': {error}"

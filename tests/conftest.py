@@ -38,3 +38,108 @@ def run_cli(capsys):
 @pytest.fixture
 def db_path(tmp_path):
     return str(tmp_path / "results.db")
+
+
+@pytest.fixture(scope="session")
+def record_run():
+    """`record_run(db_path, suite, outcomes, ranks=2)`: see `_record_run`."""
+    return _record_run
+
+
+def _record_run(db_path, suite: str, outcomes: list[dict], ranks: int = 2) -> int:
+    """Store one run whose cases have the given outcomes without running anything: each
+    outcome names `arch` and may set status, diagnoses, reason, golden, strategy and
+    `seconds` (the prefill and decode samples of rank 0). Returns the run id."""
+    from harness.case import Case
+    from harness.records import store
+    from harness.records.goldens import GoldenCheck
+    from harness.records.result import FAILING, CaseResult
+
+    db = store.open_db(db_path)
+    run_id = store.start_run(db, "run", suite, ranks, None, None, ["harness", "run"])
+    for index, outcome in enumerate(outcomes):
+        case = Case(outcome["arch"], strategy=outcome.get("strategy", "tp"))
+        prefill, decode = outcome.get("seconds", ([0.010] * 3, [0.002] * 3))
+        timings = {
+            "prefill_tok_s": 16 / sorted(prefill)[len(prefill) // 2],
+            "decode_tok_s": 2 / sorted(decode)[len(decode) // 2],
+            "prefill_samples": prefill,
+            "decode_samples": decode,
+            "peak_memory": 1,
+        }
+        golden = outcome.get("golden")
+        result = CaseResult(
+            index,
+            case,
+            ranks,
+            outcome.get("status", "pass"),
+            outcome.get("reason"),
+            diagnoses=outcome.get("diagnoses", []),
+            rank_timings={0: timings},
+            duration=0.5,
+            golden=GoldenCheck(case.key(), golden) if golden else None,
+        )
+        store.record_case(db, run_id, result)
+    failed = any(o.get("status") in FAILING for o in outcomes)
+    store.finish_run(db, run_id, "failed" if failed else "passed")
+    return run_id
+
+
+def _pytest_junit(tmp_path) -> dict[str, set[str]]:
+    """What pytest's own --junitxml writes: element name -> attribute names, over a pass
+    with a suite property, a failure with stderr (kept as system-err), a skip and an error."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    (tmp_path / "test_sample.py").write_text(
+        "import sys, pytest\n"
+        "@pytest.fixture\n"
+        "def broken():\n    raise RuntimeError('setup')\n"
+        "def test_pass(record_testsuite_property):\n"
+        "    record_testsuite_property('mlx_version', '0.32')\n"
+        "def test_fail():\n    print('rank 1 stderr', file=sys.stderr)\n    assert 1 == 2\n"
+        "def test_skip():\n    pytest.skip('not here')\n"
+        "def test_error(broken):\n    pass\n"
+    )
+    xml = tmp_path / "pytest.xml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "junit_logging=system-err",
+            f"--junitxml={xml}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    vocabulary: dict[str, set[str]] = {}
+    for element in ET.parse(xml).getroot().iter():
+        vocabulary.setdefault(element.tag, set()).update(element.attrib)
+    return vocabulary
+
+
+@pytest.fixture(scope="session")
+def assert_junit_like_pytest(tmp_path_factory):
+    """`assert_junit_like_pytest(xml_text)`: every element and attribute of the document is
+    one pytest's own JUnit XML uses, nested the way pytest nests them."""
+    vocabulary = _pytest_junit(tmp_path_factory.mktemp("pytest-junit"))
+    return lambda xml_text: _assert_junit_like(xml_text, vocabulary)
+
+
+def _assert_junit_like(xml_text: str, vocabulary: dict[str, set[str]]) -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml_text)
+    assert root.tag == "testsuites" and [c.tag for c in root] == ["testsuite"]
+    for element in root.iter():
+        assert element.tag in vocabulary, element.tag
+        assert set(element.attrib) <= vocabulary[element.tag], (element.tag, element.attrib)
+    for case in root.iter("testcase"):
+        assert {"classname", "name", "time"} <= set(case.attrib)

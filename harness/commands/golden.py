@@ -1,4 +1,4 @@
-"""`harness golden record | verify | update | diff`: the golden lifecycle.
+"""`harness golden record | verify | update | diff | pull`: the golden lifecycle.
 
 The run layer (mlx, mlx-lm) is imported inside the commands that compute references."""
 
@@ -14,13 +14,19 @@ from harness.case import Case
 from harness.commands.options import Arch, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
+from harness.models import impl
 from harness.records import goldens
+from harness.service.pull import pull as pull_goldens
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
 )
 
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
+Impl = Annotated[
+    list[str] | None,
+    typer.Option("--impl", help="MODEL_TYPE=file.py: build that model type from another file."),
+]
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
@@ -50,16 +56,18 @@ def verify(
     arch: Arch = None,
     precision: Precision = None,
     directory: Dir = goldens.GOLDENS_DIR,
+    impl_files: Impl = None,
 ) -> None:
     """Recompute references and hold them against the goldens (all stored ones by default).
 
     Exit 1 when a golden is missing, corrupt or differs; a mismatch writes an `obtained`
-    file beside the golden.
+    file beside the golden. A case this mlx-lm cannot run is listed and skipped.
 
     Example: harness golden verify
     """
     from harness.run import references
 
+    impl.install(impl.parse(impl_files))
     cases = _cases(suite, arch, precision) if (suite or arch) else None
     actions = references.verify(cases, directory)
     if not actions:
@@ -111,3 +119,31 @@ def diff(
 def _print(actions: list) -> None:
     out = render.console()
     out.print(render.golden_table(actions))
+
+
+@app.command()
+def pull(
+    url: Annotated[str, typer.Argument(help="The service, e.g. http://127.0.0.1:8001")],
+    suite: Suite = None,
+    arch: Arch = None,
+    directory: Dir = goldens.GOLDENS_DIR,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace local goldens whose content differs.")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why local goldens are replaced (with --force).")
+    ] = None,
+) -> None:
+    """Fetch goldens from a running 'harness serve' into the goldens directory, verified.
+
+    Example: harness golden pull http://127.0.0.1:8001 --suite moe
+    """
+    if suite and arch:
+        raise HarnessError("give --suite or --arch, not both")
+    if force != bool(reason):
+        raise HarnessError("replacing local goldens needs both --force and --reason 'why'")
+    keys = {case.key() for case in _cases(suite, None, None)} if suite else None
+    pulled = pull_goldens(url, directory, keys, arch, reason)
+    out = render.console()
+    out.print(render.pulled_table(pulled))
+    out.print(render.pulled_summary(pulled, url, directory), markup=False)

@@ -24,7 +24,7 @@ from harness.commands.options import (
     command_line,
 )
 from harness.commands.select import select_cases
-from harness.records import store
+from harness.records import history, junit, store, table
 from harness.records.result import case_row
 from harness.records.shapes import shape_summary
 
@@ -72,6 +72,9 @@ def run(
     record_missing: Annotated[
         bool, typer.Option("--record-missing", help="Write goldens that are missing.")
     ] = False,
+    junit_path: Annotated[
+        Path | None, typer.Option("--junit", help="Also write JUnit XML, one testcase per case.")
+    ] = None,
 ) -> None:
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
@@ -107,6 +110,8 @@ def run(
         command=command_line(ctx, "run"),
         on_result=lambda result: out.print(render.progress_line(result, total)),
     )
+    if junit_path is not None:
+        junit.write(junit_path, *store.get_run(database, record.run_id))
     rows = [case_row(r) for r in record.results]
     title = f"run {record.run_id}: {suite or 'archs'} on {record.options.ranks} rank(s)"
     out.print(render.verdict_table(rows, title))
@@ -119,17 +124,31 @@ def run(
 
 
 def report(
-    run_id: Annotated[
-        int | None, typer.Option("--run", help="Run id (default: the latest).")
+    run_spec: Annotated[
+        str | None,
+        typer.Option("--run", help="Run id, or a suite for its latest run (default: the latest)."),
     ] = None,
     db: Db = DEFAULT_DB,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print GitHub-flavoured markdown (CI summaries).")
+    ] = False,
 ) -> None:
     """Print a stored run: its environment and the verdict of every case.
 
     Example: harness report --run 3
     """
     database = store.open_db(db)
-    run, cases = store.get_run(database, run_id)
+    if run_spec is None:
+        run, cases = store.get_run(database, None)
+    else:
+        run, cases = history.resolve_run(database, run_spec, db)
+    if run["kind"] == "bench":
+        from harness.commands.bench import show_run
+
+        raise typer.Exit(1 if show_run(database, run) else 0)
+    if markdown:
+        print(table.markdown(run, cases), end="")
+        raise typer.Exit(1 if run["status"] == "failed" else 0)
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(

@@ -162,9 +162,15 @@ def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Com
     return Comparison(passed=passed, metrics=metrics, diagnoses=diagnoses)
 
 
-def _write(npz_path: Path, meta_path: Path, payload: bytes, meta: dict) -> None:
+def sidecar_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, indent=1).encode()
+
+
+def write_files(npz_path: Path, meta_path: Path, payload: bytes, sidecar: bytes) -> None:
+    """Write a golden's file and its sidecar, each replaced atomically: a reader (the
+    service, a run) never sees half a file."""
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    for path, data in ((npz_path, payload), (meta_path, json.dumps(meta, indent=1).encode())):
+    for path, data in ((npz_path, payload), (meta_path, sidecar)):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -207,7 +213,7 @@ def save(
             }
         ]
     meta["history"] = history
-    _write(npz_path, meta_path, payload, meta)
+    write_files(npz_path, meta_path, payload, sidecar_bytes(meta))
     for stale in obtained_paths(case.key(), directory):
         stale.unlink(missing_ok=True)
     return npz_path
@@ -285,7 +291,7 @@ def _write_obtained(case: Case, output: Output, directory: Path) -> None:
     # Full logits, whatever the golden keeps: `diff` recomputes any comparison from it.
     payload = _npz_bytes(output, full=True)
     npz_path, meta_path = obtained_paths(case.key(), directory)
-    _write(npz_path, meta_path, payload, _meta(case, payload, output))
+    write_files(npz_path, meta_path, payload, sidecar_bytes(_meta(case, payload, output)))
 
 
 def stored_keys(directory: Path = GOLDENS_DIR) -> list[str]:

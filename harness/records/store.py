@@ -4,12 +4,14 @@ as each case finishes, so a killed run keeps everything it finished."""
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
 
 from harness.errors import HarnessError
+from harness.records.bench import BENCH_STATUSES, OK, BenchResult, bench_row
 from harness.records.provenance import environment
 from harness.records.result import FAILING, STATUSES, CaseResult, case_row, now
 
@@ -105,12 +107,86 @@ def _v4_reference(db: sqlite_utils.Database) -> None:
     db["cases"].add_column("reference", str)
 
 
+def _v5_bench(db: sqlite_utils.Database) -> None:
+    # `harness bench`: runs of kind "bench", one bench_cases row per (model, strategy,
+    # shapes) and every rank's every trial in bench_trials, as mlx-lm's generation reports
+    # them (tok/s, seconds, GB).
+    db["bench_cases"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "idx": int,
+            "bench_key": str,
+            "case_key": str,
+            "label": str,
+            "arch": str,
+            "variant": str,
+            "precision": str,
+            "strategy": str,
+            "ranks": int,
+            "prompt_tokens": int,
+            "generation_tokens": int,
+            "batch_size": int,
+            "prefill_step_size": int,
+            "num_trials": int,
+            "warmup": int,
+            "status": str,
+            "reason": str,
+            "duration_s": float,
+            "finished": str,
+            "bench": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["bench_cases"].create_index(["run_id"])
+    db["bench_cases"].create_index(["bench_key"])
+    db["bench_trials"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "bench_case_id": int,
+            "rank": int,
+            "trial": int,
+            "prompt_tps": float,
+            "generation_tps": float,
+            "ttft_s": float,
+            "peak_memory_gb": float,
+            "wall_s": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("bench_case_id", "bench_cases", "id")],
+    )
+    db["bench_trials"].create_index(["bench_case_id"])
+    # One row per raw sample with its shapes: what `compare` and the service read.
+    db.create_view(
+        "bench_samples",
+        """select c.run_id, c.idx, c.bench_key, c.label, c.arch, c.variant, c.precision,
+       c.strategy, c.ranks, c.prompt_tokens, c.generation_tokens, c.batch_size,
+       c.prefill_step_size, t.rank, t.trial, t.prompt_tps, t.generation_tps, t.ttft_s,
+       t.peak_memory_gb, t.wall_s
+from bench_trials t join bench_cases c on c.id = t.bench_case_id""",
+    )
+    # The tok/s `harness run` keeps are bare model calls on the comparison shapes (a fixed
+    # batch of short prompts, a few cached decode steps), not generation tok/s as users
+    # quote them (those are bench_samples): this view names them for what they are.
+    db.create_view(
+        "model_call_throughput",
+        """select run_id, idx, label, strategy, ranks,
+       prefill_tok_s as model_call_prefill_tok_s, decode_tok_s as model_call_decode_tok_s,
+       ref_prefill_tok_s as reference_model_call_prefill_tok_s,
+       ref_decode_tok_s as reference_model_call_decode_tok_s, peak_memory
+from cases""",
+    )
+
+
 # Schema migrations in order; PRAGMA user_version counts how many have run.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
     _v2_goldens,
     _v3_selftest,
     _v4_reference,
+    _v5_bench,
 ]
 
 
@@ -137,7 +213,10 @@ def start_run(
     backend: str | None,
     hosts: str | None,
     command: list[str],
+    versions: dict | None = None,
 ) -> int:
+    """A new run's row; `versions` replaces this process's mlx / mlx-lm versions when the
+    cases ran under another environment (a bisect step)."""
     row = {
         "kind": kind,
         "status": "running",
@@ -148,6 +227,7 @@ def start_run(
         "command": shlex.join(command),
         "started": now(),
         **environment(),
+        **(versions or {}),
     }
     with db.conn:
         return db["runs"].insert(row).last_pk
@@ -192,3 +272,66 @@ def get_run(db, run_id: int | None) -> tuple[dict, list[dict]]:
         raise HarnessError(f"no run with id {run_id} in the database") from None
     cases = list(db.query("select * from cases where run_id = ? order by idx", [run_id]))
     return run, cases
+
+
+def require_existing(path: str | Path) -> None:
+    """A harness database must already be at `path` (for readers: opening one with
+    `open_db` would create or migrate it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"no database at {path}; 'harness run --db {path}' creates one")
+    try:
+        with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as conn:
+            tables = {row[0] for row in conn.execute("select name from sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise HarnessError(f"{path} is not a SQLite database ({exc})") from None
+    if not {"runs", "cases"} <= tables:
+        raise HarnessError(f"{path} is not a harness database: it has no runs and cases tables")
+
+
+def record_bench(db, run_id: int, result: BenchResult) -> None:
+    """One bench case's row and all its trials, in one transaction."""
+    with db.conn:
+        case_id = db["bench_cases"].insert({"run_id": run_id, **bench_row(result)}).last_pk
+        db["bench_trials"].insert_all(
+            {"run_id": run_id, "bench_case_id": case_id, **trial} for trial in result.trials
+        )
+
+
+def finish_bench_run(db, run_id: int, status: str) -> dict:
+    """Close a bench run: `passed` counts the bench cases that were timed."""
+    counts = {s: 0 for s in BENCH_STATUSES}
+    for row in db.query(
+        "select status, count(*) n from bench_cases where run_id = ? group by status", [run_id]
+    ):
+        counts[row["status"]] = row["n"]
+    update = {
+        "status": status,
+        "finished": now(),
+        "cases": sum(counts.values()),
+        "passed": counts[OK],
+        "failed": sum(n for s, n in counts.items() if s != OK),
+        "skipped": 0,  # every bench case applies or the command stopped before launching
+    }
+    with db.conn:
+        db["runs"].update(run_id, update)
+    return update
+
+
+def get_bench(db, run_id: int | None) -> tuple[dict, list[tuple[dict, list[dict]]]]:
+    """A bench run (the latest when None) and its bench cases, each with its trials."""
+    if run_id is None:
+        rows = list(db.query("select id from runs where kind = 'bench' order by id desc limit 1"))
+        if not rows:
+            raise HarnessError("the database has no bench runs yet; start one with 'harness bench'")
+        run_id = rows[0]["id"]
+    run, _ = get_run(db, run_id)
+    if run["kind"] != "bench":
+        raise HarnessError(f"run {run_id} is a '{run['kind']}' run, not a bench run")
+    cases = list(db.query("select * from bench_cases where run_id = ? order by idx", [run_id]))
+    trials: dict[int, list[dict]] = {c["id"]: [] for c in cases}
+    for trial in db.query(
+        "select * from bench_trials where run_id = ? order by bench_case_id, rank, trial", [run_id]
+    ):
+        trials[trial["bench_case_id"]].append(trial)
+    return run, [(c, trials[c["id"]]) for c in cases]

@@ -41,7 +41,7 @@ def _raise_interrupt(signum, frame):
 
 
 @contextmanager
-def _sigterm_interrupts():
+def sigterm_interrupts():
     """SIGTERM ends the run the way Ctrl-C does (main thread only: signals live there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -80,7 +80,7 @@ def run_cases(
             command or ["harness", kind],
         )
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             for result in runner.execute(cases, options):
                 extra = on_result(result) if on_result else None
                 if database is not None:

@@ -34,6 +34,7 @@ from harness.run import protocol
 JOBS = {
     "cases": "harness.run.cases:run_on_rank",
     "props": "harness.props.worker:run_on_rank",
+    "bench": "harness.run.bench:run_on_rank",
 }
 TRACEBACK_CHARS = 3000
 

@@ -228,14 +228,12 @@ def _load_model(path: Path) -> tuple[nn.Module, dict[str, mx.array]]:
     """load_model, and the parameters the model declared before the weights went in:
     strict=False replaces a parameter whatever its shape, so the loaded model no longer
     says what it expected."""
-    from mlx_lm.utils import load_model
-
-    from harness.zoo import model_classes
+    from harness.models import mlx_lm_api
 
     declared: dict[str, mx.array] = {}
 
     def recording_classes(config):
-        model_cls, args_cls = model_classes(config)
+        model_cls, args_cls = mlx_lm_api.model_classes(config)
 
         def load_weights(self, weights, strict=True):
             declared.update(tree_flatten(self.parameters()))
@@ -243,9 +241,7 @@ def _load_model(path: Path) -> tuple[nn.Module, dict[str, mx.array]]:
 
         return type(model_cls.__name__, (model_cls,), {"load_weights": load_weights}), args_cls
 
-    model, _ = load_model(
-        path, lazy=True, strict=False, get_model_classes=recording_classes, trust_remote_code=False
-    )
+    model = mlx_lm_api.load_model(path, get_model_classes=recording_classes)
     return model, declared
 
 
@@ -313,9 +309,7 @@ def load_for_case(case: Case, group) -> nn.Module:
 
 
 def _sharded_load(path: Path, strategy: str, group) -> nn.Module:
-    from mlx_lm.utils import sharded_load
+    from harness.models import mlx_lm_api
 
     groups = {"tensor_group": group} if strategy == "tp" else {"pipeline_group": group}
-    # An explicit tokenizer_config: sharded_load's default turns trust_remote_code on.
-    model, _ = sharded_load(str(path), tokenizer_config={"trust_remote_code": False}, **groups)
-    return model
+    return mlx_lm_api.sharded_load(path, **groups)

@@ -1,0 +1,335 @@
+"""`harness bisect versions | commits | step`, `harness diff-impl`, `harness env list | prune`:
+finding which mlx-lm release, commit or model file changed the numbers, and where."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness import render
+from harness.bisect import commits, envs, sharded
+from harness.bisect.versions import Step, bisect_versions
+from harness.case import Case
+from harness.commands.options import (
+    Arch,
+    Db,
+    GoldensDir,
+    Precision,
+    Ranks,
+    Suite,
+    Timeout,
+    command_line,
+)
+from harness.errors import HarnessError
+from harness.models import impl
+from harness.records import goldens, store
+from harness.records.compare import Comparison
+from harness.records.result import CaseResult
+
+app = typer.Typer(
+    help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
+)
+env_app = typer.Typer(help="The cached environments bisects run in.", no_args_is_help=True)
+
+
+def _say(out, text: str) -> None:
+    # Plain text, one line each however long: paths and ladders are read whole.
+    out.print(text, markup=False, soft_wrap=True)
+
+
+def _cases(
+    suite: str | None, arch: list[str] | None, precision: list[str] | None, ranks: int = 1
+) -> list[Case]:
+    from harness.commands.select import select_cases  # the zoo loads mlx: only when needed
+
+    if ranks > 1:
+        return select_cases(suite, arch, None, precision)
+    # Single-rank: a case is its reference, whatever strategy the suite gives it.
+    return list({c.key(): c for c in select_cases(suite, arch, "none", precision)}.values())
+
+
+@app.command()
+def versions(
+    ctx: typer.Context,
+    good: Annotated[str, typer.Option("--good", help="A release whose numbers are right.")],
+    bad: Annotated[str, typer.Option("--bad", help="A release whose numbers are wrong.")],
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+    inverse: Annotated[
+        bool, typer.Option("--inverse", help="Find the release that fixed it (bad is older).")
+    ] = False,
+    baseline: Annotated[
+        str,
+        typer.Option(help="Hold references to the goldens, or to the good release's (good)."),
+    ] = "goldens",
+    goldens_dir: GoldensDir = goldens.GOLDENS_DIR,
+    impl_files: Annotated[
+        list[str] | None,
+        typer.Option("--impl", help="MODEL_TYPE=file.py: that model type from this file."),
+    ] = None,
+    ranks: Ranks = 1,
+    timeout: Timeout = 60.0,
+    db: Db = store.DEFAULT_DB,
+) -> None:
+    """Binary search over published mlx-lm releases, each architecture on its own cases.
+
+    Each release runs in a cached environment (see 'harness env list'); a release that
+    cannot run a case skips it, never counts it bad. With --ranks N each release also
+    runs the cases sharded (their suite's strategies) on N ranks under its Python: a
+    case that fails there is bad. Prints, per architecture, the first bad release, its
+    cases' ladder of metrics against the last good one and the first layer where they
+    diverge. Exit 1 when a change was found.
+
+    Example: harness bisect versions --bad 0.30.0 --good 0.32.2 --inverse --suite moe
+    """
+    cases = _cases(suite, arch, precision, ranks)
+    overrides = impl.parse(impl_files)
+    if overrides and ranks > 1:
+        raise HarnessError(
+            "--impl runs on one rank only for now: the ranks of a launch do not load model "
+            "files yet; drop --ranks or --impl"
+        )
+    database = store.open_db(db)
+    out = render.console()
+    command = command_line(ctx, "bisect")
+    label = suite or ",".join(arch or [])
+
+    def record(step: Step) -> None:
+        env = step.refs.implementation.env
+        for note in env.notes if env else []:
+            print(f"warning: {note}", file=sys.stderr)
+        run_id = _store_step(database, step, label, command, ranks)
+        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
+        cache = "cached env" if step.env_reused else "new env"
+        _say(
+            out,
+            f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
+            f"({cache}, {step.seconds:.1f} s, run {run_id})",
+        )
+
+    result = bisect_versions(
+        cases,
+        good,
+        bad,
+        inverse,
+        baseline,
+        goldens_dir,
+        overrides,
+        sharded=sharded.runner(ranks, timeout=timeout) if ranks > 1 else None,
+        on_step=record,
+    )
+    for finding in result.findings:
+        _say(out, f"{finding.arch}: {finding.outcome}: {finding.detail}")
+        if finding.bisection is not None:
+            b = finding.bisection
+            if b.skipped:
+                skipped = ", ".join(b.skipped)
+                _say(out, f"  could also be in the skipped releases {skipped}")
+            for case, comparison in finding.changed:
+                _say(out, f"  {case.label()}: {b.last_old} -> {b.first_new}: {_ladder(comparison)}")
+            shown = {case.label() for case, _ in finding.changed}
+            flipped = _flipped(
+                result.steps[b.last_old], result.steps[b.first_new], finding.arch, shown
+            )
+            for line in flipped:
+                _say(out, f"  {line}")
+    _say(
+        out,
+        f"{len(result.steps)} release(s) run of {len(result.releases)} in range, "
+        f"{result.seconds:.1f} s",
+    )
+    raise typer.Exit(1 if any(f.outcome == "found" for f in result.findings) else 0)
+
+
+def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]:
+    """Cases whose verdict changed between the two releases without a ladder to show (a
+    crash, a checkpoint that stopped loading), with the reason, cut to one short line."""
+    old = {v.case.label(): v for v in before.verdicts if v.case.arch == arch}
+    lines = []
+    for v in after.verdicts:
+        was = old.get(v.case.label())
+        if v.case.arch != arch or was is None or "bad" not in (was.verdict, v.verdict):
+            continue
+        if v.case.label() not in shown:
+            why = v.detail or was.detail or ""
+            why = why if len(why) <= 160 else why[:157] + "..."
+            lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict}: {why}".rstrip(": "))
+    return lines
+
+
+def _ladder(c: Comparison) -> str:
+    m = c.metrics
+    layer = (
+        f"first divergent layer {c.first_divergent_layer} ({c.first_divergent_part})"
+        if c.first_divergent_layer is not None
+        else "no layer diverges"
+    )
+    tokens = (
+        "tokens match" if m.tokens_match else f"tokens differ from step {m.first_token_divergence}"
+    )
+    return (
+        f"max|Δ| {m.max_abs:.2e} rel {m.rel:.2e} cosine {m.cosine:.6f} KL {m.kl_max:.2e} "
+        f"top1 {m.top1:.2f}, {tokens}; {layer}"
+    )
+
+
+_STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
+
+
+def _store_step(database, step: Step, label: str, command: list[str], ranks: int) -> int:
+    versions = step.refs.versions
+    run_id = store.start_run(
+        database,
+        "bisect",
+        f"{label} @ mlx-lm {step.release}",
+        ranks,
+        None,
+        None,
+        command,
+        {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
+    )
+    for index, v in enumerate(step.verdicts):
+        # The sharded run's comparisons when there is one, else the reference vs baseline.
+        comparisons = {0: v.comparison} if v.comparison is not None else {}
+        if v.sharded is not None and v.sharded.comparisons:
+            comparisons = v.sharded.comparisons
+        result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
+        store.record_case(database, run_id, result, {"verdict": v.verdict})
+    bad = any(v.verdict == "bad" for v in step.verdicts)
+    store.finish_run(database, run_id, "failed" if bad else "passed")
+    return run_id
+
+
+@app.command(name="commits")
+def commits_command(
+    repo: Annotated[Path, typer.Option("--repo", help="A local mlx-lm git checkout.")],
+    good: Annotated[str, typer.Option("--good", help="A commit whose numbers are right.")],
+    bad: Annotated[str, typer.Option("--bad", help="A commit whose numbers are wrong.")],
+    suite: Suite = None,
+    arch: Arch = None,
+    precision: Precision = None,
+) -> None:
+    """Drive 'git bisect run' over commits of a local mlx-lm checkout.
+
+    The bisect runs in a temporary worktree, so the checkout is left as it was; a dirty
+    checkout is refused. A commit that cannot run the cases is skipped. Exit 1 once the
+    change is found (the first bad commit, or the skipped commits it hides among).
+
+    Example: harness bisect commits --repo ~/src/mlx-lm --good v0.31.3 --bad main --arch qwen3_moe
+    """
+    cases = _cases(suite, arch, precision)
+    out = render.console()
+    with tempfile.TemporaryDirectory(prefix="harness-bisect-") as work:
+        started = time.perf_counter()
+        result = commits.bisect_commits(repo, good, bad, cases, Path(work))
+    for sha, verdict in result.steps:
+        _say(out, f"  {sha[:12]} {verdict}")
+    if result.first_bad:
+        _say(out, f"first bad commit: {result.first_bad} {result.subject}")
+    else:
+        _say(
+            out,
+            "skipped commits hide the first bad one; it is one of: "
+            + ", ".join(sha[:12] for sha in result.candidates),
+        )
+    _say(out, f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s")
+    raise typer.Exit(1)
+
+
+@app.command()
+def step(
+    checkout: Annotated[Path, typer.Argument(help="The mlx-lm source tree to judge.")],
+    baseline: Annotated[
+        Path, typer.Option("--baseline", help="Folder of the good commit's saved references.")
+    ],
+) -> None:
+    """Judge one mlx-lm source tree for 'git bisect run': exit 0 good, 1 bad, 125 skip.
+
+    What 'harness bisect commits' runs at each commit; a failure of the harness itself
+    exits 128, which stops the bisect.
+
+    Example: harness bisect step --baseline /tmp/harness-bisect-x/baseline ~/src/mlx-lm
+    """
+    try:
+        verdict, verdicts = commits.step(checkout, baseline)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(commits.EXIT_ABORT) from None
+    for v in verdicts:
+        print(f"{v.case.label()}: {v.verdict} {v.detail or ''}".rstrip())
+    raise typer.Exit(commits.EXIT_CODES[verdict])
+
+
+def diff_impl(
+    model_type: Annotated[str, typer.Argument(help="The model type both implement.")],
+    a: Annotated[str, typer.Argument(help="A release, a commit (with --repo), a tree or a .py.")],
+    b: Annotated[str, typer.Argument(help="The implementation to hold against A.")],
+    repo: Annotated[
+        Path | None, typer.Option("--repo", help="mlx-lm checkout the commits are of.")
+    ] = None,
+) -> None:
+    """Compare two implementations of a model type on the same tiny weights and prompts.
+
+    Prints the ladder of metrics of B against A and the first layer where they diverge;
+    exit 1 when they differ.
+
+    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py
+    """
+    # Imported here: the zoo loads mlx, which the other commands of the CLI never need.
+    from harness.bisect.diff import diff_impl as compute_diff
+
+    out = render.console()
+    differ = False
+    for d in compute_diff(model_type, a, b, repo):
+        if d.comparison is None:
+            _say(out, f"{d.case.arch}: not compared: {d.detail}")
+            continue
+        same = d.comparison.passed
+        differ |= not same
+        verdict = "same within tolerance" if same else "differ"
+        _say(out, f"{d.case.arch}: {d.b} vs {d.a}: {verdict}")
+        _say(out, f"  {_ladder(d.comparison)}")
+    raise typer.Exit(1 if differ else 0)
+
+
+@env_app.command(name="list")
+def env_list() -> None:
+    """List the cached environments: what each holds, its size, when it was last used.
+
+    Example: harness env list
+    """
+    out = render.console()
+    found = envs.cached()
+    _say(out, f"environments in {envs.cache_dir()}: {len(found)}")
+    for env in found:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(env.used))
+        size = envs.size_bytes(env.path) / 2**20
+        _say(
+            out,
+            f"  {env.key}  mlx-lm {env.versions.get('mlx-lm')}  mlx {env.versions.get('mlx')}  "
+            f"{size:.0f} MiB  used {used}  ({env.installer})",
+        )
+
+
+@env_app.command(name="prune")
+def env_prune(
+    older_than: Annotated[
+        float | None,
+        typer.Option("--older-than", help="Only those unused for this many days."),
+    ] = None,
+) -> None:
+    """Remove cached environments (all, or those unused for --older-than days).
+
+    Example: harness env prune --older-than 30
+    """
+    removed = envs.prune(older_than)
+    out = render.console()
+    for env in removed:
+        _say(out, f"removed {env.key} (mlx-lm {env.versions.get('mlx-lm')})")
+    _say(out, f"{len(removed)} environment(s) removed from {envs.cache_dir()}")

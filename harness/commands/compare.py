@@ -1,0 +1,41 @@
+"""`harness compare`: what changed between two runs, exit 1 when anything regressed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness import render
+from harness.errors import HarnessError
+from harness.records import history, store
+
+
+def compare(
+    run_a: Annotated[str, typer.Argument(help="Baseline run: an id, or a suite for its latest.")],
+    run_b: Annotated[str, typer.Argument(help="Run to judge: an id, or a suite for its latest.")],
+    db: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--db", help="Database of both runs; give it twice for RUN_A's and RUN_B's files."
+        ),
+    ] = None,
+) -> None:
+    """Compare two runs: status flips, new diagnoses, golden changes, tok/s drops beyond noise.
+
+    Example: harness compare moe moe --db last-night.db --db harness.db
+    """
+    paths = db or [Path(store.DEFAULT_DB)]
+    if len(paths) > 2:
+        raise HarnessError("give --db once (both runs) or twice (RUN_A's file, RUN_B's file)")
+    path_a, path_b = paths[0], paths[-1]
+    run_a_row, cases_a = history.resolve_run(history.open_existing(path_a), run_a, str(path_a))
+    run_b_row, cases_b = history.resolve_run(history.open_existing(path_b), run_b, str(path_b))
+    result = history.compare_runs(run_a_row, cases_a, run_b_row, cases_b)
+    out = render.console()
+    out.print(render.comparison_table(result))
+    for line in result.notes:
+        out.print(f"note: {line}", markup=False)
+    out.print(render.comparison_summary(result), markup=False)
+    raise typer.Exit(1 if result.regressed else 0)

@@ -1,0 +1,115 @@
+"""`harness bench` on 2 real ranks: mlx-lm's tp and pp and an external strategy compared in
+one launch, every rank's trials stored; a strategy that kills its rank costs only itself."""
+
+import pytest
+
+from harness.records import store
+
+pytestmark = pytest.mark.multirank
+
+
+def test_strategies_side_by_side_in_one_launch_and_a_crash_costs_only_itself(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--layout", "mlx", "--ranks", "2",
+        "--strategy", "tp", "--strategy", "pp",
+        "--strategy", "harness.faults.crash:segfault_on_last_rank",
+        "--strategy", "harness.faults.controls:manual_tp",
+        "-p", "32", "-g", "6", "-n", "2", "--timeout", "120", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err  # the segfaulting strategy failed
+    db = store.open_db(db_path)
+    run, stored = store.get_bench(db, None)
+    assert run["ranks"] == 2 and run["kind"] == "bench"
+    by_strategy = {row["strategy"]: (row, trials) for row, trials in stored}
+    for ok in ("tp", "pp", "harness.faults.controls:manual_tp"):
+        row, trials = by_strategy[ok]
+        assert row["status"] == "ok", row["reason"]
+        assert {(t["rank"], t["trial"]) for t in trials} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+        assert all(t["prompt_tps"] > 0 and t["generation_tps"] > 0 for t in trials)
+        assert all(t["peak_memory_gb"] > 0 for t in trials)
+    crashed, trials = by_strategy["harness.faults.crash:segfault_on_last_rank"]
+    assert crashed["status"] == "crash" and not trials
+    assert crashed["reason"].startswith("rank 1 killed by SIGSEGV")
+    # Side by side: every strategy against tp, the first one given.
+    assert "baseline" in result.out and "manual_tp" in result.out
+    # The runs launched once before the crash and once after it: the case after the crash
+    # still ran, in a fresh launch.
+    assert [row["idx"] for row, _ in stored] == [0, 1, 2, 3]
+
+
+def test_batched_generation_on_two_ranks(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "deepseek_v3", "--ranks", "2", "--strategy", "pp",
+        "-p", "16", "-g", "4", "-b", "3", "-n", "2", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    samples = list(store.open_db(db_path).query("select * from bench_samples"))
+    assert len(samples) == 4 and all(s["batch_size"] == 3 for s in samples)
+
+
+def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
+    result = run_cli(
+        "bench", "--arch", "qwen3_moe", "--ranks", "2",
+        "--strategy", "harness.faults.crash:hang_on_last_rank",
+        "-p", "16", "-g", "4", "-n", "1", "--timeout", "10", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err
+    ((row, trials),) = store.get_bench(store.open_db(db_path), None)[1]
+    assert row["status"] == "timeout" and not trials
+    assert "did not finish within 10s" in row["reason"]
+    assert "hang_on_last_rank" in row["reason"]  # the hung rank's Python stack
+
+
+def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db_path = tmp_path / "bench.db"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "bench",
+            "--arch",
+            "qwen3_moe",
+            "--ranks",
+            "2",
+            "--strategy",
+            "pp",
+            "--strategy",
+            "harness.faults.crash:hang_on_last_rank",
+            "-p",
+            "16",
+            "-g",
+            "4",
+            "-n",
+            "1",
+            "--timeout",
+            "300",
+            "--db",
+            str(db_path),
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, rows = time.monotonic() + 240, 0
+    while time.monotonic() < deadline and rows < 1:
+        time.sleep(0.3)
+        if db_path.exists():
+            try:
+                rows = len(list(store.open_db(db_path).query("select id from bench_cases")))
+            except Exception:  # the database is being created
+                rows = 0
+    assert rows == 1, "the first bench case was not stored"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run, stored = store.get_bench(store.open_db(db_path), None)
+    assert run["status"] == "interrupted"
+    assert [row["strategy"] for row, _ in stored] == ["pp"]

@@ -1,0 +1,109 @@
+"""`harness bisect versions` end to end over an index served here, whose "releases" are
+source trees of mlx-lm made from the installed one (the real runs of published releases
+build environments from PyPI: tests/test_version_tolerance.py)."""
+
+import shutil
+
+import pytest
+from mlx_lm_sources import SOURCES, scale_moe_output
+from package_index import serve, use
+
+from harness.bisect import implementations
+from harness.records import store
+
+RELEASES = ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"]
+
+
+@pytest.fixture
+def published(tmp_path_factory, monkeypatch):
+    """0.1.2 lacks qwen3_moe (skip), 0.1.4 scales its layer 1 (the first bad release)."""
+    root = tmp_path_factory.mktemp("releases")
+    original = (SOURCES / "models/qwen3_moe.py").read_text()
+    for version in RELEASES:
+        tree = root / version
+        shutil.copytree(SOURCES, tree / "mlx_lm", ignore=shutil.ignore_patterns("__pycache__"))
+        model = tree / "mlx_lm/models/qwen3_moe.py"
+        if version == "0.1.2":
+            model.unlink()
+        elif version >= "0.1.4":
+            model.write_text(scale_moe_output(original, layer=1))
+    monkeypatch.setattr(
+        implementations,
+        "release",
+        lambda version: implementations.checkout(root / version, f"mlx-lm {version}"),
+    )
+    with serve(RELEASES) as url:
+        use(monkeypatch, url)
+        yield
+
+
+def test_finds_the_release_and_layer_per_architecture_skipping_what_cannot_run(
+    published, run_cli, db_path
+):
+    result = run_cli(
+        "bisect",
+        "versions",
+        "--good",
+        "0.1.0",
+        "--bad",
+        "0.1.5",
+        "--baseline",
+        "good",
+        "--arch",
+        "qwen3_moe",
+        "--arch",
+        "deepseek_v3",
+        "--db",
+        db_path,
+    )
+    assert result.code == 1, result.err
+    assert "qwen3_moe: found: changed in mlx-lm 0.1.4" in result.out
+    assert (
+        "0.1.3 -> 0.1.4:" in result.out and "first divergent layer 1 (layer output)" in result.out
+    )
+    assert "deepseek_v3: unchanged: good from 0.1.0 to 0.1.5" in result.out
+    runs = list(store.open_db(db_path).query("select kind, suite from runs order by id"))
+    probed = [line.split()[1] for line in result.out.splitlines() if line.startswith("mlx-lm ")]
+    assert [r["kind"] for r in runs] == ["bisect"] * len(probed)
+    assert [r["suite"].rsplit(" ", 1)[-1] for r in runs] == probed
+    # The middle release lacks the architecture: skipped, never counted bad.
+    assert "0.1.2" in probed
+    skipped = store.open_db(db_path).query(
+        "select c.arch, c.verdict, c.reason from cases c join runs r on r.id = c.run_id "
+        "where r.suite like '%0.1.2' order by c.arch"
+    )
+    rows = [(row["arch"], row["verdict"]) for row in skipped]
+    assert rows == [("deepseek_v3", "good"), ("qwen3_moe", "skip")]
+
+
+@pytest.mark.multirank
+def test_two_ranks_run_each_release_sharded_under_its_sources(published, run_cli, db_path):
+    result = run_cli(
+        "bisect",
+        "versions",
+        "--good",
+        "0.1.0",
+        "--bad",
+        "0.1.5",
+        "--baseline",
+        "good",
+        "--arch",
+        "qwen3_moe",
+        "--ranks",
+        "2",
+        "--db",
+        db_path,
+    )
+    assert result.code == 1, result.err
+    assert "qwen3_moe: found: changed in mlx-lm 0.1.4" in result.out
+    rows = list(
+        store.open_db(db_path).query(
+            "select r.suite, r.ranks, c.strategy, c.verdict, c.max_abs from cases c "
+            "join runs r on r.id = c.run_id order by r.id, c.strategy"
+        )
+    )
+    assert {row["ranks"] for row in rows} == {2}
+    good = [row for row in rows if row["verdict"] == "good"]
+    # Good steps hold the sharded tp and pp runs, against the reference on the same ranks.
+    assert {row["strategy"] for row in good} == {"tp", "pp"}
+    assert all(row["max_abs"] is not None and row["max_abs"] < 1e-4 for row in good)

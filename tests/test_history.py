@@ -1,0 +1,111 @@
+"""`harness compare` and the throughput noise rule, on constructed runs."""
+
+import sqlite3
+
+import pytest
+from test_cli_errors import assert_one_line_error
+
+from harness.records import noise
+
+STEADY = ([0.010, 0.011, 0.0105], [0.002, 0.0021, 0.00205])
+SMOKE = ["qwen3_moe", "deepseek_v3", "llama", "gpt_oss"]
+
+
+def slower(seconds, factor):
+    return tuple([s * factor for s in part] for part in seconds)
+
+
+def test_noise_rule_flags_a_case_that_left_its_neighbours():
+    base = [100.0, 101.0, 99.0, 100.5]
+    pairs = {f"case{i}": (base, [x * (1 + 0.02 * i) for x in base]) for i in range(5)}
+    pairs["slow"] = (base, [x * 0.5 for x in base])
+    verdicts, drift = noise.regressions(pairs)
+    assert [k for k, v in verdicts.items() if v.regressed] == ["slow"]
+    assert "0.50x" in verdicts["slow"].reason and drift.cases == 6
+
+
+def test_noise_rule_treats_a_uniform_slowdown_as_drift():
+    base = [100.0, 101.0, 99.0]
+    pairs = {i: (base, [x * 0.5 * (1 + 0.01 * i) for x in base]) for i in range(6)}
+    verdicts, drift = noise.regressions(pairs)
+    assert not any(v.regressed for v in verdicts.values())
+    assert drift.ratio == pytest.approx(0.51, abs=0.01)
+
+
+def test_noise_rule_needs_samples_and_cases():
+    base = [100.0, 101.0, 99.0]
+    few = {i: (base, [x * 0.5 for x in base]) for i in range(noise.MIN_CASES - 1)}
+    assert noise.drift(few) is None
+    assert not any(v.regressed for v in noise.regressions(few)[0].values())
+    verdict = noise.regression([100.0], [10.0], noise.Drift(1.0, 0.05, 10))
+    assert not verdict.regressed and "fewer than 3 samples" in verdict.reason
+
+
+def test_noise_rule_needs_samples_apart():
+    base = [100.0, 101.0, 60.0]  # one slow baseline sample overlaps the current ones
+    verdict = noise.regression(base, [50.0, 51.0, 70.0], noise.Drift(1.0, 0.05, 10))
+    assert not verdict.regressed and "overlap" in verdict.reason
+
+
+def test_rates_from_seconds():
+    assert noise.rates(1000.0, [0.016, 0.016, 0.032]) == [1000.0, 1000.0, 500.0]
+    assert noise.rates(None, [0.1]) == [] and noise.rates(10.0, []) == []
+
+
+def test_compare_flags_flip_new_diagnosis_golden_and_tok_s(run_cli, db_path, record_run):
+    baseline = [{"arch": a, "seconds": STEADY, "golden": "match"} for a in SMOKE]
+    baseline[3].update(status="fail", diagnoses=["saturated"])
+    record_run(db_path, "smoke", baseline)
+    current = [dict(o) for o in baseline]
+    current[0].update(status="fail", diagnoses=["scaled x2"], golden="mismatch")
+    current[1]["seconds"] = slower(STEADY, 3.0)
+    current[3]["diagnoses"] = ["saturated", "decode-only"]
+    record_run(db_path, "smoke", current)
+    result = run_cli("compare", "1", "2", "--db", db_path)
+    assert result.code == 1, result.err
+    out = result.out
+    assert "newly failing" in out and "fail: scaled x2" in out
+    assert "golden" in out and "mismatch" in out
+    assert "new diagnosis" in out and "decode-only" in out
+    assert "prefill tok/s" in out and "decode tok/s" in out and "0.33x" in out
+    assert "4 cases in both runs" in out
+
+
+def test_compare_quiet_on_identical_runs_and_across_files(run_cli, tmp_path, record_run):
+    a, b = tmp_path / "last-night.db", tmp_path / "tonight.db"
+    outcomes = [{"arch": arch, "seconds": STEADY} for arch in SMOKE]
+    record_run(a, "smoke", outcomes)
+    record_run(b, "dense", [{"arch": "llama"}])
+    record_run(b, "smoke", outcomes)
+    result = run_cli("compare", "smoke", "smoke", "--db", str(a), "--db", str(b))
+    assert result.code == 0, result.out
+    assert "run 1 (smoke) -> run 2 (smoke)" in result.out and "no regression" in result.out
+
+
+def test_compare_reports_added_and_removed_cases(run_cli, db_path, record_run):
+    record_run(db_path, "smoke", [{"arch": "llama"}, {"arch": "qwen3_moe"}])
+    record_run(db_path, "smoke", [{"arch": "llama"}, {"arch": "gpt_oss", "status": "crash"}])
+    result = run_cli("compare", "1", "2", "--db", db_path)
+    assert result.code == 1  # a new case that crashes is a regression
+    assert "added" in result.out and "removed" in result.out
+    assert "fewer than 4 measured cases" in result.out
+
+
+def test_compare_bad_inputs(run_cli, db_path, record_run, tmp_path):
+    missing = str(tmp_path / "missing.db")
+    assert_one_line_error(run_cli("compare", "1", "2", "--db", missing), "no database at")
+    record_run(db_path, "smoke", [{"arch": "llama"}])
+    assert_one_line_error(run_cli("compare", "1", "7", "--db", db_path), "no run with id 7")
+    assert_one_line_error(
+        run_cli("compare", "1", "moe", "--db", db_path), "no run with id or suite 'moe'"
+    )
+    assert_one_line_error(
+        run_cli("compare", "1", "1", "--db", db_path, "--db", db_path, "--db", db_path),
+        "give --db once",
+    )
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("create table t (x)").connection.close()
+    result = run_cli("compare", "1", "1", "--db", str(other))
+    assert_one_line_error(result, "is not a harness database")
+    with sqlite3.connect(other) as conn:  # and it was left as it was
+        assert [r[0] for r in conn.execute("select name from sqlite_master")] == ["t"]

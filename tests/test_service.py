@@ -1,0 +1,295 @@
+"""`harness serve` in a subprocess on a free loopback port, asked over real HTTP: canned
+queries, the goldens index and downloads, the history page, read-only, loopback only."""
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_cli_errors import assert_one_line_error
+
+from harness.case import Case
+from harness.records import goldens
+
+REPO_GOLDENS = goldens.GOLDENS_DIR
+SERVED_ARCHS = ("llama", "qwen3_moe")
+
+
+def start_service(*args: str) -> tuple[subprocess.Popen, str]:
+    """`harness serve ARGS --port 0`: the process and the URL it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("serving "):
+        proc.kill()
+        raise AssertionError(line + proc.stderr.read())
+    return proc, line.split()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def get(url: str, data: bytes | None = None) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=30) as response:
+            return response.status, response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+def get_json(url: str):
+    status, content_type, body = get(url)
+    assert (status, content_type) == (200, "application/json"), body[:300]
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, record_run):
+    root = tmp_path_factory.mktemp("served")
+    db = root / "results.db"
+    healthy = [{"arch": "qwen3_moe"}, {"arch": "deepseek_v3"}, {"arch": "llama", "strategy": "pp"}]
+    broken = {
+        "arch": "qwen3_moe",
+        "status": "fail",
+        "diagnoses": ["scaled x2", "first divergent layer 1 (mlp/moe)"],
+        "reason": "rank 0: scaled x2\n--- rank 1 stderr ---\nall_sum twice",
+    }
+    run_a = record_run(db, "moe", healthy)
+    run_b = record_run(db, "moe", [broken, *healthy[1:]])
+    directory = root / "goldens"
+    for arch in SERVED_ARCHS:
+        shutil.copytree(REPO_GOLDENS / arch, directory / arch)
+    proc, url = start_service("--db", str(db), "--goldens", str(directory))
+    yield {"url": url, "db": db, "goldens": directory, "runs": (run_a, run_b)}
+    stop(proc)
+
+
+def test_latest_runs(served):
+    rows = get_json(served["url"] + "results/latest_runs.json?_shape=array")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run_id"] == served["runs"][1]
+    expected = {"suite": "moe", "ranks": 2, "status": "failed", "cases": 3, "passed": 2}
+    assert {k: row[k] for k in expected} == expected
+    assert (row["failed"], row["skipped"]) == (1, 0)
+    assert {"harness_sha", "mlx_version", "mlx_lm_version", "started"} <= set(row)
+
+
+def test_case_history(served):
+    key = Case("qwen3_moe").key()
+    rows = get_json(served["url"] + f"results/case_history.json?_shape=array&case_key={key}")
+    assert [(r["run_id"], r["status"]) for r in rows] == [
+        (served["runs"][0], "pass"),
+        (served["runs"][1], "fail"),
+    ]
+    assert {
+        "max_abs",
+        "kl_max",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "mlx_version",
+        "mlx_lm_version",
+        "harness_sha",
+    } <= set(rows[0])
+    assert rows[0]["decode_tok_s"] == pytest.approx(1000.0)
+
+
+def test_run_failures_and_status_changes(served):
+    run_a, run_b = served["runs"]
+    failures = get_json(served["url"] + f"results/run_failures.json?_shape=array&run_id={run_b}")
+    assert [(r["arch"], r["status"]) for r in failures] == [("qwen3_moe", "fail")]
+    assert json.loads(failures[0]["diagnoses"])[0] == "scaled x2"
+    assert "all_sum twice" in failures[0]["reason"]
+    changes = get_json(
+        served["url"] + f"results/status_changes.json?_shape=array&run_a={run_a}&run_b={run_b}"
+    )
+    assert [(c["arch"], c["status_a"], c["status_b"]) for c in changes] == [
+        ("qwen3_moe", "pass", "fail")
+    ]
+
+
+def test_goldens_index(served):
+    rows = get_json(served["url"] + "goldens/goldens.json?_shape=array&_size=max")
+    assert [r["key"] for r in rows] == goldens.stored_keys(served["goldens"])
+    for row in rows:
+        npz, sidecar = goldens.paths(row["key"], served["goldens"])
+        meta = json.loads(sidecar.read_text())
+        assert (row["sha256"], row["size"]) == (meta["sha256"], npz.stat().st_size)
+        assert (row["arch"], row["precision"], row["dtype"]) == (
+            npz.parent.name,
+            meta["precision"],
+            meta["dtype"],
+        )
+        assert row["mlx_lm_version"] == meta["mlx_lm_version"] and row["created"]
+
+
+def test_goldens_index_follows_the_directory(tmp_path, record_run):
+    db, directory = tmp_path / "results.db", tmp_path / "goldens"
+    record_run(db, "smoke", [{"arch": "llama"}])
+    shutil.copytree(REPO_GOLDENS / "llama", directory / "llama")
+    proc, url = start_service("--db", str(db), "--goldens", str(directory))
+    try:
+        before = get_json(url + "goldens/goldens.json?_shape=array&_size=max")
+        shutil.copytree(REPO_GOLDENS / "qwen3", directory / "qwen3")
+        after = get_json(url + "goldens/goldens.json?_shape=array&_size=max")
+    finally:
+        stop(proc)
+    assert {r["arch"] for r in before} == {"llama"}
+    assert [r["key"] for r in after] == goldens.stored_keys(directory)
+    assert {r["arch"] for r in after} == {"llama", "qwen3"}
+
+
+def test_pull_into_an_empty_directory_is_byte_identical(served, run_cli, tmp_path):
+    target = tmp_path / "pulled"
+    result = run_cli("golden", "pull", served["url"], "--dir", str(target))
+    assert result.code == 0, result.err
+    originals = sorted(p.relative_to(served["goldens"]) for p in served["goldens"].rglob("*.*"))
+    assert sorted(p.relative_to(target) for p in target.rglob("*.*")) == originals
+    for name in originals:
+        assert (target / name).read_bytes() == (served["goldens"] / name).read_bytes(), name
+    again = run_cli("golden", "pull", served["url"], "--dir", str(target))
+    assert again.code == 0 and f"0 new, 0 replaced, {len(originals) // 2} already" in again.out
+
+
+def test_pull_one_architecture(served, run_cli, tmp_path):
+    result = run_cli("golden", "pull", served["url"], "--arch", "llama", "--dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert [p.name for p in tmp_path.iterdir()] == ["llama"]
+
+
+def test_pull_a_suite(served, run_cli, tmp_path):
+    from harness.suites import load_suite
+
+    wanted = {case.key() for case in load_suite("smoke")}
+    served_keys = set(goldens.stored_keys(served["goldens"]))
+    result = run_cli("golden", "pull", served["url"], "--suite", "smoke", "--dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert set(goldens.stored_keys(tmp_path)) == wanted & served_keys
+    assert f"{len(wanted - served_keys)} not on the service" in result.out
+
+
+def test_pull_never_overwrites_other_content_silently(served, run_cli, tmp_path):
+    key = goldens.stored_keys(served["goldens"])[0]
+    npz, sidecar = goldens.paths(key, tmp_path)
+    npz.parent.mkdir(parents=True)
+    npz.write_bytes(b"recorded on another machine")
+    sidecar.write_text(json.dumps({"key": key, "created": "2026-01-01"}))
+    result = run_cli("golden", "pull", served["url"], "--dir", str(tmp_path))
+    assert_one_line_error(result, f"golden {key}", "with other content", "--force --reason")
+    assert npz.read_bytes() == b"recorded on another machine"
+    assert len(list(tmp_path.rglob("*.npz"))) == 1  # nothing else was written either
+    result = run_cli(
+        "golden", "pull", served["url"], "--dir", str(tmp_path), "--force", "--reason", "M3 run"
+    )
+    assert result.code == 0, result.err
+    original, _ = goldens.paths(key, served["goldens"])
+    assert npz.read_bytes() == original.read_bytes()
+    last = json.loads(sidecar.read_text())["history"][-1]
+    assert (last["reason"], last["replaced_created"]) == ("M3 run", "2026-01-01")
+    assert last["pulled_from"] == served["url"].rstrip("/")
+
+
+def test_history_page_draws_prefill_and_decode_charts(served):
+    key = Case("qwen3_moe").key()
+    status, content_type, body = get(served["url"] + f"-/history?db=results&case_key={key}")
+    page = body.decode()
+    assert (status, content_type) == (200, "text/html")
+    assert page.count("<svg") == 2 and "prefill tok/s" in page and "decode tok/s" in page
+    # one series (tp on 2 ranks) with a point per run, in both charts
+    assert page.count('data-series="tp, 2 rank(s)"') == 2 and page.count("<title>run ") == 4
+    # the second run failed: its points (and the legend) say so
+    assert page.count(", failing</title>") == 2 and page.count("failing run</text>") == 2
+    status, _, body = get(served["url"] + "-/history?db=results&suite=moe")
+    assert status == 200 and body.decode().count("<svg") == 2
+
+
+def test_case_keys_link_to_their_history(served):
+    _, _, body = get(served["url"] + "results/cases")
+    assert f"/-/history?db=results&amp;case_key={Case('llama', strategy='pp').key()}" in (
+        body.decode()
+    )
+
+
+def test_refuses_writes(served):
+    url, run_b = served["url"], served["runs"][1]
+    assert get(url + "results.json?sql=select+1")[0] == 403  # no own SQL unless --allow-sql
+    assert get(url + "results.json?sql=delete+from+runs")[0] in (400, 403)
+    status, _, _ = get(url + "results/run_failures", data=f"run_id={run_b}".encode())
+    assert status >= 400
+    proc, open_url = start_service("--db", str(served["db"]), "--allow-sql")
+    try:
+        assert get_json(open_url + "results.json?sql=select+count(*)+n+from+runs&_shape=array")
+        status, _, body = get(open_url + "results.json?sql=delete+from+runs")
+        assert status == 400, body
+    finally:
+        stop(proc)
+    with sqlite3.connect(served["db"]) as conn:
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 2
+
+
+def _outward_address() -> str:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return probe.getsockname()[0]
+
+
+def test_not_reachable_on_a_non_loopback_address(served):
+    address = _outward_address()
+    if address.startswith("127."):
+        pytest.skip("this machine has no non-loopback address")
+    port = int(served["url"].rstrip("/").rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, port), timeout=5).close()
+    assert get(served["url"])[0] == 200  # the same port answers on loopback
+
+
+def test_serve_bad_inputs(run_cli, tmp_path, record_run):
+    missing = tmp_path / "missing.db"
+    assert_one_line_error(run_cli("serve", "--db", str(missing)), "no database at", "missing.db")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    assert_one_line_error(run_cli("serve", "--db", str(garbage)), "is not a SQLite database")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("create table t (x)").connection.close()
+    assert_one_line_error(run_cli("serve", "--db", str(other)), "is not a harness database")
+    good = tmp_path / "good.db"
+    record_run(good, "smoke", [{"arch": "llama"}])
+    (tmp_path / "twin").mkdir()
+    twin = tmp_path / "twin" / "good.db"
+    record_run(twin, "smoke", [{"arch": "llama"}])
+    assert_one_line_error(
+        run_cli("serve", "--db", str(good), "--db", str(twin)), "both be served as 'good'"
+    )
+    assert_one_line_error(
+        run_cli("serve", "--db", str(good), "--goldens", str(tmp_path / "nope")),
+        "no goldens directory",
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_one_line_error(
+            run_cli("serve", "--db", str(good), "--port", port), f"127.0.0.1:{port}", "--port 0"
+        )
+    assert_one_line_error(
+        run_cli("serve", "--db", str(good), "--host", "no-such-host.invalid"), "cannot listen on"
+    )
+
+
+def test_served_files_resolve_inside_the_goldens_directory(served):
+    status, _, _ = get(served["url"] + "-/goldens/..%2F..%2Fresults.npz")
+    assert status == 404
+    assert Path(served["db"]).exists()
