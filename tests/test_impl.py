@@ -111,3 +111,34 @@ def test_golden_verify_goes_on_past_a_case_that_cannot_run(restore_modules, tmp_
     }
     assert " match " in rows["deepseek_v3"]
     assert " unavailable " in rows["qwen3_moe"] and "unexpected keyword" in rows["qwen3_moe"]
+
+
+@pytest.mark.multirank
+def test_run_builds_the_impl_file_on_every_rank(forked, restore_modules, tmp_path, run_cli):
+    """Sharded run and references both come from the fork (so they agree), and the fork's
+    numbers move away from the golden mlx-lm's own file recorded: proof the ranks loaded it."""
+    goldens = str(tmp_path / "goldens")
+    assert run_cli("golden", "record", "--arch", "qwen3_moe", "--dir", goldens).code == 0
+    db = str(tmp_path / "impl.db")
+    result = run_cli(
+        "run",
+        "--arch",
+        "qwen3_moe",
+        "--strategy",
+        "tp",
+        "--ranks",
+        "2",
+        "--goldens",
+        goldens,
+        "--impl",
+        f"qwen3_moe={forked}",
+        "--db",
+        db,
+    )
+    assert result.code == 1, result.out + result.err
+    from harness.records import store
+
+    _, (case,) = store.get_run(store.open_db(db), None)
+    assert case["status"] == "fail" and case["golden"] == "mismatch"
+    assert case["max_abs"] < 1e-4, "the sharded fork agrees with the fork's reference"
+    assert "reference differs from golden" in case["reason"]

@@ -25,6 +25,7 @@ def runner(ranks: int, backend: str | None = None, timeout: float = 60.0):
             goldens=None,  # the bisect holds the references to its own baseline
             python=implementation.python,
             env=implementation.rank_env(),
+            impl=dict(implementation.impl or {}),
         )
         record = run_cases(cases, options)
         return {result.case.label(): result for result in record.results}

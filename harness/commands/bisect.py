@@ -90,11 +90,6 @@ def versions(
     """
     cases = _cases(suite, arch, precision, ranks)
     overrides = impl.parse(impl_files)
-    if overrides and ranks > 1:
-        raise HarnessError(
-            "--impl runs on one rank only for now: the ranks of a launch do not load model "
-            "files yet; drop --ranks or --impl"
-        )
     database = store.open_db(db)
     out = render.console()
     command = command_line(ctx, "bisect")

@@ -11,7 +11,7 @@ import typer
 
 from harness import render
 from harness.case import Case
-from harness.commands.options import Arch, Precision, Suite
+from harness.commands.options import Arch, Impl, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.models import impl
@@ -23,10 +23,6 @@ app = typer.Typer(
 )
 
 Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
-Impl = Annotated[
-    list[str] | None,
-    typer.Option("--impl", help="MODEL_TYPE=file.py: build that model type from another file."),
-]
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:

@@ -26,6 +26,10 @@ Python = Annotated[
     str | None,
     typer.Option("--python", help="Interpreter the ranks run under (default: this one)."),
 ]
+Impl = Annotated[
+    list[str] | None,
+    typer.Option("--impl", help="MODEL_TYPE=file.py: build that model type from another file."),
+]
 GoldensDir = Annotated[Path, typer.Option("--goldens", help="Goldens directory.")]
 
 DEFAULT_DB = store.DEFAULT_DB

@@ -16,6 +16,7 @@ from harness.commands.options import (
     Db,
     GoldensDir,
     Hostfile,
+    Impl,
     Precision,
     Python,
     Ranks,
@@ -24,6 +25,7 @@ from harness.commands.options import (
     command_line,
 )
 from harness.commands.select import select_cases
+from harness.models import impl
 from harness.records import history, junit, store, table
 from harness.records.result import case_row
 from harness.records.shapes import shape_summary
@@ -48,6 +50,7 @@ def run(
     backend: Backend = None,
     hostfile: Hostfile = None,
     python: Python = None,
+    impl_files: Impl = None,
     workdir: Annotated[
         Path | None,
         typer.Option(help="Working directory of the ranks on every host (mlx.launch --cwd)."),
@@ -95,6 +98,7 @@ def run(
         record_missing=record_missing,
         reference=reference,
         python=python,
+        impl=impl.parse(impl_files),
         workdir=workdir,
         strict=bool(arch),
     )

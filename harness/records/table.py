@@ -20,9 +20,13 @@ COLUMNS = (
     "KL",
     "top1",
     "tokens",
-    "prefill tok/s",
-    "decode tok/s",
+    "model-call prefill tok/s",
+    "model-call decode tok/s",
     "diagnosis",
+)
+TIMINGS_CAPTION = (
+    "tok/s: model-call throughput on the comparison shapes, sharded / reference "
+    "(generation tok/s as mlx_lm.benchmark reports it: harness bench)"
 )
 STATUS_COLUMN = COLUMNS.index("status")
 

@@ -67,6 +67,10 @@ def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[dict, dict
 
 
 def run_on_rank(spec: dict, group) -> Iterator[Message]:
+    if spec.get("impl"):
+        from harness.models.impl import install
+
+        install(spec["impl"])  # every rank builds those model types from the given files
     capture, repeats = spec["capture"], spec["repeats"]
     cases = [(entry["index"], Case.from_dict(entry["case"])) for entry in spec["cases"]]
     wanted = set(spec.get("references", []))

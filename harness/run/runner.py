@@ -50,6 +50,7 @@ class RunOptions:
     python: str | None = None  # interpreter of the ranks; None: this one
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the ranks
     workdir: Path | None = None  # working directory of the ranks on every host
+    impl: dict[str, str] = field(default_factory=dict)  # model_type -> another model file
     strict: bool = False  # cases asked for by name: a preflight violation is an error
 
     def target(self) -> launch.Target:
@@ -101,6 +102,11 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
         options = dataclasses.replace(options, reference=normalize(options.reference))
     if options.ranks > 1:
         launch.find_launcher(options.python)
+    if options.impl:
+        # Here too, so what the zoo supports is read off the implementation under test.
+        from harness.models.impl import install
+
+        install(options.impl)
     checked = []
     for case in cases:
         name = normalize(case.strategy)
@@ -177,6 +183,7 @@ class _Session:
             "reference_strategy": None
             if self.options.reference in (SINGLE, GOLDEN)
             else self.options.reference,
+            "impl": self.options.impl,
             "capture": self.options.capture,
             "repeats": self.options.repeats,
             "dump_after": max(self.options.timeout * 0.8, self.options.timeout - 2),
