@@ -5,7 +5,9 @@ prompts, decode steps, checkpoint layout) and never the parallel layout, so a tp
 a pp=4 run of the same case compare against the same single-rank reference and golden.
 
 Prompts are token ids (`prompts`), or text (`prompt_text`) for a case with a checkpoint or
-layout: tokenized with that checkpoint's tokenizer, which then replaces `prompts`.
+layout: tokenized with that checkpoint's tokenizer, which then replaces `prompts`. Prompts
+of different lengths are a padded batch; `prefill_step` prefills in chunks of that many
+tokens; a shape profile (`harness.shapes`) sets prompts, prefill_step and decode_steps.
 """
 
 from __future__ import annotations
@@ -16,12 +18,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 from harness.errors import HarnessError
+from harness.shapes import CUSTOM, DEFAULT, DEFAULT_PROMPTS, shape_of
 
-# Fixed prompts: two sequences of equal length so they batch without padding.
-DEFAULT_PROMPTS: tuple[tuple[int, ...], ...] = (
-    (1, 17, 42, 99, 7, 250, 31, 64),
-    (5, 200, 13, 77, 128, 3, 190, 45),
-)
 DTYPES = ("float32", "bfloat16", "float16")
 QUANT_BITS = (4, 8)
 
@@ -41,6 +39,12 @@ class Case:
     layout: str | None = None
     checkpoint: str | None = None
     tolerance: dict = field(default_factory=dict, hash=False, compare=False)
+    prefill_step: int | None = None  # None: the whole prompt in one prefill call
+
+    @property
+    def shape(self) -> str:
+        """The shape profile the case runs at (`short`, `long-chunked`, ...) or `custom`."""
+        return shape_of(self.prompts, self.decode_steps, self.prefill_step)
 
     @property
     def precision(self) -> str:
@@ -64,6 +68,9 @@ class Case:
             parts.append("text")
         if self.seed:
             parts.append(f"seed={self.seed}")
+        # A custom shape shows in its prompts and steps; only profiles are named.
+        if self.shape not in (DEFAULT, CUSTOM):
+            parts.append(f"shape={self.shape}")
         return ";".join(parts) or "base"
 
     def key(self) -> str:
@@ -83,6 +90,8 @@ class Case:
         # Only when set, so cases without text prompts keep the keys their goldens have.
         if self.prompt_text:
             ident["prompt_text"] = list(self.prompt_text)
+        if self.prefill_step is not None:
+            ident["prefill_step"] = self.prefill_step
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.arch}-{self.precision}-{digest}"
 

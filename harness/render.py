@@ -97,9 +97,17 @@ def archs_table(archs: dict, support) -> Table:
             mark(sup.tp) if sup.available else "-",
             mark(sup.pp) if sup.available else "-",
             ", ".join(arch.features),
-            "" if sup.available else f"[yellow]unsupported: {sup.reason}[/yellow]",
+            _arch_note(sup),
         )
     return table
+
+
+def _arch_note(sup) -> str:
+    if not sup.available:
+        return f"[yellow]unsupported: {sup.reason}[/yellow]"
+    if not (sup.tp or sup.pp):
+        return "external strategies only (--strategy FILE:fn); tp / pp cases skip"
+    return ""
 
 
 def run_header(run: dict) -> str:

@@ -3,14 +3,18 @@
 description = "..."
 [defaults]                 # any Case field: seed, decode_steps, group_size, ...
 decode_steps = 4
-[[matrix]]                 # archs x strategies x precisions, where the arch supports it
-archs = "moe"              # "moe", "dense", "all" or a list of names
+[[matrix]]                 # archs x strategies x precisions x shapes, where the arch
+archs = "moe"              # supports it; "moe", "dense", "all" or a list of names
 strategies = ["tp", "pp"]
 precisions = ["fp32", "q4"]
+shapes = ["long-chunked"]  # shape profiles (harness.shapes); without: the defaults' shape
+first_supported = true     # each arch once, under the first strategy listed it supports
+tolerance = { atol = 1e-4 }  # any other Case field applies to the matrix's cases
 [[case]]                   # one explicit case; any Case field
 arch = "qwen3_moe"
 strategy = "tp"
 precision = "q8"
+shape = "mixed"            # a shape profile, or prompts / prefill_step / decode_steps
 tolerance = { atol = 1e-4 }
 [[case]]                   # the model written to disk in a real checkpoint layout and
 arch = "deepseek_v3"       # loaded through mlx-lm (harness checkpoint layouts)
@@ -38,10 +42,12 @@ from pathlib import Path
 
 from harness.case import DTYPES, QUANT_BITS, BenchCase, Case
 from harness.errors import HarnessError
+from harness.shapes import get_shape
 from harness.zoo import ARCHS, get_arch, support
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 _CASE_FIELDS = set(Case.__dataclass_fields__) - {"arch", "strategy"}
+_MATRIX_KEYS = {"archs", "strategies", "precisions", "shapes", "first_supported"}
 _SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -88,6 +94,8 @@ def _arch_names(selector, where: str) -> list[str]:
 
 def _case(fields: dict, where: str) -> Case:
     fields = dict(fields)
+    if "shape" in fields:
+        fields.update(get_shape(fields.pop("shape")).fields())
     if "precision" in fields:
         fields.update(parse_precision(fields.pop("precision")))
     unknown = set(fields) - _CASE_FIELDS - {"arch", "strategy"}
@@ -122,19 +130,39 @@ def _prompt_text(fields: dict, where: str) -> tuple[str, ...]:
 
 
 def matrix_cases(
-    archs: list[str], strategies: list[str], precisions: list[str], defaults: dict
+    archs: list[str],
+    strategies: list[str],
+    precisions: list[str],
+    defaults: dict,
+    shapes: list[str] | None = None,
+    keep_unsupported: bool = False,
+    first_supported: bool = False,
 ) -> list[Case]:
-    """Every arch x strategy x precision; built-in strategies only where the installed
-    mlx-lm supports them (an arch it lacks entirely stays, to be reported as skipped)."""
+    """Every arch x strategy x precision x shape; built-in strategies only where the
+    installed mlx-lm supports them (an arch it lacks entirely stays, to be reported as
+    skipped; with `keep_unsupported`, every strategy stays, to be skipped with the reason;
+    with `first_supported`, only the first strategy each arch supports). A shape's
+    prompts, prefill step and decode steps replace the defaults'."""
+    profiles = [get_shape(name).fields() for name in shapes] if shapes else [{}]
     cases = []
     for arch in archs:
         sup = support(arch)
+        supported = [s for s in strategies if not (s in ("tp", "pp") and not getattr(sup, s))]
+        if first_supported:
+            supported = supported[:1]
         for strategy in strategies:
-            if sup.available and strategy in ("tp", "pp") and not getattr(sup, strategy):
+            if sup.available and strategy not in supported and not keep_unsupported:
                 continue
             for precision in precisions:
-                fields = {**defaults, "arch": arch, "strategy": strategy, "precision": precision}
-                cases.append(_case(fields, f"matrix {arch}/{strategy}/{precision}"))
+                for profile in profiles:
+                    fields = {
+                        **defaults,
+                        **profile,
+                        "arch": arch,
+                        "strategy": strategy,
+                        "precision": precision,
+                    }
+                    cases.append(_case(fields, f"matrix {arch}/{strategy}/{precision}"))
     return cases
 
 
@@ -145,12 +173,23 @@ def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
     cases: list[Case] = []
     for i, matrix in enumerate(data.get("matrix", [])):
         where = f"{path}: matrix {i + 1}"
+        fields = {k: v for k, v in matrix.items() if k not in _MATRIX_KEYS}
         missing = {"archs", "strategies"} - set(matrix)
         if missing:
             raise HarnessError(f"{where}: missing {', '.join(sorted(missing))}")
         archs = _arch_names(matrix["archs"], where)
+        shapes = matrix.get("shapes")
+        if shapes is not None and (
+            not isinstance(shapes, list) or not all(isinstance(n, str) for n in shapes)
+        ):
+            raise HarnessError(f"{where}: shapes must be a list of shape names")
         cases += matrix_cases(
-            archs, matrix["strategies"], matrix.get("precisions", ["fp32"]), defaults
+            archs,
+            matrix["strategies"],
+            matrix.get("precisions", ["fp32"]),
+            {**defaults, **fields},
+            shapes,
+            first_supported=bool(matrix.get("first_supported", False)),
         )
     for i, fields in enumerate(data.get("case", [])):
         where = f"{path}: case {i + 1}"
@@ -230,3 +269,10 @@ def _dedupe(cases: list[Case]) -> list[Case]:
 def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
     """The suite's cases under one strategy instead of theirs (`--strategy`)."""
     return _dedupe([replace(c, strategy=strategy) for c in cases])
+
+
+def override_shapes(cases: list[Case], shapes: list[str]) -> list[Case]:
+    """The suite's cases at each of the given shapes instead of theirs (`--shapes`); text
+    prompts (a checkpoint's tokenizer makes their shape) stay as they are."""
+    profiles = [get_shape(name).fields() for name in shapes]
+    return _dedupe([c if c.prompt_text else replace(c, **p) for c in cases for p in profiles])

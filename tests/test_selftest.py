@@ -25,6 +25,7 @@ from harness.records import store
 from harness.records.compare import TOLERANCES, Comparison, Metrics, compare
 from harness.records.outputs import Output
 from harness.run.runner import CaseResult
+from harness.shapes import SHAPES
 
 FAULT = Fault(
     name="example",
@@ -151,6 +152,11 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
         "PIPELINE",
         "DECODE_ONLY",
         "SMALL",
+        "PREFILL_CHUNK",
+        "TOKEN_COUNT",
+        "BATCH_ONE",
+        "WINDOW",
+        "PADDING",
         "CONTROL",
     ):
         assert getattr(catalog, name) in classes, name
@@ -161,6 +167,17 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
         if not fault.control:
             assert fault.expected in ("fail", "crash", "timeout") and fault.diagnoses, fault.name
     assert {f.precision for f in CATALOG.values() if f.control} == {"fp32", "q4"}
+    # Every shape profile but the short one has a fault and a control of its own.
+    shown = {f.shape for f in CATALOG.values() if not f.control}
+    controlled = {f.shape for f in CATALOG.values() if f.control}
+    assert shown >= set(SHAPES) - {"short"}, set(SHAPES) - shown
+    assert controlled >= {"long-chunked", "mixed"}
+
+
+def test_shape_faults_run_at_their_shape():
+    planned, _ = plan(2, names=["later_prefill_chunk", "unmasked_padding"])
+    assert {p.case.shape for p in planned} == {"long-chunked", "mixed"}
+    assert all(p.case.prefill_step for p in planned)
 
 
 def test_plan_puts_crashes_last_and_needs_two_ranks():

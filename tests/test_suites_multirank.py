@@ -1,5 +1,6 @@
 """The main job, as the README's first command runs it: every MoE architecture of the
-suite under tp and pp, fp32 and 4-bit, on 2 real ranks, against the committed goldens."""
+suite under tp and pp, fp32 and 4-bit, at the short, long-chunked and mixed shapes, on 2
+real ranks, against the committed goldens."""
 
 import pytest
 
@@ -18,6 +19,10 @@ def test_moe_suite_passes_on_2_ranks(run_cli, db_path):
     assert all(c["golden"] == "match" for c in ran), "references match the committed goldens"
     assert {c["strategy"] for c in ran} == {"tp", "pp"}
     assert {c["precision"] for c in ran} == {"fp32", "q4"}
+    shapes = {(c["arch"], c["variant"]) for c in ran}
+    for arch in {c["arch"] for c in ran}:
+        assert {(arch, "shape=long-chunked"), (arch, "shape=mixed")} & shapes, arch
+    assert len({a for a, v in shapes if v == "shape=long-chunked"}) >= 20
     skipped = [c for c in cases if c["status"] == "skip"]
     assert all(c["reason"] for c in skipped)
 

@@ -125,7 +125,16 @@ def test_configs_divide_at_every_rank_count(name: str) -> None:
 
 
 _EXPERT_COUNTS = ("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts")
-_TOP_K = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_top_k")
+_TOP_K = (
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_topk",
+    "moe_top_k",
+    "moe_k",
+    "top_k_experts",
+)
+# mlx-lm's llama4 asserts one expert per token, as Llama 4 routes.
+_TOP_1 = ("llama4",)
 
 
 # The layers that tensor parallelism splits on their input axis (sharded-to-all).
@@ -155,7 +164,8 @@ def test_moe_archs_route_top2_of_at_least_8(name: str) -> None:
     assert bool(experts) == arch.moe
     if arch.moe:
         assert experts[0] >= 8
-        assert [fields[k] for k in _TOP_K if k in fields] == [2]
+        top_k = 1 if name in _TOP_1 else 2
+        assert [fields[k] for k in _TOP_K if k in fields] == [top_k]
 
 
 def test_tiny_config_merges_nested_overrides_without_touching_the_registry() -> None:

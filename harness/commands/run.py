@@ -28,6 +28,7 @@ from harness.commands.select import select_cases
 from harness.models import impl
 from harness.records import history, junit, store, table
 from harness.records.result import case_row
+from harness.records.shapes import shape_summary
 
 
 def run(
@@ -39,6 +40,12 @@ def run(
         typer.Option(help="none, tp, pp, or pkg.module:fn / file.py:fn; overrides the suite's."),
     ] = None,
     precision: Precision = None,
+    shapes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shapes", help="Shape profiles (repeatable): short, single-stream, long-chunked, ..."
+        ),
+    ] = None,
     ranks: Ranks = 1,
     backend: Backend = None,
     hostfile: Hostfile = None,
@@ -74,13 +81,13 @@ def run(
 ) -> None:
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
-    Example: harness run --suite moe --ranks 2
+    Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
     from harness.run.loop import run_cases
     from harness.run.runner import RunOptions
 
-    cases = select_cases(suite, arch, strategy, precision)
+    cases = select_cases(suite, arch, strategy, precision, shapes)
     options = RunOptions(
         ranks=ranks,
         backend=backend,
@@ -114,6 +121,8 @@ def run(
     out.print(render.verdict_table(rows, title))
     for line in render.failure_details(rows):
         out.print(line, markup=False)
+    for line in shape_summary(record.results):
+        out.print(f"shapes: {line}", markup=False, soft_wrap=True)
     out.print(render.summary(record.counts, record.seconds, db, record.run_id))
     raise typer.Exit(1 if record.failed else 0)
 

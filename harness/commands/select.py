@@ -8,14 +8,24 @@ from harness.errors import HarnessError
 
 
 def select_cases(
-    suite: str | None, arch: list[str] | None, strategy: str | None, precision: list[str] | None
+    suite: str | None,
+    arch: list[str] | None,
+    strategy: str | None,
+    precision: list[str] | None,
+    shapes: list[str] | None = None,
 ) -> list[Case]:
+    """A suite's cases (at `shapes` instead of theirs, if given), or architectures by name:
+    every strategy asked for stays, so one the architecture lacks is skipped with the reason."""
     if (suite is None) == (not arch):
         raise HarnessError("give either --suite NAME or one or more --arch NAME")
     if suite is not None:
         cases = suites.load_suite(suite)
+        if shapes:
+            cases = suites.override_shapes(cases, shapes)
         return suites.override_strategy(cases, strategy) if strategy else cases
     for name in arch:
         suites.get_arch(name)
     strategies = [strategy] if strategy else ["tp", "pp"]
-    return suites.matrix_cases(list(arch), strategies, precision or ["fp32"], {})
+    return suites.matrix_cases(
+        list(arch), strategies, precision or ["fp32"], {}, shapes, keep_unsupported=True
+    )

@@ -11,9 +11,9 @@ layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
 with shared experts: deepseek_v3; biases and sinks: gpt_oss; linear attention:
-qwen3_5_moe): 36 cases, about 30 s on 2 local ranks of a 2-core machine.
-`harness selftest --all-archs` runs every architecture a fault applies to (334 cases,
-about 5 minutes there).
+qwen3_5_moe; a fault of a shape class runs at its shape): 44 cases, about 30 s on 2
+local ranks of an otherwise idle 2-core machine. `harness selftest --all-archs` runs
+every architecture a fault applies to (about 460 cases, several minutes there).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.models.pipeline import PipelineMixin
 
 from harness.errors import HarnessError
 from harness.faults import parts
+from harness.faults import shapes as shape_faults
 from harness.run.forward import decoder_layers
 from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
 
@@ -44,6 +46,12 @@ PIPELINE = "pipeline rank runs the wrong layers"
 DECODE_ONLY = "bug only in decode steps"
 SMALL = "small perturbation of one expert on one rank"
 NON_FINITE = "non-finite value from an uninitialised buffer"
+# Shape classes: bugs the short shape (two 8-token prompts, one prefill call) never takes.
+PREFILL_CHUNK = "corruption past the first prefill chunk"
+TOKEN_COUNT = "a path taken only above a token count"
+BATCH_ONE = "a path taken only at batch 1"
+WINDOW = "wrong once a rotating cache is full"
+PADDING = "padding not masked in a batch of mixed lengths"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
 ATTENTION, MLP, OUTPUT = "attention", "mlp/moe", "layer output"
@@ -63,9 +71,12 @@ class Structure:
     kv_heads: bool = False  # ... that keeps a KV-head count
     fused_qkv: bool = False  # ... that is a GatedDeltaNet with in_proj_qkv
     output_bias: bool = False  # ... whose o_proj has a bias
+    mask_and_cache: bool = False  # ... that is called (x, mask, cache)
     pipeline_split: bool = False  # model.model.pipeline(group, split=...)
     plain_pipeline: bool = False  # mlx-lm's PipelineMixin.pipeline, not an override
     final_norm: bool = False  # model.model.norm
+    rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
+    kv_cache: bool = False  # layer 2 keeps a plain, unbounded KV cache (no window, no state)
 
 
 @functools.cache
@@ -83,6 +94,13 @@ def structure(name: str) -> Structure:
     found["pipeline_split"] = "split" in takes
     found["plain_pipeline"] = pipeline is PipelineMixin.pipeline
     found["final_norm"] = isinstance(getattr(inner, "norm", None), nn.Module)
+    caches = make_prompt_cache(model)
+    found["rotating_cache"] = any(getattr(c, "max_size", None) is not None for c in caches)
+    found["kv_cache"] = (
+        len(caches) > L2
+        and hasattr(caches[L2], "update_and_fetch")
+        and getattr(caches[L2], "max_size", None) is None
+    )
     found.update(_probe(lambda: parts.feedforward(parts.layer(model, L1)), _feedforward))
     found.update(_probe(lambda: parts.attention(parts.layer(model, L2)), _attention))
     return Structure(**found)
@@ -118,6 +136,7 @@ def _attention(attn: nn.Module) -> dict:
         "kv_heads": any(f"self.{n}" in forward for n in counts),
         "fused_qkv": "in_proj_qkv" in attn and "conv1d" in attn,
         "output_bias": isinstance(o_proj, nn.Module) and "bias" in o_proj,
+        "mask_and_cache": shape_faults.takes_mask_and_cache(attn),
     }
 
 
@@ -153,6 +172,7 @@ class Fault:
     precision: str = "fp32"  # fp32 | q4
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
+    shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
 
     @property
     def control(self) -> bool:
@@ -187,6 +207,9 @@ def _at(layer: int, part: str, *more: str) -> dict:
 
 
 F = "harness.faults."
+# Tensor parallel differs by ~9e-5 at the 40th token here (KL 3e-10), above the fp32
+# atol: suites/moe.toml loosens it for this case; the control leaves it out.
+LOOSE_AT_LONG = ("deepseek_v41",)
 # Architectures whose mlx-lm shard() controls.manual_tp reproduces.
 MANUAL_TP = ("qwen3_moe", "deepseek_v3")
 
@@ -252,6 +275,28 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
           representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
+    # ---- shape classes: each fails only at its shape, with where it starts ----
+    Fault(name="later_prefill_chunk", strategy=F + "shapes:later_prefill_chunk",
+          bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
+          representative=("qwen3_moe",), shape="long-chunked",
+          **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
+    # A latent MoE (kimi_k3) calls its experts in a latent width of its own: left out.
+    Fault(name="many_tokens", strategy=F + "shapes:many_tokens", bug_class=TOKEN_COUNT,
+          applies=lambda arch, sup: "latent_moe" not in arch.features
+          and tp(lambda s: s.stacked_experts)(arch, sup), representative=("qwen3_moe",),
+          shape="long-chunked", **_at(L1, MLP, "from prompt token 0 (prefill chunk 1 of 3)")),
+    Fault(name="batch_one", strategy=F + "shapes:batch_one", bug_class=BATCH_ONE,
+          applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",),
+          shape="single-stream", **_at(L2, ATTENTION)),
+    Fault(name="past_window", strategy=F + "shapes:past_window", bug_class=WINDOW,
+          applies=tp(lambda s: s.mask_and_cache and s.rotating_cache),
+          representative=("gpt_oss",), shape="window",
+          diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
+    # MLA attention builds its own array masks, so only GQA heads take the plain causal one.
+    Fault(name="unmasked_padding", strategy=F + "shapes:unmasked_padding", bug_class=PADDING,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache and s.kv_heads),
+          representative=("qwen3_moe",), shape="mixed",
+          **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
@@ -264,6 +309,11 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
           precision="q4"),
+    Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL,
+          applies=lambda arch, sup: arch.name not in LOOSE_AT_LONG and tp()(arch, sup),
+          representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
+    Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe",), expected="pass", shape="mixed"),
 )
 # fmt: on
 

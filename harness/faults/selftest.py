@@ -9,6 +9,9 @@ what the catalog expects:
   `missed` when it passed; `wrong diagnosis` otherwise (given vs expected is reported);
 - a control is `passed`, or a `false alarm`.
 
+A fault of a shape class runs at its shape profile (`long-chunked`, `mixed`, ...); the
+others at the default prompts with fewer decode steps.
+
 Architectures: each fault's representative subset by default (see the catalog), every
 architecture it applies to with `all_archs`. Cases whose built-in parallelism breaks a
 preflight rule at the rank count are reported as not applicable, never run.
@@ -27,8 +30,10 @@ from harness.records.result import CaseResult
 from harness.run import runner
 from harness.run.loop import run_cases
 from harness.run.runner import RunOptions
+from harness.shapes import get_shape
 
 DECODE_STEPS = 3
+SHORT = {"decode_steps": DECODE_STEPS}  # the default prompts, fewer steps: a faster short
 CAUGHT, MISSED, WRONG = "caught", "missed", "wrong diagnosis"
 PASSED, FALSE_ALARM = "passed", "false alarm"
 NOT_RUN = "not run"  # skipped or errored before the sharded side ran: proves nothing
@@ -130,16 +135,13 @@ def plan(
                 not_applicable.append((fault.name, arch, f"needs at least {fault.min_ranks} ranks"))
                 continue
             # External strategies have no preflight rules: check the parallelism underneath.
-            base = Case(arch, fault.base, quant=fault.quant, decode_steps=DECODE_STEPS)
+            shape = get_shape(fault.shape).fields() if fault.shape else SHORT
+            base = Case(arch, fault.base, quant=fault.quant, **shape)
             reason = runner.skip_reason(base, ranks)
             if reason is not None:
                 not_applicable.append((fault.name, arch, reason))
                 continue
-            planned.append(
-                Planned(
-                    fault, Case(arch, fault.strategy, quant=fault.quant, decode_steps=DECODE_STEPS)
-                )
-            )
+            planned.append(Planned(fault, Case(arch, fault.strategy, quant=fault.quant, **shape)))
     planned.sort(key=lambda p: p.fault.expected in ("crash", "timeout"))
     return planned, not_applicable
 

@@ -111,13 +111,20 @@ def _sampler(name: str, module: nn.Module | None, shape: tuple[int, ...]) -> Sam
 def init_weights(model: nn.Module, seed: int) -> None:
     """Overwrite every floating-point parameter of `model` in place, deterministically."""
     modules = dict(model.named_modules())
+    flat = tree_flatten(model.parameters())
+    # Architectures that always tie the head to the embedding (hunyuan, lfm2_moe) read
+    # their logits through it: scaled like an LM head, or the softmax saturates.
+    tied = not any(name.endswith(("lm_head.weight", "lm_head.scales")) for name, _ in flat)
     updates = []
-    for name, value in tree_flatten(model.parameters()):
+    for name, value in flat:
         if not mx.issubdtype(value.dtype, mx.floating):
             continue
         default = np.array(value.astype(mx.float32))
         module = modules.get(name.rpartition(".")[0])
-        values = _sampler(name, module, value.shape)(param_rng(seed, name), default)
+        sampler = _sampler(name, module, value.shape)
+        if tied and isinstance(module, nn.Embedding) and name.endswith("embed_tokens.weight"):
+            sampler = _normal(LM_HEAD_GAIN / np.sqrt(value.shape[-1]))
+        values = sampler(param_rng(seed, name), default)
         updates.append((name, mx.array(values.astype(np.float32)).astype(value.dtype)))
     model.update(tree_unflatten(updates))
     mx.eval(model.parameters())

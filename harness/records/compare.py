@@ -111,9 +111,10 @@ def _topk_contained(ref_logits: np.ndarray, test_logits: np.ndarray) -> bool:
 def metrics(ref: Output, test: Output) -> Metrics:
     finite = bool(np.all(np.isfinite(test.prefill)) and np.all(np.isfinite(test.decode)))
     diff = np.nan_to_num(test.prefill - ref.prefill, nan=np.inf)
-    V = ref.prefill.shape[-1]
-    r = ref.prefill.reshape(-1, V)
-    t = np.nan_to_num(test.prefill.reshape(-1, V), nan=0.0, posinf=0.0, neginf=0.0)
+    # Padding positions hold zeros on both sides: only prompt tokens are measured.
+    valid = ref.valid
+    r = ref.prefill[valid]
+    t = np.nan_to_num(test.prefill[valid], nan=0.0, posinf=0.0, neginf=0.0)
     cos = np.sum(r * t, -1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(t, axis=-1) + 1e-30)
     diverge = _greedy_divergence(ref, test)
     # Decode step s consumes the token chosen after step s - 1; compare only while both
@@ -122,8 +123,9 @@ def metrics(ref: Output, test: Output) -> Metrics:
     dec_diff = np.abs(test.decode[:compared] - ref.decode[:compared]) if compared else np.zeros(1)
     contained = None
     if diverge is not None:
-        source_ref = ref.prefill[:, -1] if diverge == 0 else ref.decode[diverge - 1]
-        source_test = test.prefill[:, -1] if diverge == 0 else test.decode[diverge - 1]
+        last_test = Output(test.prefill, test.decode, test.tokens, {}, ref.prefill_calls)
+        source_ref = ref.last_logits if diverge == 0 else ref.decode[diverge - 1]
+        source_test = last_test.last_logits if diverge == 0 else test.decode[diverge - 1]
         contained = _topk_contained(source_ref, source_test)
     return Metrics(
         max_abs=float(np.max(np.abs(diff))),
@@ -310,12 +312,56 @@ def _diagnose(
     if prefill_ok:
         # Hidden states are captured in prefill, which matched: nothing to localize.
         cmp.diagnoses.append("decode-only")
+        where = decode_divergence(ref, test, tol)
+        if where:
+            cmp.diagnoses.append(where)
     else:
+        where = prefill_divergence(ref, test, tol)
+        if where:
+            cmp.diagnoses.append(where)
         _localize(cmp, ref, test, tol, world)
     if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
         cmp.diagnoses.append("saturated")
     if not cmp.diagnoses:
         cmp.diagnoses.append("logits differ beyond tolerance")
+
+
+def _beyond(ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Per row of the last axis: differs beyond tolerance (or is not finite)."""
+    close = np.abs(test - ref) <= tol.atol + tol.rtol * np.abs(ref)
+    return ~np.all(close, axis=-1)
+
+
+def prefill_divergence(ref: Output, test: Output, tol: Tolerance) -> str | None:
+    """Where in the prompt the logits first differ, and in which prefill call, when that
+    says more than "everywhere": a position past the first, or a chunked prefill."""
+    bad = _beyond(ref.prefill, test.prefill, tol) & ref.valid
+    if not bad.any():
+        return None
+    position = int(np.nonzero(bad.any(axis=0))[0][0])
+    calls = ref.prefill_calls
+    chunks = int(calls.max()) + 1 if calls is not None else 1
+    if position == 0 and chunks == 1:
+        return None
+    where = f"from prompt token {position}"
+    if chunks > 1:
+        row = int(np.nonzero(bad[:, position])[0][0])
+        where += f" (prefill chunk {int(calls[row, position]) + 1} of {chunks})"
+    return where
+
+
+def decode_divergence(ref: Output, test: Output, tol: Tolerance) -> str | None:
+    """The first decode step whose logits differ, by position in the sequence (prompt
+    length + step), among the steps both sides fed the same tokens."""
+    if ref.decode.shape != test.decode.shape:
+        return None
+    steps = _greedy_divergence_rows(ref, test, list(range(ref.decode.shape[1])))
+    bad = _beyond(ref.decode[:steps], test.decode[:steps], tol)
+    if not bad.any():
+        return None
+    step, row = (int(i) for i in np.argwhere(bad)[0])
+    length = int(ref.valid[row].sum())
+    return f"from decode position {length + step} (step {step + 1} of {ref.decode.shape[0]})"
 
 
 def _layer_indices(states: dict[str, np.ndarray]) -> set[int]:

@@ -16,21 +16,41 @@ class Output:
     decode: np.ndarray  # [S, B, V] logits of each greedy decode step
     tokens: np.ndarray  # [B, S + 1] greedy tokens: after prefill, then after each step
     layers: dict[str, np.ndarray] = field(default_factory=dict)  # "layer.{i}.{part}" -> [B, L, D]
+    # [B, L]: which prefill call produced each position, -1 for padding; None when one
+    # call processed every position (nothing chunked, nothing padded).
+    prefill_calls: np.ndarray | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "prefill": self.prefill,
             "decode": self.decode,
             "tokens": self.tokens,
             **{f"hidden:{k}": v for k, v in self.layers.items()},
         }
+        if self.prefill_calls is not None:
+            arrays["prefill_calls"] = self.prefill_calls
+        return arrays
+
+    @property
+    def valid(self) -> np.ndarray:
+        """[B, L] booleans: the prefill positions that hold a prompt token (not padding)."""
+        if self.prefill_calls is None:
+            return np.ones(self.prefill.shape[:2], dtype=bool)
+        return self.prefill_calls >= 0
+
+    @property
+    def last_logits(self) -> np.ndarray:
+        """[B, V]: each prompt's logits at its last token, which choose the first greedy token."""
+        last = self.valid.shape[1] - 1 - np.argmax(self.valid[:, ::-1], axis=1)
+        return self.prefill[np.arange(self.prefill.shape[0]), last]
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Output:
         layers = {
             k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")
         }
-        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers)
+        calls = arrays.get("prefill_calls")
+        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers, calls)
 
 
 @dataclass

@@ -1,6 +1,15 @@
 """Running a model on a case's prompts: prefill, greedy decode with a KV cache, per-layer
 hidden-state capture, and timings.
 
+Prefill follows mlx-lm. Prompts of one length go the way of `mlx_lm.generate`'s
+`generate_step`: with a `prefill_step`, chunks of at most that many tokens while more than
+one token is left, then the rest in one call (without one: the whole prompt in one call).
+Prompts of different lengths go the way of its `BatchGenerator`: one cache per prompt
+merged into a batch cache, all but the last token right-padded and prefilled in chunks
+(the caches told the lengths and padding, which masks it), the caches finalized (the
+padding rolled to the left), then the last tokens in one call. Each position's logits and
+hidden states come from the call that processed it; padding positions are zero.
+
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
 holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
 """
@@ -10,12 +19,14 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
+from harness.errors import HarnessError
 from harness.records.outputs import Output, Timings
 from harness.run.patching import wrap_call, wrap_output
 
@@ -25,11 +36,11 @@ FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
 
 class _Recorder:
     """Collects the outputs of decoder layers (and their attention / MLP sub-blocks)
-    during the first model call only: the prefill."""
+    during the prefill calls, one dict per call."""
 
     def __init__(self) -> None:
         self.active = False
-        self.states: dict[str, np.ndarray] = {}
+        self.calls: list[dict[str, np.ndarray]] = []
 
     def tap(self, module: nn.Module, key: str) -> None:
         wrap_output(module, lambda out: self._record(key, out))
@@ -51,7 +62,7 @@ class _Recorder:
     def _record(self, key: str, out):
         value = out[0] if isinstance(out, (tuple, list)) else out
         if self.active and isinstance(value, mx.array) and value.ndim == 3:
-            self.states[key] = np.array(value.astype(mx.float32))
+            self.calls[-1][key] = np.array(value.astype(mx.float32))
         return out
 
 
@@ -141,8 +152,130 @@ def _timed(call) -> tuple[mx.array, float]:
     return out, time.perf_counter() - start
 
 
+@dataclass
+class _Call:
+    """One prefill call: its input ids and, per column, the prompt position it fills in
+    the output (-1: padding)."""
+
+    tokens: mx.array  # [B, n]
+    positions: np.ndarray  # [B, n]
+
+
+def _plan(prompts, prefill_step: int | None) -> tuple[list[_Call], list[int] | None]:
+    """The prefill calls of a batch of prompts, and the lengths to prepare a batch cache
+    with (None: prompts of one length, no batch cache)."""
+    lengths = [len(p) for p in prompts]
+    if len(set(lengths)) == 1:
+        L = lengths[0]
+        spans, start = [], 0
+        while prefill_step is not None and L - start > 1:
+            n = min(prefill_step, L - start - 1)
+            spans.append((start, start + n))
+            start += n
+        spans.append((start, L))
+        calls = [
+            _Call(
+                mx.array([p[a:b] for p in prompts]),
+                np.tile(np.arange(a, b), (len(prompts), 1)),
+            )
+            for a, b in spans
+        ]
+        return calls, None
+    M = max(lengths) - 1
+    step = prefill_step or M
+    body = np.array([list(p[:-1]) + [0] * (M - len(p) + 1) for p in prompts])
+    filled = np.array([[c if c < n - 1 else -1 for c in range(M)] for n in lengths])
+    calls = [
+        _Call(mx.array(body[:, a : a + step]), filled[:, a : a + step]) for a in range(0, M, step)
+    ]
+    calls.append(_Call(mx.array([[p[-1]] for p in prompts]), np.array([[n - 1] for n in lengths])))
+    return calls, [n - 1 for n in lengths]
+
+
+def unbatchable(model: nn.Module) -> str | None:
+    """Why mlx-lm cannot batch prompts of different lengths for this model (a cache
+    without `merge`), or None."""
+    for cache in make_prompt_cache(model):
+        if not callable(getattr(cache, "merge", None)):
+            return f"mlx-lm's {type(cache).__name__} cannot batch prompts of different lengths"
+    return None
+
+
+def _batch_cache(model: nn.Module, lengths: list[int]) -> list:
+    """mlx-lm's batch cache for right-padded prompts of these lengths: one cache per
+    prompt, merged, told each prompt's length and padding (its masks come from them)."""
+    problem = unbatchable(model)
+    if problem:
+        raise HarnessError(problem)
+    per_prompt = [make_prompt_cache(model) for _ in lengths]
+    merged = [layer[0].merge(list(layer)) for layer in zip(*per_prompt, strict=True)]
+    padding = [max(lengths) - n for n in lengths]
+    for cache in merged:
+        cache.prepare(lengths=lengths, right_padding=padding)
+    return merged
+
+
+def _prefill(model: nn.Module, calls: list[_Call], batched: list[int] | None, on_call=None):
+    """Run the prefill calls (`batched`: the lengths of a padded batch, else None);
+    returns the cache and each call's logits."""
+    cache = make_prompt_cache(model) if batched is None else _batch_cache(model, batched)
+    logits = []
+    for index, call in enumerate(calls):
+        if batched is not None and index == len(calls) - 1:
+            # BatchGenerator finalizes before the last tokens: the padding moves left.
+            for c in cache:
+                c.finalize()
+        if on_call:
+            on_call()
+        logits.append(_logits(model(call.tokens, cache=cache)))
+    return cache, logits
+
+
+def _place(parts: list[np.ndarray], calls: list[_Call], L: int) -> np.ndarray:
+    """Each call's [B, n, ...] values at their prompt positions of a zeroed [B, L, ...]."""
+    B = parts[0].shape[0]
+    out = np.zeros((B, L, *parts[0].shape[2:]), dtype=parts[0].dtype)
+    for part, call in zip(parts, calls, strict=True):
+        rows, cols = np.nonzero(call.positions >= 0)
+        out[rows, call.positions[rows, cols]] = part[rows, cols]
+    return out
+
+
+def _placed_states(recorder: _Recorder, calls: list[_Call], L: int) -> dict[str, np.ndarray]:
+    """Hidden states by prompt position: the keys every call recorded with one row per
+    input column (a block that changes the sequence length cannot be placed)."""
+    keys = set.intersection(*(set(c) for c in recorder.calls)) if recorder.calls else set()
+    fits = [
+        k
+        for k in keys
+        if all(
+            rec[k].shape[:2] == call.positions.shape
+            for rec, call in zip(recorder.calls, calls, strict=True)
+        )
+    ]
+    return {k: _place([rec[k] for rec in recorder.calls], calls, L) for k in sorted(fits)}
+
+
+def _call_map(calls: list[_Call], L: int) -> np.ndarray | None:
+    """[B, L]: the index of the prefill call that produced each position, -1 for padding;
+    None for a single call without padding (nothing to tell)."""
+    B = calls[0].positions.shape[0]
+    if len(calls) == 1 and calls[0].positions.shape == (B, L):
+        return None
+    out = np.full((B, L), -1, dtype=np.int32)
+    for index, call in enumerate(calls):
+        rows, cols = np.nonzero(call.positions >= 0)
+        out[rows, call.positions[rows, cols]] = index
+    return out
+
+
 def run(
-    model: nn.Module, prompts, decode_steps: int, capture: bool = True, repeats: int = 3
+    model: nn.Module,
+    prompts,
+    decode_steps: int,
+    capture: bool = True,
+    repeats: int = 3,
+    prefill_step: int | None = None,
 ) -> tuple[Output, Timings | None]:
     """Prefill on the prompts, then `decode_steps` greedy steps with the KV cache; and,
     unless `repeats` is 0, prefill and decode throughput.
@@ -150,42 +283,53 @@ def run(
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
     step are the warm-ups, later decode steps are decode samples (extra uncompared steps
-    make up `repeats`), and `repeats` fresh prefills are the prefill samples.
+    make up `repeats`), and fresh prefills of about `repeats` calls in all are the prefill
+    samples.
     """
+    if prefill_step is not None and prefill_step < 1:
+        raise HarnessError(f"prefill_step must be at least 1, got {prefill_step}")
     recorder = install_capture(model) if capture else None
-    tokens = mx.array(prompts)
-    cache = make_prompt_cache(model)
+    calls, batched = _plan(prompts, prefill_step)
+    lengths = [len(p) for p in prompts]
+    L = max(lengths)
     if recorder:
         recorder.active = True
-    prefill = _logits(model(tokens, cache=cache))
+    cache, parts = _prefill(model, calls, batched, recorder and (lambda: recorder.calls.append({})))
     if recorder:
         recorder.active = False
-    steps, greedy, decode_samples = [], [mx.argmax(prefill[:, -1, :], axis=-1)], []
+    as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
+    prefill = _place([as_np(p) for p in parts], calls, L)
+    last = mx.array(prefill[np.arange(len(prompts)), np.array(lengths) - 1])
+    steps, greedy, decode_samples = [], [mx.argmax(last, axis=-1)], []
     for _ in range(decode_steps):
         logits, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
         steps.append(logits[:, -1, :])
         greedy.append(mx.argmax(steps[-1], axis=-1))
         decode_samples.append(seconds)
-    as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
     B, V = prefill.shape[0], prefill.shape[-1]
     decode = np.stack([as_np(s) for s in steps]) if steps else np.zeros((0, B, V), np.float32)
     output = Output(
-        prefill=as_np(prefill),
+        prefill=prefill,
         decode=decode,
         tokens=np.stack([np.array(g) for g in greedy], axis=1).astype(np.int64),
-        layers=recorder.states if recorder else {},
+        layers=_placed_states(recorder, calls, L) if recorder else {},
+        prefill_calls=_call_map(calls, L),
     )
     if not repeats:
         return output, None
     while len(decode_samples) < repeats + 1:
         _, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
         decode_samples.append(seconds)
-    prefill_samples = [
-        _timed(lambda: model(tokens, cache=make_prompt_cache(model)))[1] for _ in range(repeats)
-    ]
+    prefill_samples = []
+    # `repeats` counts timed prefill calls: a chunked prefill (several calls, each with
+    # its collectives) is timed whole fewer times, at least once.
+    for _ in range(max(1, repeats // len(calls))):
+        start = time.perf_counter()
+        _prefill(model, calls, batched)
+        prefill_samples.append(time.perf_counter() - start)
     decode_samples = decode_samples[1 : repeats + 1]
     timings = Timings(
-        prefill_tok_s=B * tokens.shape[1] / statistics.median(prefill_samples),
+        prefill_tok_s=sum(lengths) / statistics.median(prefill_samples),
         decode_tok_s=B / statistics.median(decode_samples),
         prefill_samples=prefill_samples,
         decode_samples=decode_samples,

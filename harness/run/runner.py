@@ -25,6 +25,7 @@ from harness.records import goldens, judge
 from harness.records.outputs import Output, Timings
 from harness.records.result import CRASH, ERROR, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run import launch
+from harness.run.execute import shape_skip_reason
 from harness.run.hosts import check_hosts
 from harness.run.strategy import BUILTIN, normalize, resolve
 from harness.zoo import support
@@ -67,7 +68,9 @@ def skip_reason(case: Case, ranks: int) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return checkpoint.skip_reason(case) or preflight_violation(case, ranks)
+    return (
+        checkpoint.skip_reason(case) or shape_skip_reason(case) or preflight_violation(case, ranks)
+    )
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
@@ -111,9 +114,10 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
             resolve(name)  # an external strategy that does not import fails here, once
         case = Case.from_dict({**case.to_dict(), "strategy": name})
         if options.strict:
-            # Asked for by name: a rule the ranks break is the user's mistake, not a skip.
+            # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
+            # a strategy the installed mlx-lm lacks for the architecture stays a skip.
             violation = preflight_violation(case, options.ranks)
-            if violation:
+            if violation and skip_reason(case, options.ranks) == violation:
                 raise HarnessError(violation)
         checked.append(case)
     if options.hostfile is not None or options.python is not None:
