@@ -52,13 +52,8 @@ def validate(
     import), lengths beyond the model's context, options the launch cannot take. Returns
     the cases with strategies made absolute (every rank resolves the same file) and the
     options with the rank count a hostfile sets."""
-    if options.ranks < 1:
-        raise HarnessError(f"--ranks must be at least 1, got {options.ranks}")
-    if options.timeout <= 0:
-        raise HarnessError(f"--timeout must be positive, got {options.timeout:g}")
-    launch.check_options(options.backend, options.hostfile)
-    if options.hostfile is not None:
-        options = dataclasses.replace(options, ranks=launch.hostfile_ranks(options.hostfile))
+    ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
+    options = dataclasses.replace(options, ranks=ranks)
     checked = []
     for bench in benches:
         case = bench.case

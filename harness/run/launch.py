@@ -101,6 +101,22 @@ def hostfile_ranks(hostfile: str) -> int:
     return len(hostfile_hosts(hostfile))
 
 
+def rank_count(ranks: int, timeout: float, backend: str | None, hostfile: str | None) -> int:
+    """The rank count a launch will have (a hostfile sets it), after the checks every
+    launching command shares: one sentence for each mistake."""
+    if ranks < 1:
+        raise HarnessError(f"--ranks must be at least 1, got {ranks}")
+    if timeout <= 0:
+        raise HarnessError(f"--timeout must be positive, got {timeout:g}")
+    check_options(backend, hostfile)
+    if hostfile is None:
+        return ranks
+    hosts = hostfile_ranks(hostfile)
+    if ranks not in (1, hosts):
+        raise HarnessError(f"--ranks {ranks} disagrees with the {hosts} hosts in '{hostfile}'")
+    return hosts
+
+
 @dataclass
 class Target:
     """Where and how ranks run: the rank count, the interpreter, extra environment."""

@@ -83,20 +83,10 @@ def preflight_violation(case: Case, ranks: int) -> str | None:
 def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:
     """Check what would otherwise fail late, once: the options (the rank count a hostfile
     sets), the hosts, the strategies; return cases with absolute strategy names."""
-    if options.ranks < 1:
-        raise HarnessError(f"--ranks must be at least 1, got {options.ranks}")
+    ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
+    options = dataclasses.replace(options, ranks=ranks)
     if options.repeats < 0:
         raise HarnessError(f"--repeats must be 0 or more, got {options.repeats}")
-    if options.timeout <= 0:
-        raise HarnessError(f"--timeout must be positive, got {options.timeout:g}")
-    launch.check_options(options.backend, options.hostfile)
-    if options.hostfile is not None:
-        hosts = launch.hostfile_ranks(options.hostfile)
-        if options.ranks not in (1, hosts):
-            raise HarnessError(
-                f"--ranks {options.ranks} disagrees with the {hosts} hosts in '{options.hostfile}'"
-            )
-        options = dataclasses.replace(options, ranks=hosts)
     if options.reference not in (SINGLE, GOLDEN):
         resolve(options.reference)
         options = dataclasses.replace(options, reference=normalize(options.reference))
