@@ -61,6 +61,12 @@ class RunOptions:
 
 def skip_reason(case: Case, ranks: int) -> str | None:
     """Why a case cannot apply at `ranks` ranks, or None."""
+    return unavailable(case) or preflight_violation(case, ranks)
+
+
+def unavailable(case: Case) -> str | None:
+    """Why this machine's mlx-lm cannot run the case at all (architecture, strategy,
+    checkpoint, shape), whatever the rank count, or None."""
     sup = support(case.arch)
     if not sup.available:
         return sup.reason
@@ -68,9 +74,7 @@ def skip_reason(case: Case, ranks: int) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return (
-        checkpoint.skip_reason(case) or shape_skip_reason(case) or preflight_violation(case, ranks)
-    )
+    return checkpoint.skip_reason(case) or shape_skip_reason(case)
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
@@ -103,11 +107,11 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
         if name not in BUILTIN:
             resolve(name)  # an external strategy that does not import fails here, once
         case = Case.from_dict({**case.to_dict(), "strategy": name})
-        if options.strict:
+        if options.strict and unavailable(case) is None:
             # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
             # a strategy the installed mlx-lm lacks for the architecture stays a skip.
             violation = preflight_violation(case, options.ranks)
-            if violation and skip_reason(case, options.ranks) == violation:
+            if violation:
                 raise HarnessError(violation)
         checked.append(case)
     if options.hostfile is not None or options.python is not None:
