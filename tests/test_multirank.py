@@ -1,6 +1,9 @@
 """Real 2-rank launches: each strategy, a wrong external strategy, and ranks that crash or
 hang. All cases of a test go through ONE runner call (a launch costs seconds)."""
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,56 @@ def test_references_on_the_ranks_survive_model_code_that_talks_to_the_world(tmp_
     assert [results[i].status for i in (0, 1)] == ["pass", "pass"], [
         r.reason for r in results.values()
     ]
+
+
+def _launcher_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) used so far by this process's mlx.launch child."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"mlx.launch" in cmdline and int(fields[1]) == os.getpid():
+            return (int(fields[11]) + int(fields[12])) / tick
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the launcher's CPU from /proc")
+def test_the_launcher_sleeps_while_the_ranks_work(tmp_path):
+    """mlx.launch's per-rank threads spin on the ranks' always-writable stdin pipes unless
+    the job quiets them (launch.Job._quiet_launcher): on 2 cores that took most of a core
+    from the ranks. A strategy that works (sleeps) for 4 s gives the launcher time to spin."""
+    slow = tmp_path / "slow.py"
+    began = tmp_path / "began"
+    slow.write_text(
+        "import time\n\n"
+        "def tp(model, group):\n"
+        f"    open({str(began)!r}, 'a').write(f'{{time.monotonic()}}\\n')\n"
+        "    time.sleep(4)\n"
+        "    model.shard(group)\n"
+    )
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.25):
+            cpu = _launcher_cpu_seconds()
+            if cpu is not None:
+                samples.append((time.monotonic(), cpu))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        results = _results([Case("qwen3_moe", f"{slow}:tp", decode_steps=1)], timeout=60)
+    finally:
+        done.set()
+        sampler.join()
+    assert results[0].status == "pass", results[0].reason
+    # Within the sleeping strategy's 4 s (CLOCK_MONOTONIC is the machine's, not the rank's).
+    start = min(float(line) for line in began.read_text().split())
+    window = [(t, cpu) for t, cpu in samples if start + 0.5 <= t <= start + 3.5]
+    assert len(window) >= 4, samples
+    (t0, cpu0), (t1, cpu1) = window[0], window[-1]
+    assert (cpu1 - cpu0) / (t1 - t0) < 0.25, "mlx.launch spins while the ranks work"

@@ -116,7 +116,9 @@ class _Launches:
         stalled = 0
         while self.remaining:
             before = len(self.remaining)
-            job = launch.Job(self.target, self._spec())
+            # The launcher spins as it does under mlx_lm.benchmark run by hand: bench times
+            # what users see (on one machine its threads take CPU from the ranks).
+            job = launch.Job(self.target, self._spec(), quiet_launcher=False)
             try:
                 yield from self._consume(job)
             finally:

@@ -180,10 +180,21 @@ def launch_argv(target: Target, program: list[str], job: str) -> list[str]:
 
 class Job:
     """A running launch: the spec written to its stdin, frames and other lines read from its
-    stdout by a thread, the launcher's own stderr kept for the record."""
+    stdout by a thread, the launcher's own stderr kept for the record.
 
-    def __init__(self, target: Target, spec: dict, module: str = "harness.run.worker"):
+    `quiet_launcher`: stop mlx.launch's per-rank threads from spinning once the ranks have
+    their spec (`_quiet_launcher`). Off for a job that times what a user's own mlx.launch
+    run costs them (`harness bench`, held against `mlx_lm.benchmark` run by hand)."""
+
+    def __init__(
+        self,
+        target: Target,
+        spec: dict,
+        module: str = "harness.run.worker",
+        quiet_launcher: bool = True,
+    ):
         self.target = target
+        self.quiet_launcher = quiet_launcher
         self.id = uuid.uuid4().hex[:12]
         self.hello: list[dict] = []
         self.output: list[str] = []  # lines that were not frames
@@ -218,8 +229,23 @@ class Job:
                 continue
             if item[0].get("type") == "hello":
                 self.hello = item[0]["ranks"]
+                if self.quiet_launcher:
+                    self._quiet_launcher()
             self.items.put(item)
         self.items.put(None)  # the stream ended
+
+    def _quiet_launcher(self) -> None:
+        """mlx.launch keeps a thread per rank in select() on the rank's stdin pipe, which is
+        always writable: each spins until a write to its rank fails, taking most of a core
+        from the ranks on the launching machine for the whole job (on 2 cores the moe suite
+        ran 2.6x slower). Every rank has closed its stdin by the time it says hello
+        (worker.release_stdin); one byte more makes each write fail with EPIPE, and the
+        threads sleep in select(). A rank behind ssh keeps ssh reading: no change there."""
+        try:
+            self.process.stdin.write(b"\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the launch is already gone; its end is reported elsewhere
 
     def _read_stderr(self) -> None:
         for raw in self.process.stderr:

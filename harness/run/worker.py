@@ -64,6 +64,14 @@ def _share_spec(group) -> dict:
     return json.loads(protocol.gather_bytes(payload, group)[0])
 
 
+def release_stdin() -> None:
+    """Let go of the launcher's stdin pipe (/dev/null takes fd 0), the spec read: the
+    parent can then quiet the launcher's spinning per-rank threads (launch.Job)."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
 def describe_rank(group, log: Path) -> dict:
     from harness.records.provenance import package_version, source_digest
 
@@ -100,6 +108,7 @@ def main() -> None:
     current: dict = {}
     try:
         spec = _share_spec(group)
+        release_stdin()
         ranks = [
             json.loads(part)
             for part in protocol.gather_bytes(
