@@ -42,12 +42,20 @@ def harness_argv(model: Path, ranks: int, strategy: str, flags: list[str], db: P
 
 
 def mlx_lm_medians(argv: list[str]) -> tuple[float, float]:
-    # mlx_lm.benchmark prints its trials, then (2 ranks) may fail on exit while the step
-    # generate_step scheduled after the last token still talks to the peer: keep the trials.
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    trials = [tuple(map(float, m)) for m in TRIAL.findall(done.stdout)]
+    # stdin stays open, as a terminal's does: on a closed stdin (EOF, /dev/null) mlx.launch's
+    # main loop spins in select() and takes CPU from the ranks, which a user by hand does
+    # not see. mlx_lm.benchmark prints its trials, then (2 ranks) may fail on exit while the
+    # step generate_step scheduled after the last token still talks to the peer: keep them.
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        output = process.stdout.read()
+        process.wait(timeout=900)
+    finally:
+        process.stdin.close()
+    trials = [tuple(map(float, m)) for m in TRIAL.findall(output)]
     if not trials:
-        raise SystemExit(f"no trials from {shlex.join(argv)}:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"no trials from {shlex.join(argv)}:\n{output[-2000:]}")
     return statistics.median(t[0] for t in trials), statistics.median(t[1] for t in trials)
 
 
@@ -94,11 +102,12 @@ def main() -> None:
                     f"generation {generation:8.1f} tok/s"
                 )
         for i, what in enumerate(("prompt", "generation")):
-            ours_m = statistics.median(r[i] for r in runs["harness"])
-            theirs_m = statistics.median(r[i] for r in runs["mlx_lm"])
+            ours, theirs = ([r[i] for r in runs[tool]] for tool in ("harness", "mlx_lm"))
+            ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)
             print(
                 f"  {what:<10} median over runs: harness {ours_m:9.1f}, mlx_lm {theirs_m:9.1f}, "
-                f"ratio {ours_m / theirs_m:.2f}"
+                f"ratio {ours_m / theirs_m:.2f}  (runs' medians: harness {min(ours):.1f}-"
+                f"{max(ours):.1f}, mlx_lm {min(theirs):.1f}-{max(theirs):.1f})"
             )
 
 
