@@ -179,7 +179,9 @@ def golden_diff(d) -> str:
 def comparison_table(result) -> Table:
     """`harness compare`: one row per change, regressions first."""
     a, b = result.run_a, result.run_b
-    table = Table(title=f"run {a['id']} ({a['suite']}) -> run {b['id']} ({b['suite']})")
+    table = Table(
+        title=f"run {a['id']} ({a['suite'] or a['kind']}) -> run {b['id']} ({b['suite'] or b['kind']})"
+    )
     for name in ("case", "change", "before", "after", "regressed"):
         table.add_column(name, overflow="fold")
     for change in sorted(result.changes, key=lambda c: (not c.regressed, c.label)):

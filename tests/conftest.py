@@ -85,6 +85,57 @@ def _record_run(db_path, suite: str, outcomes: list[dict], ranks: int = 2) -> in
     return run_id
 
 
+@pytest.fixture(scope="session")
+def record_bench_run():
+    """`record_bench_run(db_path, suite, outcomes, ranks=2)`: see `_record_bench_run`."""
+    return _record_bench_run
+
+
+STEADY_TRIALS = {
+    "prompt": [1000.0, 1050.0, 980.0, 1020.0, 1010.0],
+    "generation": [50.0, 52.0, 49.0, 51.0, 50.5],
+}
+
+
+def _record_bench_run(db_path, suite: str | None, outcomes: list[dict], ranks: int = 2) -> int:
+    """Store one bench run without running anything: each outcome names `arch` and may set
+    strategy, status, reason and rank 0's `prompt` and `generation` tok/s trials (every
+    rank gets the same; a status other than ok has no trials). Returns the run id."""
+    from harness.case import BenchCase, Case
+    from harness.records import store
+    from harness.records.bench import OK, BenchResult
+
+    db = store.open_db(db_path)
+    run_id = store.start_run(db, "bench", suite, ranks, None, None, ["harness", "bench"])
+    for index, outcome in enumerate(outcomes):
+        bench = BenchCase(Case(outcome["arch"], strategy=outcome.get("strategy", "tp")), 32, 8)
+        status = outcome.get("status", OK)
+        prompt = outcome.get("prompt", STEADY_TRIALS["prompt"])
+        generation = outcome.get("generation", STEADY_TRIALS["generation"])
+        trials = (
+            [
+                {
+                    "rank": rank,
+                    "trial": t,
+                    "prompt_tps": p,
+                    "generation_tps": g,
+                    "ttft_s": 32 / p,
+                    "peak_memory_gb": 0.01,
+                    "wall_s": 0.2,
+                }
+                for rank in range(ranks)
+                for t, (p, g) in enumerate(zip(prompt, generation, strict=True))
+            ]
+            if status == OK
+            else []
+        )
+        reason = outcome.get("reason")
+        store.record_bench(db, run_id, BenchResult(index, bench, ranks, status, reason, trials))
+    failed = any(o.get("status", OK) != OK for o in outcomes)
+    store.finish_bench_run(db, run_id, "failed" if failed else "passed")
+    return run_id
+
+
 def _pytest_junit(tmp_path) -> dict[str, set[str]]:
     """What pytest's own --junitxml writes: element name -> attribute names, over a pass
     with a suite property, a failure with stderr (kept as system-err), a skip and an error."""

@@ -109,3 +109,47 @@ def test_compare_bad_inputs(run_cli, db_path, record_run, tmp_path):
     assert_one_line_error(result, "is not a harness database")
     with sqlite3.connect(other) as conn:  # and it was left as it was
         assert [r[0] for r in conn.execute("select name from sqlite_master")] == ["t"]
+
+
+BENCH = ["qwen3_moe", "deepseek_v3", "gpt_oss"]
+
+
+def test_compare_bench_runs_flags_a_slower_generation_and_a_new_crash(
+    run_cli, db_path, record_bench_run
+):
+    baseline = [{"arch": a} for a in BENCH] + [{"arch": "minimax", "strategy": "tp"}]
+    record_bench_run(db_path, "bench", baseline)
+    current = [dict(o) for o in baseline]
+    current[1]["generation"] = [16.0, 17.0, 16.5, 17.2, 16.8]  # a third of the baseline
+    current[3].update(status="crash", reason="rank 1 killed by SIGSEGV")
+    record_bench_run(db_path, "bench", current)
+    result = run_cli("compare", "1", "2", "--db", db_path)
+    assert result.code == 1, result.out
+    out = result.out
+    assert "generation tok/s" in out and "0.33x" in out and "deepseek_v3" in out
+    assert "prompt tok/s" not in out, "an unchanged prompt rate is not a change"
+    assert "newly failing" in out and "rank 1 killed by SIGSEGV" in out
+    assert "4 cases in both runs" in out
+
+
+def test_compare_bench_runs_quiet_when_only_the_machine_moved(run_cli, db_path, record_bench_run):
+    prompt, generation = [1000.0, 1050.0, 980.0, 1020.0], [50.0, 52.0, 49.0, 51.0]
+    record_bench_run(
+        db_path, "bench", [{"arch": a, "prompt": prompt, "generation": generation} for a in BENCH]
+    )
+    # Everything at half speed: drift, said once, not a regression of any case.
+    half = {"prompt": [x / 2 for x in prompt], "generation": [x / 2 for x in generation]}
+    record_bench_run(db_path, "bench", [{"arch": a, **half} for a in BENCH])
+    result = run_cli("compare", "1", "bench", "--db", db_path)
+    assert result.code == 0, result.out
+    assert "no regression" in result.out and "0.50x the baseline" in result.out
+
+
+def test_compare_refuses_a_bench_run_against_a_case_run(
+    run_cli, db_path, record_run, record_bench_run
+):
+    record_run(db_path, "smoke", [{"arch": "llama"}])
+    record_bench_run(db_path, "bench", [{"arch": "llama"}])
+    assert_one_line_error(
+        run_cli("compare", "1", "2", "--db", db_path), "compare bench runs with bench runs"
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli_errors import assert_one_line_error
 
-from harness.case import Case
+from harness.case import BenchCase, Case
 from harness.records import goldens
 
 REPO_GOLDENS = goldens.GOLDENS_DIR
@@ -265,6 +265,12 @@ def test_serve_bad_inputs(run_cli, tmp_path, record_run):
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("create table t (x)").connection.close()
     assert_one_line_error(run_cli("serve", "--db", str(other)), "is not a harness database")
+    old = tmp_path / "old.db"
+    record_run(old, "smoke", [{"arch": "llama"}])
+    sqlite3.connect(old).execute("PRAGMA user_version = 4").connection.close()
+    assert_one_line_error(
+        run_cli("serve", "--db", str(old)), "older harness (schema 4 of", "harness report --db"
+    )
     good = tmp_path / "good.db"
     record_run(good, "smoke", [{"arch": "llama"}])
     (tmp_path / "twin").mkdir()
@@ -293,3 +299,44 @@ def test_served_files_resolve_inside_the_goldens_directory(served):
     status, _, _ = get(served["url"] + "-/goldens/..%2F..%2Fresults.npz")
     assert status == 404
     assert Path(served["db"]).exists()
+
+
+def test_bench_runs_history_and_latest_counts(tmp_path, record_bench_run):
+    """Bench runs feed the service: latest_runs counts their bench cases, bench_history
+    lists rank 0's trials per run, and /-/history?bench_key= charts the medians."""
+    db = tmp_path / "bench.db"
+    healthy = [{"arch": "qwen3_moe"}, {"arch": "qwen3_moe", "strategy": "pp"}]
+    first = record_bench_run(db, "bench", healthy)
+    slow = {"arch": "qwen3_moe", "generation": [20.0, 21.0, 19.0, 20.5, 20.2]}
+    crashed = {"arch": "qwen3_moe", "strategy": "pp", "status": "crash", "reason": "SIGSEGV"}
+    second = record_bench_run(db, "bench", [slow, crashed])
+    proc, url = start_service("--db", str(db))
+    try:
+        (latest,) = get_json(url + "bench/latest_runs.json?_shape=array")
+        assert (latest["run_id"], latest["kind"]) == (second, "bench")
+        assert (latest["cases"], latest["passed"], latest["failed"]) == (2, 1, 1)
+
+        key = BenchCase(Case("qwen3_moe", "tp"), 32, 8).key()
+        rows = get_json(url + f"bench/bench_history.json?_shape=array&bench_key={key}")
+        assert [(r["run_id"], r["strategy"], r["status"]) for r in rows] == [
+            (first, "tp", "ok"),
+            (first, "pp", "ok"),
+            (second, "tp", "ok"),
+            (second, "pp", "crash"),
+        ]
+        assert rows[0]["trials"] == 5 and rows[0]["generation_tps_max"] == 52.0
+        assert rows[2]["generation_tps_max"] == 21.0 and rows[3]["trials"] == 0
+
+        status, _, body = get(url + f"-/history?db=bench&bench_key={key}")
+        page = body.decode()
+        assert status == 200 and page.count("<svg") == 2
+        assert "prompt tok/s (median)" in page and "generation tok/s (median)" in page
+        # tp has a point per run; pp only its timed run (the crash has no trials)
+        assert page.count('data-series="tp, 2 rank(s)"') == 2
+        assert page.count("<title>run ") == 6
+        assert "crash: SIGSEGV" in page
+
+        _, _, body = get(url + "bench/bench_cases")
+        assert f"/-/history?db=bench&amp;bench_key={key}" in body.decode()
+    finally:
+        stop(proc)

@@ -24,15 +24,16 @@ def compare(
 ) -> None:
     """Compare two runs: status flips, new diagnoses, golden changes, tok/s drops beyond noise.
 
+    Bench runs (harness bench) compare with bench runs: prompt and generation tok/s.
+
     Example: harness compare moe moe --db last-night.db --db harness.db
     """
     paths = db or [Path(store.DEFAULT_DB)]
     if len(paths) > 2:
         raise HarnessError("give --db once (both runs) or twice (RUN_A's file, RUN_B's file)")
     path_a, path_b = paths[0], paths[-1]
-    run_a_row, cases_a = history.resolve_run(history.open_existing(path_a), run_a, str(path_a))
-    run_b_row, cases_b = history.resolve_run(history.open_existing(path_b), run_b, str(path_b))
-    result = history.compare_runs(run_a_row, cases_a, run_b_row, cases_b)
+    db_a, db_b = history.open_existing(path_a), history.open_existing(path_b)
+    result = history.compare_stored(db_a, run_a, str(path_a), db_b, run_b, str(path_b))
     out = render.console()
     out.print(render.comparison_table(result))
     for line in result.notes:

@@ -4,16 +4,22 @@ beyond noise (`harness.records.noise`). A nightly job compares with the previous
 
 Cases match on (case key, strategy): the key names the numbers, never the rank count, so a
 run on 2 ranks still compares with one on 4 (their throughput is not compared).
+
+Bench runs (`harness bench`) compare with bench runs: bench cases match on (bench key,
+strategy, ranks), a case that no longer times (crash, timeout, error) is a regression, and
+rank 0's prompt and generation tok/s trials go through the same noise rule.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.records import noise, store
+from harness.records.bench import OK
 from harness.records.result import FAILING
 
 # Golden checks that fail a case; moving into one of them is a regression.
@@ -40,6 +46,9 @@ class RunComparison:
     @property
     def regressed(self) -> bool:
         return any(change.regressed for change in self.changes)
+
+
+Samples = tuple[list[float], list[float]]
 
 
 def open_existing(path: str | Path):
@@ -93,22 +102,16 @@ def _case_changes(a: dict, b: dict) -> list[Change]:
     return [change for change in changes if change is not None]
 
 
-def _throughput(result: RunComparison, pairs: list[tuple[dict, dict]]) -> None:
-    """tok/s regressions of the matched cases measured on the same rank count, judged
-    together: the other cases tell how much the machine itself moved (see `noise`)."""
-    samples = {
-        (i, part): (_samples(a, part), _samples(b, part))
-        for i, (a, b) in enumerate(pairs)
-        if a["ranks"] == b["ranks"]
-        for part in ("prefill", "decode")
-    }
-    verdicts, drift = noise.regressions(samples)
-    for (i, part), verdict in verdicts.items():
+def _throughput(result: RunComparison, measured: dict[tuple[int, str, str], Samples]) -> None:
+    """tok/s regressions, judged together: (position, label, what) -> (baseline, current)
+    samples. The other measures of the comparison tell how much the machine itself moved."""
+    verdicts, drift = noise.regressions(measured)
+    for (position, label, what), verdict in verdicts.items():
         if verdict.regressed:
-            a, b = pairs[i]
-            before = f"{a[f'{part}_tok_s']:,.0f}"
-            after = f"{b[f'{part}_tok_s']:,.0f}: {verdict.reason}"
-            result.changes.append(Change(b["label"], f"{part} tok/s", before, after, True))
+            base, current = measured[(position, label, what)]
+            before = f"{statistics.median(base):,.0f}"
+            after = f"{statistics.median(current):,.0f}: {verdict.reason}"
+            result.changes.append(Change(label, what, before, after, True))
     if drift is None:
         result.notes.append(f"tok/s not compared: fewer than {noise.MIN_CASES} measured cases")
     elif drift.ratio < noise.RATIO or drift.ratio > 1 / noise.RATIO:
@@ -137,5 +140,74 @@ def compare_runs(
     for key, a in by_key_a.items():
         if key not in by_key_b:
             result.changes.append(Change(a["label"], "removed", a["status"], None, False))
-    _throughput(result, pairs)
+    # Throughput only on the same rank count; the label names the strategy and shape.
+    _throughput(
+        result,
+        {
+            (i, b["label"], f"{part} tok/s"): (_samples(a, part), _samples(b, part))
+            for i, (a, b) in enumerate(pairs)
+            if a["ranks"] == b["ranks"]
+            for part in ("prefill", "decode")
+        },
+    )
     return result
+
+
+BenchCases = list[tuple[dict, list[dict]]]  # stored bench_cases rows, each with its trials
+BENCH_MEASURES = {"prompt_tps": "prompt tok/s", "generation_tps": "generation tok/s"}
+
+
+def _bench_label(row: dict) -> str:
+    return f"{row['label']} {row['strategy']} @ {row['ranks']} rank(s)"
+
+
+def compare_bench_runs(
+    run_a: dict, benches_a: BenchCases, run_b: dict, benches_b: BenchCases
+) -> RunComparison:
+    """Everything that changed from bench run A (the baseline) to bench run B."""
+    key = lambda row: (row["bench_key"], row["strategy"], row["ranks"])  # noqa: E731
+    by_key_a = {key(row): (row, trials) for row, trials in benches_a}
+    by_key_b = {key(row): (row, trials) for row, trials in benches_b}
+    result = RunComparison(run_a, run_b, len(by_key_a.keys() & by_key_b.keys()))
+    measured: dict[tuple[int, str, str], Samples] = {}
+    for position, (k, (b, trials_b)) in enumerate(by_key_b.items()):
+        label = _bench_label(b)
+        if k not in by_key_a:
+            result.changes.append(Change(label, "added", None, b["status"], b["status"] != OK))
+            continue
+        a, trials_a = by_key_a[k]
+        if a["status"] != b["status"]:
+            after = b["status"] if b["status"] == OK else f"{b['status']}: {b['reason'] or ''}"
+            stopped = a["status"] == OK
+            what = "newly failing" if stopped else "fixed" if b["status"] == OK else "status"
+            result.changes.append(Change(label, what, a["status"], after.strip(), stopped))
+        for column, what in BENCH_MEASURES.items():
+            measured[(position, label, what)] = tuple(
+                [t[column] for t in trials if t["rank"] == 0] for trials in (trials_a, trials_b)
+            )
+    for k, (a, _) in by_key_a.items():
+        if k not in by_key_b:
+            result.changes.append(Change(_bench_label(a), "removed", a["status"], None, False))
+    _throughput(result, measured)
+    return result
+
+
+def compare_stored(db_a, spec_a: str, where_a: str, db_b, spec_b: str, where_b: str):
+    """Resolve two runs (an id, or a suite for its latest) and compare them: case runs
+    with case runs, bench runs with bench runs."""
+    run_a, cases_a = resolve_run(db_a, spec_a, where_a)
+    run_b, cases_b = resolve_run(db_b, spec_b, where_b)
+    bench = {run_a["kind"] == "bench", run_b["kind"] == "bench"}
+    if bench == {True, False}:
+        raise HarnessError(
+            f"run {run_a['id']} is a '{run_a['kind']}' run and run {run_b['id']} a "
+            f"'{run_b['kind']}' run: compare bench runs with bench runs"
+        )
+    if True in bench:
+        return compare_bench_runs(
+            run_a,
+            store.get_bench(db_a, run_a["id"])[1],
+            run_b,
+            store.get_bench(db_b, run_b["id"])[1],
+        )
+    return compare_runs(run_a, cases_a, run_b, cases_b)

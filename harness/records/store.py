@@ -289,6 +289,19 @@ def require_existing(path: str | Path) -> None:
         raise HarnessError(f"{path} is not a harness database: it has no runs and cases tables")
 
 
+def require_current(path: str | Path) -> None:
+    """For a reader that must not write (the service): the harness database at `path` has
+    every migration, else one sentence on how to bring it up to date."""
+    require_existing(path)
+    with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < len(MIGRATIONS):
+        raise HarnessError(
+            f"{path} was written by an older harness (schema {version} of {len(MIGRATIONS)}); "
+            f"'harness report --db {path}' brings it up to date"
+        )
+
+
 def record_bench(db, run_id: int, result: BenchResult) -> None:
     """One bench case's row and all its trials, in one transaction."""
     with db.conn:

@@ -26,8 +26,9 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 
 def check_database(path: Path) -> str:
-    """The name the database is served under (its file stem), once it is a harness database."""
-    store.require_existing(path)
+    """The name the database is served under (its file stem), once it is a harness database
+    with every migration (the canned queries read the newest tables)."""
+    store.require_current(path)
     if path.stem in RESERVED:
         raise HarnessError(f"a database may not be named '{path.stem}'; rename {path}")
     return path.stem

@@ -25,6 +25,7 @@ from harness.service.queries import canned
 
 NAME = "harness"
 GOLDENS_DB = "goldens"
+HISTORY_KEYS = ("case_key", "suite", "bench_key")  # columns whose values link to /-/history
 # The goldens directory's signature when the index was last built, per served datasette.
 _indexed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -116,8 +117,8 @@ async def golden_download(datasette, request, send):
 
 @hookimpl
 def render_cell(value, column, database):
-    """Case keys and suites link to their tok/s history."""
-    if database == GOLDENS_DB or column not in ("case_key", "suite") or not value:
+    """Case keys, bench keys and suites link to their tok/s history."""
+    if database == GOLDENS_DB or column not in HISTORY_KEYS or not value:
         return None
     query = urlencode({"db": database, column: value})
     return Markup(f'<a href="/-/history?{escape(query)}">{escape(value)}</a>')
@@ -164,6 +165,27 @@ def _suite_view(rows: list[dict]) -> tuple[Series, Series, list[dict]]:
     return prefill, decode, list(runs.values())
 
 
+def _bench_view(samples: list[dict]) -> tuple[Series, Series]:
+    """Rank 0's median per run, one series per (strategy, ranks), as the bench table shows."""
+    trials: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for row in samples:
+        name = f"{row['strategy']}, {row['ranks']} rank(s)"
+        per_run = trials.setdefault((name, row["run_id"]), {"prompt": [], "generation": []})
+        per_run["prompt"].append(row["prompt_tps"])
+        per_run["generation"].append(row["generation_tps"])
+    prompt, generation = {}, {}
+    for (name, run_id), values in trials.items():
+        prompt.setdefault(name, []).append((run_id, statistics.median(values["prompt"]), False))
+        generation.setdefault(name, []).append(
+            (run_id, statistics.median(values["generation"]), False)
+        )
+    return prompt, generation
+
+
+BENCH_SAMPLES = """select run_id, strategy, ranks, prompt_tps, generation_tps from bench_samples
+where bench_key = ? and rank = 0 order by run_id"""
+
+
 def _links(db: str, query: str, params: dict) -> dict:
     return {
         "query_url": f"/{db}/{query}?{urlencode(params)}",
@@ -172,16 +194,38 @@ def _links(db: str, query: str, params: dict) -> dict:
 
 
 async def history_page(datasette, request):
-    """tok/s over runs for a case (`?case_key=`) or a suite (`?suite=`), with the runs'
-    table below the charts; without either, the suites to choose from."""
+    """tok/s over runs for a case (`?case_key=`), a suite (`?suite=`) or a bench case
+    (`?bench_key=`), with the runs' table below the charts; without one, the suites to
+    choose from."""
     names = harness_databases(datasette)
     name = request.args.get("db") or (names[0] if names else None)
     if name not in names:
         raise NotFound(f"no harness database named {name}")
     db = datasette.get_database(name)
     case_key, suite = request.args.get("case_key"), request.args.get("suite")
-    context = {"db": name, "case_key": case_key, "suite": suite, "charts": [], "rows": []}
-    if case_key:
+    bench_key = request.args.get("bench_key")
+    context = {
+        "db": name,
+        "case_key": case_key,
+        "suite": suite,
+        "bench_key": bench_key,
+        "charts": [],
+        "rows": [],
+    }
+    titles = ("prefill tok/s", "decode tok/s")
+    if bench_key:
+        rows = [dict(r) for r in await db.execute(canned()["bench_history"]["sql"], [bench_key])]
+        samples = [dict(r) for r in await db.execute(BENCH_SAMPLES, [bench_key])]
+        prefill, decode = _bench_view(samples)
+        titles = ("prompt tok/s (median)", "generation tok/s (median)")
+        context.update(
+            title=f"bench {bench_key}",
+            subtitle=", ".join(sorted({row["label"] for row in rows}))
+            + ": generation as mlx_lm.benchmark times it, rank 0",
+            rows=rows,
+            **_links(name, "bench_history", {"bench_key": bench_key}),
+        )
+    elif case_key:
         rows = [dict(r) for r in await db.execute(canned()["case_history"]["sql"], [case_key])]
         prefill, decode = _case_view(rows)
         for row in rows:
@@ -207,8 +251,8 @@ async def history_page(datasette, request):
         prefill = decode = None
     if prefill is not None:
         context["charts"] = [
-            Markup(line_chart("prefill tok/s", prefill)),
-            Markup(line_chart("decode tok/s", decode)),
+            Markup(line_chart(titles[0], prefill)),
+            Markup(line_chart(titles[1], decode)),
         ]
     html = await datasette.render_template("harness_history.html", context, request=request)
     return Response.html(html)
