@@ -177,10 +177,10 @@ def compare_bench_runs(
             continue
         a, trials_a = by_key_a[k]
         if a["status"] != b["status"]:
-            after = b["status"] if b["status"] == OK else f"{b['status']}: {b['reason'] or ''}"
+            after = f"{b['status']}: {b['reason']}" if b["reason"] else b["status"]
             stopped = a["status"] == OK
             what = "newly failing" if stopped else "fixed" if b["status"] == OK else "status"
-            result.changes.append(Change(label, what, a["status"], after.strip(), stopped))
+            result.changes.append(Change(label, what, a["status"], after, stopped))
         for column, what in BENCH_MEASURES.items():
             measured[(position, label, what)] = tuple(
                 [t[column] for t in trials if t["rank"] == 0] for trials in (trials_a, trials_b)
