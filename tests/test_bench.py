@@ -241,3 +241,22 @@ def test_an_interpreter_without_mlx_is_one_sentence_before_any_launch(run_cli, d
         "-p", "16", "-g", "4", "-n", "1", "--db", db_path,
     )  # fmt: skip
     assert_one_line_error(result, "bare/bin/python has no mlx or mlx-lm installed")
+
+
+def test_prompts_are_mlx_lm_benchmarks_own_ids_at_one_rank(tmp_path, run_cli):
+    """mlx_lm.benchmark seeds 0, loads (constructing the model draws initial values), then
+    draws its prompts: the harness gives the same ids, so a by-hand run times the same
+    tokens (2 ranks: test_bench_multirank)."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from harness.run.bench import _prompts
+
+    model = tmp_path / "q3"
+    assert run_cli("checkpoint", "write", "--arch", "qwen3_moe", "--layout", "mlx",
+                   "--out", str(model)).code == 0  # fmt: skip
+    mx.random.seed(0)
+    _, _, config = load(str(model), return_config=True)
+    theirs = mx.random.randint(0, config["vocab_size"], (2, 16)).tolist()
+    bench = BenchCase(Case("qwen3_moe", "none", checkpoint=str(model)), 16, batch_size=2)
+    assert _prompts(bench, None) == theirs

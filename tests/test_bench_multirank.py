@@ -1,9 +1,12 @@
 """`harness bench` on 2 real ranks: mlx-lm's tp and pp and an external strategy compared in
 one launch, every rank's trials stored; a strategy that kills its rank costs only itself."""
 
+import subprocess
+
 import pytest
 
 from harness.records import store
+from harness.run.launch import Target, launch_argv
 
 pytestmark = pytest.mark.multirank
 
@@ -113,3 +116,40 @@ def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(tm
     run, stored = store.get_bench(store.open_db(db_path), None)
     assert run["status"] == "interrupted"
     assert [row["strategy"] for row, _ in stored] == ["pp"]
+
+
+PROMPTS_SCRIPT = """
+import sys
+import mlx.core as mx
+from mlx_lm.utils import sharded_load
+from harness.case import BenchCase, Case
+from harness.run.bench import _prompts
+
+path, strategy = sys.argv[1], sys.argv[2]
+group = mx.distributed.init()
+# mlx_lm.benchmark's own order: seed, sharded_load, draw.
+mx.random.seed(0)
+groups = (group, None) if strategy == "pp" else (None, group)
+_, _, config = sharded_load(path, *groups, return_config=True)
+theirs = mx.random.randint(0, config["vocab_size"], (2, 16)).tolist()
+bench = BenchCase(Case("qwen3_moe", strategy, checkpoint=path), prompt_tokens=16, batch_size=2)
+ours = _prompts(bench, group)
+print(f"rank {group.rank()} {strategy}: {'identical' if ours == theirs else 'different'}")
+"""
+
+
+def test_prompts_are_mlx_lm_benchmarks_own_ids_on_two_ranks(tmp_path, run_cli):
+    """At 2 ranks mlx_lm.benchmark draws its prompts after sharded_load, whose lazy models
+    and sharded layers consume random draws: the harness repeats them, so a by-hand run
+    times the very same tokens."""
+    model = tmp_path / "q3"
+    assert run_cli("checkpoint", "write", "--arch", "qwen3_moe", "--layout", "mlx",
+                   "--out", str(model)).code == 0  # fmt: skip
+    script = tmp_path / "prompts.py"
+    script.write_text(PROMPTS_SCRIPT)
+    for strategy in ("tp", "pp"):
+        argv = launch_argv(Target(ranks=2), [str(script), str(model), strategy], "prompts")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for rank in (0, 1):
+            assert f"rank {rank} {strategy}: identical" in done.stdout, done.stdout

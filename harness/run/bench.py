@@ -1,10 +1,10 @@
 """Bench cases on one rank: time mlx-lm's own generation path as `mlx_lm.benchmark` does.
 
 For each bench case the model is built fresh (strategies may patch classes), sharded by its
-strategy, given `mlx_lm.benchmark`'s prompts (random ids from `mx.random.seed(0)`, the same
-on every rank) and a tokenizer with no end-of-sequence token (no early stop), then run
-through `stream_generate` at batch 1 and `batch_generate` above, with the case's
-`prefill_step_size`: warm-up generations first, then the timed trials. Each trial's numbers
+strategy, given `mlx_lm.benchmark`'s prompts (its random ids from `mx.random.seed(0)`, id
+for id, the same on every rank) and a tokenizer with no end-of-sequence token (no early
+stop), then run through `stream_generate` at batch 1 and `batch_generate` above, with the
+case's `prefill_step_size`: warm-up generations first, then the timed trials. Each trial's numbers
 are the ones mlx-lm computes and `mlx_lm.benchmark` prints: prompt tok/s, generation tok/s,
 peak memory (GB, this process, from the loaded model on), plus the prompt time (the time to
 the first token at batch 1; the batch's prompt processing time above) and the wall time.
@@ -77,7 +77,7 @@ def time_case(bench: BenchCase, group) -> list[dict]:
     # As mlx_lm.benchmark: no end-of-sequence token, so every trial generates all tokens.
     tokenizer.eos_token_ids = []
     generate = _single if bench.batch_size == 1 else _batched
-    prompts = _prompts(bench)
+    prompts = _prompts(bench, group)
     trials = []
     with model_code():
         for _ in range(bench.warmup):
@@ -93,13 +93,34 @@ def time_case(bench: BenchCase, group) -> list[dict]:
     return trials
 
 
-def _prompts(bench: BenchCase) -> list[list[int]]:
-    """mlx_lm.benchmark's prompts: batch x prompt-tokens random ids below the vocab size."""
+def _prompts(bench: BenchCase, group) -> list[list[int]]:
+    """mlx_lm.benchmark's prompts, id for id: batch x prompt-tokens random ids below the
+    vocab size. It seeds 0 before it loads and draws after, so its ids depend on the random
+    draws of what loading constructs (initial parameter values): one model at 1 rank
+    (`load`); at more, `sharded_load` builds a lazy model to plan (pipelined for pp), then
+    the one it loads, then shards it (tp's sharded layers are new modules). For a
+    checkpoint those constructions are repeated here, lazily (no weight is read); a zoo
+    model, which mlx_lm.benchmark cannot load, draws right after the seed."""
+    from harness.models import mlx_lm_api
+
     case = bench.case
-    config = read_config(case_checkpoint(case)) if case.layout or case.checkpoint else None
-    config = config or tiny_config(case)
-    vocab_size = config.get("vocab_size") or config["text_config"]["vocab_size"]
     mx.random.seed(0)
+    if case.layout or case.checkpoint:
+        path = case_checkpoint(case)
+        config = read_config(path)
+        build = lambda: mlx_lm_api.load_model(path, mlx_lm_api.model_classes)  # noqa: E731
+        planned = build()
+        if group is not None and group.size() > 1:
+            if case.strategy == "pp":
+                planned.model.pipeline(group)
+            loaded = build()
+            if case.strategy == "tp":
+                loaded.shard(group)
+            elif case.strategy == "pp":
+                loaded.model.pipeline(group)
+    else:
+        config = tiny_config(case)
+    vocab_size = config.get("vocab_size") or config["text_config"]["vocab_size"]
     return mx.random.randint(0, vocab_size, (bench.batch_size, bench.prompt_tokens)).tolist()
 
 
