@@ -268,20 +268,37 @@ def diff_impl(
     repo: Annotated[
         Path | None, typer.Option("--repo", help="mlx-lm checkout the commits are of.")
     ] = None,
+    ranks: Ranks = 1,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy", help="With --ranks: tp or pp (repeatable; default both where present)."
+        ),
+    ] = None,
+    timeout: Timeout = 60.0,
 ) -> None:
     """Compare two implementations of a model type on the same tiny weights and prompts.
 
-    Prints the ladder of metrics of B against A and the first layer where they diverge;
-    exit 1 when they differ.
+    Prints the ladder of metrics of B against A and the first layer where they diverge.
+    With --ranks N both also run sharded (their own shard() / pipeline()) on N ranks:
+    each against its own single-rank run, and B's sharded run against A's, so a change
+    in a model file's sharding shows too. Exit 1 when they differ.
 
-    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py
+    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py --ranks 2
     """
     # Imported here: the zoo loads mlx, which the other commands of the CLI never need.
+    from harness.bisect.diff import STRATEGIES
     from harness.bisect.diff import diff_impl as compute_diff
 
+    if ranks < 1:
+        raise HarnessError("--ranks must be at least 1")
+    if strategy and ranks == 1:
+        raise HarnessError("--strategy needs --ranks N (N > 1): one rank runs nothing sharded")
+    strategies = tuple(strategy) if strategy else STRATEGIES
+    diffs = compute_diff(model_type, a, b, repo, ranks, strategies, timeout)
     out = render.console()
     differ = False
-    for d in compute_diff(model_type, a, b, repo):
+    for d in diffs.unsharded:
         if d.comparison is None:
             _say(out, f"{d.case.arch}: not compared: {d.detail}")
             continue
@@ -290,7 +307,30 @@ def diff_impl(
         verdict = "same within tolerance" if same else "differ"
         _say(out, f"{d.case.arch}: {d.b} vs {d.a}: {verdict}")
         _say(out, f"  {_ladder(d.comparison)}")
+    for d in diffs.sharded:
+        where = f"{d.case.arch} {d.case.strategy} on {diffs.ranks} ranks"
+        runs = [r for r in d.runs if r is not None]
+        if len(runs) == 2 and all(r.status == "skip" for r in runs):
+            _say(out, f"{where}: not run: {runs[0].reason}")
+            continue
+        differ |= d.differ
+        verdict = "differ when sharded" if d.differ else "same within tolerance when sharded"
+        _say(out, f"{where}: {d.b} vs {d.a}: {verdict}")
+        for label, run in zip((d.a, d.b), d.runs, strict=True):
+            _say(out, f"  {label}: {_own(run)}")
+        if d.between is not None:
+            _say(out, f"  sharded {d.b} vs sharded {d.a}: {_ladder(d.between)}")
+        else:
+            _say(out, f"  sharded runs not compared: {d.detail}")
     raise typer.Exit(1 if differ else 0)
+
+
+def _own(run: CaseResult | None) -> str:
+    """A sharded run against its own implementation's single-rank run, in a line."""
+    if run is None:
+        return "not run sharded: its single-rank run failed"
+    reason = f": {run.reason}" if run.reason else ""
+    return f"{run.status} against its own single-rank run{reason}"
 
 
 @env_app.command(name="list")

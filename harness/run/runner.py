@@ -52,6 +52,9 @@ class RunOptions:
     workdir: Path | None = None  # working directory of the ranks on every host
     impl: dict[str, str] = field(default_factory=dict)  # model_type -> another model file
     strict: bool = False  # cases asked for by name: a preflight violation is an error
+    # Keep every rank's output on its result (in memory, never stored): for callers that
+    # hold two runs against each other (diff-impl's sharded side).
+    keep_outputs: bool = False
 
     def target(self) -> launch.Target:
         return launch.Target(
@@ -451,6 +454,8 @@ class _Session:
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
         judge.judge(result, ref_output, outputs)
+        if self.options.keep_outputs:
+            result.outputs = {rank: judge.filled(o, outputs) for rank, o in outputs.items()}
         if self.options.reference == SINGLE:
             judge.against_golden(
                 result, ref_output, self.options.goldens, self.options.record_missing
