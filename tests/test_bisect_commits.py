@@ -1,10 +1,12 @@
 """`harness bisect commits` over a real git repository of mlx-lm sources: one commit
-changes qwen3_moe's numerics among unrelated ones, and commits without the architecture
-are skipped; the repository is left exactly as it was."""
+changes qwen3_moe's numerics among unrelated ones, a later one restores them, and commits
+without the architecture are skipped; the repository is left exactly as it was."""
 
+import re
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from mlx_lm_sources import commit, git, init_repo, scale_moe_output
 from test_cli_errors import assert_one_line_error
 
@@ -14,7 +16,7 @@ MODEL = Path("mlx_lm/models/qwen3_moe.py")
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     """good, unrelated, architecture removed, unrelated, restored, numerics changed (the
-    first bad commit), unrelated, unrelated (bad)."""
+    first bad commit), unrelated, unrelated (bad), numerics restored (the fix), unrelated."""
     repo = init_repo(tmp_path_factory.mktemp("bisect") / "mlx-lm")
     shas = {"good": git(repo, "rev-parse", "HEAD")}
     original = (repo / MODEL).read_text()
@@ -34,6 +36,9 @@ def history(tmp_path_factory):
     shas["first_bad"] = commit(repo, "qwen3_moe: scale the MoE output of layer 1")
     touch("unrelated 3")
     shas["bad"] = touch("unrelated 4")
+    (repo / MODEL).write_text(original)
+    shas["fix"] = commit(repo, "qwen3_moe: undo the scaled MoE output")
+    shas["fixed"] = touch("unrelated 5")
     return repo, shas
 
 
@@ -46,21 +51,26 @@ def _state(repo: Path) -> tuple[str, str, str, str]:
     )
 
 
-def test_finds_the_commit_and_skips_where_the_arch_is_missing(history, run_cli):
+def _bisect(run_cli, repo, good, bad, db, *more):
+    return run_cli(
+        "bisect", "commits", "--repo", str(repo), "--good", good, "--bad", bad,
+        "--arch", "qwen3_moe", "--db", db, *more,
+    )  # fmt: skip
+
+
+def _steps(out: str) -> dict[str, str]:
+    """The commits git tried, by short sha: good, bad or skip."""
+    return dict(re.findall(r"^  ([0-9a-f]{12}) (good|bad|skip)$", out, re.M))
+
+
+def _runs(db) -> list[dict]:
+    return list(sqlite_utils.Database(db)["runs"].rows_where("kind = 'bisect'", order_by="id"))
+
+
+def test_finds_the_commit_and_skips_where_the_arch_is_missing(history, run_cli, db_path):
     repo, shas = history
     before = _state(repo)
-    result = run_cli(
-        "bisect",
-        "commits",
-        "--repo",
-        str(repo),
-        "--good",
-        shas["good"],
-        "--bad",
-        shas["bad"],
-        "--arch",
-        "qwen3_moe",
-    )
+    result = _bisect(run_cli, repo, shas["good"], shas["bad"], db_path)
     assert result.code == 1, result.err
     assert f"first bad commit: {shas['first_bad']} qwen3_moe: scale" in result.out
     skipped = [line.split()[0] for line in result.out.splitlines() if line.endswith(" skip")]
@@ -69,6 +79,36 @@ def test_finds_the_commit_and_skips_where_the_arch_is_missing(history, run_cli):
     assert _state(repo) == before
     assert not (repo / ".git" / "BISECT_LOG").exists()
     assert git(repo, "for-each-ref", "refs/bisect") == ""
+    # The change against its parent: its size, the case, its ladder and the layer.
+    bad, parent = shas["first_bad"][:12], shas["restored"][:12]
+    assert "1 file changed, +3 -0 lines (against its parent)" in result.out, result.out
+    ladder = next(line for line in result.out.splitlines() if f"{parent} -> {bad}" in line)
+    assert ladder.strip().startswith("qwen3_moe/"), ladder
+    assert "max|Δ|" in ladder and "first divergent layer 1 (" in ladder, ladder
+    # Every commit judged is a stored run: the bad endpoint, then each step git took.
+    runs = _runs(db_path)
+    assert len(runs) == 1 + len(_steps(result.out)), (runs, result.out)
+    assert runs[0]["suite"] == f"qwen3_moe @ {shas['bad'][:12]}" and runs[0]["status"] == "failed"
+    assert runs[0]["mlx_lm_version"].endswith(f"+g{shas['bad'][:12]}")
+    assert f"stored as runs {runs[0]['id']}-{runs[-1]['id']} (kind bisect)" in result.out
+    first_bad = [r for r in runs if r["suite"] == f"qwen3_moe @ {bad}"]
+    assert [r["status"] for r in first_bad] == ["failed"], runs
+
+
+def test_inverse_finds_the_fix(history, run_cli, db_path):
+    repo, shas = history
+    result = _bisect(run_cli, repo, shas["fixed"], shas["first_bad"], db_path, "--inverse")
+    assert result.code == 1, result.err
+    assert f"first fixed commit: {shas['fix']} qwen3_moe: undo" in result.out, result.out
+    fix, parent = shas["fix"][:12], shas["bad"][:12]
+    assert "1 file changed, +0 -3 lines (against its parent)" in result.out, result.out
+    ladder = next(line for line in result.out.splitlines() if f"{parent} -> {fix}" in line)
+    assert "first divergent layer 1 (" in ladder, ladder
+    steps = _steps(result.out)
+    assert steps and steps.get(fix, "good") == "good" and "bad" in steps.values(), result.out
+    statuses = {r["suite"].split(" @ ")[1]: r["status"] for r in _runs(db_path)}
+    assert statuses[shas["first_bad"][:12]] == "failed"
+    assert statuses.get(fix, "failed") == "passed", statuses
 
 
 def test_refuses_a_dirty_tree(history, run_cli):
@@ -130,18 +170,26 @@ def test_refuses_a_folder_that_is_not_a_repository(tmp_path, run_cli):
     assert_one_line_error(result, "is not a git repository")
 
 
-def test_good_must_be_an_ancestor_of_bad(history, run_cli):
+def test_swapped_endpoints_get_a_hint(history, run_cli, db_path):
     repo, shas = history
-    result = run_cli(
-        "bisect",
-        "commits",
-        "--repo",
-        str(repo),
-        "--good",
-        shas["bad"],
-        "--bad",
-        shas["good"],
-        "--arch",
-        "qwen3_moe",
+    result = _bisect(run_cli, repo, shas["bad"], shas["good"], db_path)
+    assert_one_line_error(
+        result, f"the good commit {shas['bad']} is newer than the bad commit", "add --inverse"
     )
-    assert_one_line_error(result, "must be an ancestor of the bad commit")
+    result = _bisect(run_cli, repo, shas["good"], shas["bad"], db_path, "--inverse")
+    assert_one_line_error(
+        result, f"the bad commit {shas['bad']} is newer than the good commit", "drop --inverse"
+    )
+    assert _runs(db_path) == []
+
+
+def test_good_must_be_an_ancestor_of_bad(history, run_cli, db_path, tmp_path):
+    repo, shas = history
+    git(repo, "checkout", "-q", "-b", "side", shas["good"])
+    try:
+        (repo / "README.md").write_text("a side branch\n")
+        side = commit(repo, "docs: side")
+    finally:
+        git(repo, "checkout", "-q", "main")
+    result = _bisect(run_cli, repo, side, shas["bad"], db_path)
+    assert_one_line_error(result, f"the good commit {side} must be an ancestor of the bad commit")

@@ -126,4 +126,3 @@ def _between(case: Case, a: str, b: str, runs, ranks: int) -> ShardedDiff:
     failing = [c for c in comparisons if not c.passed]
     between = failing[0] if failing else max(comparisons, key=lambda c: c.metrics.max_abs)
     return ShardedDiff(case, a, b, runs, between)
-
