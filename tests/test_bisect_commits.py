@@ -7,42 +7,40 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from mlx_lm_sources import commit, git, init_repo, scale_moe_output
-from test_cli_errors import assert_one_line_error
 
 MODEL = Path("mlx_lm/models/qwen3_moe.py")
 
 
 @pytest.fixture(scope="module")
-def history(tmp_path_factory):
+def history(tmp_path_factory, mlx_lm_sources):
     """good, unrelated, architecture removed, unrelated, restored, numerics changed (the
     first bad commit), unrelated, unrelated (bad), numerics restored (the fix), unrelated."""
-    repo = init_repo(tmp_path_factory.mktemp("bisect") / "mlx-lm")
-    shas = {"good": git(repo, "rev-parse", "HEAD")}
+    repo = mlx_lm_sources.init_repo(tmp_path_factory.mktemp("bisect") / "mlx-lm")
+    shas = {"good": mlx_lm_sources.git(repo, "rev-parse", "HEAD")}
     original = (repo / MODEL).read_text()
 
     def touch(name: str) -> str:
         with open(repo / "README.md", "a") as fh:
             fh.write(f"{name}\n")
-        return commit(repo, f"docs: {name}")
+        return mlx_lm_sources.commit(repo, f"docs: {name}")
 
     touch("unrelated 1")
     (repo / MODEL).unlink()
-    shas["removed"] = commit(repo, "remove qwen3_moe for a rewrite")
+    shas["removed"] = mlx_lm_sources.commit(repo, "remove qwen3_moe for a rewrite")
     shas["still_missing"] = touch("unrelated 2")
     (repo / MODEL).write_text(original)
-    shas["restored"] = commit(repo, "restore qwen3_moe")
-    (repo / MODEL).write_text(scale_moe_output(original, layer=1))
-    shas["first_bad"] = commit(repo, "qwen3_moe: scale the MoE output of layer 1")
+    shas["restored"] = mlx_lm_sources.commit(repo, "restore qwen3_moe")
+    (repo / MODEL).write_text(mlx_lm_sources.scale_moe_output(original, layer=1))
+    shas["first_bad"] = mlx_lm_sources.commit(repo, "qwen3_moe: scale the MoE output of layer 1")
     touch("unrelated 3")
     shas["bad"] = touch("unrelated 4")
     (repo / MODEL).write_text(original)
-    shas["fix"] = commit(repo, "qwen3_moe: undo the scaled MoE output")
+    shas["fix"] = mlx_lm_sources.commit(repo, "qwen3_moe: undo the scaled MoE output")
     shas["fixed"] = touch("unrelated 5")
     return repo, shas
 
 
-def _state(repo: Path) -> tuple[str, str, str, str]:
+def _state(git, repo: Path) -> tuple[str, str, str, str]:
     return (
         git(repo, "status", "--porcelain", "--untracked-files=all"),
         git(repo, "symbolic-ref", "HEAD"),
@@ -67,18 +65,20 @@ def _runs(db) -> list[dict]:
     return list(sqlite_utils.Database(db)["runs"].rows_where("kind = 'bisect'", order_by="id"))
 
 
-def test_finds_the_commit_and_skips_where_the_arch_is_missing(history, run_cli, db_path):
+def test_finds_the_commit_and_skips_where_the_arch_is_missing(
+    history, run_cli, db_path, mlx_lm_sources
+):
     repo, shas = history
-    before = _state(repo)
+    before = _state(mlx_lm_sources.git, repo)
     result = _bisect(run_cli, repo, shas["good"], shas["bad"], db_path)
     assert result.code == 1, result.err
     assert f"first bad commit: {shas['first_bad']} qwen3_moe: scale" in result.out
     skipped = [line.split()[0] for line in result.out.splitlines() if line.endswith(" skip")]
     missing = (shas["removed"], shas["still_missing"])
     assert skipped and all(any(sha.startswith(s) for sha in missing) for s in skipped), result.out
-    assert _state(repo) == before
+    assert _state(mlx_lm_sources.git, repo) == before
     assert not (repo / ".git" / "BISECT_LOG").exists()
-    assert git(repo, "for-each-ref", "refs/bisect") == ""
+    assert mlx_lm_sources.git(repo, "for-each-ref", "refs/bisect") == ""
     # The change against its parent: its size, the case, its ladder and the layer.
     bad, parent = shas["first_bad"][:12], shas["restored"][:12]
     assert "1 file changed, +3 -0 lines (against its parent)" in result.out, result.out
@@ -111,7 +111,7 @@ def test_inverse_finds_the_fix(history, run_cli, db_path):
     assert statuses.get(fix, "failed") == "passed", statuses
 
 
-def test_refuses_a_dirty_tree(history, run_cli):
+def test_refuses_a_dirty_tree(history, run_cli, assert_one_line_error, mlx_lm_sources):
     repo, shas = history
     (repo / "README.md").write_text("local edit\n")
     try:
@@ -128,17 +128,21 @@ def test_refuses_a_dirty_tree(history, run_cli):
             "qwen3_moe",
         )
     finally:
-        git(repo, "checkout", "--", "README.md")
+        mlx_lm_sources.git(repo, "checkout", "--", "README.md")
     assert_one_line_error(result, "uncommitted changes", "README.md")
 
 
-def test_refuses_a_repository_that_is_not_mlx_lm(tmp_path, run_cli):
+def test_refuses_a_repository_that_is_not_mlx_lm(
+    tmp_path, run_cli, assert_one_line_error, mlx_lm_sources
+):
     other = tmp_path / "other"
     other.mkdir()
     (other / "file.txt").write_text("x\n")
-    git(tmp_path, "init", "-q", str(other))
-    git(other, "add", "-A")
-    git(other, "-c", "user.email=t@e.invalid", "-c", "user.name=t", "commit", "-q", "-m", "x")
+    mlx_lm_sources.git(tmp_path, "init", "-q", str(other))
+    mlx_lm_sources.git(other, "add", "-A")
+    mlx_lm_sources.git(
+        other, "-c", "user.email=t@e.invalid", "-c", "user.name=t", "commit", "-q", "-m", "x"
+    )
     result = run_cli(
         "bisect",
         "commits",
@@ -154,7 +158,7 @@ def test_refuses_a_repository_that_is_not_mlx_lm(tmp_path, run_cli):
     assert_one_line_error(result, "is not an mlx-lm repository")
 
 
-def test_refuses_a_folder_that_is_not_a_repository(tmp_path, run_cli):
+def test_refuses_a_folder_that_is_not_a_repository(tmp_path, run_cli, assert_one_line_error):
     result = run_cli(
         "bisect",
         "commits",
@@ -170,7 +174,7 @@ def test_refuses_a_folder_that_is_not_a_repository(tmp_path, run_cli):
     assert_one_line_error(result, "is not a git repository")
 
 
-def test_swapped_endpoints_get_a_hint(history, run_cli, db_path):
+def test_swapped_endpoints_get_a_hint(history, run_cli, db_path, assert_one_line_error):
     repo, shas = history
     result = _bisect(run_cli, repo, shas["bad"], shas["good"], db_path)
     assert_one_line_error(
@@ -183,13 +187,15 @@ def test_swapped_endpoints_get_a_hint(history, run_cli, db_path):
     assert _runs(db_path) == []
 
 
-def test_good_must_be_an_ancestor_of_bad(history, run_cli, db_path, tmp_path):
+def test_good_must_be_an_ancestor_of_bad(
+    history, run_cli, db_path, tmp_path, assert_one_line_error, mlx_lm_sources
+):
     repo, shas = history
-    git(repo, "checkout", "-q", "-b", "side", shas["good"])
+    mlx_lm_sources.git(repo, "checkout", "-q", "-b", "side", shas["good"])
     try:
         (repo / "README.md").write_text("a side branch\n")
-        side = commit(repo, "docs: side")
+        side = mlx_lm_sources.commit(repo, "docs: side")
     finally:
-        git(repo, "checkout", "-q", "main")
+        mlx_lm_sources.git(repo, "checkout", "-q", "main")
     result = _bisect(run_cli, repo, side, shas["bad"], db_path)
     assert_one_line_error(result, f"the good commit {side} must be an ancestor of the bad commit")
