@@ -1,6 +1,8 @@
 import os
 
 import pytest
+from helpers import cli as cli_helpers
+from helpers import service as service_helpers
 from hypothesis import settings
 
 from harness import cli
@@ -38,6 +40,51 @@ def run_cli(capsys):
 @pytest.fixture
 def db_path(tmp_path):
     return str(tmp_path / "results.db")
+
+
+@pytest.fixture(scope="session")
+def assert_one_line_error():
+    """`assert_one_line_error(result, *fragments)`: a user mistake is exit 2 and one line,
+    `error: ...` holding every fragment, with no traceback."""
+    return cli_helpers.assert_one_line_error
+
+
+@pytest.fixture(scope="session")
+def mlx_lm_sources():
+    """The installed mlx-lm's sources as test material (`helpers/mlx_lm_sources.py`): git
+    repositories of them, model files that differ in one place."""
+    from helpers import mlx_lm_sources  # imports mlx-lm: only for the tests that ask
+
+    return mlx_lm_sources
+
+
+@pytest.fixture(scope="session")
+def package_index():
+    """A package index on loopback for mlx-lm releases (`helpers/package_index.py`)."""
+    from helpers import package_index
+
+    return package_index
+
+
+# `harness serve` in a subprocess and HTTP against it (`helpers/service.py`).
+@pytest.fixture(scope="session")
+def start_service():
+    return service_helpers.start_service
+
+
+@pytest.fixture(scope="session")
+def stop():
+    return service_helpers.stop
+
+
+@pytest.fixture(scope="session")
+def get():
+    return service_helpers.get
+
+
+@pytest.fixture(scope="session")
+def get_json():
+    return service_helpers.get_json
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,6 @@ from harness.run.rank.bench import FIELDS, run_on_rank
 SMALL = ("-p", "32", "-g", "8", "-n", "2")
 
 
-def assert_one_line_error(result, *fragments):
-    lines = result.err.strip().splitlines()
-    assert result.code == 2 and len(lines) == 1, (result.code, result.err)
-    assert lines[0].startswith("error: ") and "Traceback" not in result.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def _trials(ranks: int, prompt: list[float], generation: list[float]) -> list[dict]:
     return [
         {
@@ -146,17 +138,19 @@ def test_suite_bench_entry_mistakes_name_the_entry(tmp_path):
         (("--layout", "mlx", "--checkpoint", "x"), ["not both"]),
     ],
 )
-def test_bad_input_is_one_sentence_and_exit_2(run_cli, db_path, args, fragments):
+def test_bad_input_is_one_sentence_and_exit_2(
+    run_cli, db_path, args, fragments, assert_one_line_error
+):
     result = run_cli("bench", "--arch", "qwen3_moe", *args, "--db", db_path)
     assert_one_line_error(result, *fragments)
 
 
-def test_a_strategy_the_model_lacks_is_one_sentence(run_cli, db_path):
+def test_a_strategy_the_model_lacks_is_one_sentence(run_cli, db_path, assert_one_line_error):
     result = run_cli("bench", "--arch", "qwen3_next", "--strategy", "tp", "--db", db_path)
     assert_one_line_error(result, "strategy 'tp' cannot run", "no tensor-parallel shard()")
 
 
-def test_without_a_model_is_one_sentence(run_cli, db_path):
+def test_without_a_model_is_one_sentence(run_cli, db_path, assert_one_line_error):
     assert_one_line_error(run_cli("bench", "--db", db_path), "give --arch NAME")
 
 
@@ -231,7 +225,9 @@ def test_run_timings_are_labelled_model_call_throughput_in_the_verdict_table():
     assert "model-call throughput on the comparison shapes" in str(table.caption)
 
 
-def test_an_interpreter_without_mlx_is_one_sentence_before_any_launch(run_cli, db_path, tmp_path):
+def test_an_interpreter_without_mlx_is_one_sentence_before_any_launch(
+    run_cli, db_path, tmp_path, assert_one_line_error
+):
     import subprocess
     import sys
 

@@ -3,6 +3,7 @@ installed, reused, listed and pruned. A tiny wheel made here keeps them offline.
 
 import subprocess
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -76,7 +77,16 @@ def test_a_failed_install_is_one_sentence_and_leaves_nothing(cache, tmp_path):
     with pytest.raises(HarnessError, match="could not create an environment with") as info:
         envs.ensure([missing])
     assert "\n" not in str(info.value)
-    assert envs.cached() == [] and not any(cache.iterdir())
+    assert envs.cached() == [] and not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def test_two_asking_at_once_share_one_install(cache, wheel):
+    """A second caller waits for the first's install instead of deleting it half-made (two
+    bisects at once, or two test workers)."""
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda _: envs.ensure([wheel]), range(2)))
+    assert made[0].path == made[1].path and sorted(e.reused for e in made) == [False, True]
+    assert _imports(made[0]) == "42" and [e.key for e in envs.cached()] == [made[0].key]
 
 
 def test_the_key_follows_what_is_installed():

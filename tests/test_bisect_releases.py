@@ -2,8 +2,6 @@
 simple API in JSON), yanked releases left out; bad input is one sentence."""
 
 import pytest
-from package_index import serve, use
-from test_cli_errors import assert_one_line_error
 
 from harness.bisect import releases
 
@@ -11,9 +9,9 @@ VERSIONS = ["0.29.1", "0.30.0", "0.30.2", "0.31.0", "0.31.1", "0.32.0rc1", "0.32
 
 
 @pytest.fixture
-def index(monkeypatch):
-    with serve(VERSIONS, yanked={"0.31.0"}) as url:
-        use(monkeypatch, url)
+def index(monkeypatch, package_index):
+    with package_index.serve(VERSIONS, yanked={"0.31.0"}) as url:
+        package_index.use(monkeypatch, url)
         yield
 
 
@@ -22,7 +20,7 @@ def test_between_orders_versions_and_leaves_out_yanked_and_prereleases(index):
     assert releases.between("0.32.0", "0.29.1", inverse=True)[0] == "0.29.1"
 
 
-def test_bad_input_is_one_sentence(index, run_cli, db_path):
+def test_bad_input_is_one_sentence(index, run_cli, db_path, assert_one_line_error):
     def versions(*args):
         return run_cli("bisect", "versions", *args, "--arch", "qwen3_moe", "--db", db_path)
 
@@ -39,9 +37,11 @@ def test_bad_input_is_one_sentence(index, run_cli, db_path):
     )
 
 
-def test_no_network_to_the_index(monkeypatch, run_cli, db_path):
+def test_no_network_to_the_index(
+    monkeypatch, run_cli, db_path, assert_one_line_error, package_index
+):
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    use(monkeypatch, "http://127.0.0.1:9/simple")
+    package_index.use(monkeypatch, "http://127.0.0.1:9/simple")
     result = run_cli(
         "bisect",
         "versions",

@@ -5,8 +5,6 @@ build environments from PyPI: tests/test_version_tolerance.py)."""
 import shutil
 
 import pytest
-from mlx_lm_sources import SOURCES, scale_moe_output
-from package_index import serve, use
 
 from harness.bisect import implementations
 from harness.records import store
@@ -15,25 +13,27 @@ RELEASES = ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"]
 
 
 @pytest.fixture
-def published(tmp_path_factory, monkeypatch):
+def published(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
     """0.1.2 lacks qwen3_moe (skip), 0.1.4 scales its layer 1 (the first bad release)."""
     root = tmp_path_factory.mktemp("releases")
-    original = (SOURCES / "models/qwen3_moe.py").read_text()
+    original = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
     for version in RELEASES:
         tree = root / version
-        shutil.copytree(SOURCES, tree / "mlx_lm", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            mlx_lm_sources.SOURCES, tree / "mlx_lm", ignore=shutil.ignore_patterns("__pycache__")
+        )
         model = tree / "mlx_lm/models/qwen3_moe.py"
         if version == "0.1.2":
             model.unlink()
         elif version >= "0.1.4":
-            model.write_text(scale_moe_output(original, layer=1))
+            model.write_text(mlx_lm_sources.scale_moe_output(original, layer=1))
     monkeypatch.setattr(
         implementations,
         "release",
         lambda version: implementations.checkout(root / version, f"mlx-lm {version}"),
     )
-    with serve(RELEASES) as url:
-        use(monkeypatch, url)
+    with package_index.serve(RELEASES) as url:
+        package_index.use(monkeypatch, url)
         yield
 
 

@@ -43,15 +43,6 @@ LAYOUT_CASES = [
 ]
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.code == 2, (result.code, result.out, result.err)
-    lines = [line for line in result.err.strip().splitlines() if line]
-    assert len(lines) == 1, result.err
-    assert "Traceback" not in result.err + result.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A pristine qwen3_moe checkpoint per layout; tests copy it before breaking it."""
@@ -314,52 +305,52 @@ def test_a_parameter_the_load_did_not_replace_is_named():
 # ---- bad input: one sentence, exit 2 ----
 
 
-def test_truncated_shard_names_the_file(copy_of, run_cli):
+def test_truncated_shard_names_the_file(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     data = (path / SHARD2).read_bytes()
     (path / SHARD2).write_bytes(data[: len(data) // 2])
     assert_one_line_error(run_cli("checkpoint", "check", str(path)), SHARD2, "is truncated")
 
 
-def test_garbage_shard_is_corrupt(copy_of, run_cli):
+def test_garbage_shard_is_corrupt(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     (path / SHARD2).write_bytes(struct.pack("<Q", 10**9) + b"{}")
     assert_one_line_error(run_cli("checkpoint", "check", str(path)), SHARD2, "is corrupt")
 
 
-def test_index_naming_a_missing_shard(copy_of, run_cli):
+def test_index_naming_a_missing_shard(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     (path / SHARD2).unlink()
     result = run_cli("checkpoint", "check", str(path))
     assert_one_line_error(result, f"names shard '{SHARD2}', which is missing")
 
 
-def test_unindexed_shard_is_refused(copy_of, run_cli):
+def test_unindexed_shard_is_refused(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     shutil.copy(path / SHARD2, path / "model-00003-of-00003.safetensors")
     result = run_cli("checkpoint", "check", str(path))
     assert_one_line_error(result, "model-00003-of-00003.safetensors", "stale shard")
 
 
-def test_no_config(tmp_path, run_cli):
+def test_no_config(tmp_path, run_cli, assert_one_line_error):
     assert_one_line_error(run_cli("checkpoint", "check", str(tmp_path)), "has no config.json")
 
 
-def test_unknown_model_type(copy_of, run_cli):
+def test_unknown_model_type(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     (path / "config.json").write_text(json.dumps({"model_type": "qwen9_moe"}))
     result = run_cli("checkpoint", "check", str(path))
     assert_one_line_error(result, "model_type 'qwen9_moe'", "does not implement")
 
 
-def test_pickle_only_weights_are_refused_unopened(tmp_path, run_cli):
+def test_pickle_only_weights_are_refused_unopened(tmp_path, run_cli, assert_one_line_error):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     result = run_cli("checkpoint", "check", str(tmp_path))
     assert_one_line_error(result, "only pickle weights (pytorch_model.bin)", "refuses to unpickle")
 
 
-def test_custom_code_is_refused(copy_of, run_cli):
+def test_custom_code_is_refused(copy_of, run_cli, assert_one_line_error):
     path = copy_of()
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "model_file": "modeling_x.py"}))
@@ -373,7 +364,7 @@ def test_custom_code_is_refused(copy_of, run_cli):
     assert_one_line_error(result, "maps AutoTokenizer to custom code", "trust_remote_code is off")
 
 
-def test_absent_checkpoint_and_unknown_layout(run_cli, tmp_path):
+def test_absent_checkpoint_and_unknown_layout(run_cli, tmp_path, assert_one_line_error):
     result = run_cli("checkpoint", "check", str(tmp_path / "nope"))
     assert_one_line_error(result, "does not exist")
     result = run_cli("checkpoint", "check", "nobody/absent-model")
@@ -506,7 +497,7 @@ def test_case_keys_without_text_prompts_are_unchanged():
     assert restored == texted and restored.key() == texted.key()
 
 
-def test_text_prompts_on_a_zoo_case_are_one_line(tmp_path, run_cli, db_path):
+def test_text_prompts_on_a_zoo_case_are_one_line(tmp_path, run_cli, db_path, assert_one_line_error):
     suite = tmp_path / "zoo.toml"
     suite.write_text('[[case]]\narch = "qwen3_moe"\nprompt_text = ["Hi"]\n')
     result = run_cli("run", "--suite", str(suite), "--db", db_path)

@@ -7,97 +7,87 @@ import pytest
 from harness.run.parent import launch
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.code == 2, (result.code, result.out, result.err)
-    lines = [line for line in result.err.strip().splitlines() if line]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.err + result.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def test_unknown_suite_lists_known(run_cli, db_path):
+def test_unknown_suite_lists_known(run_cli, db_path, assert_one_line_error):
     result = run_cli("run", "--suite", "nope", "--db", db_path)
     assert_one_line_error(result, "unknown suite 'nope'", "moe", "smoke")
 
 
-def test_unknown_arch_lists_known(run_cli, db_path):
+def test_unknown_arch_lists_known(run_cli, db_path, assert_one_line_error):
     result = run_cli("run", "--arch", "qwen9_moe", "--db", db_path)
     assert_one_line_error(result, "qwen9_moe", "qwen3_moe")
 
 
-def test_unknown_strategy_lists_known(run_cli, db_path):
+def test_unknown_strategy_lists_known(run_cli, db_path, assert_one_line_error):
     result = run_cli("run", "--suite", "smoke", "--strategy", "zigzag", "--db", db_path)
     assert_one_line_error(result, "unknown strategy 'zigzag'", "none, tp, pp")
 
 
-def test_strategy_module_that_does_not_import(run_cli, db_path):
+def test_strategy_module_that_does_not_import(run_cli, db_path, assert_one_line_error):
     result = run_cli(
         "run", "--suite", "smoke", "--strategy", "no_such_pkg.mod:shard", "--db", db_path
     )
     assert_one_line_error(result, "no_such_pkg.mod", "does not import")
 
 
-def test_strategy_file_that_raises_on_import(run_cli, db_path, tmp_path):
+def test_strategy_file_that_raises_on_import(run_cli, db_path, tmp_path, assert_one_line_error):
     broken = tmp_path / "broken.py"
     broken.write_text("import does_not_exist\n")
     result = run_cli("run", "--suite", "smoke", "--strategy", f"{broken}:shard", "--db", db_path)
     assert_one_line_error(result, "broken.py", "does not import")
 
 
-def test_strategy_file_without_the_function(run_cli, db_path, tmp_path):
+def test_strategy_file_without_the_function(run_cli, db_path, tmp_path, assert_one_line_error):
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
     result = run_cli("run", "--suite", "smoke", "--strategy", f"{empty}:shard", "--db", db_path)
     assert_one_line_error(result, "no callable 'shard'")
 
 
-def test_malformed_toml_names_file_and_line(run_cli, db_path, tmp_path):
+def test_malformed_toml_names_file_and_line(run_cli, db_path, tmp_path, assert_one_line_error):
     suite = tmp_path / "bad.toml"
     suite.write_text('description = "x"\n[[case]]\narch = \n')
     result = run_cli("run", "--suite", str(suite), "--db", db_path)
     assert_one_line_error(result, "bad.toml", "malformed TOML", "line 3")
 
 
-def test_suite_with_unknown_field(run_cli, db_path, tmp_path):
+def test_suite_with_unknown_field(run_cli, db_path, tmp_path, assert_one_line_error):
     suite = tmp_path / "typo.toml"
     suite.write_text('[[case]]\narch = "qwen3_moe"\nstrategee = "tp"\n')
     result = run_cli("run", "--suite", str(suite), "--db", db_path)
     assert_one_line_error(result, "typo.toml", "strategee")
 
 
-def test_unknown_precision(run_cli, db_path):
+def test_unknown_precision(run_cli, db_path, assert_one_line_error):
     result = run_cli("run", "--arch", "qwen3_moe", "--precision", "q3", "--db", db_path)
     assert_one_line_error(result, "unknown precision 'q3'")
 
 
 @pytest.mark.parametrize("ranks", ["0", "-2"])
-def test_ranks_below_one(run_cli, db_path, ranks):
+def test_ranks_below_one(run_cli, db_path, ranks, assert_one_line_error):
     result = run_cli("run", "--suite", "smoke", "--ranks", ranks, "--db", db_path)
     assert_one_line_error(result, "--ranks must be at least 1")
 
 
-def test_suite_and_arch_together(run_cli, db_path):
+def test_suite_and_arch_together(run_cli, db_path, assert_one_line_error):
     result = run_cli("run", "--suite", "smoke", "--arch", "llama", "--db", db_path)
     assert_one_line_error(result, "either --suite")
 
 
-def test_mlx_launch_missing(run_cli, db_path, monkeypatch, tmp_path):
+def test_mlx_launch_missing(run_cli, db_path, monkeypatch, tmp_path, assert_one_line_error):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
     result = run_cli("run", "--suite", "smoke", "--ranks", "2", "--db", db_path)
     assert_one_line_error(result, "mlx.launch was not found")
 
 
-def test_unknown_backend(run_cli, db_path):
+def test_unknown_backend(run_cli, db_path, assert_one_line_error):
     result = run_cli(
         "run", "--suite", "smoke", "--ranks", "2", "--backend", "carrier-pigeon", "--db", db_path
     )
     assert_one_line_error(result, "unknown backend 'carrier-pigeon'")
 
 
-def test_missing_hostfile(run_cli, db_path, tmp_path):
+def test_missing_hostfile(run_cli, db_path, tmp_path, assert_one_line_error):
     result = run_cli(
         "run",
         "--suite",
@@ -112,12 +102,12 @@ def test_missing_hostfile(run_cli, db_path, tmp_path):
     assert_one_line_error(result, "hostfile", "does not exist")
 
 
-def test_report_on_empty_database(run_cli, db_path):
+def test_report_on_empty_database(run_cli, db_path, assert_one_line_error):
     result = run_cli("report", "--db", db_path)
     assert_one_line_error(result, "no runs yet")
 
 
-def test_report_unknown_run(run_cli, db_path):
+def test_report_unknown_run(run_cli, db_path, assert_one_line_error):
     run_cli("run", "--arch", "llama", "--strategy", "none", "--repeats", "1", "--db", db_path)
     result = run_cli("report", "--run", "999", "--db", db_path)
     assert_one_line_error(result, "no run with id 999")
@@ -127,14 +117,14 @@ def test_launcher_found_beside_python():
     assert launch.find_launcher().endswith("mlx.launch")
 
 
-def test_run_arch_at_ranks_that_break_a_rule(run_cli, db_path):
+def test_run_arch_at_ranks_that_break_a_rule(run_cli, db_path, assert_one_line_error):
     result = run_cli(
         "run", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "3", "--db", db_path
     )
     assert_one_line_error(result, "num_attention_heads (8)", "3 ranks", "largest rank count")
 
 
-def test_preflight_command_violation_and_ok(run_cli):
+def test_preflight_command_violation_and_ok(run_cli, assert_one_line_error):
     result = run_cli("preflight", "--arch", "deepseek_v3", "--ranks", "8", "--strategy", "pp")
     assert_one_line_error(
         result, "num_hidden_layers (4)", "8 ranks", "largest rank count that works for it is 4"
@@ -143,12 +133,12 @@ def test_preflight_command_violation_and_ok(run_cli):
     assert ok.code == 0 and "ok:" in ok.out
 
 
-def test_preflight_missing_config(run_cli, tmp_path):
+def test_preflight_missing_config(run_cli, tmp_path, assert_one_line_error):
     result = run_cli("preflight", "--config", str(tmp_path / "nope"), "--ranks", "2")
     assert_one_line_error(result, "has no config.json")
 
 
-def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path):
+def test_preflight_reads_a_checkpoint_config(run_cli, tmp_path, assert_one_line_error):
     import json
 
     from harness.case import Case
@@ -173,7 +163,7 @@ def test_suite_case_breaking_a_rule_is_skipped_with_reason(run_cli, db_path, tmp
     assert cases[0]["status"] == "skip" and "num_attention_heads (8)" in cases[0]["reason"]
 
 
-def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path):
+def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path, assert_one_line_error):
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text('[{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]')
     result = run_cli(
@@ -185,7 +175,9 @@ def test_hostfile_sets_rank_count_and_must_agree(run_cli, db_path, tmp_path):
     assert_one_line_error(result, "not readable JSON")
 
 
-def test_rank_interpreter_without_mlx_is_named_before_any_case(run_cli, db_path, tmp_path):
+def test_rank_interpreter_without_mlx_is_named_before_any_case(
+    run_cli, db_path, tmp_path, assert_one_line_error
+):
     import subprocess
     import sys
 

@@ -33,6 +33,8 @@ def _why_not() -> str | None:
 
 pytestmark = [
     pytest.mark.cluster,
+    # cluster-sim's hosts are one machine-wide state (up, down): one worker runs them all.
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.skipif(_why_not() is not None, reason=str(_why_not())),
 ]
 

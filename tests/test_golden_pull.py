@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_cli_errors import assert_one_line_error
 
 PAYLOAD = b"PK\x03\x04 stand-in for an npz"
 
@@ -66,7 +65,7 @@ def test_a_good_golden_is_written(fake_service, run_cli, tmp_path):
     assert (tmp_path / "llama" / "llama-fp32-0123.npz").read_bytes() == PAYLOAD
 
 
-def test_unreachable(run_cli, tmp_path):
+def test_unreachable(run_cli, tmp_path, assert_one_line_error):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
@@ -75,13 +74,13 @@ def test_unreachable(run_cli, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_http_error(fake_service, run_cli, tmp_path):
+def test_http_error(fake_service, run_cli, tmp_path, assert_one_line_error):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (500, "text/plain", b"boom")
     assert_one_line_error(pull(run_cli, url, tmp_path), "answered HTTP 500", "goldens.json")
 
 
-def test_wrong_content_type(fake_service, run_cli, tmp_path):
+def test_wrong_content_type(fake_service, run_cli, tmp_path, assert_one_line_error):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (200, "text/html", b"<html>a login page</html>")
     assert_one_line_error(
@@ -89,7 +88,7 @@ def test_wrong_content_type(fake_service, run_cli, tmp_path):
     )
 
 
-def test_hash_mismatch_writes_nothing(fake_service, run_cli, tmp_path):
+def test_hash_mismatch_writes_nothing(fake_service, run_cli, tmp_path, assert_one_line_error):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (
         200,
@@ -104,7 +103,9 @@ def test_hash_mismatch_writes_nothing(fake_service, run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("key", ["../../escaped-fp32-0123", "..-fp32-0123", "/etc/x-fp32-1"])
-def test_path_escaping_the_goldens_directory(fake_service, run_cli, tmp_path, key):
+def test_path_escaping_the_goldens_directory(
+    fake_service, run_cli, tmp_path, key, assert_one_line_error
+):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (200, "application/json", index(key))
     serve_golden(routes, key)
@@ -113,7 +114,7 @@ def test_path_escaping_the_goldens_directory(fake_service, run_cli, tmp_path, ke
     assert list(tmp_path.rglob("*")) == []
 
 
-def test_not_an_index(fake_service, run_cli, tmp_path):
+def test_not_an_index(fake_service, run_cli, tmp_path, assert_one_line_error):
     url, routes = fake_service
     routes["/goldens/goldens.json"] = (200, "application/json", b"{not json")
     assert_one_line_error(pull(run_cli, url, tmp_path), "did not answer valid JSON")
@@ -121,7 +122,7 @@ def test_not_an_index(fake_service, run_cli, tmp_path):
     assert_one_line_error(pull(run_cli, url, tmp_path), "a goldens index without rows")
 
 
-def test_bad_options(run_cli, tmp_path):
+def test_bad_options(run_cli, tmp_path, assert_one_line_error):
     assert_one_line_error(pull(run_cli, "ftp://host/goldens", tmp_path), "not an http://")
     assert_one_line_error(
         pull(run_cli, "http://127.0.0.1:1", tmp_path, "--force"), "--force and --reason"

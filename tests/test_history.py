@@ -3,7 +3,6 @@
 import sqlite3
 
 import pytest
-from test_cli_errors import assert_one_line_error
 
 from harness.records import noise
 
@@ -91,7 +90,7 @@ def test_compare_reports_added_and_removed_cases(run_cli, db_path, record_run):
     assert "fewer than 4 measured cases" in result.out
 
 
-def test_compare_bad_inputs(run_cli, db_path, record_run, tmp_path):
+def test_compare_bad_inputs(run_cli, db_path, record_run, tmp_path, assert_one_line_error):
     missing = str(tmp_path / "missing.db")
     assert_one_line_error(run_cli("compare", "1", "2", "--db", missing), "no database at")
     record_run(db_path, "smoke", [{"arch": "llama"}])
@@ -146,7 +145,7 @@ def test_compare_bench_runs_quiet_when_only_the_machine_moved(run_cli, db_path, 
 
 
 def test_compare_refuses_a_bench_run_against_a_case_run(
-    run_cli, db_path, record_run, record_bench_run
+    run_cli, db_path, record_run, record_bench_run, assert_one_line_error
 ):
     record_run(db_path, "smoke", [{"arch": "llama"}])
     record_bench_run(db_path, "bench", [{"arch": "llama"}])

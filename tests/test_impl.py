@@ -4,8 +4,6 @@
 import sys
 
 import pytest
-from mlx_lm_sources import SOURCES, scale_moe_output
-from test_cli_errors import assert_one_line_error
 
 from harness.case import Case
 from harness.models import impl
@@ -13,10 +11,14 @@ from harness.run.rank.golden_lifecycle import reference_output
 
 
 @pytest.fixture
-def forked(tmp_path):
+def forked(tmp_path, mlx_lm_sources):
     """qwen3_moe.py as a fork would change it: layer 2's MoE output scaled by 1.01."""
     path = tmp_path / "qwen3_moe_fork.py"
-    path.write_text(scale_moe_output((SOURCES / "models/qwen3_moe.py").read_text(), layer=2))
+    path.write_text(
+        mlx_lm_sources.scale_moe_output(
+            (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text(), layer=2
+        )
+    )
     return path
 
 
@@ -35,8 +37,8 @@ def restore_modules():
     support.cache_clear()
 
 
-def test_diff_impl_finds_the_layer_that_differs(forked, run_cli):
-    own = str(SOURCES / "models/qwen3_moe.py")
+def test_diff_impl_finds_the_layer_that_differs(forked, run_cli, mlx_lm_sources):
+    own = str(mlx_lm_sources.SOURCES / "models/qwen3_moe.py")
     result = run_cli("diff-impl", "qwen3_moe", own, str(forked))
     assert result.code == 1, result.err
     assert "qwen3_moe: " in result.out and ": differ" in result.out
@@ -44,8 +46,8 @@ def test_diff_impl_finds_the_layer_that_differs(forked, run_cli):
     assert "first divergent layer 2 (layer output)" in result.out
 
 
-def test_diff_impl_of_identical_files_is_the_same(run_cli):
-    own = str(SOURCES / "models/qwen3_moe.py")
+def test_diff_impl_of_identical_files_is_the_same(run_cli, mlx_lm_sources):
+    own = str(mlx_lm_sources.SOURCES / "models/qwen3_moe.py")
     result = run_cli("diff-impl", "qwen3_moe", own, own)
     assert result.code == 0, result.err
     assert "same within tolerance" in result.out
@@ -60,14 +62,18 @@ def test_install_makes_the_model_type_use_the_file(forked, restore_modules):
     assert abs(after.prefill - before.prefill).max() > 1e-4
 
 
-def test_a_file_that_does_not_define_the_model_type(tmp_path, run_cli):
+def test_a_file_that_does_not_define_the_model_type(
+    tmp_path, run_cli, assert_one_line_error, mlx_lm_sources
+):
     stray = tmp_path / "helpers.py"
     stray.write_text("def helper():\n    return 1\n")
-    result = run_cli("diff-impl", "qwen3_moe", str(SOURCES / "models/qwen3_moe.py"), str(stray))
+    result = run_cli(
+        "diff-impl", "qwen3_moe", str(mlx_lm_sources.SOURCES / "models/qwen3_moe.py"), str(stray)
+    )
     assert_one_line_error(result, "does not define Model and ModelArgs", "qwen3_moe")
 
 
-def test_a_model_type_the_zoo_does_not_have(run_cli):
+def test_a_model_type_the_zoo_does_not_have(run_cli, assert_one_line_error):
     result = run_cli("diff-impl", "qwen9_moe", "a.py", "b.py")
     assert_one_line_error(result, "no architecture of the zoo has model_type 'qwen9_moe'")
 

@@ -5,14 +5,9 @@ import json
 import shutil
 import socket
 import sqlite3
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from test_cli_errors import assert_one_line_error
 
 from harness.case import BenchCase, Case
 from harness.records import goldens
@@ -21,42 +16,8 @@ REPO_GOLDENS = goldens.GOLDENS_DIR
 SERVED_ARCHS = ("llama", "qwen3_moe")
 
 
-def start_service(*args: str) -> tuple[subprocess.Popen, str]:
-    """`harness serve ARGS --port 0`: the process and the URL it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    if not line.startswith("serving "):
-        proc.kill()
-        raise AssertionError(line + proc.stderr.read())
-    return proc, line.split()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
-def get(url: str, data: bytes | None = None) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, data=data, timeout=30) as response:
-            return response.status, response.headers.get_content_type(), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get_content_type(), exc.read()
-
-
-def get_json(url: str):
-    status, content_type, body = get(url)
-    assert (status, content_type) == (200, "application/json"), body[:300]
-    return json.loads(body)
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, record_run):
+def served(tmp_path_factory, record_run, start_service, stop):
     root = tmp_path_factory.mktemp("served")
     db = root / "results.db"
     healthy = [{"arch": "qwen3_moe"}, {"arch": "deepseek_v3"}, {"arch": "llama", "strategy": "pp"}]
@@ -76,7 +37,7 @@ def served(tmp_path_factory, record_run):
     stop(proc)
 
 
-def test_latest_runs(served):
+def test_latest_runs(served, get_json):
     rows = get_json(served["url"] + "results/latest_runs.json?_shape=array")
     assert len(rows) == 1
     row = rows[0]
@@ -87,7 +48,7 @@ def test_latest_runs(served):
     assert {"harness_sha", "mlx_version", "mlx_lm_version", "started"} <= set(row)
 
 
-def test_case_history(served):
+def test_case_history(served, get_json):
     key = Case("qwen3_moe").key()
     rows = get_json(served["url"] + f"results/case_history.json?_shape=array&case_key={key}")
     assert [(r["run_id"], r["status"]) for r in rows] == [
@@ -106,7 +67,7 @@ def test_case_history(served):
     assert rows[0]["decode_tok_s"] == pytest.approx(1000.0)
 
 
-def test_run_failures_and_status_changes(served):
+def test_run_failures_and_status_changes(served, get_json):
     run_a, run_b = served["runs"]
     failures = get_json(served["url"] + f"results/run_failures.json?_shape=array&run_id={run_b}")
     assert [(r["arch"], r["status"]) for r in failures] == [("qwen3_moe", "fail")]
@@ -120,7 +81,7 @@ def test_run_failures_and_status_changes(served):
     ]
 
 
-def test_goldens_index(served):
+def test_goldens_index(served, get_json):
     rows = get_json(served["url"] + "goldens/goldens.json?_shape=array&_size=max")
     assert [r["key"] for r in rows] == goldens.stored_keys(served["goldens"])
     for row in rows:
@@ -135,7 +96,7 @@ def test_goldens_index(served):
         assert row["mlx_lm_version"] == meta["mlx_lm_version"] and row["created"]
 
 
-def test_goldens_index_follows_the_directory(tmp_path, record_run):
+def test_goldens_index_follows_the_directory(tmp_path, record_run, get_json, start_service, stop):
     db, directory = tmp_path / "results.db", tmp_path / "goldens"
     record_run(db, "smoke", [{"arch": "llama"}])
     shutil.copytree(REPO_GOLDENS / "llama", directory / "llama")
@@ -180,7 +141,9 @@ def test_pull_a_suite(served, run_cli, tmp_path):
     assert f"{len(wanted - served_keys)} not on the service" in result.out
 
 
-def test_pull_never_overwrites_other_content_silently(served, run_cli, tmp_path):
+def test_pull_never_overwrites_other_content_silently(
+    served, run_cli, tmp_path, assert_one_line_error
+):
     key = goldens.stored_keys(served["goldens"])[0]
     npz, sidecar = goldens.paths(key, tmp_path)
     npz.parent.mkdir(parents=True)
@@ -201,7 +164,7 @@ def test_pull_never_overwrites_other_content_silently(served, run_cli, tmp_path)
     assert last["pulled_from"] == served["url"].rstrip("/")
 
 
-def test_history_page_draws_prefill_and_decode_charts(served):
+def test_history_page_draws_prefill_and_decode_charts(served, get):
     key = Case("qwen3_moe").key()
     status, content_type, body = get(served["url"] + f"-/history?db=results&case_key={key}")
     page = body.decode()
@@ -215,14 +178,14 @@ def test_history_page_draws_prefill_and_decode_charts(served):
     assert status == 200 and body.decode().count("<svg") == 2
 
 
-def test_case_keys_link_to_their_history(served):
+def test_case_keys_link_to_their_history(served, get):
     _, _, body = get(served["url"] + "results/cases")
     assert f"/-/history?db=results&amp;case_key={Case('llama', strategy='pp').key()}" in (
         body.decode()
     )
 
 
-def test_refuses_writes(served):
+def test_refuses_writes(served, get, get_json, start_service, stop):
     url, run_b = served["url"], served["runs"][1]
     assert get(url + "results.json?sql=select+1")[0] == 403  # no own SQL unless --allow-sql
     assert get(url + "results.json?sql=delete+from+runs")[0] in (400, 403)
@@ -246,7 +209,7 @@ def _outward_address() -> str:
         return probe.getsockname()[0]
 
 
-def test_not_reachable_on_a_non_loopback_address(served):
+def test_not_reachable_on_a_non_loopback_address(served, get):
     address = _outward_address()
     if address.startswith("127."):
         pytest.skip("this machine has no non-loopback address")
@@ -256,7 +219,7 @@ def test_not_reachable_on_a_non_loopback_address(served):
     assert get(served["url"])[0] == 200  # the same port answers on loopback
 
 
-def test_serve_bad_inputs(run_cli, tmp_path, record_run):
+def test_serve_bad_inputs(run_cli, tmp_path, record_run, assert_one_line_error):
     missing = tmp_path / "missing.db"
     assert_one_line_error(run_cli("serve", "--db", str(missing)), "no database at", "missing.db")
     garbage = tmp_path / "garbage.db"
@@ -295,13 +258,15 @@ def test_serve_bad_inputs(run_cli, tmp_path, record_run):
     )
 
 
-def test_served_files_resolve_inside_the_goldens_directory(served):
+def test_served_files_resolve_inside_the_goldens_directory(served, get):
     status, _, _ = get(served["url"] + "-/goldens/..%2F..%2Fresults.npz")
     assert status == 404
     assert Path(served["db"]).exists()
 
 
-def test_bench_runs_history_and_latest_counts(tmp_path, record_bench_run):
+def test_bench_runs_history_and_latest_counts(
+    tmp_path, record_bench_run, get, get_json, start_service, stop
+):
     """Bench runs feed the service: latest_runs counts their bench cases, bench_history
     lists rank 0's trials per run, and /-/history?bench_key= charts the medians."""
     db = tmp_path / "bench.db"

@@ -11,7 +11,6 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-from test_service import get, start_service, stop
 
 from harness.records import store
 
@@ -27,7 +26,7 @@ def smoke_run(db, junit) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, get, start_service, stop):
     root = tmp_path_factory.mktemp("live")
     db = root / "nightly.db"
     store.open_db(db)  # an empty harness database, as before the first night
@@ -105,7 +104,7 @@ def test_junit_from_harness_run_reads_back(live, assert_junit_like_pytest):
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("5", "0", "0")
 
 
-def test_history_page_of_the_real_runs(live):
+def test_history_page_of_the_real_runs(live, get, start_service, stop):
     proc, url = start_service("--db", str(live["db"]))
     try:
         status, _, body = get(url + "-/history?suite=smoke")

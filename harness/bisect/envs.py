@@ -11,6 +11,8 @@ an interrupted install is never mistaken for a usable one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,12 +79,44 @@ def ensure(requirements: list[str]) -> Env:
     """The cached environment for these requirements, created when missing."""
     key = env_key(requirements)
     folder = cache_dir() / key
-    existing = _read(folder)
-    if existing is not None and existing.python.exists():
-        existing.used, existing.reused = time.time(), True
-        _write(existing)
-        return existing
-    return _create(key, folder, requirements)
+    # Two bisects (or two test workers) asking for the same environment at once: the
+    # second waits for the first's install rather than deleting it half-made.
+    with _locked(_lock_path(folder)):
+        existing = _read(folder)
+        if existing is not None and existing.python.exists():
+            existing.used, existing.reused = time.time(), True
+            _write(existing)
+            return existing
+        return _create(key, folder, requirements)
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.with_name(f"{folder.name}.lock")
+
+
+def _installing(folder: Path) -> bool:
+    """Whether another process holds the folder's lock (an install under way)."""
+    path = _lock_path(folder)
+    if not path.exists():
+        return False
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def find_uv() -> str | None:
@@ -189,9 +224,12 @@ def prune(older_than_days: float | None = None) -> list[Env]:
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
     removed = []
     for folder in root.iterdir():
+        if not folder.is_dir():
+            continue  # a lock file, kept: removing one another process waits on breaks it
         env = _read(folder)
         if env is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            if not _installing(folder):
+                shutil.rmtree(folder, ignore_errors=True)
         elif cutoff is None or env.used < cutoff:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(env)

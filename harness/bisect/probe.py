@@ -31,6 +31,8 @@ API_ERRORS = (TypeError, AttributeError, ImportError, NotImplementedError)
 def probe(request: dict) -> None:
     import importlib.metadata as metadata
 
+    import mlx_lm
+
     from harness.case import Case
     from harness.errors import HarnessError, describe
     from harness.models import impl
@@ -40,7 +42,10 @@ def probe(request: dict) -> None:
     from harness.run.rank.one_case import case_prompts, model_for_case
     from harness.zoo import support
 
-    versions = {name: metadata.version(name) for name in ("mlx", "mlx-lm")}
+    # The package's own version: a source tree on PYTHONPATH has no metadata of its own,
+    # and the installed mlx-lm's would name the wrong one.
+    own = getattr(mlx_lm, "__version__", None) or metadata.version("mlx-lm")
+    versions = {"mlx": metadata.version("mlx"), "mlx-lm": own}
     _emit({"versions": versions})
     impl.install(request.get("impl") or {})
     out = Path(request["out"])

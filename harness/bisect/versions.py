@@ -17,17 +17,11 @@ from pathlib import Path
 from harness.bisect import implementations, releases
 from harness.bisect.judge import BASELINES, CaseVerdict, group_verdict, judge_case
 from harness.bisect.search import BAD, GOOD, SKIP, Bisection, bisect
+from harness.bisect.sharded import Runner, run_supported
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.compare import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import SKIP as SKIP_STATUS
-from harness.records.result import CaseResult
-
-# Built-in strategies a release may lack for an architecture, as the skip reason names them.
-SHARDING = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}
-# The sharded side of a step: (implementation, cases) -> each case's result by label.
-Sharded = Callable[[implementations.Implementation, list[Case]], dict[str, CaseResult]]
 
 
 @dataclass
@@ -64,7 +58,7 @@ def bisect_versions(
     baseline: str = "goldens",
     goldens_dir: Path | None = None,
     impl: dict[str, str] | None = None,
-    sharded: Sharded | None = None,
+    sharded: Runner | None = None,
     on_step: Callable[[Step], None] | None = None,
 ) -> VersionsBisect:
     if baseline not in BASELINES:
@@ -115,19 +109,7 @@ def _by_arch(cases: list[Case]) -> dict[str, list[Case]]:
 def _judge_step(version: str, made, cases: list[Case], baselines: dict, sharded) -> Step:
     implementation, refs, seconds = made
     started = time.perf_counter()
-    runs: dict[str, CaseResult] = {}
-    if sharded is not None:
-        runnable = []
-        for case in cases:
-            reference = refs.cases.get(case.key())
-            if reference is None or reference.status != "ok":
-                continue  # judged on the reference alone: skip or bad already
-            if case.strategy in SHARDING and case.strategy not in reference.strategies:
-                reason = f"{case.arch} has no {SHARDING[case.strategy]} in {implementation.label}"
-                runs[case.label()] = CaseResult(0, case, 0, SKIP_STATUS, reason)
-            else:
-                runnable.append(case)
-        runs.update(sharded(implementation, runnable) if runnable else {})
+    runs = run_supported(sharded, implementation, refs, cases) if sharded else {}
     verdicts = [
         judge_case(case, refs, baselines.get(case.key()), runs.get(case.label())) for case in cases
     ]

@@ -99,7 +99,8 @@ def versions(
         env = step.refs.implementation.env
         for note in env.notes if env else []:
             print(f"warning: {note}", file=sys.stderr)
-        run_id = _store_step(database, step, label, command, ranks)
+        name = f"{label} @ mlx-lm {step.release}"
+        run_id = _store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
         counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
         cache = "cached env" if step.env_reused else "new env"
         _say(
@@ -177,64 +178,115 @@ def _ladder(c: Comparison) -> str:
 _STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
 
 
-def _store_step(database, step: Step, label: str, command: list[str], ranks: int) -> int:
-    versions = step.refs.versions
+def _store_step(
+    database, name: str, versions: dict, verdicts: list, command: list[str], ranks: int
+) -> int:
+    """One bisect step (a release or a commit, judged) as a stored run of kind `bisect`."""
     run_id = store.start_run(
         database,
         "bisect",
-        f"{label} @ mlx-lm {step.release}",
+        name,
         ranks,
         None,
         None,
         command,
         {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
     )
-    for index, v in enumerate(step.verdicts):
+    for index, v in enumerate(verdicts):
         # The sharded run's comparisons when there is one, else the reference vs baseline.
         comparisons = {0: v.comparison} if v.comparison is not None else {}
         if v.sharded is not None and v.sharded.comparisons:
             comparisons = v.sharded.comparisons
         result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
         store.record_case(database, run_id, result, {"verdict": v.verdict})
-    bad = any(v.verdict == "bad" for v in step.verdicts)
+    bad = any(v.verdict == "bad" for v in verdicts)
     store.finish_run(database, run_id, "failed" if bad else "passed")
     return run_id
 
 
+def _store_commit(record: dict, step: commits.CommitStep) -> int:
+    """A commit's step as a run; its mlx-lm version names the commit (a source tree has
+    the version of its last release)."""
+    versions = step.refs.versions
+    versions = {**versions, "mlx-lm": f"{versions.get('mlx-lm')}+g{step.sha[:12]}"}
+    name = f"{record['label']} @ {step.sha[:12]}"
+    database = store.open_db(record["db"])
+    return _store_step(database, name, versions, step.verdicts, record["command"], 1)
+
+
 @app.command(name="commits")
 def commits_command(
+    ctx: typer.Context,
     repo: Annotated[Path, typer.Option("--repo", help="A local mlx-lm git checkout.")],
     good: Annotated[str, typer.Option("--good", help="A commit whose numbers are right.")],
     bad: Annotated[str, typer.Option("--bad", help="A commit whose numbers are wrong.")],
     suite: Suite = None,
     arch: Arch = None,
     precision: Precision = None,
+    inverse: Annotated[
+        bool, typer.Option("--inverse", help="Find the commit that fixed it (bad is older).")
+    ] = False,
+    db: Db = store.DEFAULT_DB,
 ) -> None:
     """Drive 'git bisect run' over commits of a local mlx-lm checkout.
 
     The bisect runs in a temporary worktree, so the checkout is left as it was; a dirty
-    checkout is refused. A commit that cannot run the cases is skipped. Exit 1 once the
-    change is found (the first bad commit, or the skipped commits it hides among).
+    checkout is refused. A commit that cannot run the cases is skipped. Each commit
+    judged is stored as a run (kind bisect). Prints the first bad commit (the fix with
+    --inverse), its size, and each case's ladder of metrics and first divergent layer
+    against its parent. Exit 1 once the change is found (or the skipped commits it hides
+    among).
 
     Example: harness bisect commits --repo ~/src/mlx-lm --good v0.31.3 --bad main --arch qwen3_moe
     """
     cases = _cases(suite, arch, precision)
     out = render.console()
+    label = suite or ",".join(arch or [])
+    record = {"db": str(db), "label": label, "command": command_line(ctx, "bisect")}
+    stored = []
+
+    def endpoint(plan: commits.Plan, step: commits.CommitStep) -> None:
+        stored.append(_store_commit(plan.record, step))
+
     with tempfile.TemporaryDirectory(prefix="harness-bisect-") as work:
         started = time.perf_counter()
-        result = commits.bisect_commits(repo, good, bad, cases, Path(work))
+        result = commits.bisect_commits(
+            repo, good, bad, cases, Path(work), inverse, record, on_step=endpoint
+        )
+    stored += result.runs
     for sha, verdict in result.steps:
         _say(out, f"  {sha[:12]} {verdict}")
-    if result.first_bad:
-        _say(out, f"first bad commit: {result.first_bad} {result.subject}")
+    what = "fixed" if inverse else "bad"
+    if result.first_new:
+        _say(out, f"first {what} commit: {result.first_new} {result.subject}")
     else:
         _say(
             out,
-            "skipped commits hide the first bad one; it is one of: "
+            f"skipped commits hide the first {what} one; it is one of: "
             + ", ".join(sha[:12] for sha in result.candidates),
         )
-    _say(out, f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s")
+    if result.change is not None:
+        for line in _change(result.first_new, result.change):
+            _say(out, f"  {line}")
+    runs = f"runs {min(stored)}-{max(stored)}" if len(stored) > 1 else f"run {stored[0]}"
+    _say(
+        out,
+        f"{len(result.steps)} step(s), {time.perf_counter() - started:.1f} s; "
+        f"stored as {runs} (kind bisect) in {db}",
+    )
     raise typer.Exit(1)
+
+
+def _change(sha: str, change: commits.Change) -> list[str]:
+    """What the first bad commit changed: its size, then each case against its parent."""
+    files = f"{change.files} file{'s' if change.files != 1 else ''}"
+    lines = [f"{files} changed, +{change.added} -{change.deleted} lines (against its parent)"]
+    for case, comparison in change.changed:
+        lines.append(f"{case.label()}: {change.parent[:12]} -> {sha[:12]}: {_ladder(comparison)}")
+    lines += change.flipped
+    if not change.changed and not change.flipped:
+        lines.append(f"no case's references differ from those of its parent {change.parent[:12]}")
+    return lines
 
 
 @app.command()
@@ -246,19 +298,23 @@ def step(
 ) -> None:
     """Judge one mlx-lm source tree for 'git bisect run': exit 0 good, 1 bad, 125 skip.
 
-    What 'harness bisect commits' runs at each commit; a failure of the harness itself
-    exits 128, which stops the bisect.
+    What 'harness bisect commits' runs at each commit (with --inverse, 0 is bad and 1
+    good); it stores the step as a run when the bisect asked for it. A failure of the
+    harness itself exits 128, which stops the bisect.
 
     Example: harness bisect step --baseline /tmp/harness-bisect-x/baseline ~/src/mlx-lm
     """
     try:
-        verdict, verdicts = commits.step(checkout, baseline)
+        plan, result = commits.step(checkout, baseline)
+        run_id = _store_commit(plan.record, result) if plan.record else None
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(commits.EXIT_ABORT) from None
-    for v in verdicts:
+    for v in result.verdicts:
         print(f"{v.case.label()}: {v.verdict} {v.detail or ''}".rstrip())
-    raise typer.Exit(commits.EXIT_CODES[verdict])
+    if run_id is not None:
+        print(f"{commits.STORED} {run_id}")
+    raise typer.Exit(commits.exit_code(result.verdict, plan.inverse))
 
 
 def diff_impl(
@@ -268,20 +324,37 @@ def diff_impl(
     repo: Annotated[
         Path | None, typer.Option("--repo", help="mlx-lm checkout the commits are of.")
     ] = None,
+    ranks: Ranks = 1,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy", help="With --ranks: tp or pp (repeatable; default both where present)."
+        ),
+    ] = None,
+    timeout: Timeout = 60.0,
 ) -> None:
     """Compare two implementations of a model type on the same tiny weights and prompts.
 
-    Prints the ladder of metrics of B against A and the first layer where they diverge;
-    exit 1 when they differ.
+    Prints the ladder of metrics of B against A and the first layer where they diverge.
+    With --ranks N both also run sharded (their own shard() / pipeline()) on N ranks:
+    each against its own single-rank run, and B's sharded run against A's, so a change
+    in a model file's sharding shows too. Exit 1 when they differ.
 
-    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py
+    Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py --ranks 2
     """
     # Imported here: the zoo loads mlx, which the other commands of the CLI never need.
+    from harness.bisect.diff import STRATEGIES
     from harness.bisect.diff import diff_impl as compute_diff
 
+    if ranks < 1:
+        raise HarnessError("--ranks must be at least 1")
+    if strategy and ranks == 1:
+        raise HarnessError("--strategy needs --ranks N (N > 1): one rank runs nothing sharded")
+    strategies = tuple(strategy) if strategy else STRATEGIES
+    diffs = compute_diff(model_type, a, b, repo, ranks, strategies, timeout)
     out = render.console()
     differ = False
-    for d in compute_diff(model_type, a, b, repo):
+    for d in diffs.unsharded:
         if d.comparison is None:
             _say(out, f"{d.case.arch}: not compared: {d.detail}")
             continue
@@ -290,7 +363,30 @@ def diff_impl(
         verdict = "same within tolerance" if same else "differ"
         _say(out, f"{d.case.arch}: {d.b} vs {d.a}: {verdict}")
         _say(out, f"  {_ladder(d.comparison)}")
+    for d in diffs.sharded:
+        where = f"{d.case.arch} {d.case.strategy} on {diffs.ranks} ranks"
+        runs = [r for r in d.runs if r is not None]
+        if len(runs) == 2 and all(r.status == "skip" for r in runs):
+            _say(out, f"{where}: not run: {runs[0].reason}")
+            continue
+        differ |= d.differ
+        verdict = "differ when sharded" if d.differ else "same within tolerance when sharded"
+        _say(out, f"{where}: {d.b} vs {d.a}: {verdict}")
+        for label, run in zip((d.a, d.b), d.runs, strict=True):
+            _say(out, f"  {label}: {_own(run)}")
+        if d.between is not None:
+            _say(out, f"  sharded {d.b} vs sharded {d.a}: {_ladder(d.between)}")
+        else:
+            _say(out, f"  sharded runs not compared: {d.detail}")
     raise typer.Exit(1 if differ else 0)
+
+
+def _own(run: CaseResult | None) -> str:
+    """A sharded run against its own implementation's single-rank run, in a line."""
+    if run is None:
+        return "not run sharded: its single-rank run failed"
+    reason = f": {run.reason}" if run.reason else ""
+    return f"{run.status} against its own single-rank run{reason}"
 
 
 @env_app.command(name="list")

@@ -12,7 +12,7 @@ import numpy as np
 from harness.case import Case
 from harness.records.compare import Comparison
 from harness.records.goldens import GoldenCheck
-from harness.records.outputs import Timings
+from harness.records.outputs import Output, Timings
 
 PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR = "pass", "fail", "skip", "crash", "timeout", "error"
 STATUSES = (PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR)
@@ -34,6 +34,8 @@ class CaseResult:
     duration: float = 0.0
     golden: GoldenCheck | None = None
     reference: str | None = None  # what the case was held against (single-rank, golden, pp)
+    # Every rank's output, only when the run was asked to keep them; never stored.
+    outputs: dict[int, Output] = field(default_factory=dict, repr=False)
 
     @property
     def worst(self) -> Comparison | None:

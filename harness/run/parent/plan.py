@@ -41,6 +41,9 @@ class RunOptions:
     workdir: Path | None = None  # working directory of the ranks on every host
     impl: dict[str, str] = field(default_factory=dict)  # model_type -> another model file
     strict: bool = False  # cases asked for by name: a preflight violation is an error
+    # Keep every rank's output on its result (in memory, never stored): for callers that
+    # hold two runs against each other (diff-impl's sharded side).
+    keep_outputs: bool = False
 
     def target(self) -> launch.Target:
         return launch.Target(

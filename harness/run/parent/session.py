@@ -355,6 +355,8 @@ class _Session:
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
         verdict.judge(result, ref_output, outputs)
+        if self.options.keep_outputs:
+            result.outputs = {rank: verdict.filled(o, outputs) for rank, o in outputs.items()}
         if self.options.reference == SINGLE:
             verdict.against_golden(
                 result, ref_output, self.options.goldens, self.options.record_missing

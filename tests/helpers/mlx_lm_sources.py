@@ -44,3 +44,13 @@ def scale_moe_output(source: str, layer: int, factor: float = 1.01) -> str:
     source = source.replace(marker, f"{marker}\n        self.layer_idx = layer_idx")
     scaled = f"        if self.layer_idx == {layer}:\n            r = r * {factor}\n{MOE_LAYER}"
     return source.replace(MOE_LAYER, scaled)
+
+
+def moe_group_on_layer_zero(source: str) -> str:
+    """qwen3_moe's source whose shard() gives the MoE its sharding group on layer 0 only:
+    later MoE layers keep their expert slices but never all-sum them. Unsharded it is
+    mlx-lm's own model, number for number."""
+    line = "                layer.mlp.sharding_group = group\n"
+    assert source.count(line) == 1, "qwen3_moe.py's shard() changed shape"
+    only_first = "group if layer is self.model.layers[0] else None"
+    return source.replace(line, line.replace("group\n", f"{only_first}\n"))
