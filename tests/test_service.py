@@ -15,9 +15,10 @@ import pytest
 from test_cli_errors import assert_one_line_error
 
 from harness.case import BenchCase, Case
+from harness.paths import SHIPPED_GOLDENS
 from harness.records import goldens
 
-REPO_GOLDENS = goldens.GOLDENS_DIR
+REPO_GOLDENS = SHIPPED_GOLDENS
 SERVED_ARCHS = ("llama", "qwen3_moe")
 
 

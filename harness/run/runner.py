@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import preflight
+from harness import paths, preflight
 from harness.case import Case
 from harness.errors import INTERNAL, HarnessError, blame
 from harness.models import checkpoint
@@ -42,7 +42,7 @@ class RunOptions:
     startup_timeout: float = 120.0  # from launch to the first message
     repeats: int = 3
     capture: bool = True
-    goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
+    goldens: Path | None = paths.SHIPPED_GOLDENS  # None: do not compare with goldens
     record_missing: bool = False
     # What a case is held against: the single-rank run (on the ranks), its golden, or
     # another strategy on the same ranks (e.g. "pp").
@@ -458,7 +458,7 @@ class _Session:
         return result
 
     def _load_goldens(self) -> Iterator[CaseResult]:
-        directory = self.options.goldens or goldens.GOLDENS_DIR
+        directory = self.options.goldens or paths.SHIPPED_GOLDENS
         for index in list(self.remaining):
             key = self.cases[index].key()
             try:
