@@ -10,6 +10,7 @@ in the checkout; installed from a wheel it reads its packaged copies, read-only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -20,14 +21,11 @@ from platformdirs import user_cache_path
 from harness.errors import HarnessError
 
 PACKAGE = Path(__file__).resolve().parent
-# What another interpreter needs on PYTHONPATH to import this harness (ranks under
-# `--python`, bisect probes under another mlx-lm): the folder that holds the package.
-IMPORT_ROOT = PACKAGE.parent
 # The source checkout the harness runs from, or None when it is installed (a wheel in
 # site-packages has no pyproject.toml beside it).
 CHECKOUT: Path | None = (
-    IMPORT_ROOT
-    if (IMPORT_ROOT / "pyproject.toml").is_file() and (IMPORT_ROOT / "suites").is_dir()
+    PACKAGE.parent
+    if (PACKAGE.parent / "pyproject.toml").is_file() and (PACKAGE.parent / "suites").is_dir()
     else None
 )
 GOLDENS_ENV = "HARNESS_GOLDENS"
@@ -42,6 +40,26 @@ def _shipped(name: str) -> Path:
 
 SHIPPED_SUITES = _shipped("suites")
 SHIPPED_GOLDENS = _shipped("goldens")
+
+
+def import_root() -> Path:
+    """What another interpreter (ranks under `--python`, bisect probes under another
+    mlx-lm) puts on PYTHONPATH to import this harness and nothing else of this
+    environment: the checkout, or for an installed package a folder holding only a link
+    to it. site-packages itself would bring this environment's mlx and mlx-lm along and
+    shadow the other interpreter's own (PYTHONPATH comes before its site-packages)."""
+    if CHECKOUT is not None:
+        return CHECKOUT
+    digest = hashlib.sha256(str(PACKAGE).encode()).hexdigest()[:12]
+    root = user_cache_path("harness") / "import" / digest
+    link = root / "harness"
+    if not link.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fresh = root / f".harness-{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(PACKAGE, target_is_directory=True)
+        os.replace(fresh, link)  # atomic: two processes may make it at once
+    return root
 
 
 def suite_dirs() -> list[Path]:

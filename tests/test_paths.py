@@ -1,6 +1,8 @@
 """Where suites and goldens are found: the working directory's own, --goldens and
 $HARNESS_GOLDENS, then what the harness ships (read-only once installed)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,36 @@ def test_version_names_the_harness_mlx_and_mlx_lm(run_cli):
     assert line.startswith(f"harness {package_version('harness')} ")
     assert f"mlx {package_version('mlx')}" in line
     assert f"mlx-lm {package_version('mlx-lm')}" in line
+
+
+def test_only_harness_paths_works_out_where_the_checkout_is():
+    """One place for the checkout and the package's root: a second copy would disagree
+    with it the day the package is installed rather than run from the checkout."""
+    package = REPO / "harness"
+    for path in package.rglob("*.py"):
+        if path == package / "paths.py":
+            continue
+        source = path.read_text()
+        for climb in ("parents[", ".parent.parent", "harness.__file__"):
+            assert climb not in source, f"{path.relative_to(REPO)} computes a path with {climb}"
+
+
+def test_another_interpreter_imports_the_installed_harness_and_nothing_else(installed, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(installed / "cache"))
+    root = paths.import_root()
+    assert [p.name for p in root.iterdir()] == ["harness"]
+    assert (root / "harness").resolve() == paths.PACKAGE
+    assert paths.import_root() == root
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import harness, importlib.util as u; print(harness.__file__, u.find_spec('numpy'))",
+        ],
+        env={"PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [str(root / "harness" / "__init__.py"), "None"]

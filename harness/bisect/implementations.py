@@ -33,7 +33,7 @@ from harness.bisect.probe import PREFIX
 from harness.bisect.releases import check_release
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.paths import IMPORT_ROOT
+from harness.paths import import_root
 from harness.records.outputs import Output
 
 RELEASE = re.compile(r"(?:mlx-lm==)?(\d+\.\d+(?:\.\d+)?\S*)")
@@ -49,7 +49,7 @@ class Implementation:
 
     def environ(self) -> dict[str, str]:
         """The environment its processes run with: the source trees, then the harness."""
-        paths = [*self.pythonpath, str(IMPORT_ROOT)]
+        paths = [*self.pythonpath, str(import_root())]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
     def rank_env(self) -> dict[str, str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.paths import IMPORT_ROOT
+from harness.paths import import_root
 from harness.run import protocol
 
 BACKENDS = ("ring", "mpi", "jaccl", "nccl")
@@ -148,7 +148,7 @@ class Target:
         """Extra environment of every rank: the harness importable under any interpreter."""
         env = dict(self.env)
         if self.python is not None:
-            paths = [env.get("PYTHONPATH"), str(IMPORT_ROOT)]
+            paths = [env.get("PYTHONPATH"), str(import_root())]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env
 
