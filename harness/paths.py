@@ -74,16 +74,16 @@ def suite_dirs() -> list[Path]:
 
 @dataclass(frozen=True)
 class Goldens:
-    """A goldens directory and why it was chosen (said in messages)."""
+    """A goldens directory and why it was chosen (`harness run` and `golden verify` say)."""
 
     directory: Path
-    source: str  # "--goldens", "$HARNESS_GOLDENS", "./goldens" or "shipped"
+    source: str  # "--goldens", "$HARNESS_GOLDENS", "./goldens", "checkout" or "shipped"
 
     @property
     def read_only(self) -> bool:
         """The goldens an installed package ships: never written (a reinstall would lose
         them, and site-packages may not be writable)."""
-        return self.source == "shipped" and CHECKOUT is None
+        return self.source == "shipped"
 
     def writable(self) -> Path:
         """The directory, for a command that records goldens; refused when read-only."""
@@ -94,6 +94,9 @@ class Goldens:
                 "a goldens/ folder in the working directory)"
             )
         return self.directory
+
+    def describe(self) -> str:
+        return f"goldens: {self.directory} ({self.source}{', read-only' if self.read_only else ''})"
 
 
 def goldens(option: Path | None = None) -> Goldens:
@@ -106,7 +109,7 @@ def goldens(option: Path | None = None) -> Goldens:
     local = Path.cwd() / "goldens"
     if local.is_dir():
         return Goldens(local, "./goldens")
-    return Goldens(SHIPPED_GOLDENS, "shipped")
+    return Goldens(SHIPPED_GOLDENS, "checkout" if CHECKOUT is not None else "shipped")
 
 
 def obtained_root(directory: Path) -> Path:

@@ -44,7 +44,7 @@ def test_a_checkout_reads_its_own_suites_and_goldens():
 def test_goldens_come_from_the_option_then_the_environment_then_the_working_directory(
     elsewhere, monkeypatch
 ):
-    assert paths.goldens() == paths.Goldens(paths.SHIPPED_GOLDENS, "shipped")
+    assert paths.goldens() == paths.Goldens(paths.SHIPPED_GOLDENS, "checkout")
     (elsewhere / "goldens").mkdir()
     assert paths.goldens().directory == elsewhere / "goldens"
     monkeypatch.setenv(paths.GOLDENS_ENV, str(elsewhere / "from-env"))
@@ -55,6 +55,7 @@ def test_goldens_come_from_the_option_then_the_environment_then_the_working_dire
 def test_shipped_goldens_are_read_only_once_installed(installed):
     chosen = paths.goldens()
     assert chosen.read_only
+    assert chosen.describe() == f"goldens: {paths.SHIPPED_GOLDENS} (shipped, read-only)"
     assert paths.goldens(installed / "mine").writable() == installed / "mine"
     (installed / "goldens").mkdir()
     assert not paths.goldens().read_only

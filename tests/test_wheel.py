@@ -76,7 +76,9 @@ def test_the_installed_harness_runs_a_suite_against_its_goldens(harness, empty):
     assert version.returncode == 0 and version.stdout.startswith("harness "), version.stderr
     result = run(harness, empty, "run", "--suite", "smoke", "--repeats", "0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "harness/data/suites/smoke.toml" in result.stdout.splitlines()[0]
+    suite_line, goldens_line = result.stdout.splitlines()[:2]
+    assert suite_line.endswith("harness/data/suites/smoke.toml"), suite_line
+    assert goldens_line.endswith("harness/data/goldens (shipped, read-only)"), goldens_line
     with sqlite3.connect(empty / "harness.db") as db:
         statuses = {row[0] for row in db.execute("select golden from cases")}
     assert statuses == {"match"}, statuses

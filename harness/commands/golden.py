@@ -62,12 +62,14 @@ def verify(
 
     impl.install(impl.parse(impl_files))
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    source = paths.goldens(directory).directory
-    actions = references.verify(cases, source)
+    source = paths.goldens(directory)
+    actions = references.verify(cases, source.directory)
     if not actions:
         raise HarnessError(
-            f"no goldens in {source}; record some with 'harness golden record --suite moe'"
+            f"no goldens in {source.directory}; record some with "
+            "'harness golden record --suite moe'"
         )
+    render.console().print(source.describe(), markup=False, soft_wrap=True)
     _print(actions)
     changed = sorted({a.case.arch for a in actions if a.case and a.status == "mismatch"})
     if changed:

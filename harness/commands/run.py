@@ -107,6 +107,8 @@ def run(
     out = render.console()
     if suite is not None:
         out.print(f"suite {suite}: {suites.suite_path(suite)}", markup=False, soft_wrap=True)
+    if not no_goldens:
+        out.print(chosen.describe(), markup=False, soft_wrap=True)
     total = len(cases)
     record = run_cases(
         cases,
