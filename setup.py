@@ -13,6 +13,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
+ROOT = Path(__file__).resolve().parent
 SHIPPED = ("suites", "goldens")
 # A failed check's `obtained` files and half-written temporaries are never shipped.
 LEFT_OUT = shutil.ignore_patterns("*.obtained.*", "*.tmp", "__pycache__")
@@ -26,7 +27,7 @@ class BuildWithData(build_py):
         for name in SHIPPED:
             target = Path(self.build_lib) / "harness" / "data" / name
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(name, target, ignore=LEFT_OUT)
+            shutil.copytree(ROOT / name, target, ignore=LEFT_OUT)
 
 
 setup(cmdclass={"build_py": BuildWithData})
