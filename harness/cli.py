@@ -7,9 +7,11 @@ Every user mistake is a HarnessError: one line on stderr and exit code 2, no tra
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from harness import __version__
 from harness.commands import (
     bench,
     bisect,
@@ -23,6 +25,7 @@ from harness.commands import (
     serve,
 )
 from harness.errors import HarnessError
+from harness.records.provenance import package_version
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +33,32 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Correctness regression tests and goldens for sharded MLX inference.",
 )
+
+
+def version_line() -> str:
+    """This harness's version and the mlx and mlx-lm it runs with."""
+    found = {name: package_version(name) or "not installed" for name in ("mlx", "mlx-lm")}
+    return f"harness {__version__} (mlx {found['mlx']}, mlx-lm {found['mlx-lm']})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print versions and exit."
+        ),
+    ] = False,
+) -> None:
+    # Options of `harness` itself, before any command; the help is the app's.
+    pass
+
 
 app.command()(run.run)
 app.command()(run.report)

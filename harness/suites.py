@@ -1,4 +1,5 @@
-"""Suites: TOML files in `suites/` that expand into cases.
+"""Suites: TOML files that expand into cases, found by name in the working directory's
+`suites/`, then among the suites the harness ships (`harness.paths`), or given by path.
 
 description = "..."
 [defaults]                 # any Case field: seed, decode_steps, group_size, ...
@@ -42,30 +43,32 @@ from pathlib import Path
 
 from harness.case import DTYPES, QUANT_BITS, BenchCase, Case
 from harness.errors import HarnessError
+from harness.paths import suite_dirs
 from harness.shapes import get_shape
 from harness.zoo import ARCHS, get_arch, support
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 _CASE_FIELDS = set(Case.__dataclass_fields__) - {"arch", "strategy"}
 _MATRIX_KEYS = {"archs", "strategies", "precisions", "shapes", "first_supported"}
 _SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def known_suites(directory: Path = SUITES_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.toml"))
+def known_suites() -> list[str]:
+    return sorted({p.stem for folder in suite_dirs() for p in folder.glob("*.toml")})
 
 
-def suite_path(name: str, directory: Path = SUITES_DIR) -> Path:
-    """A suite by name (`moe`) or by path to a TOML file."""
+def suite_path(name: str) -> Path:
+    """A suite by name (`moe`: the first `moe.toml` of `suite_dirs()`) or by path to a
+    TOML file."""
     as_path = Path(name)
     if as_path.suffix == ".toml":
         if not as_path.is_file():
             raise HarnessError(f"suite file '{name}' does not exist")
         return as_path
-    path = directory / f"{name}.toml"
-    if not path.is_file():
-        raise HarnessError(f"unknown suite '{name}'; known: {', '.join(known_suites(directory))}")
-    return path
+    for folder in suite_dirs():
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    raise HarnessError(f"unknown suite '{name}'; known: {', '.join(known_suites())}")
 
 
 def parse_precision(label: str) -> dict:
@@ -166,8 +169,8 @@ def matrix_cases(
     return cases
 
 
-def load_suite(name: str, directory: Path = SUITES_DIR) -> list[Case]:
-    path = suite_path(name, directory)
+def load_suite(name: str) -> list[Case]:
+    path = suite_path(name)
     data = _read(path)
     defaults = data.get("defaults", {})
     cases: list[Case] = []
@@ -237,9 +240,9 @@ def bench_cases(
     return benches
 
 
-def load_bench(name: str, ranks: int, directory: Path = SUITES_DIR) -> list[BenchCase]:
+def load_bench(name: str, ranks: int) -> list[BenchCase]:
     """A suite's [[bench]] entries as bench cases, in order, strategies side by side."""
-    path = suite_path(name, directory)
+    path = suite_path(name)
     benches: list[BenchCase] = []
     for i, entry in enumerate(_read(path).get("bench", [])):
         where = f"{path}: bench {i + 1}"

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from harness.records import store
 from harness.run.parent import launch
 
 
@@ -103,8 +104,38 @@ def test_missing_hostfile(run_cli, db_path, tmp_path, assert_one_line_error):
 
 
 def test_report_on_empty_database(run_cli, db_path, assert_one_line_error):
+    store.open_db(db_path)
     result = run_cli("report", "--db", db_path)
     assert_one_line_error(result, "no runs yet")
+
+
+READERS = {
+    "report": ["report", "--db", "{missing}"],
+    "report --markdown": ["report", "--markdown", "--run", "1", "--db", "{missing}"],
+    "compare": ["compare", "1", "2", "--db", "{missing}"],
+    "compare, second file": ["compare", "1", "1", "--db", "{present}", "--db", "{missing}"],
+    "serve": ["serve", "--db", "{missing}", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("argv", READERS.values(), ids=READERS.keys())
+def test_commands_that_read_a_database_never_create_one(
+    run_cli, tmp_path, record_run, argv, assert_one_line_error
+):
+    """A typo in --db is one sentence and exit 2; no empty database appears at the typo."""
+    present, missing = tmp_path / "present.db", tmp_path / "typo.db"
+    record_run(str(present), "smoke", [{"arch": "llama"}])
+    args = [a.format(missing=missing, present=present) for a in argv]
+    assert_one_line_error(run_cli(*args), f"no database at {missing}")
+    assert not missing.exists()
+
+
+def test_serve_without_a_database_in_the_working_directory(
+    run_cli, tmp_path, monkeypatch, assert_one_line_error
+):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli("serve", "--port", "0"), "no database at harness.db")
+    assert not (tmp_path / "harness.db").exists()
 
 
 def test_report_unknown_run(run_cli, db_path, assert_one_line_error):

@@ -10,6 +10,7 @@ import pytest
 
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.paths import SHIPPED_GOLDENS
 from harness.records import goldens
 from harness.records.compare import tolerance_for
 from harness.run.rank import golden_lifecycle
@@ -163,9 +164,9 @@ def test_run_fails_on_golden_mismatch(gdir, run_cli, db_path):
 
 
 def test_committed_goldens_verify():
-    keys = goldens.stored_keys()
+    keys = goldens.stored_keys(SHIPPED_GOLDENS)
     assert keys, "goldens for the moe and dense suites are committed"
-    actions = golden_lifecycle.verify(None)
+    actions = golden_lifecycle.verify(None, SHIPPED_GOLDENS)
     bad = [
         (a.key, a.status, a.check.detail if a.check else None)
         for a in actions
@@ -179,7 +180,7 @@ def test_committed_goldens_cover_moe_and_dense_suites():
     from harness.suites import load_suite
     from harness.zoo import support
 
-    stored = set(goldens.stored_keys())
+    stored = set(goldens.stored_keys(SHIPPED_GOLDENS))
     for suite in ("moe", "dense"):
         for case in load_suite(suite):
             # A shape mlx-lm cannot batch for the architecture never runs: no golden.

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from harness.case import BenchCase, Case
+from harness.paths import SHIPPED_GOLDENS
 from harness.records import goldens
 
-REPO_GOLDENS = goldens.GOLDENS_DIR
+REPO_GOLDENS = SHIPPED_GOLDENS
 SERVED_ARCHS = ("llama", "qwen3_moe")
 
 

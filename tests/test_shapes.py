@@ -8,8 +8,9 @@ import pytest
 from harness.case import DEFAULT_PROMPTS, Case
 from harness.errors import HarnessError
 from harness.models.build import shape_skip_reason
+from harness.paths import SHIPPED_GOLDENS
 from harness.records.compare import TOLERANCES, compare
-from harness.records.goldens import GOLDENS_DIR, paths
+from harness.records.goldens import paths
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.records.shape_summary import shape_summary
@@ -24,7 +25,7 @@ def test_short_is_todays_shape_and_keeps_the_committed_golden_keys():
     short = Case("qwen3_moe", **get_shape("short").fields())
     assert short == Case("qwen3_moe") and short.shape == "short"
     assert short.key() == Case("qwen3_moe").key()
-    assert paths(short.key(), GOLDENS_DIR)[1].exists(), "a committed golden has this key"
+    assert paths(short.key(), SHIPPED_GOLDENS)[1].exists(), "a committed golden has this key"
     assert Case("qwen3_moe").variant == "base"
 
 

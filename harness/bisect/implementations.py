@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-import harness
 from harness.bisect import envs, git
 from harness.bisect.probe import PREFIX
 from harness.bisect.releases import check_release
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.paths import import_root
 from harness.records.outputs import Output
 
-HARNESS_ROOT = Path(harness.__file__).resolve().parents[1]
 RELEASE = re.compile(r"(?:mlx-lm==)?(\d+\.\d+(?:\.\d+)?\S*)")
 
 
@@ -50,7 +49,7 @@ class Implementation:
 
     def environ(self) -> dict[str, str]:
         """The environment its processes run with: the source trees, then the harness."""
-        paths = [*self.pythonpath, str(HARNESS_ROOT)]
+        paths = [*self.pythonpath, str(import_root())]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
     def rank_env(self) -> dict[str, str]:

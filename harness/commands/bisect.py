@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from harness import render
+from harness import paths, render
 from harness.bisect import commits, envs, sharded
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
@@ -27,7 +27,7 @@ from harness.commands.options import (
 )
 from harness.errors import HarnessError
 from harness.models import impl
-from harness.records import goldens, store
+from harness.records import store
 from harness.records.compare import Comparison
 from harness.records.result import CaseResult
 
@@ -68,7 +68,7 @@ def versions(
         str,
         typer.Option(help="Hold references to the goldens, or to the good release's (good)."),
     ] = "goldens",
-    goldens_dir: GoldensDir = goldens.GOLDENS_DIR,
+    goldens_dir: GoldensDir = None,
     impl_files: Annotated[
         list[str] | None,
         typer.Option("--impl", help="MODEL_TYPE=file.py: that model type from this file."),
@@ -115,7 +115,7 @@ def versions(
         bad,
         inverse,
         baseline,
-        goldens_dir,
+        paths.goldens(goldens_dir).directory,
         overrides,
         sharded=sharded.runner(ranks, timeout=timeout) if ranks > 1 else None,
         on_step=record,

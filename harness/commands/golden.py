@@ -4,25 +4,21 @@ The run layer (mlx, mlx-lm) is imported inside the commands that compute referen
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from harness import render
+from harness import paths, render
 from harness.case import Case
-from harness.commands.options import Arch, Impl, Precision, Suite
+from harness.commands.options import Arch, GoldensDir, Impl, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.models import impl
-from harness.records import goldens
 from harness.service.pull import pull as pull_goldens
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
 )
-
-Dir = Annotated[Path, typer.Option("--dir", help="Goldens directory.")]
 
 
 def _cases(suite: str | None, arch: list[str] | None, precision: list[str] | None) -> list[Case]:
@@ -34,7 +30,7 @@ def record(
     suite: Suite = None,
     arch: Arch = None,
     precision: Precision = None,
-    directory: Dir = goldens.GOLDENS_DIR,
+    directory: GoldensDir = None,
 ) -> None:
     """Write the goldens a suite is missing; existing goldens are never touched.
 
@@ -42,7 +38,8 @@ def record(
     """
     from harness.run.rank import golden_lifecycle
 
-    actions = golden_lifecycle.record(_cases(suite, arch, precision), directory)
+    target = paths.goldens(directory).writable()
+    actions = golden_lifecycle.record(_cases(suite, arch, precision), target)
     _print(actions)
 
 
@@ -51,7 +48,7 @@ def verify(
     suite: Suite = None,
     arch: Arch = None,
     precision: Precision = None,
-    directory: Dir = goldens.GOLDENS_DIR,
+    directory: GoldensDir = None,
     impl_files: Impl = None,
 ) -> None:
     """Recompute references and hold them against the goldens (all stored ones by default).
@@ -65,11 +62,14 @@ def verify(
 
     impl.install(impl.parse(impl_files))
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    actions = golden_lifecycle.verify(cases, directory)
+    source = paths.goldens(directory)
+    actions = golden_lifecycle.verify(cases, source.directory)
     if not actions:
         raise HarnessError(
-            f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
+            f"no goldens in {source.directory}; record some with "
+            "'harness golden record --suite moe'"
         )
+    render.console().print(source.describe(), markup=False, soft_wrap=True)
     _print(actions)
     changed = sorted({a.case.arch for a in actions if a.case and a.status == "mismatch"})
     if changed:
@@ -85,7 +85,7 @@ def update(
     suite: Suite = None,
     arch: Arch = None,
     precision: Precision = None,
-    directory: Dir = goldens.GOLDENS_DIR,
+    directory: GoldensDir = None,
 ) -> None:
     """Rewrite goldens on purpose, keeping the reason and the replaced hash in the sidecar.
 
@@ -93,13 +93,14 @@ def update(
     """
     from harness.run.rank import golden_lifecycle
 
-    _print(golden_lifecycle.update(_cases(suite, arch, precision), reason, directory))
+    target = paths.goldens(directory).writable()
+    _print(golden_lifecycle.update(_cases(suite, arch, precision), reason, target))
 
 
 @app.command()
 def diff(
     key: Annotated[str, typer.Argument(help="A golden's case key (see 'harness golden verify').")],
-    directory: Dir = goldens.GOLDENS_DIR,
+    directory: GoldensDir = None,
 ) -> None:
     """Compare a golden with its `obtained` file (or with a fresh reference if none).
 
@@ -107,7 +108,7 @@ def diff(
     """
     from harness.run.rank import golden_lifecycle
 
-    summary = golden_lifecycle.diff_golden(key, directory)
+    summary = golden_lifecycle.diff_golden(key, paths.goldens(directory).directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 
@@ -122,7 +123,7 @@ def pull(
     url: Annotated[str, typer.Argument(help="The service, e.g. http://127.0.0.1:8001")],
     suite: Suite = None,
     arch: Arch = None,
-    directory: Dir = goldens.GOLDENS_DIR,
+    directory: GoldensDir = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace local goldens whose content differs.")
     ] = False,
@@ -138,8 +139,9 @@ def pull(
         raise HarnessError("give --suite or --arch, not both")
     if force != bool(reason):
         raise HarnessError("replacing local goldens needs both --force and --reason 'why'")
+    target = paths.goldens(directory).writable()
     keys = {case.key() for case in _cases(suite, None, None)} if suite else None
-    pulled = pull_goldens(url, directory, keys, arch, reason)
+    pulled = pull_goldens(url, target, keys, arch, reason)
     out = render.console()
     out.print(render.pulled_table(pulled))
-    out.print(render.pulled_summary(pulled, url, directory), markup=False)
+    out.print(render.pulled_summary(pulled, url, target), markup=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from harness.records import goldens, store
+from harness.records import store
 
 Ranks = Annotated[int, typer.Option("--ranks", "-n", help="Number of ranks (1 runs in-process).")]
 Db = Annotated[str, typer.Option("--db", help="SQLite file for results.")]
@@ -30,10 +30,17 @@ Impl = Annotated[
     list[str] | None,
     typer.Option("--impl", help="MODEL_TYPE=file.py: build that model type from another file."),
 ]
-GoldensDir = Annotated[Path, typer.Option("--goldens", help="Goldens directory.")]
+GoldensDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--goldens",
+        "--dir",
+        help="Goldens directory (default: $HARNESS_GOLDENS, else ./goldens if present, "
+        "else the goldens the harness ships, read-only when installed).",
+    ),
+]
 
 DEFAULT_DB = store.DEFAULT_DB
-DEFAULT_GOLDENS = goldens.GOLDENS_DIR
 
 
 def command_line(ctx: typer.Context, default: str) -> list[str]:

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from harness import render
+from harness import paths, render, suites
 from harness.commands.options import (
     DEFAULT_DB,
-    DEFAULT_GOLDENS,
     Arch,
     Backend,
     Db,
@@ -68,7 +67,7 @@ def run(
         int, typer.Option(help="Timed repeats after one warm-up (0: no timings).")
     ] = 3,
     db: Db = DEFAULT_DB,
-    goldens_dir: GoldensDir = DEFAULT_GOLDENS,
+    goldens_dir: GoldensDir = None,
     no_goldens: Annotated[
         bool, typer.Option("--no-goldens", help="Do not compare with goldens.")
     ] = False,
@@ -88,13 +87,15 @@ def run(
     from harness.run.parent.plan import RunOptions
 
     cases = select_cases(suite, arch, strategy, precision, shapes)
+    chosen = paths.goldens(goldens_dir)
+    golden_dir = chosen.writable() if record_missing else chosen.directory
     options = RunOptions(
         ranks=ranks,
         backend=backend,
         hostfile=hostfile,
         timeout=timeout,
         repeats=repeats,
-        goldens=None if no_goldens else goldens_dir,
+        goldens=None if no_goldens else golden_dir,
         record_missing=record_missing,
         reference=reference,
         python=python,
@@ -104,6 +105,10 @@ def run(
     )
     database = store.open_db(db)
     out = render.console()
+    if suite is not None:
+        out.print(f"suite {suite}: {suites.suite_path(suite)}", markup=False, soft_wrap=True)
+    if not no_goldens:
+        out.print(chosen.describe(), markup=False, soft_wrap=True)
     total = len(cases)
     record = run_cases(
         cases,
@@ -141,7 +146,7 @@ def report(
 
     Example: harness report --run 3
     """
-    database = store.open_db(db)
+    database = history.open_existing(db)
     if run_spec is None:
         run, cases = store.get_run(database, None)
     else:

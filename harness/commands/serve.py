@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from harness.records import goldens, store
+from harness import paths
+from harness.commands.options import GoldensDir
+from harness.records import store
 
 
 def serve(
@@ -15,9 +17,7 @@ def serve(
         list[Path] | None,
         typer.Option("--db", help="Harness SQLite file to serve (repeatable; default harness.db)."),
     ] = None,
-    goldens_dir: Annotated[
-        Path, typer.Option("--goldens", help="Goldens directory to index and serve.")
-    ] = goldens.GOLDENS_DIR,
+    goldens_dir: GoldensDir = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on; anything but loopback is reachable.")
     ] = "127.0.0.1",
@@ -34,6 +34,6 @@ def serve(
     """
     from harness.service import app  # datasette: imported only by the command that serves
 
-    ds = app.build(db or [Path(store.DEFAULT_DB)], goldens_dir, allow_sql)
+    ds = app.build(db or [Path(store.DEFAULT_DB)], paths.goldens(goldens_dir).directory, allow_sql)
     sock = app.listen(host, port)
     app.serve(ds, sock, lambda url: print(f"serving {url} (Ctrl-C stops)", flush=True))

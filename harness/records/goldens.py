@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.paths import obtained_root
 from harness.records.compare import (
     Comparison,
     Metrics,
@@ -35,7 +36,6 @@ from harness.records.compare import (
 from harness.records.outputs import Output
 from harness.records.provenance import environment
 
-GOLDENS_DIR = Path(__file__).resolve().parents[2] / "goldens"
 SUMMARY_PREFIX = "norms:"
 FULL_LOGITS_MAX_VOCAB = 4096  # above: keep top-k logprobs per position (real models)
 GOLDEN_TOP_K = 20
@@ -50,13 +50,14 @@ class GoldenCheck:
     recorded: dict = field(default_factory=dict)  # the sidecar's provenance
 
 
-def paths(key: str, directory: Path = GOLDENS_DIR) -> tuple[Path, Path]:
+def paths(key: str, directory: Path) -> tuple[Path, Path]:
     folder = directory / key.split("-", 1)[0]  # keys are "<arch>-<precision>-<digest>"
     return folder / f"{key}.npz", folder / f"{key}.json"
 
 
-def obtained_paths(key: str, directory: Path = GOLDENS_DIR) -> tuple[Path, Path]:
-    npz, meta = paths(key, directory)
+def obtained_paths(key: str, directory: Path) -> tuple[Path, Path]:
+    """Where a check that failed leaves the fresh reference (see `harness.paths`)."""
+    npz, meta = paths(key, obtained_root(directory))
     return npz.with_name(f"{key}.obtained.npz"), meta.with_name(f"{key}.obtained.json")
 
 
@@ -190,9 +191,7 @@ def _meta(case: Case, payload: bytes, output: Output) -> dict:
     }
 
 
-def save(
-    case: Case, output: Output, directory: Path = GOLDENS_DIR, reason: str | None = None
-) -> Path:
+def save(case: Case, output: Output, directory: Path, reason: str | None = None) -> Path:
     """Write the golden of `case`. Overwriting an existing one needs a reason, which is
     kept in the sidecar's history."""
     npz_path, meta_path = paths(case.key(), directory)
@@ -219,7 +218,7 @@ def save(
     return npz_path
 
 
-def load(key: str, directory: Path = GOLDENS_DIR) -> tuple[Golden, dict] | None:
+def load(key: str, directory: Path) -> tuple[Golden, dict] | None:
     """The golden and its sidecar, None if absent; CorruptGolden if corrupt."""
     npz_path, meta_path = paths(key, directory)
     if not npz_path.exists() and not meta_path.exists():
@@ -253,7 +252,7 @@ def check(
     case: Case,
     output: Output,
     tol: Tolerance,
-    directory: Path = GOLDENS_DIR,
+    directory: Path,
     record_missing: bool = False,
 ) -> GoldenCheck:
     """Compare a single-rank reference with the case's golden; see the module docstring."""
@@ -294,11 +293,11 @@ def _write_obtained(case: Case, output: Output, directory: Path) -> None:
     write_files(npz_path, meta_path, payload, sidecar_bytes(_meta(case, payload, output)))
 
 
-def stored_keys(directory: Path = GOLDENS_DIR) -> list[str]:
+def stored_keys(directory: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*/*.json") if not p.stem.endswith(".obtained"))
 
 
-def stored_case(key: str, directory: Path = GOLDENS_DIR) -> Case:
+def stored_case(key: str, directory: Path) -> Case:
     """The case a golden was recorded for, rebuilt from its sidecar."""
     _, meta_path = paths(key, directory)
     try:
@@ -317,7 +316,7 @@ class GoldenDiff:
     obtained: dict
 
 
-def diff(key: str, fresh: Output | None = None, directory: Path = GOLDENS_DIR) -> GoldenDiff:
+def diff(key: str, fresh: Output | None, directory: Path) -> GoldenDiff:
     """The golden against its `obtained` file, else against `fresh` (a reference the caller
     recomputed, see `has_obtained`)."""
     stored = load(key, directory)
@@ -347,5 +346,5 @@ def diff(key: str, fresh: Output | None = None, directory: Path = GOLDENS_DIR) -
     return GoldenDiff(key, against, GoldenCheck(key, status, None, comparison), meta, obtained_meta)
 
 
-def has_obtained(key: str, directory: Path = GOLDENS_DIR) -> bool:
+def has_obtained(key: str, directory: Path) -> bool:
     return obtained_paths(key, directory)[0].exists()

@@ -6,9 +6,8 @@ import hashlib
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.paths import CHECKOUT, PACKAGE
 
 
 def package_version(name: str) -> str | None:
@@ -19,9 +18,16 @@ def package_version(name: str) -> str | None:
 
 
 def git_sha() -> str | None:
+    """The checkout's commit; None for an installed package (a git folder around
+    site-packages, such as a project holding its virtual environment, is not ours)."""
+    if CHECKOUT is None:
+        return None
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -43,8 +49,7 @@ def source_digest() -> str:
     """A digest of the harness's own source files: ranks on different hosts must run the
     same harness, whatever its version string or git state says."""
     digest = hashlib.sha256()
-    package = REPO / "harness"
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

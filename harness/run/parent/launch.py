@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.paths import import_root
 from harness.run import protocol
 
 BACKENDS = ("ring", "mpi", "jaccl", "nccl")
 LOCAL = ("127.0.0.1", "localhost")
-HARNESS_ROOT = Path(__file__).resolve().parents[3]
 _EXITED = re.compile(r"rank (\d+) exited with code (-?\d+)")
 _KILLED = re.compile(r"rank (\d+) was killed")
 SSH = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
@@ -148,7 +148,7 @@ class Target:
         """Extra environment of every rank: the harness importable under any interpreter."""
         env = dict(self.env)
         if self.python is not None:
-            paths = [env.get("PYTHONPATH"), str(HARNESS_ROOT)]
+            paths = [env.get("PYTHONPATH"), str(import_root())]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env
 

@@ -8,12 +8,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import preflight
+from harness import paths, preflight
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.build import shape_skip_reason, tiny_config
-from harness.records import goldens
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.strategies import BUILTIN, normalize, resolve
@@ -31,7 +30,7 @@ class RunOptions:
     startup_timeout: float = 120.0  # from launch to the first message
     repeats: int = 3
     capture: bool = True
-    goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
+    goldens: Path | None = paths.SHIPPED_GOLDENS  # None: do not compare with goldens
     record_missing: bool = False
     # What a case is held against: the single-rank run (on the ranks), its golden, or
     # another strategy on the same ranks (e.g. "pp").

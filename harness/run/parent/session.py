@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Iterator
 
+from harness import paths
 from harness.case import Case
 from harness.errors import INTERNAL, HarnessError, blame
 from harness.records import goldens, verdict
@@ -364,7 +365,7 @@ class _Session:
         return result
 
     def _load_goldens(self) -> Iterator[CaseResult]:
-        directory = self.options.goldens or goldens.GOLDENS_DIR
+        directory = self.options.goldens or paths.SHIPPED_GOLDENS
         for index in list(self.remaining):
             key = self.cases[index].key()
             try:

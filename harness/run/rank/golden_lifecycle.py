@@ -11,7 +11,6 @@ from harness.case import Case
 from harness.errors import HarnessError, describe
 from harness.records.compare import tolerance_for
 from harness.records.goldens import (
-    GOLDENS_DIR,
     CorruptGolden,
     GoldenCheck,
     GoldenDiff,
@@ -78,7 +77,7 @@ def _computed(cases: list[Case], actions: list[GoldenAction]):
         yield case, output
 
 
-def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+def record(cases: list[Case], directory: Path) -> list[GoldenAction]:
     """Write the goldens that are missing; existing ones are kept untouched."""
     actions: list[GoldenAction] = []
     missing = []
@@ -93,7 +92,7 @@ def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenActio
     return actions
 
 
-def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+def update(cases: list[Case], reason: str, directory: Path) -> list[GoldenAction]:
     """Rewrite goldens on purpose; the reason goes into each sidecar's history."""
     if not reason or not reason.strip():
         raise HarnessError("updating goldens needs a non-empty --reason")
@@ -105,7 +104,7 @@ def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> lis
     return actions
 
 
-def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[GoldenAction]:
+def verify(cases: list[Case] | None, directory: Path) -> list[GoldenAction]:
     """Recompute each case's reference and hold it against its golden. Without cases,
     every stored golden is verified from the case recorded in its sidecar."""
     actions: list[GoldenAction] = []
@@ -125,7 +124,7 @@ def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[Gold
     return sorted(actions, key=lambda a: a.key)
 
 
-def diff_golden(key: str, directory: Path = GOLDENS_DIR) -> GoldenDiff:
+def diff_golden(key: str, directory: Path) -> GoldenDiff:
     """The golden against its `obtained` file, or against a reference recomputed now."""
     fresh = None
     if not has_obtained(key, directory):
