@@ -199,10 +199,19 @@ def comparison_table(result) -> Table:
 def comparison_summary(result) -> str:
     regressed = sum(c.regressed for c in result.changes)
     verdict = f"{regressed} regression(s)" if regressed else "no regression"
+    if result.run_b["kind"] == "bench":
+        rule = (
+            f"below {noise.RATIO}x the baseline after the run's drift, more than "
+            f"{noise.Z:g} sd below the other cases, no sample overlapping"
+        )
+    else:
+        rule = (
+            f"below its last {noise.MIN_BASELINE}-{noise.HISTORY} runs of the same setup, and "
+            f"{noise.RATIO}x their median, after each run's drift, in {noise.PERSIST} runs in a row"
+        )
     return (
         f"{result.matched} cases in both runs, {len(result.changes)} change(s): {verdict} "
-        f"(tok/s: below {noise.RATIO}x the baseline after the run's drift, more than "
-        f"{noise.Z:g} sd below the other cases, no sample overlapping)"
+        f"(tok/s: {rule})"
     )
 
 
