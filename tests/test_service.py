@@ -282,6 +282,28 @@ def test_case_keys_link_to_their_page(served):
     assert f"/-/case/results/{Case('llama', strategy='pp').key()}" in body.decode()
 
 
+def test_goldens_link_to_downloads_and_cases_and_no_server_path_shows(served):
+    key = Case("qwen3_moe").key()
+    _, _, body = get(served["url"] + "goldens/goldens")
+    page = body.decode()
+    assert f'href="/-/goldens/{key}.npz"' in page and f'href="/-/case/results/{key}"' in page
+    for path in ("", "goldens", "-/metadata.json", "-/plugins.json", "results/latest_runs"):
+        status, _, body = get(served["url"] + path)
+        assert status == 200 and str(served["goldens"]) not in body.decode(), path
+        assert str(Path(served["goldens"]).resolve()) not in body.decode(), path
+
+
+def test_canned_queries_read_as_tables(served):
+    run_b = served["runs"][1]
+    _, _, body = get(served["url"] + f"results/run_failures?run_id={run_b}")
+    page = body.decode()
+    assert "select c.idx" not in page.split("</head>")[1]  # the SQL is hidden (a click shows it)
+    assert "scaled x2; first divergent layer 1 (mlp/moe)" in page  # not a JSON array
+    assert "background:#cf222e" in page  # the failing status is coloured
+    _, _, body = get(served["url"] + f"results/run_failures.json?_shape=array&run_id={run_b}")
+    assert "golden_max_abs" in json.loads(body)[0]
+
+
 def test_user_mistakes_answer_4xx_with_a_sentence_and_one_log_line(served, tmp_path):
     proc, url = start_service("--db", str(served["db"]), "--goldens", str(served["goldens"]))
     try:

@@ -9,6 +9,7 @@ in `harness serve`, never in an unrelated datasette of the same environment.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import statistics
@@ -49,8 +50,17 @@ def register(pm) -> None:
         pm.register(sys.modules[__name__], name=NAME)
 
 
+# The goldens directory per served datasette: kept out of datasette's metadata and plugin
+# config, which /-/metadata.json would show to every client.
+_goldens_dirs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def configure(datasette, directory: Path) -> None:
+    _goldens_dirs[datasette] = directory.resolve()
+
+
 def goldens_dir(datasette) -> Path:
-    return Path(datasette.plugin_config(NAME)["goldens"])
+    return _goldens_dirs[datasette]
 
 
 def harness_databases(datasette) -> list[str]:
@@ -305,14 +315,30 @@ async def golden_download(datasette, request, send):
     await asgi_send_file(send, path, content_type=goldens_index.CONTENT_TYPES[ext])
 
 
+STATUS_COLOURS = {"pass": "#2da44e", "ok": "#2da44e", "skip": "#8c959f", "running": "#bf8700"}
+
+
 @hookimpl
-def render_cell(value, column, database):
+def render_cell(row, value, column, database, datasette):
     """In datasette's own tables: runs link to their page, case keys to the case page,
-    suites and bench keys to their history."""
-    if database == GOLDENS_DB or value in (None, ""):
-        if database == GOLDENS_DB and column == "key" and value:
-            return Markup(f'<a href="/-/goldens/{escape(value)}.npz">{escape(value)}</a>')
+    suites and bench keys to their history, goldens to their download and case; statuses
+    are coloured as on the HUD, diagnoses read as a sentence."""
+    if value in (None, ""):
         return None
+    if database == GOLDENS_DB:
+        # The key is the table's primary key, which datasette links to the row itself: the
+        # downloads and the case hang on the file's hash instead.
+        if column != "sha256":
+            return None
+        key = quote(str(row["key"]))
+        cases = " ".join(
+            f'<a href="/-/case/{quote(name)}/{key}">case in {escape(name)}</a>'
+            for name in harness_databases(datasette)
+        )
+        return Markup(
+            f'<a href="/-/goldens/{key}.npz" title="download">{escape(value[:16])}</a> '
+            f'<a href="/-/goldens/{key}.json">sidecar</a> {cases}'
+        )
     db = quote(database)
     if column == "run_id" and isinstance(value, int):
         return Markup(f'<a href="/-/run/{db}/{value}">{value}</a>')
@@ -321,6 +347,20 @@ def render_cell(value, column, database):
     if column in ("suite", "bench_key"):
         query = urlencode({"db": database, column: value})
         return Markup(f'<a href="/-/history?{escape(query)}">{escape(value)}</a>')
+    if column.startswith("status") or column == "run_status":
+        colour = STATUS_COLOURS.get(value, "#cf222e" if value in (*FAILING, "failed") else None)
+        if value == "passed":
+            colour = STATUS_COLOURS["pass"]
+        if colour:
+            return Markup(
+                f'<span style="background:{colour};color:#fff;padding:0 4px;border-radius:3px">'
+                f"{escape(value)}</span>"
+            )
+    if column in ("diagnoses", "warnings") and str(value).startswith("["):
+        try:
+            return "; ".join(json.loads(value))
+        except ValueError:
+            return None
     return None
 
 
