@@ -58,6 +58,17 @@ def test_judge_flags_a_step_that_persists_and_only_suspects_one_run():
     assert verdicts["slow"].suspect and not verdicts["slow"].regressed
 
 
+def test_judge_counts_a_timeout_as_slower_than_anything():
+    runs = [{m: [100.0, 101.0, 99.0] for m in range(6)} for _ in range(13)]
+    for run in runs[:-3]:
+        run["slow"] = [100.0, 98.0, 102.0]
+    runs[-3]["slow"], runs[-2]["slow"], runs[-1]["slow"] = [30.0, 31.0, 29.0], [], [30.0] * 3
+    verdicts, _ = noise.judge(runs)
+    assert verdicts["slow"].regressed
+    verdicts, _ = noise.judge(runs[:-1])
+    assert "timed out, slower than any of its last 11 runs" in verdicts["slow"].reason
+
+
 def test_judge_treats_a_uniform_slowdown_as_drift():
     runs = [{m: [100.0, 101.0, 99.0] for m in range(6)} for _ in range(13)]
     for run in runs[-3:]:

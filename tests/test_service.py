@@ -431,6 +431,8 @@ def test_bench_runs_history_and_latest_counts(tmp_path, record_bench_run):
     try:
         (latest,) = get_json(url + "bench/latest_runs.json?_shape=array")
         assert (latest["run_id"], latest["kind"]) == (second, "bench")
+        _, _, body = get(url + "bench/latest_runs")
+        assert f'<a href="/-/run/bench/{second}">bench</a>' in body.decode()
         assert (latest["cases"], latest["passed"], latest["failed"]) == (2, 1, 1)
 
         key = BenchCase(Case("qwen3_moe", "tp"), 32, 8).key()

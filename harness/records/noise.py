@@ -145,14 +145,17 @@ def _held_against(levels, key, window: list[int], baseline: list[int]) -> tuple[
     said = (
         f"median at {ratio:.2f}x its last {len(baseline)} runs' after this run's drift of "
         f"{math.exp(drift[window[-1]]):.2f}x"
+        if now > -math.inf
+        else f"timed out, slower than any of its last {len(baseline)} runs"
     )
     if len(window) == PERSIST and all(below):
         reason = f"{said}; below every one of them in each of the last {len(window)} runs"
         return Verdict(True, ratio, reason), drift[window[-1]]
     if below[-1]:
+        runs = f" ({sum(below)} of the last {len(window)})" if len(window) > 1 else ""
         reason = (
-            f"{said}; below every one of them in this run only ({sum(below)} of the last "
-            f"{len(window)}): a regression once it stays there"
+            f"{said}; below every one of them in this run{runs}: a regression if it stays "
+            f"there for {PERSIST} runs"
         )
         return Verdict(False, ratio, reason, suspect=True), drift[window[-1]]
     return Verdict(False, ratio, f"{said}: within its history"), drift[window[-1]]

@@ -163,8 +163,8 @@ def _throughput(result: RunComparison, history: noise.Runs, labels: dict) -> Non
         what = f"{part} tok/s" + ("" if verdict.regressed else " (suspect)")
         samples = history[-1][(case_key, strategy, part)]
         now = statistics.median(samples) if samples else 0.0
-        before = f"{now / verdict.ratio:,.0f} (its history)" if verdict.ratio else None
-        after = f"{now:,.0f}: {verdict.reason}" if samples else f"timed out: {verdict.reason}"
+        before = f"{now / verdict.ratio:,.0f} (its history)" if verdict.ratio else "its history"
+        after = f"{now:,.0f}: {verdict.reason}" if samples else verdict.reason
         label = labels.get((case_key, strategy), case_key)
         result.changes.append(Change(label, what, before, after, verdict.regressed))
     if drift is None:

@@ -315,6 +315,13 @@ async def golden_download(datasette, request, send):
     await asgi_send_file(send, path, content_type=goldens_index.CONTENT_TYPES[ext])
 
 
+def _get(row, column: str):
+    try:
+        return row[column]
+    except (KeyError, IndexError):
+        return None
+
+
 STATUS_COLOURS = {"pass": "#2da44e", "ok": "#2da44e", "skip": "#8c959f", "running": "#bf8700"}
 
 
@@ -344,6 +351,9 @@ def render_cell(row, value, column, database, datasette):
         return Markup(f'<a href="/-/run/{db}/{value}">{value}</a>')
     if column == "case_key":
         return Markup(f'<a href="/-/case/{db}/{quote(str(value))}">{escape(value)}</a>')
+    if column == "suite" and _get(row, "kind") == "bench" and _get(row, "run_id"):
+        # A bench run's history is per bench case: its page links to each.
+        return Markup(f'<a href="/-/run/{db}/{_get(row, "run_id")}">{escape(value)}</a>')
     if column in ("suite", "bench_key"):
         query = urlencode({"db": database, column: value})
         return Markup(f'<a href="/-/history?{escape(query)}">{escape(value)}</a>')
