@@ -263,6 +263,7 @@ def test_run_page_lists_every_case(served):
     assert 'data-status="fail"' in page and "scaled x2; first divergent layer 1" in page
     key = Case("qwen3_moe").key()
     assert f'href="/-/case/results/{key}"' in page and f'href="/-/goldens/{key}.npz"' in page
+    assert f'href="/-/compare/results?a={served["runs"][0]}&amp;b={run_b}"' in page
 
 
 def test_compare_page_is_harness_compare(served, run_cli):

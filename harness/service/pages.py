@@ -183,6 +183,13 @@ def run_page(conn: sqlite3.Connection, run_id: int) -> tuple[dict, list[dict]]:
     if not runs:
         raise Missing(f"there is no run {run_id} in this database")
     run = runs[0]
+    before = _rows(
+        conn,
+        "select id from runs where suite is ? and kind = ? and ranks = ? and id < ? "
+        "order by id desc limit 1",
+        [run["suite"], run["kind"], run["ranks"], run_id],
+    )
+    run["previous"] = before[0]["id"] if before else None  # what the page compares with
     if run["kind"] == "bench":
         return run, _rows(conn, "select * from bench_cases where run_id = ? order by idx", [run_id])
     cases = _rows(conn, "select * from cases where run_id = ? order by idx", [run_id])
