@@ -58,6 +58,20 @@ def test_judge_flags_a_step_that_persists_and_only_suspects_one_run():
     assert verdicts["slow"].suspect and not verdicts["slow"].regressed
 
 
+def test_judge_needs_the_whole_case_below():
+    """A burst of load held one part of one case down three runs running; a slowdown of the
+    case's model calls holds every part down."""
+    runs = [{(m, part): [100.0, 101.0, 99.0] for m in range(6) for part in "pd"} for _ in range(13)]
+    for run in runs[-3:]:
+        run[(0, "p")] = [30.0, 31.0, 29.0]  # case 0: prefill only
+        run[(1, "p")] = run[(1, "d")] = [30.0, 31.0, 29.0]  # case 1: both
+    verdicts, _ = noise.judge(runs)
+    assert sorted(k for k, v in verdicts.items() if v.regressed) == [(1, "d"), (1, "p")]
+    assert (
+        verdicts[(0, "p")].suspect and "whole case in 0 of the last 3" in verdicts[(0, "p")].reason
+    )
+
+
 def test_judge_counts_a_timeout_as_slower_than_anything():
     runs = [{m: [100.0, 101.0, 99.0] for m in range(6)} for _ in range(13)]
     for run in runs[:-3]:

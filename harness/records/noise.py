@@ -7,22 +7,25 @@ versions, before the step under judgement. With x the log of a run's median tok/
 run's drift d (the median over all its measures of x minus that measure's baseline median:
 how much faster or slower the whole machine ran), a measure is *below its history* in a run
 when x - d is lower than every baseline run's and more than 1 - `RATIO` (20%) under their
-median. It regressed when it was below its history in each of the last `PERSIST` (3) runs
-that measured it: a step that persists. Below in the latest run only is a *suspect*,
-reported and not flagged. At least `MIN_BASELINE` (10) baseline runs are needed: if runs
-were exchangeable (noise alone), the chance that the newest `PERSIST` all fall below every
-one of n baseline runs is PERSIST! n! / (n + PERSIST)!: 0.4% per measure at n = 10, 0.06%
-at n = 20, whatever the shape of the noise.
+median. A case regressed when each of its measures (prefill and decode) was below its
+history in each of the last `PERSIST` (3) runs: a step that persists, in the whole case.
+Below in the latest run otherwise is a *suspect*, reported and not flagged. At least
+`MIN_BASELINE` (10) baseline runs are needed: if runs were exchangeable (noise alone), the
+chance that the newest `PERSIST` all fall below every one of n baseline runs is
+PERSIST! n! / (n + PERSIST)!: 0.4% per measure at n = 10, 0.06% at n = 20, whatever the
+shape of the noise (runs back to back are not exchangeable: load comes in bursts).
 
-Why a step and not one run, measured here (2 cores shared with four other jobs, load 5-11,
+Why a step and not one run, measured here (2 cores shared with four other jobs, load 5-21,
 16 MoE cases at 2 ranks, tensor parallel, one run every ~20 s, ci/bench/tok_s_noise.sh):
 the same case's decode tok/s ranged 10-799 across 16 unchanged runs, in regimes that hit
 single cases at random. Judged on one run, *every* unchanged run had measures below their
 whole history (36 flags over 11 runs, with or without the drift, median or best sample,
 against neighbours in the same run or the run's median), and the 3x-slowed architecture's
-drop (to 0.01-0.2x) sat inside that spread. Two runs in a row: 2 of 10 unchanged runs
-flagged. Three: none (see the README's tok/s section for the full measurement;
-`ci/bench/tok_s_noise.sh` repeats it). Change-point detection over the series (E-Divisive,
+drop (to 0.002-0.2x) sat inside that spread (unchanged drops reached 0.03x). Two runs in a
+row: 2 of 10 unchanged runs flagged; three runs of one measure: 1 of 10 (a burst of load
+that held one case's prefill down for ~2 minutes); three runs of both parts of the case:
+none (the README's tok/s section has the measurement; `ci/bench/tok_s_noise.sh` repeats
+it). Change-point detection over the series (E-Divisive,
 as in Apache Otava / MongoDB's signal-processing-algorithms) asks the same of the data, a
 level that holds on both sides of the change, and needs several points after it; this rule
 is its smallest form for a verdict at the newest run.
@@ -100,32 +103,72 @@ def _drifts(levels: list[dict[Hashable, float]], centre: dict[Hashable, float]) 
     return out
 
 
+def _case(key: Hashable) -> Hashable:
+    """The case a measure belongs to: keys are (..., part) tuples, the part last."""
+    return key[:-1] if isinstance(key, tuple) else key
+
+
+@dataclass
+class _Held:
+    ratio: float
+    said: str
+    below: dict[int, bool]  # run index -> below its history there
+    window: list[int]
+    drift: float
+
+
 def judge(runs: Runs) -> tuple[dict[Hashable, Verdict], float | None]:
     """A verdict for every measure of the newest run (`runs[-1]`) from the runs of its
     setup before it, and the newest run's drift (None without a baseline)."""
     levels = _levels(runs)
     verdicts: dict[Hashable, Verdict] = {}
-    newest_drift = None
+    held: dict[Hashable, _Held] = {}
     for key in levels[-1] if levels else {}:
         measured = [i for i, run in enumerate(levels) if key in run]
         # Too few runs for a step: the newest alone can still be a suspect.
         enough = len(measured) >= MIN_BASELINE + PERSIST
         window = measured[-PERSIST:] if enough else measured[-1:]
         baseline = [i for i in measured if i < window[0]][-HISTORY:]
-        if len(baseline) < MIN_BASELINE:
-            verdicts[key] = Verdict(
-                False,
-                None,
-                f"{len(measured) - 1} earlier run(s) of this setup: the rule needs "
-                f"{MIN_BASELINE + PERSIST - 1}",
+        judged = _held_against(levels, key, window, baseline)
+        if isinstance(judged, str):
+            verdicts[key] = Verdict(False, None, judged)
+        else:
+            held[key] = judged
+    # A case's parts (prefill, decode) are timed seconds apart: a real slowdown of its model
+    # calls shows in each, a burst of load on the machine in one of them (measured here: a
+    # burst held one case's prefill below its history for three runs in a row, never its
+    # decode with it).
+    case_below: dict[Hashable, dict[int, bool]] = {}
+    for key, h in held.items():
+        runs_below = case_below.setdefault(_case(key), {})
+        for i, below in h.below.items():
+            runs_below[i] = runs_below.get(i, True) and below
+    for key, h in held.items():
+        steps = case_below[_case(key)]
+        if len(h.window) == PERSIST and all(steps[i] for i in h.window):
+            reason = f"{h.said}; below every one of them in each of the last {PERSIST} runs"
+            verdicts[key] = Verdict(True, h.ratio, reason)
+        elif h.below[h.window[-1]]:
+            count = sum(steps[i] for i in h.window)
+            runs = f" (the whole case in {count} of the last {len(h.window)})"
+            reason = (
+                f"{h.said}; below every one of them in this run{runs}: a regression once "
+                f"every part of the case stays there for {PERSIST} runs"
             )
-            continue
-        verdicts[key], drift = _held_against(levels, key, window, baseline)
-        newest_drift = drift
-    return verdicts, (math.exp(newest_drift) if newest_drift is not None else None)
+            verdicts[key] = Verdict(False, h.ratio, reason, suspect=True)
+        else:
+            verdicts[key] = Verdict(False, h.ratio, f"{h.said}: within its history")
+    drifts = [h.drift for h in held.values()]
+    return verdicts, (math.exp(statistics.median(drifts)) if drifts else None)
 
 
-def _held_against(levels, key, window: list[int], baseline: list[int]) -> tuple[Verdict, float]:
+def _held_against(levels, key, window: list[int], baseline: list[int]) -> _Held | str:
+    """The measure `key` in the `window` runs against its `baseline` runs, or why not."""
+    if len(baseline) < MIN_BASELINE:
+        earlier = sum(key in run for run in levels) - 1
+        return (
+            f"{earlier} earlier run(s) of this setup: the rule needs {MIN_BASELINE + PERSIST - 1}"
+        )
     span = baseline + window
     # A timeout in the baseline says nothing about the usual speed: left out there.
     measured = {
@@ -136,10 +179,10 @@ def _held_against(levels, key, window: list[int], baseline: list[int]) -> tuple[
     drift = dict(zip(span, _drifts([levels[i] for i in span], centre), strict=True))
     history = [levels[i][key] - drift[i] for i in baseline if levels[i][key] > -math.inf]
     if len(history) < MIN_BASELINE:
-        return Verdict(False, None, f"measured in {len(history)} baseline runs only"), 0.0
+        return f"measured in {len(history)} baseline runs only"
     middle = statistics.median(history)
     fence = min(min(history), middle + math.log(RATIO))
-    below = [levels[i][key] - drift[i] < fence for i in window]
+    below = {i: levels[i][key] - drift[i] < fence for i in window}
     now = levels[window[-1]][key] - drift[window[-1]]
     ratio = math.exp(now - middle)  # 0 for a timeout
     said = (
@@ -148,17 +191,7 @@ def _held_against(levels, key, window: list[int], baseline: list[int]) -> tuple[
         if now > -math.inf
         else f"timed out, slower than any of its last {len(baseline)} runs"
     )
-    if len(window) == PERSIST and all(below):
-        reason = f"{said}; below every one of them in each of the last {len(window)} runs"
-        return Verdict(True, ratio, reason), drift[window[-1]]
-    if below[-1]:
-        runs = f" ({sum(below)} of the last {len(window)})" if len(window) > 1 else ""
-        reason = (
-            f"{said}; below every one of them in this run{runs}: a regression if it stays "
-            f"there for {PERSIST} runs"
-        )
-        return Verdict(False, ratio, reason, suspect=True), drift[window[-1]]
-    return Verdict(False, ratio, f"{said}: within its history"), drift[window[-1]]
+    return _Held(ratio, said, below, window, drift[window[-1]])
 
 
 def _ratio(baseline: list[float], current: list[float]) -> float:
