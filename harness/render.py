@@ -179,9 +179,8 @@ def golden_diff(d) -> str:
 def comparison_table(result) -> Table:
     """`harness compare`: one row per change, regressions first."""
     a, b = result.run_a, result.run_b
-    table = Table(
-        title=f"run {a['id']} ({a['suite'] or a['kind']}) -> run {b['id']} ({b['suite'] or b['kind']})"
-    )
+    label_a, label_b = a["suite"] or a["kind"], b["suite"] or b["kind"]
+    table = Table(title=f"run {a['id']} ({label_a}) -> run {b['id']} ({label_b})")
     for name in ("case", "change", "before", "after", "regressed"):
         table.add_column(name, overflow="fold")
     for change in sorted(result.changes, key=lambda c: (not c.regressed, c.label)):
@@ -199,10 +198,19 @@ def comparison_table(result) -> Table:
 def comparison_summary(result) -> str:
     regressed = sum(c.regressed for c in result.changes)
     verdict = f"{regressed} regression(s)" if regressed else "no regression"
+    if result.run_b["kind"] == "bench":
+        rule = (
+            f"below {noise.RATIO}x the baseline after the run's drift, more than "
+            f"{noise.Z:g} sd below the other cases, no sample overlapping"
+        )
+    else:
+        rule = (
+            f"below its last {noise.MIN_BASELINE}-{noise.HISTORY} runs of the same setup, and "
+            f"{noise.RATIO}x their median, after each run's drift, in {noise.PERSIST} runs in a row"
+        )
     return (
         f"{result.matched} cases in both runs, {len(result.changes)} change(s): {verdict} "
-        f"(tok/s: below {noise.RATIO}x the baseline after the run's drift, more than "
-        f"{noise.Z:g} sd below the other cases, no sample overlapping)"
+        f"(tok/s: {rule})"
     )
 
 

@@ -1,6 +1,7 @@
 """`harness serve` in a subprocess on a free loopback port, asked over real HTTP: canned
 queries, the goldens index and downloads, the history page, read-only, loopback only."""
 
+import html
 import json
 import shutil
 import socket
@@ -52,9 +53,9 @@ def test_latest_runs(served, get_json):
 def test_case_history(served, get_json):
     key = Case("qwen3_moe").key()
     rows = get_json(served["url"] + f"results/case_history.json?_shape=array&case_key={key}")
-    assert [(r["run_id"], r["status"]) for r in rows] == [
-        (served["runs"][0], "pass"),
+    assert [(r["run_id"], r["status"]) for r in rows] == [  # newest first
         (served["runs"][1], "fail"),
+        (served["runs"][0], "pass"),
     ]
     assert {
         "max_abs",
@@ -65,7 +66,7 @@ def test_case_history(served, get_json):
         "mlx_lm_version",
         "harness_sha",
     } <= set(rows[0])
-    assert rows[0]["decode_tok_s"] == pytest.approx(1000.0)
+    assert rows[1]["decode_tok_s"] == pytest.approx(1000.0)
 
 
 def test_run_failures_and_status_changes(served, get_json):
@@ -165,25 +166,144 @@ def test_pull_never_overwrites_other_content_silently(
     assert last["pulled_from"] == served["url"].rstrip("/")
 
 
-def test_history_page_draws_prefill_and_decode_charts(served, get):
+def test_case_page_charts_golden_and_last_failure(served, get):
     key = Case("qwen3_moe").key()
-    status, content_type, body = get(served["url"] + f"-/history?db=results&case_key={key}")
+    status, content_type, body = get(served["url"] + f"-/case/results/{key}")
     page = body.decode()
     assert (status, content_type) == (200, "text/html")
     assert page.count("<svg") == 2 and "prefill tok/s" in page and "decode tok/s" in page
-    # one series (tp on 2 ranks) with a point per run, in both charts
-    assert page.count('data-series="tp, 2 rank(s)"') == 2 and page.count("<title>run ") == 4
-    # the second run failed: its points (and the legend) say so
-    assert page.count(", failing</title>") == 2 and page.count("failing run</text>") == 2
+    # one series (tp on 2 ranks) with a point per run; the failing run is a red cross
+    assert page.count('data-series="tp, 2 rank(s)"') == 2
+    assert page.count('class="failing-mark" data-status="fail"') == 2
+    # the golden: download links, never the server's directory
+    assert f'href="/-/goldens/{key}.npz"' in page and f'href="/-/goldens/{key}.json"' in page
+    assert str(served["goldens"]) not in page
+    # the last failure's diagnosis and its run; the table newest first
+    assert "Last failure: run" in page and "scaled x2" in page and "all_sum twice" in page
+    run_a, run_b = served["runs"]
+    assert page.index(f'href="/-/run/results/{run_b}"') < page.index(
+        f'href="/-/run/results/{run_a}"'
+    )
+    # the old history address of a case leads here
+    status, _, body = get(served["url"] + f"-/history?db=results&case_key={key}")
+    assert status == 200 and body.decode().count("failing-mark") == page.count("failing-mark")
     status, _, body = get(served["url"] + "-/history?db=results&suite=moe")
     assert status == 200 and body.decode().count("<svg") == 2
 
 
-def test_case_keys_link_to_their_history(served, get):
+def test_case_json_pages_newest_first_without_cutting(served, get_json):
+    key = Case("qwen3_moe").key()
+    first = get_json(served["url"] + f"-/case/results/{key}.json?_size=1")
+    assert [r["run_id"] for r in first["rows"]] == [served["runs"][1]]
+    second = get_json(first["next_url"])
+    assert [r["run_id"] for r in second["rows"]] == [served["runs"][0]]
+    assert second["next_url"] is None
+
+
+def test_hud_shows_each_suites_latest_run_as_a_grid(served, get):
+    status, _, body = get(served["url"])
+    page = body.decode()
+    assert status == 200 and 'data-suite="moe"' in page
+    key = Case("qwen3_moe").key()
+    # the failing cell: its status, its diagnosis on hover, a link to the case page
+    cell = page[page.index(f'href="/-/case/results/{key}"') - 60 :]
+    cell = cell[: cell.index("</a>")]
+    assert 'class="st-fail" data-status="fail"' in cell and "scaled x2" in cell
+    # the row's strip: pass then fail, so the row says it is a new failure
+    row = page[page.index('data-row="qwen3_moe"') :]
+    row = row[: row.index("</tr>")]
+    run_a, run_b = served["runs"]
+    assert row.index(f"/-/run/results/{run_a}") < row.index(f"/-/run/results/{run_b}")
+    assert "new failure" in row
+    healthy = page[page.index('data-row="deepseek_v3"') :]
+    assert "new failure" not in healthy[: healthy.index("</tr>")]
+
+
+def test_run_page_lists_every_case(served, get):
+    run_b = served["runs"][1]
+    status, _, body = get(served["url"] + f"-/run/results/{run_b}")
+    page = body.decode()
+    assert status == 200 and page.count("<tr data-case=") == 3
+    assert 'data-status="fail"' in page and "scaled x2; first divergent layer 1" in page
+    key = Case("qwen3_moe").key()
+    assert f'href="/-/case/results/{key}"' in page and f'href="/-/goldens/{key}.npz"' in page
+    assert f'href="/-/compare/results?a={served["runs"][0]}&amp;b={run_b}"' in page
+
+
+def test_compare_page_is_harness_compare(served, run_cli, get):
+    run_a, run_b = served["runs"]
+    status, _, body = get(served["url"] + f"-/compare/results?a={run_a}&b={run_b}")
+    page = body.decode()
+    assert status == 200 and 'id="verdict">regressed' in page
+    assert 'data-what="newly failing"' in page and "scaled x2" in page
+    cli = run_cli("compare", str(run_a), str(run_b), "--db", str(served["db"]))
+    assert cli.code == 1 and "newly failing" in cli.out
+    _, _, latest = get(served["url"] + "-/compare/results?suite=moe")
+    assert latest.decode().count('data-what="') == page.count('data-what="')
+
+
+def test_case_keys_link_to_their_page(served, get):
     _, _, body = get(served["url"] + "results/cases")
-    assert f"/-/history?db=results&amp;case_key={Case('llama', strategy='pp').key()}" in (
-        body.decode()
-    )
+    assert f"/-/case/results/{Case('llama', strategy='pp').key()}" in body.decode()
+
+
+def test_goldens_link_to_downloads_and_cases_and_no_server_path_shows(served, get):
+    key = Case("qwen3_moe").key()
+    _, _, body = get(served["url"] + "goldens/goldens")
+    page = body.decode()
+    assert f'href="/-/goldens/{key}.npz"' in page and f'href="/-/case/results/{key}"' in page
+    for path in ("", "goldens", "-/metadata.json", "-/plugins.json", "results/latest_runs"):
+        status, _, body = get(served["url"] + path)
+        assert status == 200 and str(served["goldens"]) not in body.decode(), path
+        assert str(Path(served["goldens"]).resolve()) not in body.decode(), path
+
+
+def test_canned_queries_read_as_tables(served, get):
+    run_b = served["runs"][1]
+    _, _, body = get(served["url"] + f"results/run_failures?run_id={run_b}")
+    page = body.decode()
+    assert "select c.idx" not in page.split("</head>")[1]  # the SQL is hidden (a click shows it)
+    assert "scaled x2; first divergent layer 1 (mlp/moe)" in page  # not a JSON array
+    assert "background:#cf222e" in page  # the failing status is coloured
+    _, _, body = get(served["url"] + f"results/run_failures.json?_shape=array&run_id={run_b}")
+    assert "golden_max_abs" in json.loads(body)[0]
+
+
+def test_user_mistakes_answer_4xx_with_a_sentence_and_one_log_line(
+    served, tmp_path, get, start_service, stop
+):
+    proc, url = start_service("--db", str(served["db"]), "--goldens", str(served["goldens"]))
+    try:
+        expected = {
+            "-/run/results/999": (404, "there is no run 999"),
+            "-/run/results/abc": (404, "not a run id"),
+            "-/case/results/no-such-key": (404, "no case with key 'no-such-key'"),
+            "-/case/nodb/x": (404, "no harness database named 'nodb'"),
+            "-/compare/results?a=x&b=1": (400, "must be a run id"),
+            "-/compare/results?a=1&b=999": (404, "no run with id 999"),
+            "-/compare/results?suite=nope": (404, "no run of suite 'nope'"),
+            f"-/case/results/{Case('llama', strategy='pp').key()}?range=abc": (400, "range must"),
+            "?strip=-1": (400, "strip must be a positive whole number"),
+            "results/cases?_sort=bogus": (400, "Cannot sort table by bogus"),
+            "results/cases.json?_sort=bogus": (400, "Cannot sort table by bogus"),
+            "-/goldens/..%2F..%2Fresults.npz": (404, "no golden file"),
+            "-/goldens/../results.npz": (404, "no golden file '../results.npz'"),
+            "-/history?db=results&bench_key=nope": (404, "no bench case with key 'nope'"),
+        }
+        for path, (status, sentence) in expected.items():
+            got, _, body = get(url + path)
+            said = html.unescape(body.decode())
+            assert (got, sentence in said) == (status, True), (path, said[-600:])
+        status, _, body = get(url + "results/cases.json?_sort=bogus")
+        assert json.loads(body)["error"].startswith("Cannot sort")
+        status, _, body = get(url + "results/run_failures?run_id=1", data=b"run_id=1")
+        assert status == 405 and b"read-only" in body
+    finally:
+        stop(proc)
+    log = proc.stderr.read()
+    assert "Traceback" not in log and "│" not in log
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert len(lines) == len(expected) + 2, log  # one line per error, nothing else
 
 
 def test_refuses_writes(served, get, get_json, start_service, stop):
@@ -280,29 +400,37 @@ def test_bench_runs_history_and_latest_counts(
     try:
         (latest,) = get_json(url + "bench/latest_runs.json?_shape=array")
         assert (latest["run_id"], latest["kind"]) == (second, "bench")
+        _, _, body = get(url + "bench/latest_runs")
+        assert f'<a href="/-/run/bench/{second}">bench</a>' in body.decode()
         assert (latest["cases"], latest["passed"], latest["failed"]) == (2, 1, 1)
 
         key = BenchCase(Case("qwen3_moe", "tp"), 32, 8).key()
         rows = get_json(url + f"bench/bench_history.json?_shape=array&bench_key={key}")
-        assert [(r["run_id"], r["strategy"], r["status"]) for r in rows] == [
-            (first, "tp", "ok"),
-            (first, "pp", "ok"),
+        assert [(r["run_id"], r["strategy"], r["status"]) for r in rows] == [  # newest first
             (second, "tp", "ok"),
             (second, "pp", "crash"),
+            (first, "tp", "ok"),
+            (first, "pp", "ok"),
         ]
-        assert rows[0]["trials"] == 5 and rows[0]["generation_tps_max"] == 52.0
-        assert rows[2]["generation_tps_max"] == 21.0 and rows[3]["trials"] == 0
+        assert rows[2]["trials"] == 5 and rows[2]["generation_tps_max"] == 52.0
+        assert rows[0]["generation_tps_max"] == 21.0 and rows[1]["trials"] == 0
 
         status, _, body = get(url + f"-/history?db=bench&bench_key={key}")
         page = body.decode()
         assert status == 200 and page.count("<svg") == 2
         assert "prompt tok/s (median)" in page and "generation tok/s (median)" in page
-        # tp has a point per run; pp only its timed run (the crash has no trials)
+        # tp has a point per run; pp its timed run and, for the crash, a mark on the axis
         assert page.count('data-series="tp, 2 rank(s)"') == 2
-        assert page.count("<title>run ") == 6
-        assert "crash: SIGSEGV" in page
+        assert page.count("<circle") == 6
+        assert page.count('class="failing-mark" data-status="crash"') == 2
+        assert "crash</span>: SIGSEGV" in page
 
         _, _, body = get(url + "bench/bench_cases")
         assert f"/-/history?db=bench&amp;bench_key={key}" in body.decode()
+        # the picker lists bench keys; a bench run's page links to each case's history
+        _, _, body = get(url + "-/history?db=bench")
+        assert f"bench_key={key}" in body.decode()
+        _, _, body = get(url + f"-/run/bench/{second}")
+        assert body.decode().count(f"bench_key={key}") == 2
     finally:
         stop(proc)

@@ -8,7 +8,7 @@ MODULES = [
     "harness.service.app",
     "harness.service.plugin",
     "harness.service.pull",
-    "harness.records.history",
+    "harness.records.rundiff",
     "harness.records.junit",
     "harness.records.table",
     "harness.commands.serve",

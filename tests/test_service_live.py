@@ -1,6 +1,6 @@
 """The service and compare on real runs: two `harness run --suite smoke` (single rank) write
-to the database the service is answering from; compare stays quiet on them, and flags a
-regression and a flip constructed from them; the runs' JUnit XML reads back."""
+to the database the service is answering from; compare stays quiet on them, flags a flip
+constructed from them and not one slow run; the runs' JUnit XML reads back."""
 
 import json
 import sqlite3
@@ -65,7 +65,7 @@ def test_compare_is_quiet_on_two_runs_of_the_same_build(live, run_cli):
     assert "5 cases in both runs" in result.out and "no regression" in result.out
 
 
-def test_compare_flags_a_constructed_regression_and_flip(live, run_cli, tmp_path):
+def test_compare_flags_a_constructed_flip_but_not_one_slow_run(live, run_cli, tmp_path):
     copy = tmp_path / "constructed.db"
     with sqlite3.connect(live["db"]) as source, sqlite3.connect(copy) as target:
         source.backup(target)
@@ -90,8 +90,10 @@ def test_compare_flags_a_constructed_regression_and_flip(live, run_cli, tmp_path
     result = run_cli("compare", "1", "2", "--db", str(live["db"]), "--db", str(copy))
     assert result.code == 1, result.out
     assert "newly failing" in result.out and "scaled x2" in result.out
-    flagged = [line for line in result.out.splitlines() if "tok/s" in line and "yes" in line]
-    assert flagged and all("deepseek_v3/base/fp32/pp" in line for line in flagged), result.out
+    # One slow run is no evidence of a regression: tok/s is judged against the history of
+    # the run's setup once there is enough of it (tests/test_rundiff.py, records/noise.py).
+    assert "tok/s not judged" in result.out
+    assert not [line for line in result.out.splitlines() if "tok/s" in line and "yes" in line]
 
 
 def test_junit_from_harness_run_reads_back(live, assert_junit_like_pytest):
@@ -110,4 +112,5 @@ def test_history_page_of_the_real_runs(live, get, start_service, stop):
         status, _, body = get(url + "-/history?suite=smoke")
     finally:
         stop(proc)
-    assert status == 200 and body.decode().count("<title>run ") == 4  # 2 runs x 2 charts
+    page = body.decode()
+    assert status == 200 and page.count("<circle") == 4  # 2 runs x 2 charts

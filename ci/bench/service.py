@@ -1,13 +1,14 @@
 """Benchmark, not a test: `harness serve` start time (median of 5 starts, from launching
-the process to the first answer of a canned query) and the latency of the case-history
-canned query on a database of RUNS x CASES case rows (median and p95 of 100 requests).
+the process to the first answer of a canned query) and the latency of its pages (the HUD,
+a case page, the case's JSON) and of the case-history canned query on a database of RUNS x
+CASES case rows (median and p95 of 100 requests each, interleaved so load hits all alike).
+Every 7th run fails one case, so the HUD's strips and the charts' failure marks are drawn.
 
-Usage: .venv/bin/python ci/bench/service.py [RUNS] [CASES]   (from the repository root)
+Usage: .venv/bin/python ci/bench/service.py [RUNS=2100] [CASES=5]   (from the repository root)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -36,12 +37,15 @@ def build(path: Path, runs: int, cases: int) -> str:
             case = Case(ARCHS[i % len(ARCHS)], seed=i // len(ARCHS))
             timings = {"prefill_tok_s": 2000.0 + r, "decode_tok_s": 500.0 + r}
             timings.update(prefill_samples=[0.008] * 3, decode_samples=[0.004] * 3, peak_memory=1)
-            result = CaseResult(i, case, 2, "pass", rank_timings={0: timings}, duration=0.1)
+            status, diagnoses = ("fail", ["scaled x2"]) if r % 7 == 3 and i == 0 else ("pass", [])
+            result = CaseResult(
+                i, case, 2, status, diagnoses=diagnoses, rank_timings={0: timings}, duration=0.1
+            )
             rows.append({"run_id": run_id, **case_row(result)})
             keys.append(case.key())
         with db.conn:
             db["cases"].insert_all(rows)
-        store.finish_run(db, run_id, "passed")
+        store.finish_run(db, run_id, "failed" if r % 7 == 3 else "passed")
     return keys[0]
 
 
@@ -72,7 +76,7 @@ def start(db: Path) -> tuple[subprocess.Popen, str, float]:
     return proc, url, time.perf_counter() - began
 
 
-def main(runs: int = 200, cases: int = 50) -> None:
+def main(runs: int = 2100, cases: int = 5) -> None:
     db = Path(tempfile.mkdtemp()) / "history.db"
     key = build(db, runs, cases)
     count = store.open_db(db).execute("select count(*) from cases").fetchone()[0]
@@ -90,18 +94,28 @@ def main(runs: int = 200, cases: int = 50) -> None:
     if None not in cpu:
         print(f"  its CPU time to the first answer: median {statistics.median(cpu):.2f} s")
     proc, url, _ = start(db)
-    query = url + f"{db.stem}/case_history.json?_shape=array&case_key={key}"
-    latencies = []
+    name = db.stem
+    targets = {
+        "HUD /": url,
+        "case page": url + f"-/case/{name}/{key}",
+        "case JSON (50 rows)": url + f"-/case/{name}/{key}.json",
+        "case_history canned": url + f"{name}/case_history.json?_shape=array&case_key={key}",
+    }
+    latencies: dict[str, list[float]] = {label: [] for label in targets}
+    sizes = {}
     for _ in range(100):
-        began = time.perf_counter()
-        rows = json.loads(get(query))
-        latencies.append((time.perf_counter() - began) * 1000)
+        for label, target in targets.items():
+            began = time.perf_counter()
+            sizes[label] = len(get(target))
+            latencies[label].append((time.perf_counter() - began) * 1000)
     proc.terminate()
-    latencies.sort()
-    print(
-        f"case_history on {count} case rows ({len(rows)} rows answered): median "
-        f"{statistics.median(latencies):.1f} ms, p95 {latencies[94]:.1f} ms (100 requests)"
-    )
+    print(f"on {count} case rows in {runs} runs (load {os.getloadavg()[0]:.1f}):")
+    for label, values in latencies.items():
+        values.sort()
+        print(
+            f"  {label:22} median {statistics.median(values):6.1f} ms, p95 {values[94]:6.1f} ms"
+            f" ({sizes[label] / 1024:,.0f} KiB)"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import typer
 
 from harness import render
 from harness.errors import HarnessError
-from harness.records import history, store
+from harness.records import rundiff, store
 
 
 def compare(
@@ -32,8 +32,8 @@ def compare(
     if len(paths) > 2:
         raise HarnessError("give --db once (both runs) or twice (RUN_A's file, RUN_B's file)")
     path_a, path_b = paths[0], paths[-1]
-    db_a, db_b = history.open_existing(path_a), history.open_existing(path_b)
-    result = history.compare_stored(db_a, run_a, str(path_a), db_b, run_b, str(path_b))
+    db_a, db_b = rundiff.open_existing(path_a), rundiff.open_existing(path_b)
+    result = rundiff.compare_stored(db_a, run_a, str(path_a), db_b, run_b, str(path_b))
     out = render.console()
     out.print(render.comparison_table(result))
     for line in result.notes:

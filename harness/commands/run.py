@@ -25,7 +25,7 @@ from harness.commands.options import (
 )
 from harness.commands.select import select_cases
 from harness.models import impl
-from harness.records import history, junit, store, table
+from harness.records import junit, rundiff, store, table
 from harness.records.result import case_row
 from harness.records.shape_summary import shape_summary
 
@@ -146,11 +146,11 @@ def report(
 
     Example: harness report --run 3
     """
-    database = history.open_existing(db)
+    database = rundiff.open_existing(db)
     if run_spec is None:
         run, cases = store.get_run(database, None)
     else:
-        run, cases = history.resolve_run(database, run_spec, db)
+        run, cases = rundiff.resolve_run(database, run_spec, db)
     if run["kind"] == "bench":
         from harness.commands.bench import show_run
 

@@ -34,23 +34,24 @@ def check_database(path: Path) -> str:
     return path.stem
 
 
-def metadata(names: list[str], goldens_dir: Path) -> dict:
+def metadata(names: list[str]) -> dict:
+    """What datasette shows and serves at /-/metadata.json: never a path of this machine."""
     return {
         "title": "harness: results and goldens",
         "description_html": (
             "Runs and case results of sharded MLX inference tests, and the stored goldens. "
-            "Canned queries answer JSON with <code>?_shape=array</code>; "
-            '<a href="/-/history">tok/s history charts</a> per case and per suite.'
+            '<a href="/">The HUD</a> shows each suite\'s latest run; canned queries answer '
+            "JSON with <code>?_shape=array</code>."
         ),
         "databases": {
             **{name: {"queries": canned()} for name in names},
             plugin.GOLDENS_DB: {
-                "description": f"Index of the goldens in {goldens_dir}; download each file "
-                "at /-/goldens/KEY.npz and its sidecar at /-/goldens/KEY.json.",
+                "description": "Index of the goldens this service holds; each key links to "
+                "its download (/-/goldens/KEY.npz, the sidecar at /-/goldens/KEY.json) and to "
+                "the case's page.",
                 "tables": {"goldens": {"sort": "key", "facets": ["arch", "precision"]}},
             },
         },
-        "plugins": {plugin.NAME: {"goldens": str(goldens_dir.resolve())}},
     }
 
 
@@ -67,11 +68,12 @@ def build(databases: list[Path], goldens_dir: Path, allow_sql: bool = False) -> 
     plugin.register(pm)
     ds = Datasette(
         [str(path) for path in databases],
-        metadata=metadata(names, goldens_dir),
+        metadata=metadata(names),
         settings={"default_allow_sql": allow_sql},
         template_dir=str(TEMPLATES),
     )
     ds.add_memory_database(plugin.GOLDENS_DB)
+    plugin.configure(ds, goldens_dir)
     return ds
 
 

@@ -1,6 +1,8 @@
-"""What changed between two runs (`harness compare`), from one database or two: cases that
-started or stopped failing, new diagnoses, goldens whose check changed, and tok/s drops
-beyond noise (`harness.records.noise`). A nightly job compares with the previous night.
+"""What changed between two runs (`harness compare` and the service's compare page: one
+implementation), from one database or two: cases that started or stopped failing, new
+diagnoses, goldens whose check changed, added and removed cases, and tok/s drops the
+evidence supports (`harness.records.noise.judge`: run B's measures against their history on
+B's setup, read from B's database). A nightly job compares with the previous night.
 
 Cases match on (case key, strategy): the key names the numbers, never the rank count, so a
 run on 2 ranks still compares with one on 4 (their throughput is not compared).
@@ -20,7 +22,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.records import noise, store
 from harness.records.bench import OK
-from harness.records.result import FAILING
+from harness.records.result import FAILING, TIMEOUT
 
 # Golden checks that fail a case; moving into one of them is a regression.
 GOLDEN_FAILING = ("mismatch", "corrupt")
@@ -102,9 +104,9 @@ def _case_changes(a: dict, b: dict) -> list[Change]:
     return [change for change in changes if change is not None]
 
 
-def _throughput(result: RunComparison, measured: dict[tuple[int, str, str], Samples]) -> None:
-    """tok/s regressions, judged together: (position, label, what) -> (baseline, current)
-    samples. The other measures of the comparison tell how much the machine itself moved."""
+def _bench_throughput(result: RunComparison, measured: dict[tuple[int, str, str], Samples]) -> None:
+    """Bench tok/s regressions, judged together: (position, label, what) -> (baseline,
+    current) samples. The other measures of the comparison tell how much the machine moved."""
     verdicts, drift = noise.regressions(measured)
     for (position, label, what), verdict in verdicts.items():
         if verdict.regressed:
@@ -121,14 +123,75 @@ def _throughput(result: RunComparison, measured: dict[tuple[int, str, str], Samp
         )
 
 
+PARTS = ("prefill", "decode")
+SAME_SETUP = ("kind", "ranks", "hosts", "backend", "mlx_version", "mlx_lm_version")
+
+
+def measured_history(db, run: dict, limit: int = noise.HISTORY + noise.PERSIST) -> noise.Runs:
+    """tok/s samples of the runs of `run`'s setup (kind, ranks, hosts, backend, versions)
+    up to and including it, oldest first: per run, (case key, strategy, part) -> rank 0's
+    samples. A failing case's speed says nothing about the model's, so it is left out."""
+    where = " and ".join(f"{column} is ?" for column in SAME_SETUP)
+    ids = [
+        row["id"]
+        for row in db.query(
+            f"select id from runs where id <= ? and {where} order by id desc limit ?",
+            [run["id"], *(run[column] for column in SAME_SETUP), limit],
+        )
+    ]
+    by_run: dict[int, dict] = {run_id: {} for run_id in reversed(ids)}
+    marks = ", ".join("?" for _ in ids)
+    left_out = [status for status in FAILING if status != TIMEOUT]
+    for row in db.query(
+        f"select run_id, case_key, strategy, status, timings from cases "
+        f"where run_id in ({marks}) and status not in ({', '.join('?' for _ in left_out)})",
+        [*ids, *left_out],
+    ):
+        for part in PARTS:
+            samples = [] if row["status"] == TIMEOUT else _samples(row, part)
+            if samples or row["status"] == TIMEOUT:
+                by_run[row["run_id"]][(row["case_key"], row["strategy"], part)] = samples
+    return list(by_run.values())
+
+
+def _throughput(result: RunComparison, history: noise.Runs, labels: dict) -> None:
+    """tok/s regressions of run B (the newest of `history`) and suspects, with notes."""
+    verdicts, drift = noise.judge(history)
+    for (case_key, strategy, part), verdict in verdicts.items():
+        if not (verdict.regressed or verdict.suspect):
+            continue
+        what = f"{part} tok/s" + ("" if verdict.regressed else " (suspect)")
+        samples = history[-1][(case_key, strategy, part)]
+        now = statistics.median(samples) if samples else 0.0
+        before = f"{now / verdict.ratio:,.0f} (its history)" if verdict.ratio else "its history"
+        after = f"{now:,.0f}: {verdict.reason}" if samples else verdict.reason
+        label = labels.get((case_key, strategy), case_key)
+        result.changes.append(Change(label, what, before, after, verdict.regressed))
+    if drift is None:
+        result.notes.append(
+            f"tok/s not judged: run B's database holds {len(history) - 1} earlier run(s) of its "
+            f"setup; the rule needs {noise.MIN_BASELINE + noise.PERSIST - 1} "
+            "(a regression is a drop that persists, see harness/records/noise.py)"
+        )
+    elif drift < noise.RATIO or drift > 1 / noise.RATIO:
+        result.notes.append(
+            f"every case ran at about {drift:.2f}x its history's tok/s: a different or "
+            "busier machine, or a change that slowed everything alike (not flagged per case)"
+        )
+
+
 def compare_runs(
-    run_a: dict, cases_a: list[dict], run_b: dict, cases_b: list[dict]
+    run_a: dict,
+    cases_a: list[dict],
+    run_b: dict,
+    cases_b: list[dict],
+    history: noise.Runs | None = None,
 ) -> RunComparison:
-    """Everything that changed from run A (the baseline) to run B."""
+    """Everything that changed from run A (the baseline) to run B; tok/s from `history`,
+    the measures of B's setup up to B (`measured_history`)."""
     by_key_a = {(c["case_key"], c["strategy"]): c for c in cases_a}
     by_key_b = {(c["case_key"], c["strategy"]): c for c in cases_b}
     result = RunComparison(run_a, run_b, len(by_key_a.keys() & by_key_b.keys()))
-    pairs = []
     for key, b in by_key_b.items():
         a = by_key_a.get(key)
         if a is None:
@@ -136,20 +199,13 @@ def compare_runs(
             result.changes.append(Change(b["label"], "added", None, b["status"], failing))
         else:
             result.changes += _case_changes(a, b)
-            pairs.append((a, b))
     for key, a in by_key_a.items():
         if key not in by_key_b:
             result.changes.append(Change(a["label"], "removed", a["status"], None, False))
-    # Throughput only on the same rank count; the label names the strategy and shape.
-    _throughput(
-        result,
-        {
-            (i, b["label"], f"{part} tok/s"): (_samples(a, part), _samples(b, part))
-            for i, (a, b) in enumerate(pairs)
-            if a["ranks"] == b["ranks"]
-            for part in ("prefill", "decode")
-        },
-    )
+    if history is None:
+        result.notes.append("tok/s not judged: no history of run B's setup was given")
+    else:
+        _throughput(result, history, {(c["case_key"], c["strategy"]): c["label"] for c in cases_b})
     return result
 
 
@@ -188,7 +244,7 @@ def compare_bench_runs(
     for k, (a, _) in by_key_a.items():
         if k not in by_key_b:
             result.changes.append(Change(_bench_label(a), "removed", a["status"], None, False))
-    _throughput(result, measured)
+    _bench_throughput(result, measured)
     return result
 
 
@@ -210,4 +266,4 @@ def compare_stored(db_a, spec_a: str, where_a: str, db_b, spec_b: str, where_b: 
             run_b,
             store.get_bench(db_b, run_b["id"])[1],
         )
-    return compare_runs(run_a, cases_a, run_b, cases_b)
+    return compare_runs(run_a, cases_a, run_b, cases_b, measured_history(db_b, run_b))
