@@ -68,3 +68,15 @@ def test_diff_impl_of_one_file_sharded_is_the_same(files, run_cli):
 def test_bad_input_is_one_sentence(files, run_cli, assert_one_line_error, args, fragment):
     own, fork = files
     assert_one_line_error(run_cli("diff-impl", "qwen3_moe", own, fork, *args), fragment)
+
+
+@pytest.mark.envs
+@pytest.mark.multirank
+def test_the_issue_command_against_the_published_release(files, run_cli):
+    """As the issue ran it: the release from the package index (a cached environment)
+    against the fork, sharded on 2 ranks."""
+    _, fork = files
+    result = run_cli("diff-impl", "qwen3_moe", "0.32.2", fork, "--ranks", "2", "--strategy", "tp")
+    assert result.code == 1, result.out + result.err
+    assert f"qwen3_moe tp on 2 ranks: {fork} vs mlx-lm 0.32.2: differ when sharded" in result.out
+    assert result.out.rstrip().endswith("first divergent layer 1 (mlp/moe)"), result.out

@@ -385,6 +385,8 @@ def _own(run: CaseResult | None) -> str:
     """A sharded run against its own implementation's single-rank run, in a line."""
     if run is None:
         return "not run sharded: its single-rank run failed"
+    if run.status == "skip":
+        return f"not run sharded: {run.reason}"
     reason = f": {run.reason}" if run.reason else ""
     return f"{run.status} against its own single-rank run{reason}"
 
