@@ -12,8 +12,9 @@ archs=(qwen3_moe deepseek_v3 glm4_moe gpt_oss minimax step3p5 exaone_moe longcat
 args=()
 for arch in "${archs[@]}"; do args+=(-a "$arch"); done
 run() {
-    .venv/bin/harness run "${args[@]}" -p fp32 -p q4 -n 2 --no-goldens --db "$db" --repeats "$repeats" \
-        --strategy ci/bench/slow_strategy.py:slow_tp | tail -1
+    # A slowed case may outlast the watchdog on a busy machine: a timeout, exit code 1.
+    .venv/bin/harness run "${args[@]}" -p fp32 -p q4 -n 2 --no-goldens --db "$db" \
+        --repeats "$repeats" --strategy ci/bench/slow_strategy.py:slow_tp | tail -1 || true
     uptime
 }
 for _ in $(seq "$unchanged"); do run; done

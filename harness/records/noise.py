@@ -24,11 +24,12 @@ against neighbours in the same run or the run's median), and the 3x-slowed archi
 drop (to 0.002-0.2x) sat inside that spread (unchanged drops reached 0.03x). Two runs in a
 row: 2 of 10 unchanged runs flagged; three runs of one measure: 1 of 10 (a burst of load
 that held one case's prefill down for ~2 minutes); three runs of both parts of the case:
-none (the README's tok/s section has the measurement; `ci/bench/tok_s_noise.sh` repeats
-it). Change-point detection over the series (E-Divisive,
-as in Apache Otava / MongoDB's signal-processing-algorithms) asks the same of the data, a
-level that holds on both sides of the change, and needs several points after it; this rule
-is its smallest form for a verdict at the newest run.
+none of 24 in three series, and the slowed architecture flagged at its third slowed run in
+two of them (the README's tok/s section has the measurement; `ci/bench/tok_s_noise.sh`
+repeats it). Change-point detection over the series (E-Divisive, as in Apache Otava or
+MongoDB's signal-processing-algorithms) asks the same of the data, a level that holds on
+both sides of the change, and needs several points after it (a minimum segment size); this
+rule is its smallest form for a verdict at the newest run, without scipy or a dependency.
 
 `regressions` (bench runs: `harness bench` on a quiet machine, many trials per case) keeps
 the pairwise rule: a case regressed from the baseline run when its median is under `RATIO`

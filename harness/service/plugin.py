@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import statistics
 import sys
 import weakref
 from pathlib import Path
@@ -27,8 +26,8 @@ from markupsafe import Markup, escape
 from harness.errors import HarnessError
 from harness.records import rundiff
 from harness.records.result import FAILING
-from harness.service import goldens_index, pages
-from harness.service.plot import Point, RunInfo, Series, line_chart
+from harness.service import goldens_index, history, pages
+from harness.service.plot import line_chart
 from harness.service.queries import canned
 
 NAME = "harness"
@@ -374,74 +373,11 @@ def render_cell(row, value, column, database, datasette):
     return None
 
 
-def _geometric_mean(values: list[float]) -> float | None:
-    values = [v for v in values if v]
-    return statistics.geometric_mean(values) if values else None
-
-
-def _suite_view(rows: list[dict]) -> tuple[Series, Series, list[dict], dict[int, RunInfo]]:
-    """Per run, the geometric mean over its cases: the usual summary of a benchmark suite,
-    where each case weighs the same whatever its absolute speed."""
-    runs: dict[int, dict] = {}
-    for row in rows:
-        run = runs.setdefault(
-            row["run_id"],
-            {k: row[k] for k in ("run_id", "started", "ranks", "run_status")}
-            | {k: row[k] for k in ("mlx_version", "mlx_lm_version", "harness_sha")}
-            | {"cases": 0, "failed": 0, "prefill": [], "decode": []},
-        )
-        run["cases"] += 1
-        run["failed"] += row["status"] in FAILING
-        run["prefill"].append(row["prefill_tok_s"])
-        run["decode"].append(row["decode_tok_s"])
-    prefill, decode, info = {}, {}, {}
-    for run in runs.values():
-        run["prefill_tok_s"] = _geometric_mean(run.pop("prefill"))
-        run["decode_tok_s"] = _geometric_mean(run.pop("decode"))
-        name = f"{run['ranks']} rank(s)"
-        failing = "failing cases" if run["failed"] else None
-        prefill.setdefault(name, []).append(Point(run["run_id"], run["prefill_tok_s"], failing))
-        decode.setdefault(name, []).append(Point(run["run_id"], run["decode_tok_s"], failing))
-        info[run["run_id"]] = pages.run_info({**run, "id": run["run_id"]})
-    return prefill, decode, sorted(runs.values(), key=lambda r: -r["run_id"]), info
-
-
-def _bench_view(samples: list[dict], rows: list[dict]) -> tuple[Series, Series, dict]:
-    """Rank 0's median per run, one series per (strategy, ranks), as the bench table shows;
-    a bench case that timed nothing (crash, timeout) is a mark on the axis."""
-    trials: dict[tuple[str, int], dict[str, list[float]]] = {}
-    for row in samples:
-        name = f"{row['strategy']}, {row['ranks']} rank(s)"
-        per_run = trials.setdefault((name, row["run_id"]), {"prompt": [], "generation": []})
-        per_run["prompt"].append(row["prompt_tps"])
-        per_run["generation"].append(row["generation_tps"])
-    prompt, generation, info = {}, {}, {}
-    for row in sorted(rows, key=lambda r: r["run_id"]):
-        name = f"{row['strategy']}, {row['ranks']} rank(s)"
-        values = trials.get((name, row["run_id"]))
-        failing = None if row["status"] == "ok" else row["status"]
-        for series, part in ((prompt, "prompt"), (generation, "generation")):
-            value = statistics.median(values[part]) if values else None
-            series.setdefault(name, []).append(Point(row["run_id"], value, failing))
-        info[row["run_id"]] = pages.run_info({**row, "id": row["run_id"]})
-    return prompt, generation, info
-
-
-BENCH_SAMPLES = """select run_id, strategy, ranks, prompt_tps, generation_tps from bench_samples
-where bench_key = ? and rank = 0 and run_id >= ? order by run_id"""
-
-
 def _links(db: str, query: str, params: dict) -> dict:
     return {
         "query_url": f"/{db}/{query}?{urlencode(params)}",
         "json_url": f"/{db}/{query}.json?{urlencode({**params, '_shape': 'array'})}",
     }
-
-
-def _window(rows: list[dict], window: int) -> list[dict]:
-    """The rows of the newest `window` runs (rows come newest first)."""
-    kept = sorted({row["run_id"] for row in rows}, reverse=True)[:window]
-    return [row for row in rows if kept and row["run_id"] >= kept[-1]]
 
 
 async def history_page(datasette, request):
@@ -460,15 +396,15 @@ async def history_page(datasette, request):
     context = {"db": name, "suite": suite, "bench_key": bench_key, "charts": [], "rows": []}
     context["window"] = window
     if bench_key:
-        rows = _window(
+        rows = history.window(
             [dict(r) for r in await db.execute(canned()["bench_history"]["sql"], [bench_key])],
             window,
         )
         if not rows:
             raise NotFound(f"there is no bench case with key '{bench_key}' in '{name}'")
         oldest = min(row["run_id"] for row in rows)
-        samples = [dict(r) for r in await db.execute(BENCH_SAMPLES, [bench_key, oldest])]
-        prefill, decode, info = _bench_view(samples, rows)
+        samples = [dict(r) for r in await db.execute(history.BENCH_SAMPLES, [bench_key, oldest])]
+        prefill, decode, info = history.bench_view(samples, rows)
         titles = ("prompt tok/s (median)", "generation tok/s (median)")
         context.update(
             title=f"bench {bench_key}",
@@ -478,13 +414,13 @@ async def history_page(datasette, request):
             **_links(name, "bench_history", {"bench_key": bench_key}),
         )
     elif suite:
-        rows = _window(
+        rows = history.window(
             [dict(r) for r in await db.execute(canned()["suite_history"]["sql"], [suite])],
             window,
         )
         if not rows:
             raise NotFound(f"there is no run of suite '{suite}' in '{name}'")
-        prefill, decode, runs, info = _suite_view(rows)
+        prefill, decode, runs, info = history.suite_view(rows)
         titles = ("prefill tok/s (geometric mean)", "decode tok/s (geometric mean)")
         context.update(
             title=f"suite {suite}",
