@@ -1,7 +1,6 @@
 """`harness bench`: mlx-lm's generation timed per strategy, stored per trial and rank, shown
 side by side; every bad input is one sentence and exit 2."""
 
-import json
 
 import pytest
 import sqlite_utils
@@ -11,6 +10,8 @@ from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side
+from harness.run import protocol
+from harness.run.protocol import Result, Start
 from harness.run.rank.bench import FIELDS, run_on_rank
 
 SMALL = ("-p", "32", "-g", "8", "-n", "2")
@@ -194,11 +195,11 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
 
     spec = {"cases": [{"index": 7, "case": bench.to_dict()}]}
     (start, _), (out, arrays) = run_on_rank(spec, mx.distributed.init())
-    assert start == {"type": "start", "phase": "bench", "indices": [7]}
-    assert out["type"] == "result" and out["index"] == 7 and not arrays
-    assert len(out["trials"]) == 2
-    assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out["trials"])
-    json.dumps(out)  # what the worker sends back to the parent
+    assert start == Start("bench", [7])
+    assert isinstance(out, Result) and out.index == 7 and not arrays and not out.failures
+    assert len(out.trials) == 2
+    assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out.trials)
+    assert protocol.decode_frame(protocol.encode_frame(out).decode())[0] == out  # as sent
 
 
 def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():

@@ -227,8 +227,8 @@ class Job:
                 if item.strip():
                     self.output.append(item)
                 continue
-            if item[0].get("type") == "hello":
-                self.hello = item[0]["ranks"]
+            if isinstance(item[0], protocol.Hello):
+                self.hello = item[0].ranks
                 if self.quiet_launcher:
                     self._quiet_launcher()
             self.items.put(item)
