@@ -94,7 +94,7 @@ class _Launches:
             # The launcher spins as it does under mlx_lm.benchmark run by hand: bench times
             # what users see (on one machine its threads take CPU from the ranks).
             limits = self.options.startup_timeout, self.options.timeout
-            with watched(self.target, self._spec(), *limits, quiet_launcher=False) as watch:
+            with watched(self.target, self._spec(), *limits, like_mlx_launch=True) as watch:
                 yield from self._consume(watch)
             stalled = stalled + 1 if len(self.remaining) == before else 0
             if stalled == 2:

@@ -145,7 +145,8 @@ class Watch:
         if not self.job.hello:
             launch_text = "\n".join([*self.job.output, *self.job.stderr][-20:]).strip()
             if launch_text:
-                out.append(f"\n--- mlx.launch ---\n{launch_text[-1500:]}")
+                source = "the ranks' stderr" if self.job.ranks else "mlx.launch"
+                out.append(f"\n--- {source} ---\n{launch_text[-1500:]}")
         return "".join(out)
 
     def in_step(self, failures: list[dict]) -> tuple[str, str]:
@@ -166,7 +167,7 @@ def watched(
     spec: dict,
     startup_timeout: float,
     timeout: float,
-    quiet_launcher: bool = True,
+    like_mlx_launch: bool = False,
 ) -> Iterator[Watch]:
     """One job on the target's ranks, watched: in this process for one local rank (the only
     door from the parent into the rank side), else one launch, killed on the way out."""
@@ -175,7 +176,7 @@ def watched(
 
         yield Watch(target, in_process.messages(spec), None, startup_timeout, timeout)
         return
-    job = launch.Job(target, spec, quiet_launcher=quiet_launcher)
+    job = launch.Job(target, spec, like_mlx_launch=like_mlx_launch)
     try:
         yield Watch(target, job.messages(), job, startup_timeout, timeout)
     finally:
