@@ -16,11 +16,12 @@ import numpy as np
 
 from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame
-from harness.run.protocol import gather_bytes, pack, unpack
-from harness.run.rank.one_case import run_case
+from harness.run.protocol import Message as Header
+from harness.run.protocol import Reference, Result, Start, gather_bytes, pack, unpack
+from harness.run.rank.one_case import ShardingFailed, run_case
 from harness.run.rank.solo import solo_world
 
-Message = tuple[dict, dict[str, np.ndarray]]
+Message = tuple[Header, dict[str, np.ndarray]]
 
 
 def _timings(timings) -> dict | None:
@@ -48,16 +49,17 @@ def _references(todo, group, capture: bool, repeats: int) -> Iterator[Message]:
     size, rank = group.size(), group.rank()
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
-        yield {"type": "start", "phase": "reference", "indices": [i for i, _ in batch]}, {}
+        yield Start("reference", [i for i, _ in batch]), {}
         payload = pack({})
         if rank < len(batch):
             payload = _single_rank(batch[rank][1], capture, repeats)
         for r, (message, arrays) in enumerate(_gathered(payload, group)):
             if r < len(batch):
-                yield {"type": "reference", "index": batch[r][0], **message}, arrays
+                yield Reference(batch[r][0], **message), arrays
 
 
-def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[dict, dict]:
+def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[list[dict], dict]:
+    """Every rank's part of one sharded case (`rank`, `timings`) and their arrays."""
     output, timings = run_case(case, group, capture, repeats)
     ranks, arrays = [], {}
     for r, (message, part) in enumerate(
@@ -65,7 +67,25 @@ def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[dict, dict
     ):
         ranks.append({"rank": r, **message})
         arrays.update({f"{r}:{k}": v for k, v in part.items()})
-    return {"ranks": ranks}, arrays
+    return ranks, arrays
+
+
+def _case(index: int, case: Case, against: str | None, group, capture, repeats) -> Message:
+    reference: list[dict] | None = None
+    arrays: dict[str, np.ndarray] = {}
+    if against:
+        # Held against another strategy on the same ranks (a model no host fits whole),
+        # run first: the case's own strategy may patch classes for the rest of the job.
+        other = Case.from_dict({**case.to_dict(), "strategy": against})
+        try:
+            reference, ref_arrays = _sharded(other, group, capture, repeats)
+        except ShardingFailed as exc:
+            for failure in exc.failures:
+                failure["reason"] = f"(reference {against}) {failure['reason']}"
+            raise
+        arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
+    ranks, own = _sharded(case, group, capture, repeats)
+    return Result(index, ranks, reference_ranks=reference), {**own, **arrays}
 
 
 def run_on_rank(spec: dict, group) -> Iterator[Message]:
@@ -79,15 +99,8 @@ def run_on_rank(spec: dict, group) -> Iterator[Message]:
     yield from _references([(i, c) for i, c in cases if i in wanted], group, capture, repeats)
     against = spec.get("reference_strategy")
     for index, case in cases:
-        yield {"type": "start", "phase": "case", "indices": [index]}, {}
-        reference: dict = {}
-        if against:
-            # Held against another strategy on the same ranks (a model no host fits whole),
-            # run first: the case's own strategy may patch classes for the rest of the job.
-            other = Case.from_dict({**case.to_dict(), "strategy": against})
-            reference, ref_arrays = _sharded(other, group, capture, repeats)
-        message, arrays = _sharded(case, group, capture, repeats)
-        if against:
-            message["reference_ranks"] = reference["ranks"]
-            arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
-        yield {"type": "result", "index": index, **message}, arrays
+        yield Start("case", [index]), {}
+        try:
+            yield _case(index, case, against, group, capture, repeats)
+        except ShardingFailed as exc:  # the ranks are still in step: on to the next case
+            yield Result(index, failures=exc.failures), {}

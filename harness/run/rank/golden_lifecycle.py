@@ -11,6 +11,11 @@ from harness.case import Case
 from harness.errors import HarnessError, describe
 from harness.records.compare import tolerance_for
 from harness.records.goldens import (
+    CORRUPT,
+    EXISTS,
+    UNAVAILABLE,
+    UPDATED,
+    WRITTEN,
     CorruptGolden,
     GoldenCheck,
     GoldenDiff,
@@ -33,8 +38,8 @@ class GoldenAction:
 
     key: str
     case: Case | None  # None when the sidecar is too damaged to rebuild the case
-    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's;
-    # any: unavailable (this machine or this mlx-lm cannot compute the case)
+    status: str  # one of goldens.ACTION_STATUSES: record: WRITTEN | EXISTS; update: UPDATED |
+    # WRITTEN; verify: the check's; any: UNAVAILABLE (this machine cannot compute the case)
     check: GoldenCheck | None = None
 
 
@@ -52,9 +57,7 @@ def unique_cases(cases: list[Case]) -> list[Case]:
 
 
 def _unavailable(case: Case, reason: str) -> GoldenAction:
-    return GoldenAction(
-        case.key(), case, "unavailable", GoldenCheck(case.key(), "unavailable", reason)
-    )
+    return GoldenAction(case.key(), case, UNAVAILABLE, GoldenCheck(case.key(), UNAVAILABLE, reason))
 
 
 def _computed(cases: list[Case], actions: list[GoldenAction]):
@@ -83,12 +86,12 @@ def record(cases: list[Case], directory: Path) -> list[GoldenAction]:
     missing = []
     for case in unique_cases(cases):
         if paths(case.key(), directory)[1].exists():
-            actions.append(GoldenAction(case.key(), case, "exists"))
+            actions.append(GoldenAction(case.key(), case, EXISTS))
         else:
             missing.append(case)
     for case, output in _computed(missing, actions):
         save(case, output, directory)
-        actions.append(GoldenAction(case.key(), case, "written"))
+        actions.append(GoldenAction(case.key(), case, WRITTEN))
     return actions
 
 
@@ -100,7 +103,7 @@ def update(cases: list[Case], reason: str, directory: Path) -> list[GoldenAction
     for case, output in _computed(cases, actions):
         existed = paths(case.key(), directory)[1].exists()
         save(case, output, directory, reason=reason if existed else None)
-        actions.append(GoldenAction(case.key(), case, "updated" if existed else "written"))
+        actions.append(GoldenAction(case.key(), case, UPDATED if existed else WRITTEN))
     return actions
 
 
@@ -115,7 +118,7 @@ def verify(cases: list[Case] | None, directory: Path) -> list[GoldenAction]:
                 cases.append(stored_case(key, directory))
             except CorruptGolden as exc:
                 actions.append(
-                    GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc)))
+                    GoldenAction(key, None, CORRUPT, GoldenCheck(key, CORRUPT, str(exc)))
                 )
     for case, output in _computed(cases, actions):
         tol = tolerance_for(case.precision, case.tolerance)
