@@ -430,6 +430,19 @@ def _layer_keys(states: dict[str, np.ndarray]) -> list[tuple[int, str, str]]:
     return [(layer, part, key) for layer, _, part, key in sorted(found)]
 
 
+def _scaled_positions(truth: np.ndarray, test: np.ndarray, world: int) -> bool:
+    """Most positions' states are the truth's times the world size: the least-squares
+    factor and residual per position, their medians (a router flip's position, or bf16's
+    rounding, does not move a median)."""
+    t = truth.reshape(-1, truth.shape[-1]).astype(np.float64)
+    b = test.reshape(-1, test.shape[-1]).astype(np.float64)
+    if not np.all(np.isfinite(b)):
+        return False
+    s = np.sum(t * b, -1) / (np.sum(t * t, -1) + 1e-30)
+    residual = np.linalg.norm(b - s[:, None] * t, axis=-1) / (np.linalg.norm(b, axis=-1) + 1e-30)
+    return abs(float(np.median(s)) - world) < 0.1 * world and float(np.median(residual)) < 0.1
+
+
 def token_agreement(m: Metrics, steps: int) -> str | None:
     """Greedy tokens, reported beside the verdict (vLLM's check_logprobs_close): where the
     sharded run's own choice first differs, and whether each side's token is in the
@@ -477,13 +490,34 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
         layer, part, _ = verdict.layers[0]
         cmp.first_divergent_layer, cmp.first_divergent_part = layer, part
         key = next(k for i, p, k in _layer_keys(truth.layers) if (i, p) == (layer, part))
-        a, b = ref.layers[key], test.layers[key]
-        if world > 1 and np.all(np.isfinite(b)):
-            s = _scale_factor(a, b)
-            residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
-            if abs(s - world) < 0.1 * world and residual < 0.1:
-                cmp.diagnoses.append(f"scaled x{world}")
+        if world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world):
+            cmp.diagnoses.append(f"scaled x{world}")
         cmp.diagnoses.append(f"first divergent layer {layer} ({part})")
     if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
         cmp.diagnoses.append("saturated")
     return cmp
+
+
+STATE_CARRIED = "differs from request 1 (state carried between requests)"
+
+
+def compare_requests(first: Output, later: Output, number: int, tol: Tolerance) -> dict:
+    """Request `number` (the same prompts, prefilled and decoded again on the same model)
+    against the first: `{"request", "max_abs", "diagnosis"}`, the diagnosis None when it
+    matches. Same model, same inputs, same process: only state carried from one request
+    into the next can change the numbers, so the bound is fp32's whatever the precision."""
+    prefill = np.abs(np.nan_to_num(later.prefill - first.prefill, nan=np.inf))[first.valid]
+    steps = later.decode.shape[0]
+    decode = np.abs(np.nan_to_num(later.decode - first.decode[:steps], nan=np.inf))
+    max_abs = float(max(prefill.max(initial=0.0), decode.max(initial=0.0)))
+    where = None
+    if (_beyond(first.prefill, later.prefill, tol) & first.valid).any():
+        where = prefill_divergence(first, later, tol) or "from prompt token 0"
+    elif _beyond(first.decode[:steps], later.decode, tol).any():
+        step = int(np.argwhere(_beyond(first.decode[:steps], later.decode, tol))[0][0])
+        where = f"from decode step {step + 1} of {steps}"
+    differs = where is not None or not np.all(np.isfinite(later.prefill))
+    diagnosis = None
+    if differs:
+        diagnosis = f"request {number} {STATE_CARRIED}" + (f", {where}" if where else "")
+    return {"request": number, "max_abs": max_abs, "diagnosis": diagnosis}
