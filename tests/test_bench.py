@@ -11,7 +11,7 @@ from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side
-from harness.run.bench import FIELDS, run_on_rank
+from harness.run.rank.bench import FIELDS, run_on_rank
 
 SMALL = ("-p", "32", "-g", "8", "-n", "2")
 
@@ -202,7 +202,7 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
 
 
 def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():
-    from harness.run.bench_runner import BenchOptions, validate
+    from harness.run.parent.bench import BenchOptions, validate
 
     benches, _ = validate(suites.load_bench("bench", ranks=2), BenchOptions(ranks=2))
     assert {b.case.strategy for b in benches} == {"tp", "pp"}
@@ -250,7 +250,7 @@ def test_prompts_are_mlx_lm_benchmarks_own_ids_at_one_rank(tmp_path, run_cli):
     import mlx.core as mx
     from mlx_lm import load
 
-    from harness.run.bench import _prompts
+    from harness.run.rank.bench import _prompts
 
     model = tmp_path / "q3"
     assert run_cli("checkpoint", "write", "--arch", "qwen3_moe", "--layout", "mlx",

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from harness.records import store
-from harness.run.launch import Target, launch_argv
+from harness.run.parent.launch import Target, launch_argv
 
 pytestmark = pytest.mark.multirank
 
@@ -123,7 +123,7 @@ import sys
 import mlx.core as mx
 from mlx_lm.utils import sharded_load
 from harness.case import BenchCase, Case
-from harness.run.bench import _prompts
+from harness.run.rank.bench import _prompts
 
 path, strategy = sys.argv[1], sys.argv[2]
 group = mx.distributed.init()

@@ -20,7 +20,8 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.checkpoint.load import coverage_of, load_checked
-from harness.run.runner import RunOptions, run
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 
 TOKENS = mx.array([[1, 17, 42, 99, 7, 250, 31, 64], [5, 200, 13, 77, 128, 3, 190, 45]])
 # (arch, layout, quant): every Hugging Face layout of the families asked for, and the
@@ -140,7 +141,7 @@ def test_sanitize_gives_back_exactly_the_generated_weights(case, seed):
 def test_tp_and_pp_go_through_sharded_load(monkeypatch):
     import mlx_lm.utils
 
-    from harness.run import execute
+    from harness.run.rank import one_case
 
     calls = []
     real = mlx_lm.utils.sharded_load
@@ -152,8 +153,8 @@ def test_tp_and_pp_go_through_sharded_load(monkeypatch):
     monkeypatch.setattr(mlx_lm.utils, "sharded_load", spy)
     group = mx.distributed.init()
     for strategy in ("tp", "pp"):
-        monkeypatch.setattr(execute, "resolve", None)  # the strategy must not run again
-        execute.run_case(Case("deepseek_v3", strategy, layout="hf-per-expert"), group, repeats=0)
+        monkeypatch.setattr(one_case, "resolve", None)  # the strategy must not run again
+        one_case.run_case(Case("deepseek_v3", strategy, layout="hf-per-expert"), group, repeats=0)
     assert [set(c) for c in calls] == [
         {"tensor_group", "tokenizer_config"},
         {"pipeline_group", "tokenizer_config"},
@@ -164,7 +165,7 @@ def test_tp_and_pp_go_through_sharded_load(monkeypatch):
 def test_single_file_checkpoint_is_sharded_without_an_index(copy_of, monkeypatch):
     import mlx_lm.utils
 
-    from harness.run import execute
+    from harness.run.rank import one_case
 
     path = copy_of()
     merged = {}
@@ -177,8 +178,8 @@ def test_single_file_checkpoint_is_sharded_without_an_index(copy_of, monkeypatch
     mx.save_safetensors(str(path / "model.safetensors"), merged)
     monkeypatch.setattr(mlx_lm.utils, "sharded_load", None)  # needs the index: not used
     case = Case("qwen3_moe", "pp", checkpoint=str(path), decode_steps=1)
-    output, _ = execute.run_case(case, mx.distributed.init(), capture=False, repeats=0)
-    reference, _ = execute.run_case(Case("qwen3_moe", "pp", decode_steps=1), None, repeats=0)
+    output, _ = one_case.run_case(case, mx.distributed.init(), capture=False, repeats=0)
+    reference, _ = one_case.run_case(Case("qwen3_moe", "pp", decode_steps=1), None, repeats=0)
     assert (output.prefill == reference.prefill).all()
 
 
@@ -467,16 +468,16 @@ def test_text_prompts_without_a_chat_template_are_encoded_and_padded_with_eos(co
 
 def test_text_prompt_case_runs_the_tokenized_ids(written):
     from harness.models.checkpoint.prompts import tokenize_prompts
-    from harness.run import execute
+    from harness.run.rank import one_case
 
     path = str(written["hf-per-expert"])
     texts = ("Why is the sky blue?", "Hi")
     case = Case("qwen3_moe", "none", checkpoint=path, prompt_text=texts, decode_steps=1)
-    output, _ = execute.run_case(case, None, capture=False, repeats=0)
+    output, _ = one_case.run_case(case, None, capture=False, repeats=0)
     ids = tokenize_prompts(path, texts)
     assert output.prefill.shape[:2] == (2, len(ids[0]))
     as_ids = Case("qwen3_moe", "none", checkpoint=path, prompts=ids, decode_steps=1)
-    expected, _ = execute.run_case(as_ids, None, capture=False, repeats=0)
+    expected, _ = one_case.run_case(as_ids, None, capture=False, repeats=0)
     assert (output.prefill == expected.prefill).all()
 
 

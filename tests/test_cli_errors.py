@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from harness.run import launch
+from harness.run.parent import launch
 
 
 def assert_one_line_error(result, *fragments):

@@ -4,7 +4,8 @@ tensor and pipeline parallel across seeds and precisions with no false failure."
 import pytest
 
 from harness.case import Case
-from harness.run.runner import RunOptions, run
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 
 pytestmark = pytest.mark.multirank
 

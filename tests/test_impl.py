@@ -9,7 +9,7 @@ from test_cli_errors import assert_one_line_error
 
 from harness.case import Case
 from harness.models import impl
-from harness.run.references import reference_output
+from harness.run.rank.golden_lifecycle import reference_output
 
 
 @pytest.fixture

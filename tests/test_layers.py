@@ -13,7 +13,8 @@ import pytest
 
 from harness.case import Case
 from harness.records import store
-from harness.run.runner import RunOptions, run
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 
@@ -48,11 +49,12 @@ def test_report_loads_no_mlx(tmp_path):
     assert "MLX []" in out.stdout
 
 
-def _imports(path: Path) -> set[str]:
-    """The harness modules a file imports at module level (not inside functions)."""
+def _imports(path: Path, anywhere: bool = False) -> set[str]:
+    """The harness modules a file imports at module level (`anywhere`: inside functions
+    too)."""
     tree = ast.parse(path.read_text())
     found = set()
-    for node in tree.body:
+    for node in ast.walk(tree) if anywhere else tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}
@@ -83,6 +85,43 @@ def test_lower_layers_never_import_the_command_layer():
         if not name.startswith(upper):
             bad = [m for m in _imports(path) if m.startswith(upper)]
             assert not bad, f"{name} imports {bad}"
+
+
+def _breaking(prefix: str, forbidden: tuple[str, ...], anywhere: bool = True) -> list[str]:
+    return [
+        f"{name} imports {bad}"
+        for name, path in MODULES.items()
+        if name.startswith(prefix)
+        if (bad := sorted(m for m in _imports(path, anywhere) if m.startswith(forbidden)))
+    ]
+
+
+def test_the_rank_side_never_imports_the_parent_side():
+    assert not _breaking("harness.run.rank", ("harness.run.parent",))
+
+
+def test_the_parent_side_loads_the_rank_side_only_to_be_the_one_rank_itself():
+    # A run on one local rank is this process (no launch): the only way in, and lazily.
+    assert not _breaking("harness.run.parent", ("harness.run.rank",), anywhere=False)
+
+
+def test_the_protocol_stands_alone():
+    assert not _imports(MODULES["harness.run.protocol"]) - {"harness"}
+
+
+def test_models_and_strategies_never_import_the_run():
+    assert not _breaking("harness.models", ("harness.run",))
+    assert not _breaking("harness.strategies", ("harness.run", "harness.models"))
+
+
+def test_the_service_stands_on_records_alone():
+    allowed = ("harness.service", "harness.records", "harness.case", "harness.errors")
+    assert not [
+        f"{name} imports {bad}"
+        for name, path in MODULES.items()
+        if name.startswith("harness.service")
+        if (bad := sorted(m for m in _imports(path, True) if not m.startswith(allowed)))
+    ]
 
 
 def test_no_import_cycle_at_module_level():
@@ -125,7 +164,7 @@ def test_repeats_zero_passes_the_smoke_suite_at_two_ranks(run_cli, db_path):
 INJECTED = """
 import os
 if os.environ.get("MLX_RANK") is not None:
-    import harness.run.cases as cases
+    import harness.run.rank.cases as cases
     original = cases._sharded
     def _sharded(*args, **kwargs):
         original(*args, **kwargs)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.case import Case
-from harness.run.runner import RunOptions, run
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 
 pytestmark = pytest.mark.multirank
 

@@ -10,7 +10,8 @@ import time
 
 from harness.case import Case
 from harness.records import store
-from harness.run.runner import RunOptions, run
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 
 
 def test_cli_run_stores_run_and_cases(run_cli, db_path):

@@ -24,7 +24,7 @@ from harness.faults.selftest import (
 from harness.records import store
 from harness.records.compare import TOLERANCES, Comparison, Metrics, compare
 from harness.records.outputs import Output
-from harness.run.runner import CaseResult
+from harness.records.result import CaseResult
 from harness.shapes import SHAPES
 
 FAULT = Fault(
@@ -256,7 +256,8 @@ def test_selftest_catches_every_fault_and_passes_every_control(db_path):
 def test_cases_after_one_where_every_rank_raised_still_run():
     # Every rank raising ends the launch after recording it; the next case must be
     # relaunched, not recorded as a crash it never had.
-    from harness.run.runner import RunOptions, run
+    from harness.run.parent.plan import RunOptions
+    from harness.run.parent.session import run
 
     crash = "harness.faults.heads:kv_heads_not_divided"
     cases = [

@@ -7,12 +7,13 @@ import pytest
 
 from harness.case import DEFAULT_PROMPTS, Case
 from harness.errors import HarnessError
+from harness.models.build import shape_skip_reason
 from harness.records.compare import TOLERANCES, compare
 from harness.records.goldens import GOLDENS_DIR, paths
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
-from harness.records.shapes import shape_summary
-from harness.run.execute import run_case, shape_skip_reason
+from harness.records.shape_summary import shape_summary
+from harness.run.rank.one_case import run_case
 from harness.shapes import SHAPES, get_shape, tokens
 from harness.suites import load_suite, matrix_cases, override_shapes
 

@@ -6,7 +6,7 @@ import pytest
 
 from harness.bisect import implementations
 from harness.case import Case
-from harness.run.references import reference_output
+from harness.run.rank.golden_lifecycle import reference_output
 
 pytestmark = pytest.mark.envs
 

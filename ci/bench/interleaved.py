@@ -1,4 +1,4 @@
-"""Benchmark, not a test: `harness bench`'s timing (harness.run.bench.time_case) against
+"""Benchmark, not a test: `harness bench`'s timing (harness.run.rank.bench.time_case) against
 `mlx_lm.benchmark`'s own single_bench, alternating in ONE process at 1 rank, so a busy
 machine's drift hits both alike (ci/bench/crosscheck.py compares the two command lines).
 
@@ -14,7 +14,7 @@ import mlx.core as mx
 from mlx_lm import load, stream_generate
 
 from harness.case import BenchCase, Case
-from harness.run.bench import time_case
+from harness.run.rank.bench import time_case
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ def probe(request: dict) -> None:
     from harness.models import impl
     from harness.models.checkpoint import CoverageError, skip_reason
     from harness.models.mlx_lm_api import MissingModelType
-    from harness.run import forward
-    from harness.run.execute import case_prompts, model_for_case
+    from harness.run.rank import forward
+    from harness.run.rank.one_case import case_prompts, model_for_case
     from harness.zoo import support
 
     versions = {name: metadata.version(name) for name in ("mlx", "mlx-lm")}

@@ -1,5 +1,5 @@
 """The sharded side of a bisect step: the cases on real ranks under the implementation's
-Python, through the one run loop (`harness.run.loop.run_cases`), each case held against
+Python, through the one run loop (`harness.run.parent.loop.run_cases`), each case held against
 the single-rank reference the ranks compute under that same implementation."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ def runner(ranks: int, backend: str | None = None, timeout: float = 60.0):
 
     def run(implementation: Implementation, cases: list[Case]) -> dict[str, CaseResult]:
         # Imported here: the run layer loads mlx, which planning a bisect never needs.
-        from harness.run.loop import run_cases
-        from harness.run.runner import RunOptions
+        from harness.run.parent.loop import run_cases
+        from harness.run.parent.plan import RunOptions
 
         options = RunOptions(
             ranks=ranks,

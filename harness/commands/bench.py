@@ -117,9 +117,9 @@ def bench(
     }
     counts = {"num_trials": num_trials, "warmup": warmup}
     # Imported here: `harness report` and the other commands load no mlx.
-    from harness.run.bench_runner import BenchOptions, run_bench, validate
-    from harness.run.launch import hostfile_ranks
-    from harness.run.loop import sigterm_interrupts
+    from harness.run.parent.bench import BenchOptions, run_bench, validate
+    from harness.run.parent.launch import hostfile_ranks
+    from harness.run.parent.loop import sigterm_interrupts
 
     if hostfile is not None:
         ranks = hostfile_ranks(hostfile)  # the hostfile sets the rank count

@@ -40,9 +40,9 @@ def record(
 
     Example: harness golden record --suite moe
     """
-    from harness.run import references
+    from harness.run.rank import golden_lifecycle
 
-    actions = references.record(_cases(suite, arch, precision), directory)
+    actions = golden_lifecycle.record(_cases(suite, arch, precision), directory)
     _print(actions)
 
 
@@ -61,11 +61,11 @@ def verify(
 
     Example: harness golden verify
     """
-    from harness.run import references
+    from harness.run.rank import golden_lifecycle
 
     impl.install(impl.parse(impl_files))
     cases = _cases(suite, arch, precision) if (suite or arch) else None
-    actions = references.verify(cases, directory)
+    actions = golden_lifecycle.verify(cases, directory)
     if not actions:
         raise HarnessError(
             f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
@@ -91,9 +91,9 @@ def update(
 
     Example: harness golden update --suite moe --reason "mlx-lm 0.33 changed RoPE scaling"
     """
-    from harness.run import references
+    from harness.run.rank import golden_lifecycle
 
-    _print(references.update(_cases(suite, arch, precision), reason, directory))
+    _print(golden_lifecycle.update(_cases(suite, arch, precision), reason, directory))
 
 
 @app.command()
@@ -105,9 +105,9 @@ def diff(
 
     Example: harness golden diff qwen3_moe-fp32-0123456789ab
     """
-    from harness.run import references
+    from harness.run.rank import golden_lifecycle
 
-    summary = references.diff_golden(key, directory)
+    summary = golden_lifecycle.diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
     raise typer.Exit(0 if summary.check.status == "match" else 1)
 

@@ -28,7 +28,7 @@ from harness.commands.select import select_cases
 from harness.models import impl
 from harness.records import history, junit, store, table
 from harness.records.result import case_row
-from harness.records.shapes import shape_summary
+from harness.records.shape_summary import shape_summary
 
 
 def run(
@@ -84,8 +84,8 @@ def run(
     Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
-    from harness.run.loop import run_cases
-    from harness.run.runner import RunOptions
+    from harness.run.parent.loop import run_cases
+    from harness.run.parent.plan import RunOptions
 
     cases = select_cases(suite, arch, strategy, precision, shapes)
     options = RunOptions(

@@ -30,8 +30,8 @@ from mlx_lm.models.pipeline import PipelineMixin
 
 from harness.errors import HarnessError
 from harness.faults import parts
-from harness.faults import shapes as shape_faults
-from harness.run.forward import decoder_layers
+from harness.faults import shape_bugs as shape_faults
+from harness.run.rank.forward import decoder_layers
 from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
 
 # Bug classes, in the words of DESIGN.md's table.
@@ -276,24 +276,24 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
           representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
     # ---- shape classes: each fails only at its shape, with where it starts ----
-    Fault(name="later_prefill_chunk", strategy=F + "shapes:later_prefill_chunk",
+    Fault(name="later_prefill_chunk", strategy=F + "shape_bugs:later_prefill_chunk",
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="long-chunked",
           **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
     # A latent MoE (kimi_k3) calls its experts in a latent width of its own: left out.
-    Fault(name="many_tokens", strategy=F + "shapes:many_tokens", bug_class=TOKEN_COUNT,
+    Fault(name="many_tokens", strategy=F + "shape_bugs:many_tokens", bug_class=TOKEN_COUNT,
           applies=lambda arch, sup: "latent_moe" not in arch.features
           and tp(lambda s: s.stacked_experts)(arch, sup), representative=("qwen3_moe",),
           shape="long-chunked", **_at(L1, MLP, "from prompt token 0 (prefill chunk 1 of 3)")),
-    Fault(name="batch_one", strategy=F + "shapes:batch_one", bug_class=BATCH_ONE,
+    Fault(name="batch_one", strategy=F + "shape_bugs:batch_one", bug_class=BATCH_ONE,
           applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",),
           shape="single-stream", **_at(L2, ATTENTION)),
-    Fault(name="past_window", strategy=F + "shapes:past_window", bug_class=WINDOW,
+    Fault(name="past_window", strategy=F + "shape_bugs:past_window", bug_class=WINDOW,
           applies=tp(lambda s: s.mask_and_cache and s.rotating_cache),
           representative=("gpt_oss",), shape="window",
           diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
     # MLA attention builds its own array masks, so only GQA heads take the plain causal one.
-    Fault(name="unmasked_padding", strategy=F + "shapes:unmasked_padding", bug_class=PADDING,
+    Fault(name="unmasked_padding", strategy=F + "shape_bugs:unmasked_padding", bug_class=PADDING,
           applies=tp(lambda s: s.mask_and_cache and s.kv_cache and s.kv_heads),
           representative=("qwen3_moe",), shape="mixed",
           **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),

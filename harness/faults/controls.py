@@ -13,7 +13,7 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_inplace, shard_linear
 
 from harness.faults import parts
-from harness.run.forward import decoder_layers
+from harness.run.rank.forward import decoder_layers
 
 HEAD_COUNTS = ("n_heads", "num_attention_heads", "num_heads", *parts.KV_HEAD_COUNTS)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from harness.faults import parts
-from harness.run.patching import wrap_call, wrap_output
+from harness.run.rank.patching import wrap_call, wrap_output
 
 LAYER = parts.ATTENTION_LAYER  # of the zoo's 4 layers: not the first, not the last
 EXPERT = 0

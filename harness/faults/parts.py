@@ -16,7 +16,7 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import QuantizedShardedToAllLinear, ShardedToAllLinear
 from mlx.utils import tree_flatten, tree_unflatten
 
-from harness.run.forward import ATTENTION, FEEDFORWARD, decoder_layers
+from harness.run.rank.forward import ATTENTION, FEEDFORWARD, decoder_layers
 
 MLP_LAYER = 1
 ATTENTION_LAYER = 2

@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx.nn.layers.distributed import shard_inplace
 
 from harness.faults import parts
-from harness.run.patching import wrap_call, wrap_output
+from harness.run.rank.patching import wrap_call, wrap_output
 
 LAYER = parts.MLP_LAYER
 ATTENTION_LAYER = parts.ATTENTION_LAYER

@@ -27,9 +27,8 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.faults.catalog import CATALOG, Fault
 from harness.records.result import CaseResult
-from harness.run import runner
-from harness.run.loop import run_cases
-from harness.run.runner import RunOptions
+from harness.run.parent.loop import run_cases
+from harness.run.parent.plan import RunOptions, skip_reason
 from harness.shapes import get_shape
 
 DECODE_STEPS = 3
@@ -137,7 +136,7 @@ def plan(
             # External strategies have no preflight rules: check the parallelism underneath.
             shape = get_shape(fault.shape).fields() if fault.shape else SHORT
             base = Case(arch, fault.base, quant=fault.quant, **shape)
-            reason = runner.skip_reason(base, ranks)
+            reason = skip_reason(base, ranks)
             if reason is not None:
                 not_applicable.append((fault.name, arch, reason))
                 continue

@@ -11,6 +11,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
+from mlx_lm.models.cache import make_prompt_cache
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError, ModelError, model_code
@@ -142,3 +143,28 @@ def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: i
     with contextlib.redirect_stdout(io.StringIO()), model_code():
         _, quantized = quantize_model(model, config, group_size, bits)
     return quantized
+
+
+def shape_skip_reason(case: Case) -> str | None:
+    """Why the case's shape cannot run on its architecture in the installed mlx-lm."""
+    if len({len(p) for p in case.prompts}) == 1 or case.layout or case.checkpoint:
+        return None
+    problem = _batch_problem(case.arch)
+    return f"{case.arch} cannot run the {case.shape} shape: {problem}" if problem else None
+
+
+@functools.cache
+def _batch_problem(arch: str) -> str | None:
+    # Constructed only (weights stay lazy): the cache types are all that is asked.
+    config = tiny_config(Case(arch))
+    model_cls, args_cls = model_classes(config)
+    return unbatchable(model_cls(args_cls.from_dict(config)))
+
+
+def unbatchable(model: nn.Module) -> str | None:
+    """Why mlx-lm cannot batch prompts of different lengths for this model (a cache
+    without `merge`), or None."""
+    for cache in make_prompt_cache(model):
+        if not callable(getattr(cache, "merge", None)):
+            return f"mlx-lm's {type(cache).__name__} cannot batch prompts of different lengths"
+    return None

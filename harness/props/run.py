@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from harness.errors import HarnessError
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
-from harness.run.launch import Job, Target, check_options, hostfile_ranks
+from harness.run.parent.launch import Job, Target, check_options, hostfile_ranks
 
 MAX_SIMULATED_RANKS = 8
 SIMULATED_RANKS = st.integers(1, MAX_SIMULATED_RANKS)

@@ -1,4 +1,4 @@
-"""One rank of `harness props --ranks N`, the `props` job of `harness.run.worker`.
+"""One rank of `harness props --ranks N`, the `props` job of `harness.run.rank.worker`.
 
 Every rank runs every property with the real group; hypothesis is derandomized, so all
 ranks draw the same examples (checked per example). Rank 0 streams a message when a
@@ -40,7 +40,7 @@ def same_example_everywhere(group: Any) -> Any:
 
 
 def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
-    """Every property with the real group (the `props` job kind of `harness.run.worker`):
+    """Every property with the real group (the `props` job kind of `harness.run.rank.worker`):
     a `start` message before each, then its `property` result, the same on every rank."""
     execute = same_example_everywhere(group)
     for prop in PROPERTIES:

@@ -34,7 +34,7 @@ from harness.models.checkpoint.read import (
     read_weights,
 )
 from harness.models.checkpoint.write import quantization, write_checkpoint
-from harness.run.strategy import resolve
+from harness.strategies import resolve
 
 # The harness never downloads: repo ids resolve in the local Hugging Face cache only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

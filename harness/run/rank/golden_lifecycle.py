@@ -24,7 +24,7 @@ from harness.records.goldens import (
     stored_keys,
 )
 from harness.records.outputs import Output
-from harness.run.execute import run_case
+from harness.run.rank.one_case import run_case
 from harness.zoo import support
 
 

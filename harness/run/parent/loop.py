@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from harness.case import Case
 from harness.records import store
 from harness.records.result import CaseResult
-from harness.run import runner
-from harness.run.runner import RunOptions
+from harness.run.parent import plan, session
+from harness.run.parent.plan import RunOptions
 
 # Called with each result before it is stored; returns extra columns for its row, or None.
 OnResult = Callable[[CaseResult], dict | None]
@@ -67,7 +67,7 @@ def run_cases(
     """Run the cases and store them (when given a database) as a run of `kind`. The run
     fails when `judge` (default: any failing case) says so."""
     started = time.perf_counter()
-    cases, options = runner.prepare(cases, options)
+    cases, options = plan.prepare(cases, options)
     record = RunRecord(None, options)
     if database is not None:
         record.run_id = store.start_run(
@@ -81,7 +81,7 @@ def run_cases(
         )
     try:
         with sigterm_interrupts():
-            for result in runner.execute(cases, options):
+            for result in session.run_prepared(cases, options):
                 extra = on_result(result) if on_result else None
                 if database is not None:
                     store.record_case(database, record.run_id, result, extra)

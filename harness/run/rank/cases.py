@@ -16,9 +16,9 @@ import numpy as np
 
 from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame
-from harness.run.execute import run_case
 from harness.run.protocol import gather_bytes, pack, unpack
-from harness.run.solo import solo_world
+from harness.run.rank.one_case import run_case
+from harness.run.rank.solo import solo_world
 
 Message = tuple[dict, dict[str, np.ndarray]]
 

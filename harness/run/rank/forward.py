@@ -27,8 +27,9 @@ import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
+from harness.models.build import unbatchable
 from harness.records.outputs import Output, Timings
-from harness.run.patching import wrap_call, wrap_output
+from harness.run.rank.patching import wrap_call, wrap_output
 
 ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
@@ -190,15 +191,6 @@ def _plan(prompts, prefill_step: int | None) -> tuple[list[_Call], list[int] | N
     ]
     calls.append(_Call(mx.array([[p[-1]] for p in prompts]), np.array([[n - 1] for n in lengths])))
     return calls, [n - 1 for n in lengths]
-
-
-def unbatchable(model: nn.Module) -> str | None:
-    """Why mlx-lm cannot batch prompts of different lengths for this model (a cache
-    without `merge`), or None."""
-    for cache in make_prompt_cache(model):
-        if not callable(getattr(cache, "merge", None)):
-            return f"mlx-lm's {type(cache).__name__} cannot batch prompts of different lengths"
-    return None
 
 
 def _batch_cache(model: nn.Module, lengths: list[int]) -> list:

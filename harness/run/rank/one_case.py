@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from harness.case import Case
 from harness.errors import HarnessError, model_code
 from harness.models import checkpoint
-from harness.models.build import build_model, tiny_config
+from harness.models.build import build_model
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.prompts import tokenize_prompts
-from harness.run import forward
-from harness.run.strategy import resolve
-from harness.zoo import model_classes
+from harness.run.rank import forward
+from harness.strategies import resolve
 
 
 def run_case(
@@ -58,19 +55,3 @@ def model_for_case(case: Case, group) -> nn.Module:
         return checkpoint.load_for_case(case, group)
     model, _ = build_model(case)
     return model
-
-
-def shape_skip_reason(case: Case) -> str | None:
-    """Why the case's shape cannot run on its architecture in the installed mlx-lm."""
-    if len({len(p) for p in case.prompts}) == 1 or case.layout or case.checkpoint:
-        return None
-    problem = _batch_problem(case.arch)
-    return f"{case.arch} cannot run the {case.shape} shape: {problem}" if problem else None
-
-
-@functools.cache
-def _batch_problem(arch: str) -> str | None:
-    # Constructed only (weights stay lazy): the cache types are all that is asked.
-    config = tiny_config(Case(arch))
-    model_cls, args_cls = model_classes(config)
-    return forward.unbatchable(model_cls(args_cls.from_dict(config)))

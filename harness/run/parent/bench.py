@@ -1,6 +1,6 @@
 """Running bench cases: check that each one applies (before anything launches), then time
 them all, in this process for one local rank or in ONE launch of the worker's `bench` job
-(`harness.run.bench`) for several, yielding one result per bench case as it finishes.
+(`harness.run.rank.bench`) for several, yielding one result per bench case as it finishes.
 
 A bench case that crashes or hangs costs only itself: it is recorded with the ranks' words
 and log tails, and the cases after it run in a fresh launch.
@@ -20,11 +20,10 @@ from harness.errors import HarnessError, blame
 from harness.models import checkpoint
 from harness.models.build import tiny_config
 from harness.records.bench import CRASH, ERROR, OK, TIMEOUT, BenchResult
-from harness.run import bench as rank_bench
-from harness.run import launch
-from harness.run.hosts import check_hosts
-from harness.run.runner import skip_reason
-from harness.run.strategy import BUILTIN, normalize, resolve
+from harness.run.parent import launch
+from harness.run.parent.hosts import check_hosts
+from harness.run.parent.plan import skip_reason
+from harness.strategies import BUILTIN, normalize, resolve
 
 GRACE = 5.0  # seconds to let the other ranks' error frames and exits arrive
 
@@ -86,6 +85,8 @@ def run_bench(benches: list[BenchCase], options: BenchOptions) -> Iterator[Bench
 
 def _in_process(benches: list[BenchCase]) -> Iterator[BenchResult]:
     import mlx.core as mx
+
+    from harness.run.rank import bench as rank_bench  # the one rank is this process
 
     group = mx.distributed.init()
     for index, bench in enumerate(benches):

@@ -25,7 +25,7 @@ from harness.run import protocol
 
 BACKENDS = ("ring", "mpi", "jaccl", "nccl")
 LOCAL = ("127.0.0.1", "localhost")
-HARNESS_ROOT = Path(__file__).resolve().parents[2]
+HARNESS_ROOT = Path(__file__).resolve().parents[3]
 _EXITED = re.compile(r"rank (\d+) exited with code (-?\d+)")
 _KILLED = re.compile(r"rank (\d+) was killed")
 SSH = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
@@ -190,7 +190,7 @@ class Job:
         self,
         target: Target,
         spec: dict,
-        module: str = "harness.run.worker",
+        module: str = "harness.run.rank.worker",
         quiet_launcher: bool = True,
     ):
         self.target = target

@@ -32,9 +32,9 @@ from harness.run import protocol
 # kind -> "module:function" yielding (message, arrays) on every rank; imported lazily so a
 # job loads only what it runs.
 JOBS = {
-    "cases": "harness.run.cases:run_on_rank",
+    "cases": "harness.run.rank.cases:run_on_rank",
     "props": "harness.props.worker:run_on_rank",
-    "bench": "harness.run.bench:run_on_rank",
+    "bench": "harness.run.rank.bench:run_on_rank",
 }
 TRACEBACK_CHARS = 3000
 

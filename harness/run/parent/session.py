@@ -1,131 +1,35 @@
-"""Running cases: plan (skip what cannot apply), hand the runnable cases to the ranks (in
-this process for one local rank, else one launch), watch every case, and judge each rank's
-output against the case's reference as it arrives, yielding one result per case.
+"""The cases of a run on its ranks: hand the runnable cases to the ranks (in this process
+for one local rank, else one launch), watch every case, and judge each rank's output
+against the case's reference as it arrives, yielding one result per case.
 
-The parent does no model work: references are computed on the ranks (`harness.run.cases`),
-or are the case's golden (`reference="golden"`, for a model no single host holds), or
-another strategy on the same ranks (`reference="pp"`).
+The parent does no model work: references are computed on the ranks
+(`harness.run.rank.cases`), or are the case's golden (`reference="golden"`, for a model no
+single host holds), or another strategy on the same ranks (`reference="pp"`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from harness import preflight
 from harness.case import Case
 from harness.errors import INTERNAL, HarnessError, blame
-from harness.models import checkpoint
-from harness.models.build import tiny_config
-from harness.records import goldens, judge
+from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
 from harness.records.result import CRASH, ERROR, PASS, SKIP, TIMEOUT, CaseResult
-from harness.run import launch
-from harness.run.execute import shape_skip_reason
-from harness.run.hosts import check_hosts
-from harness.run.strategy import BUILTIN, normalize, resolve
-from harness.zoo import support
-
-SINGLE, GOLDEN = "single", "golden"
-
-
-@dataclass
-class RunOptions:
-    ranks: int = 1
-    backend: str | None = None
-    hostfile: str | None = None
-    timeout: float = 60.0  # per case (or reference round), from its start on the ranks
-    startup_timeout: float = 120.0  # from launch to the first message
-    repeats: int = 3
-    capture: bool = True
-    goldens: Path | None = goldens.GOLDENS_DIR  # None: do not compare with goldens
-    record_missing: bool = False
-    # What a case is held against: the single-rank run (on the ranks), its golden, or
-    # another strategy on the same ranks (e.g. "pp").
-    reference: str = SINGLE
-    python: str | None = None  # interpreter of the ranks; None: this one
-    env: dict[str, str] = field(default_factory=dict)  # extra environment of the ranks
-    workdir: Path | None = None  # working directory of the ranks on every host
-    impl: dict[str, str] = field(default_factory=dict)  # model_type -> another model file
-    strict: bool = False  # cases asked for by name: a preflight violation is an error
-
-    def target(self) -> launch.Target:
-        return launch.Target(
-            self.ranks, self.backend, self.hostfile, self.python, self.env, self.workdir
-        )
-
-
-def skip_reason(case: Case, ranks: int) -> str | None:
-    """Why a case cannot apply at `ranks` ranks, or None."""
-    return unavailable(case) or preflight_violation(case, ranks)
-
-
-def unavailable(case: Case) -> str | None:
-    """Why this machine's mlx-lm cannot run the case at all (architecture, strategy,
-    checkpoint, shape), whatever the rank count, or None."""
-    sup = support(case.arch)
-    if not sup.available:
-        return sup.reason
-    strategy = resolve(case.strategy)
-    if strategy.requires and not getattr(sup, strategy.requires):
-        kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
-        return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return checkpoint.skip_reason(case) or shape_skip_reason(case)
-
-
-def preflight_violation(case: Case, ranks: int) -> str | None:
-    """The first divisibility or shape rule the case breaks at `ranks`, as one sentence."""
-    config = checkpoint.case_config(case) if case.checkpoint else tiny_config(case)
-    violations = preflight.check(config, case.strategy, ranks, case.quant, case.group_size)
-    return violations[0].message if violations else None
-
-
-def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:
-    """Check what would otherwise fail late, once: the options (the rank count a hostfile
-    sets), the hosts, the strategies; return cases with absolute strategy names."""
-    ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
-    options = dataclasses.replace(options, ranks=ranks)
-    if options.repeats < 0:
-        raise HarnessError(f"--repeats must be 0 or more, got {options.repeats}")
-    if options.reference not in (SINGLE, GOLDEN):
-        resolve(options.reference)
-        options = dataclasses.replace(options, reference=normalize(options.reference))
-    if options.ranks > 1:
-        launch.find_launcher(options.python)
-    if options.impl:
-        # Here too, so what the zoo supports is read off the implementation under test.
-        from harness.models.impl import install
-
-        install(options.impl)
-    checked = []
-    for case in cases:
-        name = normalize(case.strategy)
-        if name not in BUILTIN:
-            resolve(name)  # an external strategy that does not import fails here, once
-        case = Case.from_dict({**case.to_dict(), "strategy": name})
-        if options.strict and unavailable(case) is None:
-            # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
-            # a strategy the installed mlx-lm lacks for the architecture stays a skip.
-            violation = preflight_violation(case, options.ranks)
-            if violation:
-                raise HarnessError(violation)
-        checked.append(case)
-    if options.hostfile is not None or options.python is not None:
-        check_hosts(options.target())
-    return checked, options
+from harness.run.parent import launch
+from harness.run.parent.hosts import check_hosts
+from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    """Prepare, then execute."""
-    yield from execute(*prepare(cases, options))
+    """Prepare, then run."""
+    yield from run_prepared(*prepare(cases, options))
 
 
-def execute(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    """Run prepared cases (see `prepare`), one result per case as it finishes."""
+def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
+    """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
     runnable = []
     for index, case in enumerate(cases):
         reason = skip_reason(case, options.ranks)
@@ -190,7 +94,7 @@ class _Session:
     def _in_process(self, spec: dict):
         import mlx.core as mx
 
-        from harness.run.cases import run_on_rank
+        from harness.run.rank.cases import run_on_rank
 
         current: dict = {}
         try:
@@ -426,14 +330,14 @@ class _Session:
     # -- judging ------------------------------------------------------------------------
 
     def _judged(self, index: int, message: dict, arrays: dict) -> CaseResult:
-        outputs = judge.rank_outputs(message["ranks"], arrays, "")
+        outputs = verdict.rank_outputs(message["ranks"], arrays, "")
         timings = {r["rank"]: r["timings"] for r in message["ranks"] if r.get("timings")}
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
                 return self._result(index, ERROR, stored, rank_timings=timings)
             result = self._result(index, PASS, rank_timings=timings)
-            return judge.judge_against_golden(result, stored[0], outputs)
+            return verdict.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(self.cases[index].key())
             if not isinstance(reference, tuple):
@@ -444,15 +348,15 @@ class _Session:
             ref_output, ref_timings = reference
         else:
             ref_ranks = message["reference_ranks"]
-            ref_outputs = judge.rank_outputs(ref_ranks, arrays, "ref")
-            ref_output = judge.filled(ref_outputs[0], ref_outputs)
+            ref_outputs = verdict.rank_outputs(ref_ranks, arrays, "ref")
+            ref_output = verdict.filled(ref_outputs[0], ref_outputs)
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
-        judge.judge(result, ref_output, outputs)
+        verdict.judge(result, ref_output, outputs)
         if self.options.reference == SINGLE:
-            judge.against_golden(
+            verdict.against_golden(
                 result, ref_output, self.options.goldens, self.options.record_missing
             )
         return result

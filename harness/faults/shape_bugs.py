@@ -16,8 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from harness.faults import parts
-from harness.run.forward import decoder_layers
-from harness.run.patching import wrap_call
+from harness.run.rank.forward import decoder_layers
+from harness.run.rank.patching import wrap_call
 
 WRONG = 1.05  # a 5% error: far above tolerance, below saturation
 TOKEN_PAIRS = 64  # SwitchGLU sorts tokens by expert from this many (token, expert) pairs

@@ -28,7 +28,7 @@ from harness.models.build import tiny_config
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.read import read_config
 from harness.models.checkpoint.write import write_tokenizer
-from harness.run.execute import sharded_model
+from harness.run.rank.one_case import sharded_model
 
 # The per-trial numbers every rank reports, in the order they travel in all_gather.
 FIELDS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb", "wall_s")
