@@ -61,6 +61,13 @@ class Case:
         return f"q{self.quant}" + ("" if self.dtype == "float32" else f"-{short}")
 
     @property
+    def low_precision(self) -> bool:
+        """Activations in bf16 or fp16: judged against an fp32 truth of the same weights
+        (records.envelope), and kept out of goldens: bf16's rounding differs from one
+        backend's kernels to another's by more than any fixed tolerance a golden has."""
+        return self.dtype != "float32"
+
+    @property
     def variant(self) -> str:
         """What distinguishes this case from the plain arch besides precision."""
         parts = []

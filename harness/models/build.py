@@ -63,7 +63,7 @@ def precision_problem(case: Case) -> str | None:
         return None
     if not ARCHS[case.arch].moe:
         return None
-    problem = _gather_mm_problem(case.dtype)
+    problem = gather_mm_problem(case.dtype)
     if problem is None:
         return None
     device = mx.default_device()
@@ -74,7 +74,7 @@ def precision_problem(case: Case) -> str | None:
 
 
 @functools.cache
-def _gather_mm_problem(dtype: str) -> str | None:
+def gather_mm_problem(dtype: str) -> str | None:
     """What mlx raises for a tiny gather_mm in `dtype` on the default device, or None."""
     kind = getattr(mx, dtype)
     a, b = mx.zeros((1, 1, 2), kind), mx.zeros((2, 2, 2), kind)

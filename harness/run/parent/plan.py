@@ -12,7 +12,7 @@ from harness import preflight
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.models import checkpoint
-from harness.models.build import shape_skip_reason, tiny_config
+from harness.models.build import precision_problem, shape_skip_reason, tiny_config
 from harness.records import goldens
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
@@ -63,7 +63,7 @@ def unavailable(case: Case) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    return checkpoint.skip_reason(case) or shape_skip_reason(case)
+    return checkpoint.skip_reason(case) or shape_skip_reason(case) or precision_problem(case)
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
@@ -96,6 +96,8 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
         if name not in BUILTIN:
             resolve(name)  # an external strategy that does not import fails here, once
         case = Case.from_dict({**case.to_dict(), "strategy": name})
+        if not case.checkpoint and support(case.arch).available:
+            case.check_context(tiny_config(case))  # a real checkpoint's context is ample
         if options.strict and unavailable(case) is None:
             # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
             # a strategy the installed mlx-lm lacks for the architecture stays a skip.

@@ -32,7 +32,8 @@ def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]
     """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
     runnable = []
     for index, case in enumerate(cases):
-        reason = skip_reason(case, options.ranks)
+        reason = f"known failure: {case.known_failure}" if case.known_failure else None
+        reason = reason or skip_reason(case, options.ranks)
         if reason is None and options.reference not in (SINGLE, GOLDEN):
             if options.reference == case.strategy:
                 reason = f"the reference strategy is the case's own ({case.strategy})"
@@ -64,8 +65,10 @@ class _Session:
         self.target = options.target()
         self.cases = dict(runnable)
         self.remaining = [index for index, _ in runnable]
-        # By case key: cases that differ only in strategy share one reference.
+        # By case key: cases that differ only in strategy share one reference (and the
+        # fp32 truth of a low-precision one).
         self.references: dict[str, tuple[Output, Timings | None] | str] = {}
+        self.truths: dict[str, Output] = {}
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
 
@@ -78,10 +81,17 @@ class _Session:
             for i in self.remaining:
                 first.setdefault(self.cases[i].key(), i)
             wanted = [i for key, i in first.items() if key not in self.references]
+        held = {self.cases[i].key() for i in self.remaining}
         return {
             "kind": "cases",
             "cases": [{"index": i, "case": self.cases[i].to_dict()} for i in self.remaining],
             "references": wanted,
+            # The tokens sharded decodes are fed, of references computed in an earlier launch.
+            "forced": {
+                key: ref[0].tokens.tolist()
+                for key, ref in self.references.items()
+                if key in held and isinstance(ref, tuple)
+            },
             "reference_strategy": None
             if self.options.reference in (SINGLE, GOLDEN)
             else self.options.reference,
@@ -161,7 +171,9 @@ class _Session:
             message, arrays = item
             kind = message["type"]
             if kind == "start":
-                current, clock, limit = message, now, self.options.timeout
+                # Long prompts get their multiple of the per-case limit (Case.watchdog_scale).
+                limit = self.options.timeout * message.get("scale", 1)
+                current, clock = message, now
             elif kind == "reference":
                 self._reference(message, arrays)
                 clock = now
@@ -210,10 +222,14 @@ class _Session:
             self.references[key] = message["reason"]
             return
         timings = message.get("timings")
+        own = {k: v for k, v in arrays.items() if not k.startswith("truth:")}
         self.references[key] = (
-            Output.from_arrays(arrays),
+            Output.from_arrays(own),
             Timings(**timings) if timings else None,
         )
+        truth = {k.removeprefix("truth:"): v for k, v in arrays.items() if k.startswith("truth:")}
+        if truth:
+            self.truths[key] = Output.from_arrays(truth)
 
     def _died(self, current: dict, errors: list[dict], job: launch.Job | None):
         """The launch ended inside `current` (a case or a reference round), or before any
@@ -354,7 +370,11 @@ class _Session:
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
-        verdict.judge(result, ref_output, outputs)
+        truth = None
+        if self.options.reference == SINGLE:
+            truth = self.truths.get(self.cases[index].key())
+        requests = {r["rank"]: r.get("requests", []) for r in message["ranks"]}
+        verdict.judge(result, ref_output, outputs, truth, requests)
         if self.options.reference == SINGLE:
             verdict.against_golden(
                 result, ref_output, self.options.goldens, self.options.record_missing

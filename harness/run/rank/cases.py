@@ -3,9 +3,15 @@ computed before any strategy of the job has run (a strategy may patch model clas
 rest of the process), then every case sharded across all ranks. Every rank's outputs are
 gathered to rank 0, which the worker streams back to the parent.
 
+A low-precision case's reference comes with its truth (the same weights upcast to fp32,
+arrays keyed `truth:<name>`). Every rank keeps each reference's greedy tokens (the
+references are all-gathered), and a sharded case's decode is fed them (teacher-forced);
+the parent sends the tokens of references it already holds (a relaunch after a crash).
+
 Yields, on every rank: `start` (the case or reference round being worked on, for the
 watchdog), `reference` (one case's single-rank output, or why it could not run) and
-`result` (every rank's output of one sharded case); arrays are keyed `<rank>:<name>`.
+`result` (every rank's output of one sharded case, and how its later requests compared
+with its first); arrays are keyed `<rank>:<name>`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame
 from harness.run.protocol import gather_bytes, pack, unpack
-from harness.run.rank.one_case import run_case
+from harness.run.rank.one_case import run_case, run_truth
 from harness.run.rank.solo import solo_world
 
 Message = tuple[dict, dict[str, np.ndarray]]
@@ -37,32 +43,50 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     reference = Case.from_dict({**case.to_dict(), "strategy": "none"})
     try:
         with solo_world():
-            output, timings = run_case(reference, None, capture, repeats)
+            # A reference's later requests would only time it: untimed, it makes none.
+            output, timings = run_case(reference, None, capture, repeats, requests=False)
+            truth = {}
+            if case.low_precision:
+                forced = run_truth(reference, output.tokens, capture)
+                truth = {f"truth:{k}": v for k, v in forced.arrays().items()}
     except (ModelError, HarnessError) as exc:
         status, reason = blame(exc)
         return pack({"status": status, "reason": reason})
-    return pack({"status": "ok", "timings": _timings(timings)}, output.arrays())
+    message = {"status": "ok", "timings": _timings(timings), "requests": output.requests}
+    return pack(message, {**output.arrays(), **truth})
 
 
-def _references(todo, group, capture: bool, repeats: int) -> Iterator[Message]:
+def _references(todo, group, capture: bool, repeats: int, forced: dict) -> Iterator[Message]:
     size, rank = group.size(), group.rank()
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
-        yield {"type": "start", "phase": "reference", "indices": [i for i, _ in batch]}, {}
+        scale = max(case.watchdog_scale for _, case in batch)
+        yield (
+            {
+                "type": "start",
+                "phase": "reference",
+                "indices": [i for i, _ in batch],
+                "scale": scale,
+            },
+            {},
+        )
         payload = pack({})
         if rank < len(batch):
             payload = _single_rank(batch[rank][1], capture, repeats)
         for r, (message, arrays) in enumerate(_gathered(payload, group)):
             if r < len(batch):
+                if "tokens" in arrays:
+                    forced[batch[r][1].key()] = arrays["tokens"]
                 yield {"type": "reference", "index": batch[r][0], **message}, arrays
 
 
-def _sharded(case: Case, group, capture: bool, repeats: int) -> tuple[dict, dict]:
-    output, timings = run_case(case, group, capture, repeats)
+def _sharded(
+    case: Case, group, capture: bool, repeats: int, forced: np.ndarray | None = None
+) -> tuple[dict, dict]:
+    output, timings = run_case(case, group, capture, repeats, forced)
     ranks, arrays = [], {}
-    for r, (message, part) in enumerate(
-        _gathered(pack({"timings": _timings(timings)}, output.arrays()), group)
-    ):
+    mine = pack({"timings": _timings(timings), "requests": output.requests}, output.arrays())
+    for r, (message, part) in enumerate(_gathered(mine, group)):
         ranks.append({"rank": r, **message})
         arrays.update({f"{r}:{k}": v for k, v in part.items()})
     return {"ranks": ranks}, arrays
@@ -76,17 +100,22 @@ def run_on_rank(spec: dict, group) -> Iterator[Message]:
     capture, repeats = spec["capture"], spec["repeats"]
     cases = [(entry["index"], Case.from_dict(entry["case"])) for entry in spec["cases"]]
     wanted = set(spec.get("references", []))
-    yield from _references([(i, c) for i, c in cases if i in wanted], group, capture, repeats)
+    forced = {key: np.array(tokens) for key, tokens in spec.get("forced", {}).items()}
+    todo = [(i, c) for i, c in cases if i in wanted]
+    yield from _references(todo, group, capture, repeats, forced)
     against = spec.get("reference_strategy")
     for index, case in cases:
-        yield {"type": "start", "phase": "case", "indices": [index]}, {}
+        yield (
+            {"type": "start", "phase": "case", "indices": [index], "scale": case.watchdog_scale},
+            {},
+        )
         reference: dict = {}
         if against:
             # Held against another strategy on the same ranks (a model no host fits whole),
             # run first: the case's own strategy may patch classes for the rest of the job.
             other = Case.from_dict({**case.to_dict(), "strategy": against})
             reference, ref_arrays = _sharded(other, group, capture, repeats)
-        message, arrays = _sharded(case, group, capture, repeats)
+        message, arrays = _sharded(case, group, capture, repeats, forced.get(case.key()))
         if against:
             message["reference_ranks"] = reference["ranks"]
             arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
