@@ -337,8 +337,9 @@ def run(
         start = time.perf_counter()
         again, again_parts = _prefill(model, calls, batched)
         prefill_samples.append(time.perf_counter() - start)
-        # The last request decodes too (a second generation); the others are prefills.
-        decoded = fed if number == later + 1 else []
+        # The last request decodes too (a second generation) where requests are compared;
+        # the others, and a reference's timed prefills, are prefills.
+        decoded = fed if requests and number == later + 1 else []
         again_steps = [_as_np(model(t[:, None], cache=again)[:, -1, :]) for t in decoded]
         repeat = Output(
             _place([_as_np(p) for p in again_parts], calls, L),

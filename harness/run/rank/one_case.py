@@ -59,7 +59,14 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     model = upcast(sharded_model(case, None))
     with model_code():
         output, _ = forward.run(
-            model, case_prompts(case), case.decode_steps, capture, 0, case.prefill_step, forced
+            model,
+            case_prompts(case),
+            case.decode_steps,
+            capture,
+            0,
+            case.prefill_step,
+            forced,
+            requests=False,
         )
     return output
 
