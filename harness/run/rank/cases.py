@@ -43,8 +43,7 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     reference = Case.from_dict({**case.to_dict(), "strategy": "none"})
     try:
         with solo_world():
-            # A reference's later requests would only time it: untimed, it makes none.
-            output, timings = run_case(reference, None, capture, repeats, requests=False)
+            output, timings = run_case(reference, None, capture, repeats)
             truth = {}
             if case.low_precision:
                 forced = run_truth(reference, output.tokens, capture)
@@ -52,7 +51,7 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     except (ModelError, HarnessError) as exc:
         status, reason = blame(exc)
         return pack({"status": status, "reason": reason})
-    message = {"status": "ok", "timings": _timings(timings), "requests": output.requests}
+    message = {"status": "ok", "timings": _timings(timings)}
     return pack(message, {**output.arrays(), **truth})
 
 
@@ -83,7 +82,7 @@ def _references(todo, group, capture: bool, repeats: int, forced: dict) -> Itera
 def _sharded(
     case: Case, group, capture: bool, repeats: int, forced: np.ndarray | None = None
 ) -> tuple[dict, dict]:
-    output, timings = run_case(case, group, capture, repeats, forced)
+    output, timings = run_case(case, group, capture, repeats, forced, requests=True)
     ranks, arrays = [], {}
     mine = pack({"timings": _timings(timings), "requests": output.requests}, output.arrays())
     for r, (message, part) in enumerate(_gathered(mine, group)):

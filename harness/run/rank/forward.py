@@ -278,12 +278,13 @@ def run(
     repeats: int = 3,
     prefill_step: int | None = None,
     forced: np.ndarray | None = None,
-    requests: bool = True,
+    requests: bool = False,
 ) -> tuple[Output, Timings | None]:
     """Prefill on the prompts, then `decode_steps` decode steps with the KV cache (greedy,
     or fed `forced[:, s]` at step s: [B, >= decode_steps] token ids); unless `repeats` is
-    0, prefill and decode throughput. `Output.requests` says how each later request
-    compared with the first (at least one later request unless `requests` is False).
+    0, prefill and decode throughput. `Output.requests` says how each later request (the
+    timed prefills; with `requests`, at least one, the last decoded too) compared with
+    the first.
 
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode

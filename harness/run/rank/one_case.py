@@ -23,12 +23,12 @@ def run_case(
     capture: bool = True,
     repeats: int = 3,
     forced: np.ndarray | None = None,
-    requests: bool = True,
+    requests: bool = False,
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it (decode fed `forced`, the reference's
     tokens, when given), time it unless `repeats` is 0 (or its shape is untimed), and
-    compare a later request with the first (unless `requests` is False and untimed)."""
+    with `requests` run and compare at least one later request (forward.run)."""
     model = sharded_model(case, group)
     prompts = case_prompts(case)
     mx.reset_peak_memory()
@@ -66,7 +66,6 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
             0,
             case.prefill_step,
             forced,
-            requests=False,
         )
     return output
 
