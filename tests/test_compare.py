@@ -202,3 +202,6 @@ def test_a_later_request_matches_or_says_state_was_carried():
     later = copy(first)
     later.decode[1] += 1e-2
     assert compare_requests(first, later, 3, TOL)["diagnosis"].endswith("from decode step 2 of 3")
+    first.prefill[0, 2] = np.nan  # the same non-finite value in both requests: no difference
+    later = copy(first)
+    assert compare_requests(first, later, 2, TOL)["diagnosis"] is None

@@ -96,3 +96,17 @@ def test_token_agreement_is_reported_not_judged():
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
     assert cmp.passed
     assert any(w.startswith("greedy tokens differ from step 2 of 5") for w in cmp.warnings)
+
+
+def test_a_layer_no_rank_ran_and_a_divergence_after_the_last_layer_are_named():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    for part in ("attn", "mlp", "out"):
+        del test.layers[f"layer.1.{part}"]
+    test.prefill[:] = t.prefill * 1.6
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert "layer 1 did not run on any rank" in cmp.diagnoses
+    test = rounded(t)
+    test.prefill[:] = t.prefill * 1.6
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert cmp.diagnoses[-1].startswith("layers match: divergence after the last decoder layer")

@@ -486,13 +486,22 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
             f"from prompt token {first.first_beyond} "
             f"(prefill chunk {chunk} of {int(calls.max()) + 1})"
         )
-    if verdict.layers:
+    skipped = _skipped_layer(ref.layers, test.layers)
+    if skipped is not None and (not verdict.layers or skipped <= verdict.layers[0][0]):
+        cmp.first_divergent_layer, cmp.first_divergent_part = skipped, PART_NAMES["out"]
+        cmp.diagnoses.append(f"layer {skipped} did not run on any rank")
+        cmp.diagnoses.append(f"first divergent layer {skipped} ({PART_NAMES['out']})")
+    elif verdict.layers:
         layer, part, _ = verdict.layers[0]
         cmp.first_divergent_layer, cmp.first_divergent_part = layer, part
         key = next(k for i, p, k in _layer_keys(truth.layers) if (i, p) == (layer, part))
         if world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world):
             cmp.diagnoses.append(f"scaled x{world}")
         cmp.diagnoses.append(f"first divergent layer {layer} ({part})")
+    elif ref.layers and test.layers and not m.nonfinite:
+        cmp.diagnoses.append(
+            "layers match: divergence after the last decoder layer (final norm / lm_head)"
+        )
     if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
         cmp.diagnoses.append("saturated")
     return cmp
@@ -501,23 +510,32 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
 STATE_CARRIED = "differs from request 1 (state carried between requests)"
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """NaN and infinities as distinct finite sentinels: equal where both sides have them."""
+    return np.nan_to_num(x, nan=-3e38, posinf=3e38, neginf=-2e38)
+
+
 def compare_requests(first: Output, later: Output, number: int, tol: Tolerance) -> dict:
     """Request `number` (the same prompts, prefilled and decoded again on the same model)
     against the first: `{"request", "max_abs", "diagnosis"}`, the diagnosis None when it
     matches. Same model, same inputs, same process: only state carried from one request
     into the next can change the numbers, so the bound is fp32's whatever the precision."""
-    prefill = np.abs(np.nan_to_num(later.prefill - first.prefill, nan=np.inf))[first.valid]
+    # A non-finite value where the first request has the same one is no difference.
     steps = later.decode.shape[0]
-    decode = np.abs(np.nan_to_num(later.decode - first.decode[:steps], nan=np.inf))
+    first = Output(
+        _finite(first.prefill), _finite(first.decode[:steps]), first.tokens, {}, first.prefill_calls
+    )
+    later = Output(_finite(later.prefill), _finite(later.decode), later.tokens, {})
+    prefill = np.abs(later.prefill - first.prefill)[first.valid]
+    decode = np.abs(later.decode - first.decode)
     max_abs = float(max(prefill.max(initial=0.0), decode.max(initial=0.0)))
     where = None
     if (_beyond(first.prefill, later.prefill, tol) & first.valid).any():
         where = prefill_divergence(first, later, tol) or "from prompt token 0"
-    elif _beyond(first.decode[:steps], later.decode, tol).any():
-        step = int(np.argwhere(_beyond(first.decode[:steps], later.decode, tol))[0][0])
+    elif _beyond(first.decode, later.decode, tol).any():
+        step = int(np.argwhere(_beyond(first.decode, later.decode, tol))[0][0])
         where = f"from decode step {step + 1} of {steps}"
-    differs = where is not None or not np.all(np.isfinite(later.prefill))
     diagnosis = None
-    if differs:
+    if where is not None:
         diagnosis = f"request {number} {STATE_CARRIED}" + (f", {where}" if where else "")
     return {"request": number, "max_abs": max_abs, "diagnosis": diagnosis}
