@@ -21,6 +21,9 @@ from harness.errors import HarnessError
 from harness.shapes import CUSTOM, DEFAULT, DEFAULT_PROMPTS, shape_of
 
 DTYPES = ("float32", "bfloat16", "float16")
+# A 2,100-token prefill of a tiny MoE takes 3-5 s on 2 idle cores and 8x that with the
+# cores shared 8 ways; the short shapes' cases take milliseconds.
+WATCHDOG_TOKENS = 256
 QUANT_BITS = (4, 8)
 
 
@@ -40,6 +43,9 @@ class Case:
     checkpoint: str | None = None
     tolerance: dict = field(default_factory=dict, hash=False, compare=False)
     prefill_step: int | None = None  # None: the whole prompt in one prefill call
+    # Why the case cannot pass with the installed mlx-lm (an upstream bug, with its
+    # evidence in the suite): reported as a skip with that reason, not run.
+    known_failure: str | None = field(default=None, hash=False, compare=False)
 
     @property
     def shape(self) -> str:
@@ -53,6 +59,13 @@ class Case:
         if self.quant is None:
             return short
         return f"q{self.quant}" + ("" if self.dtype == "float32" else f"-{short}")
+
+    @property
+    def low_precision(self) -> bool:
+        """Activations in bf16 or fp16: judged against an fp32 truth of the same weights
+        (records.envelope), and kept out of goldens: bf16's rounding differs from one
+        backend's kernels to another's by more than any fixed tolerance a golden has."""
+        return self.dtype != "float32"
 
     @property
     def variant(self) -> str:
@@ -98,6 +111,26 @@ class Case:
     def label(self) -> str:
         return f"{self.arch}/{self.variant}/{self.precision}/{self.strategy}"
 
+    @property
+    def watchdog_scale(self) -> int:
+        """How many times `--timeout` (seconds per case) the case may take: one per
+        WATCHDOG_TOKENS of its longest prompt, so a hang still ends a long case, later."""
+        longest = max((len(p) for p in self.prompts), default=0)
+        return max(1, -(-longest // WATCHDOG_TOKENS))
+
+    def check_context(self, config: dict) -> None:
+        """The longest prompt plus the decode steps must fit the model's context, when its
+        config states one: past it, positions mean nothing the model was built for."""
+        context = _context(config)
+        longest = max((len(p) for p in self.prompts), default=0)
+        total = longest + self.decode_steps
+        if context and not self.prompt_text and total > context:
+            raise HarnessError(
+                f"{self.label()}: a prompt of {longest} tokens plus {self.decode_steps} decode "
+                f"steps is {total} tokens, more than the model's context of {context} "
+                "(max_position_embeddings)"
+            )
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["prompts"] = [list(p) for p in self.prompts]
@@ -118,6 +151,12 @@ class Case:
         data["prompts"] = tuple(tuple(p) for p in data.get("prompts", DEFAULT_PROMPTS))
         data["prompt_text"] = tuple(data.get("prompt_text", ()))
         return cls(**data)
+
+
+def _context(config: dict) -> int | None:
+    """The model's context length as its config states it (a VLM's in its text_config)."""
+    text = config.get("text_config") or {}
+    return config.get("max_position_embeddings") or text.get("max_position_embeddings")
 
 
 # batch_generate's BatchGenerator decodes at most `completion_batch_size` (32) sequences at
@@ -163,8 +202,7 @@ class BenchCase:
 
     def check_context(self, config: dict) -> None:
         """Prompt plus generation must fit the model's context, when its config states one."""
-        text = config.get("text_config") or {}
-        context = config.get("max_position_embeddings") or text.get("max_position_embeddings")
+        context = _context(config)
         total = self.prompt_tokens + self.generation_tokens
         if context and total > context:
             raise HarnessError(

@@ -10,7 +10,13 @@ where real sharding bugs hide (DESIGN.md, "Shapes real bugs hide in"):
   chunks run against a filled cache; 6 decode steps past the zoo's windows of 4;
 - `window`: two 3-token prompts decoded 8 steps, so rotating caches wrap during decode;
 - `mixed`: prompts of 11 and 5 tokens, right-padded and chunked by 4 the way mlx-lm's
-  batch generation prefills them, then decoded left-padded with masks.
+  batch generation prefills them, then decoded left-padded with masks;
+- `long-prompt`: one prompt of 300 tokens in chunks of 256 (a few hundred tokens: the
+  default suite's long prompt);
+- `past-prefill-step`: one prompt of 2,100 tokens in chunks of 2,048, mlx-lm's default
+  `prefill_step_size`, as `mlx_lm.generate` prefills it (2048, 51, then 1): what breaks
+  only past one prefill step (mlx's corrupted tensor parallel past ~2048 tokens, exo's
+  collective sized for decode that overruns on a long prefill). Nightly: it costs seconds.
 
 The token ids are deterministic and below the zoo's vocabulary of 256. A profile sets
 `prompts`, `prefill_step` and `decode_steps` of a case; its name is not part of the case
@@ -32,8 +38,14 @@ VOCAB = 256  # the zoo's vocabulary: every id stays below it
 
 def tokens(length: int, row: int) -> tuple[int, ...]:
     """`length` deterministic token ids in [1, VOCAB) for prompt `row`: a stride that is
-    prime to the vocabulary, so ids do not repeat within a prompt of up to 255 tokens."""
-    return tuple(1 + (7 + 97 * i + 31 * row) % (VOCAB - 1) for i in range(length))
+    prime to the vocabulary, so ids do not repeat within a prompt of up to 255 tokens;
+    each later run of 255 is shifted by one, so a long prompt is not one run repeated."""
+    period = VOCAB - 1
+    return tuple(1 + (7 + 97 * i + 31 * row + i // period) % period for i in range(length))
+
+
+# mlx-lm's default prefill_step_size (mlx_lm.generate, mlx_lm.benchmark, mlx-lm 0.32.2).
+MLX_LM_PREFILL_STEP = 2048
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class Shape:
     prompts: tuple[tuple[int, ...], ...]
     decode_steps: int
     prefill_step: int | None = None  # None: the whole prompt in one call
+    # Timed (model-call throughput stored per case); a long prompt's single prefill
+    # sample would cost a prefill for a number no series needs (`harness bench` times it).
+    timed: bool = True
 
     @property
     def batch(self) -> int:
@@ -83,6 +98,22 @@ _ENTRIES = (
         (tokens(11, 0), tokens(5, 1)),
         3,
         prefill_step=4,
+    ),
+    Shape(
+        "long-prompt",
+        "1 prompt x 300 tokens prefilled in chunks of 256, 3 decode steps",
+        (tokens(300, 0),),
+        3,
+        prefill_step=256,
+    ),
+    Shape(
+        "past-prefill-step",
+        f"1 prompt x 2100 tokens prefilled in chunks of {MLX_LM_PREFILL_STEP} "
+        "(mlx-lm's default), 2 decode steps",
+        (tokens(2100, 0),),
+        2,
+        prefill_step=MLX_LM_PREFILL_STEP,
+        timed=False,
     ),
 )
 SHAPES: dict[str, Shape] = {shape.name: shape for shape in _ENTRIES}

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from harness.records.compare import TOLERANCES, compare, explain_routing_flip, tolerance_for
+from harness.records.compare import (
+    TOLERANCES,
+    compare,
+    compare_requests,
+    explain_routing_flip,
+    tolerance_for,
+)
 from harness.records.outputs import Output
 
 TOL = TOLERANCES["fp32"]
@@ -182,3 +188,20 @@ def test_real_bug_cannot_hide_behind_a_flip():
     flip_at(ref, test, row=0, position=3, margin=1e-7)
     test.prefill[0, 1] += 0.01  # a position before the flip is wrong
     assert not compare(ref, test, TOL, world=2).passed
+
+
+def test_a_later_request_matches_or_says_state_was_carried():
+    first = make()
+    assert compare_requests(first, copy(first), 2, TOL)["diagnosis"] is None
+    later = copy(first)
+    later.prefill[:, 3:] += 1e-2
+    found = compare_requests(first, later, 2, TOL)
+    assert found["diagnosis"] == (
+        "request 2 differs from request 1 (state carried between requests), from prompt token 3"
+    )
+    later = copy(first)
+    later.decode[1] += 1e-2
+    assert compare_requests(first, later, 3, TOL)["diagnosis"].endswith("from decode step 2 of 3")
+    first.prefill[0, 2] = np.nan  # the same non-finite value in both requests: no difference
+    later = copy(first)
+    assert compare_requests(first, later, 2, TOL)["diagnosis"] is None

@@ -157,6 +157,9 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
         "BATCH_ONE",
         "WINDOW",
         "PADDING",
+        "BF16_ONLY",
+        "PAST_PREFILL_STEP",
+        "STATE_CARRIED",
         "CONTROL",
     ):
         assert getattr(catalog, name) in classes, name
@@ -166,11 +169,11 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
             assert fault.applies_to(arch), (fault.name, arch)
         if not fault.control:
             assert fault.expected in ("fail", "crash", "timeout") and fault.diagnoses, fault.name
-    assert {f.precision for f in CATALOG.values() if f.control} == {"fp32", "q4"}
+    assert {f.precision for f in CATALOG.values() if f.control} == {"fp32", "q4", "q4-bf16"}
     # Every shape profile but the short one has a fault and a control of its own.
     shown = {f.shape for f in CATALOG.values() if not f.control}
     controlled = {f.shape for f in CATALOG.values() if f.control}
-    assert shown >= set(SHAPES) - {"short"}, set(SHAPES) - shown
+    assert shown >= set(SHAPES) - {"short", "long-prompt"}, set(SHAPES) - shown
     assert controlled >= {"long-chunked", "mixed"}
 
 
@@ -185,7 +188,9 @@ def test_plan_puts_crashes_last_and_needs_two_ranks():
     expected = [p.fault.expected for p in planned]
     assert expected.index("crash") > max(i for i, e in enumerate(expected) if e != "crash")
     assert not not_applicable
-    assert all(p.case.quant == (4 if p.fault.precision == "q4" else None) for p in planned)
+    assert all(p.case.precision == p.fault.precision for p in planned)
+    planned, _ = plan(2, names=["double_reduce_mlp"], precision="q4-bf16")
+    assert {p.case.precision for p in planned} == {"q4-bf16"}
     planned, not_applicable = plan(1)
     assert not planned and all("at least 2 ranks" in why for _, _, why in not_applicable)
 

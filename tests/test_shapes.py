@@ -242,5 +242,6 @@ def test_run_with_an_unknown_shape_is_one_line(run_cli, db_path):
     result = run_cli("run", "--suite", "smoke", "--shapes", "bogus", "--db", db_path)
     assert result.code == 2
     assert result.err.strip().splitlines() == [
-        "error: unknown shape 'bogus'; known: short, single-stream, long-chunked, window, mixed"
+        "error: unknown shape 'bogus'; known: short, single-stream, long-chunked, window, mixed, "
+        "long-prompt, past-prefill-step"
     ]

@@ -10,6 +10,7 @@ import typer
 from harness import render
 from harness.commands.options import DEFAULT_DB, Backend, Db, Hostfile, Timeout, command_line
 from harness.records import store
+from harness.suites import parse_precision
 
 
 def selftest(
@@ -29,6 +30,13 @@ def selftest(
     ] = None,
     backend: Backend = None,
     hostfile: Hostfile = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="Every entry at this precision instead of its own (e.g. q4-bf16).",
+        ),
+    ] = None,
 ) -> None:
     """Prove the harness catches sharding bugs: run every cataloged fault and control, judge each.
 
@@ -37,6 +45,9 @@ def selftest(
     Example: harness selftest --ranks 2
     """
     from harness.faults.selftest import run_selftest  # loads mlx: only when it runs
+
+    if precision is not None:
+        parse_precision(precision)  # an unknown label is one sentence before any launch
 
     out = render.console()
     database = store.open_db(db)
@@ -51,6 +62,7 @@ def selftest(
         database=database,
         command=command,
         progress=lambda v: out.print(render.selftest_line(v)),
+        precision=precision,
     )
     out.print(
         render.selftest_table(

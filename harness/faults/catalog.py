@@ -11,9 +11,10 @@ layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
 with shared experts: deepseek_v3; biases and sinks: gpt_oss; linear attention:
-qwen3_5_moe; a fault of a shape class runs at its shape): 44 cases, about 30 s on 2
-local ranks of an otherwise idle 2-core machine. `harness selftest --all-archs` runs
-every architecture a fault applies to (about 460 cases, several minutes there).
+qwen3_5_moe; a fault of a shape class runs at its shape): 50 cases, about 30 s on 2
+local ranks of an otherwise idle 2-core machine before the 2,100-token prompt of
+`past_prefill_step` (three long prefills, about 10-15 s more there). `harness selftest
+--all-archs` runs every architecture a fault applies to (about 460 cases, several minutes there).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harness.errors import HarnessError
 from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
 from harness.run.rank.forward import decoder_layers
+from harness.suites import parse_precision
 from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
 
 # Bug classes, in the words of DESIGN.md's table.
@@ -52,6 +54,10 @@ TOKEN_COUNT = "a path taken only above a token count"
 BATCH_ONE = "a path taken only at batch 1"
 WINDOW = "wrong once a rotating cache is full"
 PADDING = "padding not masked in a batch of mixed lengths"
+# Production conditions: bugs that need bf16, a long prompt or a second request.
+BF16_ONLY = "a path taken only with bf16 activations"
+PAST_PREFILL_STEP = "corruption past one prefill step (2,048 tokens)"
+STATE_CARRIED = "state carried from one request into the next"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
 ATTENTION, MLP, OUTPUT = "attention", "mlp/moe", "layer output"
@@ -169,7 +175,7 @@ class Fault:
     diagnoses: tuple[str, ...] = ()  # substrings; "{ranks}" is the rank count
     layer: int | None = None  # the injected layer, where the fault has one
     part: str | None = None  # attention | mlp/moe | layer output
-    precision: str = "fp32"  # fp32 | q4
+    precision: str = "fp32"  # fp32 | q4 | q4-bf16 | ... (a suite's precision label)
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
     shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
@@ -178,9 +184,9 @@ class Fault:
     def control(self) -> bool:
         return self.expected == "pass"
 
-    @property
-    def quant(self) -> int | None:
-        return 4 if self.precision == "q4" else None
+    def precision_fields(self, precision: str | None = None) -> dict:
+        """The Case fields (dtype, quant) of its precision, or of `precision` instead."""
+        return parse_precision(precision or self.precision)
 
     def expected_diagnoses(self, ranks: int) -> list[str]:
         return [d.format(ranks=ranks) for d in self.diagnoses]
@@ -297,6 +303,19 @@ _ENTRIES: tuple[Fault, ...] = (
           applies=tp(lambda s: s.mask_and_cache and s.kv_cache and s.kv_heads),
           representative=("qwen3_moe",), shape="mixed",
           **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
+    # ---- production conditions: bf16 activations, past one prefill step, a second request
+    Fault(name="bf16_double_reduce", strategy=F + "production:bf16_double_reduce",
+          bug_class=BF16_ONLY, applies=tp(lambda s: s.layers > L1),
+          representative=("qwen3_moe",), precision="q4-bf16",
+          **_at(L1, MLP, "scaled x{ranks}")),
+    Fault(name="past_prefill_step", strategy=F + "production:past_prefill_step",
+          bug_class=PAST_PREFILL_STEP, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
+          representative=("qwen3_moe",), shape="past-prefill-step",
+          **_at(L2, ATTENTION, "from prompt token 2048 (prefill chunk 2 of 3)")),
+    Fault(name="state_between_requests", strategy=F + "production:state_between_requests",
+          bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
+          representative=("qwen3_moe",),
+          diagnoses=("request 2 differs from request 1 (state carried between requests)",)),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
@@ -309,6 +328,9 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
           precision="q4"),
+    Fault(name="tp_q4_bf16", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          precision="q4-bf16"),
     Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL,
           applies=lambda arch, sup: arch.name not in LOOSE_AT_LONG and tp()(arch, sup),
           representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),

@@ -118,10 +118,14 @@ def _rate(flags: list[bool]) -> float | None:
 
 
 def plan(
-    ranks: int, all_archs: bool = False, names: list[str] | None = None
+    ranks: int,
+    all_archs: bool = False,
+    names: list[str] | None = None,
+    precision: str | None = None,
 ) -> tuple[list[Planned], list[tuple[str, str, str]]]:
     """The selftest's cases (crash and timeout faults last: they end their launch) and
-    the (fault, arch, reason) pairs that do not apply at `ranks`."""
+    the (fault, arch, reason) pairs that do not apply at `ranks`; every entry at
+    `precision` instead of its own when given (how the catalog fares at q4-bf16)."""
     unknown = sorted(set(names or []) - set(CATALOG))
     if unknown:
         raise HarnessError(f"unknown fault '{unknown[0]}'; known: {', '.join(CATALOG)}")
@@ -135,12 +139,13 @@ def plan(
                 continue
             # External strategies have no preflight rules: check the parallelism underneath.
             shape = get_shape(fault.shape).fields() if fault.shape else SHORT
-            base = Case(arch, fault.base, quant=fault.quant, **shape)
+            fields = {**fault.precision_fields(precision), **shape}
+            base = Case(arch, fault.base, **fields)
             reason = skip_reason(base, ranks)
             if reason is not None:
                 not_applicable.append((fault.name, arch, reason))
                 continue
-            planned.append(Planned(fault, Case(arch, fault.strategy, quant=fault.quant, **shape)))
+            planned.append(Planned(fault, Case(arch, fault.strategy, **fields)))
     planned.sort(key=lambda p: p.fault.expected in ("crash", "timeout"))
     return planned, not_applicable
 
@@ -192,10 +197,11 @@ def run_selftest(
     database=None,
     command: list[str] | None = None,
     progress: Callable[[Verdict], None] | None = None,
+    precision: str | None = None,
 ) -> SelftestReport:
     """Run the catalog at `ranks` in one launch and judge every case; with a database,
     store it as a run of kind `selftest` with each case's verdict and expectation."""
-    planned, not_applicable = plan(ranks, all_archs, names)
+    planned, not_applicable = plan(ranks, all_archs, names, precision)
     if not planned:
         raise HarnessError(f"no fault of the catalog applies at {ranks} rank(s); try --ranks 2")
     report = SelftestReport(ranks, not_applicable=not_applicable)

@@ -23,7 +23,7 @@ WRONG = 1.05  # a 5% error: far above tolerance, below saturation
 TOKEN_PAIRS = 64  # SwitchGLU sorts tokens by expert from this many (token, expert) pairs
 
 
-def _argument(name: str, index: int, args: tuple, kwargs: dict):
+def argument(name: str, index: int, args: tuple, kwargs: dict):
     """An attention call's argument by name or position (after x)."""
     if name in kwargs:
         return kwargs[name]
@@ -39,14 +39,14 @@ def takes_mask_and_cache(attn: nn.Module) -> bool:
     return names[2:4] == ["mask", "cache"]
 
 
-def _attention(model: nn.Module, index: int = parts.ATTENTION_LAYER) -> nn.Module:
+def attention(model: nn.Module, index: int = parts.ATTENTION_LAYER) -> nn.Module:
     attn = parts.attention(parts.layer(model, index))
     if not takes_mask_and_cache(attn):
         raise ValueError(f"{type(attn).__name__} is not called (x, mask, cache)")
     return attn
 
 
-def _offset(cache) -> int:
+def offset(cache) -> int:
     offset = getattr(cache, "offset", 0)
     return int(offset.max()) if isinstance(offset, mx.array) else int(offset)
 
@@ -59,11 +59,11 @@ def later_prefill_chunk(model, group):
 
     def around(call, x, *args, **kwargs):
         # Read before the call, which advances the cache.
-        later = x.shape[1] > 1 and _offset(_argument("cache", 1, args, kwargs)) > 0
+        later = x.shape[1] > 1 and offset(argument("cache", 1, args, kwargs)) > 0
         y = call(x, *args, **kwargs)
         return y * WRONG if later else y
 
-    wrap_call(_attention(model), around)
+    wrap_call(attention(model), around)
 
 
 def many_tokens(model, group):
@@ -90,7 +90,7 @@ def batch_one(model, group):
         y = call(x, *args, **kwargs)
         return y * WRONG if x.shape[0] == 1 else y
 
-    wrap_call(_attention(model), around)
+    wrap_call(attention(model), around)
 
 
 def past_window(model, group):
@@ -99,14 +99,14 @@ def past_window(model, group):
     model.shard(group)
 
     def around(call, x, *args, **kwargs):
-        cache = _argument("cache", 1, args, kwargs)
+        cache = argument("cache", 1, args, kwargs)
         size = getattr(cache, "max_size", None)
-        full = x.shape[1] == 1 and size is not None and _offset(cache) >= size
+        full = x.shape[1] == 1 and size is not None and offset(cache) >= size
         y = call(x, *args, **kwargs)
         return y * WRONG if full else y
 
     for index in range(len(decoder_layers(model))):
-        wrap_call(_attention(model, index), around)
+        wrap_call(attention(model, index), around)
 
 
 def unmasked_padding(model, group):
@@ -116,7 +116,7 @@ def unmasked_padding(model, group):
     model.shard(group)
 
     def around(call, x, *args, **kwargs):
-        mask = _argument("mask", 0, args, kwargs)
+        mask = argument("mask", 0, args, kwargs)
         if isinstance(mask, mx.array):
             plain = "causal" if x.shape[1] > 1 else None
             if "mask" in kwargs:
@@ -125,4 +125,4 @@ def unmasked_padding(model, group):
                 args = (plain, *args[1:])
         return call(x, *args, **kwargs)
 
-    wrap_call(_attention(model), around)
+    wrap_call(attention(model), around)

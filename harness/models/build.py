@@ -16,7 +16,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError, ModelError, model_code
 from harness.models.weights import init_weights
-from harness.zoo import config_copy, get_arch, model_classes, support
+from harness.zoo import ARCHS, config_copy, get_arch, model_classes, support
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +53,50 @@ def build_model(case: Case) -> tuple[nn.Module, dict[str, Any]]:
         config = _quantize(model, config, case.group_size, case.quant)
     mx.eval(model.parameters())
     return model, config
+
+
+def precision_problem(case: Case) -> str | None:
+    """Why this backend cannot run the case's precision, or None. Asked of the backend,
+    not of the platform's name: unquantized MoE experts go through mlx's GatherMM, which
+    mlx's CPU backend (0.32) runs in float32 only, while Metal and CUDA run bf16 too."""
+    if case.quant is not None or case.dtype == "float32" or case.arch not in ARCHS:
+        return None
+    if not ARCHS[case.arch].moe:
+        return None
+    problem = gather_mm_problem(case.dtype)
+    if problem is None:
+        return None
+    device = mx.default_device()
+    return (
+        f"unquantized {case.precision} MoE cannot run on this backend ({device}): "
+        f"the experts' GatherMM says: {problem}"
+    )
+
+
+@functools.cache
+def gather_mm_problem(dtype: str) -> str | None:
+    """What mlx raises for a tiny gather_mm in `dtype` on the default device, or None."""
+    kind = getattr(mx, dtype)
+    a, b = mx.zeros((1, 1, 2), kind), mx.zeros((2, 2, 2), kind)
+    try:
+        mx.eval(mx.gather_mm(a, b, rhs_indices=mx.array([0], mx.uint32)))
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def upcast(model: nn.Module) -> nn.Module:
+    """The model with every floating parameter in float32: for a quantized model the same
+    quantized values (packed weights stay, bf16 scales and biases are exact in fp32), so
+    it computes what the low-precision model approximates (the envelope's truth)."""
+    model.update(
+        tree_map_with_path(
+            lambda _, v: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v,
+            model.parameters(),
+        )
+    )
+    mx.eval(model.parameters())
+    return model
 
 
 def _check_precision(case: Case) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from harness.records import envelope
 from harness.records.outputs import Output
 
 CONTAINMENT_TOP_K = 5
@@ -66,6 +67,8 @@ class Comparison:
     first_divergent_layer: int | None = None
     first_divergent_part: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # Low precision held against an fp32 truth (records.envelope): the segments' ratios.
+    envelope: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +102,15 @@ def _greedy_divergence(ref: Output, test: Output) -> int | None:
     return None
 
 
+def _compared_steps(ref: Output, test: Output, diverge: int | None) -> int:
+    """How many decode steps both sides fed the same tokens. Decode step s consumes the
+    token chosen after step s - 1 (tokens[:, 0] comes from prefill), so a free-running
+    test matches up to its first divergence; a teacher-forced one fed the reference's."""
+    if diverge is None or test.forced:
+        return ref.decode.shape[0]
+    return min(diverge, ref.decode.shape[0])
+
+
 def _topk_contained(ref_logits: np.ndarray, test_logits: np.ndarray) -> bool:
     """Each side's greedy token is in the other's top-k, row by row."""
     for r, t in zip(ref_logits, test_logits, strict=True):
@@ -117,9 +129,7 @@ def metrics(ref: Output, test: Output) -> Metrics:
     t = np.nan_to_num(test.prefill[valid], nan=0.0, posinf=0.0, neginf=0.0)
     cos = np.sum(r * t, -1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(t, axis=-1) + 1e-30)
     diverge = _greedy_divergence(ref, test)
-    # Decode step s consumes the token chosen after step s - 1; compare only while both
-    # sides fed the same tokens. tokens[:, 0] comes from prefill, so steps < diverge match.
-    compared = ref.decode.shape[0] if diverge is None else min(diverge, ref.decode.shape[0])
+    compared = _compared_steps(ref, test, diverge)
     dec_diff = np.abs(test.decode[:compared] - ref.decode[:compared]) if compared else np.zeros(1)
     contained = None
     if diverge is not None:
@@ -231,6 +241,8 @@ def explain_routing_flip(ref: Output, test: Output, tol: Tolerance) -> str | Non
 def _greedy_divergence_rows(ref: Output, test: Output, rows: list[int]) -> int:
     """How many decode steps the given prompts fed identical tokens to both sides."""
     steps = min(ref.decode.shape[0], ref.tokens.shape[1], test.tokens.shape[1])
+    if test.forced:
+        return steps
     for s in range(steps):
         if not np.array_equal(ref.tokens[rows, s], test.tokens[rows, s]):
             return s
@@ -255,10 +267,16 @@ def _scale_factor(ref: np.ndarray, test: np.ndarray) -> float:
     return float(ref @ test / (ref @ ref + 1e-30))
 
 
-def compare(ref: Output, test: Output, tol: Tolerance, world: int) -> Comparison:
-    """Compare a sharded run with its reference and explain a failure."""
+def compare(
+    ref: Output, test: Output, tol: Tolerance, world: int, truth: Output | None = None
+) -> Comparison:
+    """Compare a sharded run with its reference and explain a failure. With a `truth`
+    (the same weights upcast to fp32, for a low-precision case), the verdict is the
+    precision-aware one of `records.envelope`; the ladder's metrics are still reported."""
     if ref.prefill.shape != test.prefill.shape:
         return _shape_mismatch(ref, test)
+    if truth is not None and truth.prefill.shape == ref.prefill.shape:
+        return _against_truth(ref, test, truth, world)
     m = metrics(ref, test)
     prefill_ok = (
         not m.nonfinite
@@ -266,11 +284,7 @@ def compare(ref: Output, test: Output, tol: Tolerance, world: int) -> Comparison
         and _within(ref.prefill, test.prefill, tol)
         and m.kl_max <= tol.kl
     )
-    compared = (
-        ref.decode.shape[0]
-        if m.tokens_match
-        else min(m.first_token_divergence, ref.decode.shape[0])
-    )
+    compared = _compared_steps(ref, test, m.first_token_divergence)
     decode_ok = ref.decode.shape == test.decode.shape and (
         compared == 0 or _within(ref.decode[:compared], test.decode[:compared], tol)
     )
@@ -404,3 +418,124 @@ def _localize(cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world:
         if abs(s - world) < 0.1 * world and residual < 0.1:
             cmp.diagnoses.append(f"scaled x{world}")
     cmp.diagnoses.append(f"first divergent layer {layer} ({PART_NAMES[part]})")
+
+
+def _layer_keys(states: dict[str, np.ndarray]) -> list[tuple[int, str, str]]:
+    """(layer, part name, key) of captured decoder-layer states, in forward order."""
+    found = []
+    for key in states:
+        m = _LAYER_KEY.fullmatch(key)
+        if m:
+            found.append((int(m.group(1)), _PART_ORDER[m.group(2)], PART_NAMES[m.group(2)], key))
+    return [(layer, part, key) for layer, _, part, key in sorted(found)]
+
+
+def _scaled_positions(truth: np.ndarray, test: np.ndarray, world: int) -> bool:
+    """Most positions' states are the truth's times the world size: the least-squares
+    factor and residual per position, their medians (a router flip's position, or bf16's
+    rounding, does not move a median)."""
+    t = truth.reshape(-1, truth.shape[-1]).astype(np.float64)
+    b = test.reshape(-1, test.shape[-1]).astype(np.float64)
+    if not np.all(np.isfinite(b)):
+        return False
+    s = np.sum(t * b, -1) / (np.sum(t * t, -1) + 1e-30)
+    residual = np.linalg.norm(b - s[:, None] * t, axis=-1) / (np.linalg.norm(b, axis=-1) + 1e-30)
+    return abs(float(np.median(s)) - world) < 0.1 * world and float(np.median(residual)) < 0.1
+
+
+def token_agreement(m: Metrics, steps: int) -> str | None:
+    """Greedy tokens, reported beside the verdict (vLLM's check_logprobs_close): where the
+    sharded run's own choice first differs, and whether each side's token is in the
+    other's top-k there."""
+    if m.tokens_match:
+        return None
+    contained = "each in the other's" if m.topk_contained else "NOT each in the other's"
+    return (
+        f"greedy tokens differ from step {m.first_token_divergence} of {steps}, "
+        f"{contained} top-{CONTAINMENT_TOP_K}"
+    )
+
+
+def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comparison:
+    m = metrics(ref, test)
+    verdict = envelope.judge(ref, test, truth, _layer_keys(truth.layers))
+    cmp = Comparison(passed=verdict.passed and not m.nonfinite, metrics=m)
+    cmp.envelope = verdict.to_dict()
+    tokens = token_agreement(m, test.tokens.shape[1])
+    if tokens:
+        cmp.warnings.append(tokens)
+    if cmp.passed:
+        return cmp
+    if m.nonfinite:
+        where = _first_nonfinite_layer(test.layers)
+        cmp.diagnoses.append("non-finite" + (f" from {where}" if where else ""))
+    beyond = [s for s in verdict.logits if s.beyond]
+    if beyond and all(s.start is None for s in beyond):
+        cmp.diagnoses.append("decode-only")
+    worst = max(beyond or [verdict.worst], key=lambda s: np.nan_to_num(s.ratio, nan=np.inf))
+    cmp.diagnoses.append(
+        f"{worst.name}: {worst.ratio:.1f}x the single-rank run's error against the fp32 truth "
+        f"(envelope {envelope.RATIO:g}x)"
+    )
+    first = next((s for s in beyond if s.start is not None), None)
+    calls = ref.prefill_calls
+    if first is not None and first.first_beyond is not None and calls is not None:
+        row = int(np.nonzero(calls[:, first.first_beyond] >= 0)[0][0])
+        chunk = int(calls[row, first.first_beyond]) + 1
+        cmp.diagnoses.append(
+            f"from prompt token {first.first_beyond} "
+            f"(prefill chunk {chunk} of {int(calls.max()) + 1})"
+        )
+    skipped = _skipped_layer(ref.layers, test.layers)
+    if skipped is not None and (not verdict.layers or skipped <= verdict.layers[0][0]):
+        cmp.first_divergent_layer, cmp.first_divergent_part = skipped, PART_NAMES["out"]
+        cmp.diagnoses.append(f"layer {skipped} did not run on any rank")
+        cmp.diagnoses.append(f"first divergent layer {skipped} ({PART_NAMES['out']})")
+    elif verdict.layers:
+        layer, part, _ = verdict.layers[0]
+        cmp.first_divergent_layer, cmp.first_divergent_part = layer, part
+        key = next(k for i, p, k in _layer_keys(truth.layers) if (i, p) == (layer, part))
+        if world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world):
+            cmp.diagnoses.append(f"scaled x{world}")
+        cmp.diagnoses.append(f"first divergent layer {layer} ({part})")
+    elif ref.layers and test.layers and not m.nonfinite:
+        cmp.diagnoses.append(
+            "layers match: divergence after the last decoder layer (final norm / lm_head)"
+        )
+    if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
+        cmp.diagnoses.append("saturated")
+    return cmp
+
+
+STATE_CARRIED = "differs from request 1 (state carried between requests)"
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """NaN and infinities as distinct finite sentinels: equal where both sides have them."""
+    return np.nan_to_num(x, nan=-3e38, posinf=3e38, neginf=-2e38)
+
+
+def compare_requests(first: Output, later: Output, number: int, tol: Tolerance) -> dict:
+    """Request `number` (the same prompts, prefilled and decoded again on the same model)
+    against the first: `{"request", "max_abs", "diagnosis"}`, the diagnosis None when it
+    matches. Same model, same inputs, same process: only state carried from one request
+    into the next can change the numbers, so the bound is fp32's whatever the precision."""
+    # A non-finite value where the first request has the same one is no difference.
+    steps = later.decode.shape[0]
+    first = Output(
+        _finite(first.prefill), _finite(first.decode[:steps]), first.tokens, {}, first.prefill_calls
+    )
+    later = Output(_finite(later.prefill), _finite(later.decode), later.tokens, {})
+    prefill = np.abs(later.prefill - first.prefill)[first.valid]
+    decode = np.abs(later.decode - first.decode)
+    max_abs = float(max(prefill.max(initial=0.0), decode.max(initial=0.0)))
+    where = None
+    if (_beyond(first.prefill, later.prefill, tol) & first.valid).any():
+        where = prefill_divergence(first, later, tol) or "from prompt token 0"
+    elif _beyond(first.decode, later.decode, tol).any():
+        step = int(np.argwhere(_beyond(first.decode, later.decode, tol))[0][0])
+        where = f"from decode step {step + 1} of {steps}"
+    diagnosis = None
+    if where is not None:
+        diagnosis = f"request {number} {STATE_CARRIED}" + (f", {where}" if where else "")
+    return {"request": number, "max_abs": max_abs, "diagnosis": diagnosis}

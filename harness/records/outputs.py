@@ -19,6 +19,12 @@ class Output:
     # [B, L]: which prefill call produced each position, -1 for padding; None when one
     # call processed every position (nothing chunked, nothing padded).
     prefill_calls: np.ndarray | None = None
+    # Decode fed the reference's tokens (teacher-forced), not its own choices: every step
+    # is comparable whatever the tokens; `tokens` still holds this run's own choices.
+    forced: bool = False
+    # Each later request of the same prompts against this one (records.compare's
+    # compare_requests); travels in the message beside the arrays, not in them.
+    requests: list[dict] = field(default_factory=list)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -29,6 +35,8 @@ class Output:
         }
         if self.prefill_calls is not None:
             arrays["prefill_calls"] = self.prefill_calls
+        if self.forced:
+            arrays["forced"] = np.ones((), dtype=np.uint8)
         return arrays
 
     @property
@@ -50,7 +58,8 @@ class Output:
             k.removeprefix("hidden:"): v for k, v in arrays.items() if k.startswith("hidden:")
         }
         calls = arrays.get("prefill_calls")
-        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers, calls)
+        forced = bool(arrays["forced"]) if "forced" in arrays else False
+        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers, calls, forced)
 
 
 @dataclass

@@ -4,6 +4,7 @@ the reference held against the stored golden."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,29 @@ def filled(output: Output, outputs: dict[int, Output]) -> Output:
     layers: dict[str, np.ndarray] = {}
     for other in outputs.values():
         layers.update(other.layers)
-    return Output(output.prefill, output.decode, output.tokens, {**layers, **output.layers})
+    return dataclasses.replace(output, layers={**layers, **output.layers})
 
 
-def judge(result: CaseResult, ref: Output, outputs: dict[int, Output]) -> None:
-    """Compare every rank's output with the reference; the case passes if all ranks do."""
+def judge(
+    result: CaseResult,
+    ref: Output,
+    outputs: dict[int, Output],
+    truth: Output | None = None,
+    requests: dict[int, list[dict]] | None = None,
+) -> None:
+    """Compare every rank's output with the reference (and a low-precision case's with
+    the fp32 truth, records.envelope); each rank's later requests must match its first.
+    The case passes if all ranks do."""
     case = result.case
     tol = tolerance_for(case.precision, case.tolerance)
     for rank, output in sorted(outputs.items()):
-        result.comparisons[rank] = compare(ref, filled(output, outputs), tol, world=result.ranks)
+        cmp = compare(ref, filled(output, outputs), tol, world=result.ranks, truth=truth)
+        differing = [r["diagnosis"] for r in (requests or {}).get(rank, []) if r["diagnosis"]]
+        if differing:
+            # The first request matched (or not): a later one differing is its own finding.
+            cmp.passed = False
+            cmp.diagnoses.insert(0, differing[0])
+        result.comparisons[rank] = cmp
     conclude(result)
 
 
@@ -83,8 +98,9 @@ def judge_against_golden(
 def against_golden(
     result: CaseResult, reference: Output, directory: Path | None, record_missing: bool
 ) -> None:
-    """Hold the single-rank reference against the stored golden of the case's key."""
-    if directory is None:
+    """Hold the single-rank reference against the stored golden of the case's key (a
+    low-precision case has none: its fp32 truth is computed on the ranks instead)."""
+    if directory is None or result.case.low_precision:
         return
     tol = tolerance_for(result.case.precision, result.case.tolerance)
     try:

@@ -68,9 +68,9 @@ def unavailable(case: Case) -> str | None:
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
     from harness.models import checkpoint
-    from harness.models.build import shape_skip_reason
+    from harness.models.build import precision_problem, shape_skip_reason
 
-    return checkpoint.skip_reason(case) or shape_skip_reason(case)
+    return checkpoint.skip_reason(case) or shape_skip_reason(case) or precision_problem(case)
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
@@ -106,6 +106,10 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
         if name not in BUILTIN:
             resolve(name)  # an external strategy that does not import fails here, once
         case = Case.from_dict({**case.to_dict(), "strategy": name})
+        if not case.checkpoint and support(case.arch).available:
+            from harness.models.build import tiny_config
+
+            case.check_context(tiny_config(case))  # a real checkpoint's context is ample
         if options.strict and unavailable(case) is None:
             # Asked for by name: a rule the ranks break is the user's mistake, not a skip;
             # a strategy the installed mlx-lm lacks for the architecture stays a skip.

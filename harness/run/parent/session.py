@@ -51,7 +51,8 @@ def run_prepared(
     the first launch, started early (`start_early`)."""
     runnable = []
     for index, case in enumerate(cases):
-        reason = skip_reason(case, options.ranks)
+        reason = f"known failure: {case.known_failure}" if case.known_failure else None
+        reason = reason or skip_reason(case, options.ranks)
         if reason is None and options.reference not in (SINGLE, GOLDEN):
             if options.reference == case.strategy:
                 reason = f"the reference strategy is the case's own ({case.strategy})"
@@ -79,8 +80,10 @@ class _Session:
         self.target = options.target()
         self.cases = dict(runnable)
         self.remaining = [index for index, _ in runnable]
-        # By case key: cases that differ only in strategy share one reference.
+        # By case key: cases that differ only in strategy share one reference (and the
+        # fp32 truth of a low-precision one).
         self.references: dict[str, tuple[Output, Timings | None] | str] = {}
+        self.truths: dict[str, Output] = {}
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
 
@@ -91,10 +94,17 @@ class _Session:
             for i in self.remaining:
                 first.setdefault(self.cases[i].key(), i)
             wanted = [i for key, i in first.items() if key not in self.references]
+        held = {self.cases[i].key() for i in self.remaining}
         return {
             "kind": "cases",
             "cases": [{"index": i, "case": self.cases[i].to_dict()} for i in self.remaining],
             "references": wanted,
+            # The tokens sharded decodes are fed, of references computed in an earlier launch.
+            "forced": {
+                key: ref[0].tokens.tolist()
+                for key, ref in self.references.items()
+                if key in held and isinstance(ref, tuple)
+            },
             "reference_strategy": None
             if self.options.reference in (SINGLE, GOLDEN)
             else self.options.reference,
@@ -168,10 +178,14 @@ class _Session:
             self.references[key] = message.reason or message.status
             return
         timings = message.timings
+        own = {k: v for k, v in arrays.items() if not k.startswith("truth:")}
         self.references[key] = (
-            Output.from_arrays(arrays),
+            Output.from_arrays(own),
             Timings(**timings) if timings else None,
         )
+        truth = {k.removeprefix("truth:"): v for k, v in arrays.items() if k.startswith("truth:")}
+        if truth:
+            self.truths[key] = Output.from_arrays(truth)
 
     def _unfinished(self, watch: Watch) -> list[int]:
         """The remaining cases of the unit of work the ranks were in."""
@@ -254,7 +268,11 @@ class _Session:
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
         result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
-        verdict.judge(result, ref_output, outputs)
+        truth = None
+        if self.options.reference == SINGLE:
+            truth = self.truths.get(self.cases[index].key())
+        requests = {r["rank"]: r.get("requests", []) for r in message.ranks}
+        verdict.judge(result, ref_output, outputs, truth, requests)
         if self.options.keep_outputs:
             result.outputs = {rank: verdict.filled(o, outputs) for rank, o in outputs.items()}
         if self.options.reference == SINGLE:

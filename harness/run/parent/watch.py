@@ -70,7 +70,8 @@ class Watch:
                 self.ended = True
                 break
             if isinstance(message, Start):
-                self.current, limit = message, self.timeout
+                # Long prompts get their multiple of the per-case limit (Case.watchdog_scale).
+                self.current, limit = message, self.timeout * message.scale
             clock = now
             if not isinstance(message, Hello):
                 yield message, arrays

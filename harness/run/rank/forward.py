@@ -10,6 +10,14 @@ merged into a batch cache, all but the last token right-padded and prefilled in 
 padding rolled to the left), then the last tokens in one call. Each position's logits and
 hidden states come from the call that processed it; padding positions are zero.
 
+Decode is greedy, or teacher-forced: fed given tokens (the reference's), so one flipped
+argmax does not make every later step incomparable; the run's own choices are kept.
+
+Every request after the first (the timed prefills, or one more when nothing is timed) is a
+fresh prefill and decode of the same prompts, compared here with the first: only state
+carried between requests can change its numbers. What crosses back is the verdict, never
+the later requests' arrays.
+
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
 holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
 """
@@ -28,6 +36,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
 from harness.models.build import unbatchable
+from harness.records.compare import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
 from harness.run.rank.patching import wrap_call, wrap_output
 
@@ -268,18 +277,26 @@ def run(
     capture: bool = True,
     repeats: int = 3,
     prefill_step: int | None = None,
+    forced: np.ndarray | None = None,
+    requests: bool = False,
 ) -> tuple[Output, Timings | None]:
-    """Prefill on the prompts, then `decode_steps` greedy steps with the KV cache; and,
-    unless `repeats` is 0, prefill and decode throughput.
+    """Prefill on the prompts, then `decode_steps` decode steps with the KV cache (greedy,
+    or fed `forced[:, s]` at step s: [B, >= decode_steps] token ids); unless `repeats` is
+    0, prefill and decode throughput. `Output.requests` says how each later request (the
+    timed prefills; with `requests`, at least one, the last decoded too) compared with
+    the first.
 
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
     step are the warm-ups, later decode steps are decode samples (extra uncompared steps
-    make up `repeats`), and fresh prefills of about `repeats` calls in all are the prefill
-    samples.
+    make up `repeats`), and the later requests' fresh prefills, about `repeats` calls in
+    all, are the prefill samples.
     """
     if prefill_step is not None and prefill_step < 1:
         raise HarnessError(f"prefill_step must be at least 1, got {prefill_step}")
+    B = len(prompts)
+    if forced is not None and (forced.shape[0] != B or forced.shape[1] < decode_steps):
+        forced = None  # not this case's reference (another batch): decode greedily
     recorder = install_capture(model) if capture else None
     calls, batched = _plan(prompts, prefill_step)
     lengths = [len(p) for p in prompts]
@@ -289,36 +306,52 @@ def run(
     cache, parts = _prefill(model, calls, batched, recorder and (lambda: recorder.calls.append({})))
     if recorder:
         recorder.active = False
-    as_np = lambda a: np.array(a.astype(mx.float32))  # noqa: E731
-    prefill = _place([as_np(p) for p in parts], calls, L)
-    last = mx.array(prefill[np.arange(len(prompts)), np.array(lengths) - 1])
-    steps, greedy, decode_samples = [], [mx.argmax(last, axis=-1)], []
-    for _ in range(decode_steps):
-        logits, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
+    prefill = _place([_as_np(p) for p in parts], calls, L)
+    last = mx.array(prefill[np.arange(B), np.array(lengths) - 1])
+    own, fed = [mx.argmax(last, axis=-1)], []
+    steps, decode_samples = [], []
+    for s in range(decode_steps):
+        fed.append(mx.array(forced[:, s]) if forced is not None else own[-1])
+        logits, seconds = _timed(lambda: model(fed[-1][:, None], cache=cache))
         steps.append(logits[:, -1, :])
-        greedy.append(mx.argmax(steps[-1], axis=-1))
+        own.append(mx.argmax(steps[-1], axis=-1))
         decode_samples.append(seconds)
-    B, V = prefill.shape[0], prefill.shape[-1]
-    decode = np.stack([as_np(s) for s in steps]) if steps else np.zeros((0, B, V), np.float32)
+    V = prefill.shape[-1]
+    decode = np.stack([_as_np(s) for s in steps]) if steps else np.zeros((0, B, V), np.float32)
     output = Output(
         prefill=prefill,
         decode=decode,
-        tokens=np.stack([np.array(g) for g in greedy], axis=1).astype(np.int64),
+        tokens=np.stack([np.array(g) for g in own], axis=1).astype(np.int64),
         layers=_placed_states(recorder, calls, L) if recorder else {},
         prefill_calls=_call_map(calls, L),
+        forced=forced is not None,
     )
+    if repeats:
+        while len(decode_samples) < repeats + 1:
+            _, seconds = _timed(lambda: model(own[-1][:, None], cache=cache))
+            decode_samples.append(seconds)
+    # `repeats` counts timed prefill calls: a chunked prefill (several calls, each with
+    # its collectives) is timed whole fewer times, at least once; untimed, one request.
+    later = max(1, repeats // len(calls)) if repeats or requests else 0
+    prefill_samples = []
+    for number in range(2, later + 2):
+        start = time.perf_counter()
+        again, again_parts = _prefill(model, calls, batched)
+        prefill_samples.append(time.perf_counter() - start)
+        # The last request decodes too (a second generation) where requests are compared;
+        # the others, and a reference's timed prefills, are prefills.
+        decoded = fed if requests and number == later + 1 else []
+        again_steps = [_as_np(model(t[:, None], cache=again)[:, -1, :]) for t in decoded]
+        repeat = Output(
+            _place([_as_np(p) for p in again_parts], calls, L),
+            np.stack(again_steps) if again_steps else np.zeros((0, B, V), np.float32),
+            output.tokens,
+            prefill_calls=output.prefill_calls,
+            forced=True,
+        )
+        output.requests.append(compare_requests(output, repeat, number, TOLERANCES["fp32"]))
     if not repeats:
         return output, None
-    while len(decode_samples) < repeats + 1:
-        _, seconds = _timed(lambda: model(greedy[-1][:, None], cache=cache))
-        decode_samples.append(seconds)
-    prefill_samples = []
-    # `repeats` counts timed prefill calls: a chunked prefill (several calls, each with
-    # its collectives) is timed whole fewer times, at least once.
-    for _ in range(max(1, repeats // len(calls))):
-        start = time.perf_counter()
-        _prefill(model, calls, batched)
-        prefill_samples.append(time.perf_counter() - start)
     decode_samples = decode_samples[1 : repeats + 1]
     timings = Timings(
         prefill_tok_s=sum(lengths) / statistics.median(prefill_samples),
@@ -328,3 +361,7 @@ def run(
         peak_memory=int(mx.get_peak_memory()),
     )
     return output, timings
+
+
+def _as_np(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32))

@@ -7,28 +7,71 @@ import traceback
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame, model_code
 from harness.models import checkpoint
-from harness.models.build import build_model
+from harness.models.build import build_model, upcast
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.prompts import tokenize_prompts
 from harness.run.protocol import gather_bytes
 from harness.run.rank import forward
+from harness.shapes import SHAPES, get_shape
 from harness.strategies import resolve
 
 
 def run_case(
-    case: Case, group, capture: bool = True, repeats: int = 3
+    case: Case,
+    group,
+    capture: bool = True,
+    repeats: int = 3,
+    forced: np.ndarray | None = None,
+    requests: bool = False,
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
-    for `group` (None: unsharded reference), run it, and time it unless `repeats` is 0."""
+    for `group` (None: unsharded reference), run it (decode fed `forced`, the reference's
+    tokens, when given), time it unless `repeats` is 0 (or its shape is untimed), and
+    with `requests` run and compare at least one later request (forward.run)."""
     model = sharded_model(case, group)
     prompts = case_prompts(case)
     mx.reset_peak_memory()
+    repeats = repeats if timed(case) else 0
     with model_code():
-        return forward.run(model, prompts, case.decode_steps, capture, repeats, case.prefill_step)
+        return forward.run(
+            model,
+            prompts,
+            case.decode_steps,
+            capture,
+            repeats,
+            case.prefill_step,
+            forced,
+            requests,
+        )
+
+
+def timed(case: Case) -> bool:
+    """Whether the case's shape is timed (a 2,100-token prefill is not: `harness bench`
+    times long prompts as users quote them)."""
+    return get_shape(case.shape).timed if case.shape in SHAPES else True
+
+
+def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.Output:
+    """For a low-precision case (`Case.low_precision`): its unsharded model with every
+    weight upcast to float32 (the same quantized values), decode fed the reference's
+    tokens: the truth the low-precision runs approximate."""
+    model = upcast(sharded_model(case, None))
+    with model_code():
+        output, _ = forward.run(
+            model,
+            case_prompts(case),
+            case.decode_steps,
+            capture,
+            0,
+            case.prefill_step,
+            forced,
+        )
+    return output
 
 
 class ShardingFailed(Exception):

@@ -128,7 +128,8 @@ def main() -> None:
                 current = message
                 if dump_after:
                     # A hung case leaves every rank's Python stack in its log.
-                    faulthandler.dump_traceback_later(dump_after, exit=False, file=log)
+                    later = dump_after * message.scale
+                    faulthandler.dump_traceback_later(later, exit=False, file=log)
             elif dump_after:
                 faulthandler.cancel_dump_traceback_later()
             if rank == 0:

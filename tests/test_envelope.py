@@ -1,0 +1,112 @@
+"""The precision-aware verdict on constructed outputs: a sharded run as far from the fp32
+truth as the single-rank run passes, whatever its router flips; one further fails, says by
+how much, where in the prompt and at which layer."""
+
+import numpy as np
+
+from harness.records import envelope
+from harness.records.compare import TOLERANCES, compare
+from harness.records.outputs import Output
+
+rng = np.random.default_rng(0)
+B, L, V, S, D = 1, 40, 64, 4, 16
+CALLS = np.array([[0] * 32 + [1] * 7 + [2]])  # as long-chunked: 32, 7, then 1
+
+
+def truth() -> Output:
+    prefill = rng.normal(size=(B, L, V)).astype(np.float32)
+    decode = rng.normal(size=(S, B, V)).astype(np.float32)
+    tokens = np.concatenate([prefill[:, -1:].argmax(-1), decode.argmax(-1).T], axis=1)
+    states = {
+        f"layer.{i}.{part}": rng.normal(size=(B, L, D)).astype(np.float32)
+        for i in range(3)
+        for part in ("attn", "mlp", "out")
+    }
+    return Output(prefill, decode, tokens, states, CALLS, forced=True)
+
+
+def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = ()) -> Output:
+    """`t` with bf16-like relative noise, and a router flip (an error of ~60%) at `flips`."""
+
+    def noisy(x: np.ndarray) -> np.ndarray:
+        out = x * (1 + scale * rng.normal(size=x.shape)).astype(np.float32)
+        for p in flips:
+            if x.ndim == 3 and x.shape[1] == L:
+                out[:, p] += 0.6 * rng.normal(size=out[:, p].shape) * np.abs(x[:, p]).mean()
+        return out
+
+    layers = {k: noisy(v) for k, v in t.layers.items()}
+    return Output(noisy(t.prefill), noisy(t.decode), t.tokens.copy(), layers, CALLS, forced=True)
+
+
+def test_rounding_and_router_flips_stay_inside_the_envelope():
+    t = truth()
+    ref, test = rounded(t, flips=(3,)), rounded(t, 0.05, flips=(11, 20, 35))
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert cmp.passed, cmp.envelope
+    assert cmp.envelope["ratio_limit"] == envelope.RATIO
+    assert all(s["ratio"] < 2 for s in cmp.envelope["logits"])
+
+
+def test_an_unsharded_all_sum_is_many_times_the_envelope_and_localized():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    test.layers["layer.1.mlp"] = ref.layers["layer.1.mlp"] * 2
+    for key in ("layer.1.out", "layer.2.attn", "layer.2.mlp", "layer.2.out"):
+        test.layers[key] = test.layers[key] * 1.5
+    test.prefill[:] = test.prefill * 1.5
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed
+    assert "scaled x2" in cmp.diagnoses
+    assert cmp.diagnoses[-1] == "first divergent layer 1 (mlp/moe)"
+    assert any("the single-rank run's error against the fp32 truth" in d for d in cmp.diagnoses)
+
+
+def test_a_later_prefill_chunk_says_where_it_starts():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    test.prefill[:, 32:] = t.prefill[:, 32:] * 1.6
+    test.layers["layer.2.attn"][:, 32:] = t.layers["layer.2.attn"][:, 32:] * 1.6
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed
+    assert "from prompt token 32 (prefill chunk 2 of 3)" in cmp.diagnoses
+    assert cmp.first_divergent_layer == 2 and cmp.first_divergent_part == "attention"
+
+
+def test_decode_only_and_non_finite():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    test.decode[:] = t.decode * 1.8
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed and cmp.diagnoses[0] == "decode-only"
+    test = rounded(t)
+    test.prefill[0, 5, 0] = np.nan
+    assert not compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
+
+
+def test_segments_merge_a_short_last_call():
+    segments = envelope.prefill_segments(truth())
+    assert [(start, int(mask.sum())) for start, mask in segments] == [(0, 32), (32, 8)]
+
+
+def test_token_agreement_is_reported_not_judged():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    test.tokens[0, 2] = (ref.tokens[0, 2] + 1) % V
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert cmp.passed
+    assert any(w.startswith("greedy tokens differ from step 2 of 5") for w in cmp.warnings)
+
+
+def test_a_layer_no_rank_ran_and_a_divergence_after_the_last_layer_are_named():
+    t = truth()
+    ref, test = rounded(t), rounded(t)
+    for part in ("attn", "mlp", "out"):
+        del test.layers[f"layer.1.{part}"]
+    test.prefill[:] = t.prefill * 1.6
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert "layer 1 did not run on any rank" in cmp.diagnoses
+    test = rounded(t)
+    test.prefill[:] = t.prefill * 1.6
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert cmp.diagnoses[-1].startswith("layers match: divergence after the last decoder layer")
