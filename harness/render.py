@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.records import noise
+from harness.records import goldens, noise
 from harness.records.result import FAILING, CaseResult
 from harness.records.table import (
     COLUMNS,
@@ -121,14 +121,14 @@ def run_header(run: dict) -> str:
 
 
 GOLDEN_STYLE = {
-    "match": "green",
-    "written": "green",
-    "exists": "dim",
-    "updated": "yellow",
-    "missing": "yellow",
-    "mismatch": "red",
-    "corrupt": "red",
-    "unavailable": "dim",
+    goldens.MATCH: "green",
+    goldens.WRITTEN: "green",
+    goldens.EXISTS: "dim",
+    goldens.UPDATED: "yellow",
+    goldens.MISSING: "yellow",
+    goldens.MISMATCH: "red",
+    goldens.CORRUPT: "red",
+    goldens.UNAVAILABLE: "dim",
 }
 
 
@@ -143,7 +143,7 @@ def golden_table(actions) -> Table:
         colour = GOLDEN_STYLE.get(a.status, "white")
         versions = f"mlx-lm {recorded['mlx_lm_version']}" if recorded.get("mlx_lm_version") else ""
         detail = (check.detail or "") if check else ""
-        if check and check.comparison and check.comparison.diagnoses and a.status != "match":
+        if check and check.comparison and check.comparison.diagnoses and a.status != goldens.MATCH:
             detail = "; ".join(check.comparison.diagnoses)
         table.add_row(
             a.key,

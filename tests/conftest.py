@@ -79,7 +79,7 @@ def _record_run(db_path, suite: str, outcomes: list[dict], ranks: int = 2) -> in
             duration=0.5,
             golden=GoldenCheck(case.key(), golden) if golden else None,
         )
-        store.record_case(db, run_id, result)
+        store.record(db, run_id, result)
     failed = any(o.get("status") in FAILING for o in outcomes)
     store.finish_run(db, run_id, "failed" if failed else "passed")
     return run_id
@@ -130,9 +130,9 @@ def _record_bench_run(db_path, suite: str | None, outcomes: list[dict], ranks: i
             else []
         )
         reason = outcome.get("reason")
-        store.record_bench(db, run_id, BenchResult(index, bench, ranks, status, reason, trials))
+        store.record(db, run_id, BenchResult(index, bench, ranks, status, reason, trials))
     failed = any(o.get("status", OK) != OK for o in outcomes)
-    store.finish_bench_run(db, run_id, "failed" if failed else "passed")
+    store.finish_run(db, run_id, "failed" if failed else "passed")
     return run_id
 
 

@@ -1,8 +1,6 @@
 """`harness bench`: mlx-lm's generation timed per strategy, stored per trial and rank, shown
 side by side; every bad input is one sentence and exit 2."""
 
-import json
-
 import pytest
 import sqlite_utils
 
@@ -11,6 +9,8 @@ from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side
+from harness.run import protocol
+from harness.run.protocol import Result, Start
 from harness.run.rank.bench import FIELDS, run_on_rank
 
 SMALL = ("-p", "32", "-g", "8", "-n", "2")
@@ -80,18 +80,18 @@ def test_store_keeps_every_rank_trial_with_its_shapes(tmp_path):
     db = store.open_db(tmp_path / "b.db")
     run_id = store.start_run(db, "bench", "x", 2, None, None, ["harness", "bench"])
     bench = BenchCase(Case("qwen3_moe", "tp"), prompt_tokens=32, generation_tokens=8)
-    store.record_bench(db, run_id, BenchResult(0, bench, 2, OK, trials=_trials(2, [1, 2], [3, 4])))
-    store.record_bench(db, run_id, BenchResult(1, bench, 2, "crash", "rank 1 killed by SIGSEGV"))
-    counts = store.finish_bench_run(db, run_id, "failed")
+    store.record(db, run_id, BenchResult(0, bench, 2, OK, trials=_trials(2, [1, 2], [3, 4])))
+    store.record(db, run_id, BenchResult(1, bench, 2, "crash", "rank 1 killed by SIGSEGV"))
+    counts = store.finish_run(db, run_id, "failed")
     assert (counts["cases"], counts["passed"], counts["failed"]) == (2, 1, 1)
     samples = list(db.query("select * from bench_samples where run_id = ?", [run_id]))
     assert len(samples) == 4
     assert {(s["rank"], s["trial"]) for s in samples} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert all(s["prompt_tokens"] == 32 and s["generation_tokens"] == 8 for s in samples)
     assert all(s["bench_key"] == bench.key() for s in samples)
-    run, stored = store.get_bench(db, None)
-    assert run["id"] == run_id and [len(t) for _, t in stored] == [4, 0]
-    assert stored[1][0]["reason"] == "rank 1 killed by SIGSEGV"
+    run, stored = store.get_run(db, None, "bench")
+    assert run["id"] == run_id and [len(row["trials"]) for row in stored] == [4, 0]
+    assert stored[1]["reason"] == "rank 1 killed by SIGSEGV"
 
 
 def test_run_timings_are_labelled_model_call_throughput_in_the_database(tmp_path):
@@ -194,11 +194,11 @@ def test_batched_bench_of_a_checkpoint_layout_uses_batch_generate():
 
     spec = {"cases": [{"index": 7, "case": bench.to_dict()}]}
     (start, _), (out, arrays) = run_on_rank(spec, mx.distributed.init())
-    assert start == {"type": "start", "phase": "bench", "indices": [7]}
-    assert out["type"] == "result" and out["index"] == 7 and not arrays
-    assert len(out["trials"]) == 2
-    assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out["trials"])
-    json.dumps(out)  # what the worker sends back to the parent
+    assert start == Start("bench", [7])
+    assert isinstance(out, Result) and out.index == 7 and not arrays and not out.failures
+    assert len(out.trials) == 2
+    assert all(set(FIELDS) <= set(t) and t["generation_tps"] > 0 for t in out.trials)
+    assert protocol.decode_frame(protocol.encode_frame(out).decode())[0] == out  # as sent
 
 
 def test_the_shipped_bench_suite_loads_and_applies_at_2_ranks():

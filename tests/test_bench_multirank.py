@@ -21,7 +21,8 @@ def test_strategies_side_by_side_in_one_launch_and_a_crash_costs_only_itself(run
     )  # fmt: skip
     assert result.code == 1, result.out + result.err  # the segfaulting strategy failed
     db = store.open_db(db_path)
-    run, stored = store.get_bench(db, None)
+    run, rows = store.get_run(db, None, "bench")
+    stored = [(row, row["trials"]) for row in rows]
     assert run["ranks"] == 2 and run["kind"] == "bench"
     by_strategy = {row["strategy"]: (row, trials) for row, trials in stored}
     for ok in ("tp", "pp", "harness.faults.controls:manual_tp"):
@@ -57,7 +58,8 @@ def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
         "-p", "16", "-g", "4", "-n", "1", "--timeout", "10", "--db", db_path,
     )  # fmt: skip
     assert result.code == 1, result.out + result.err
-    ((row, trials),) = store.get_bench(store.open_db(db_path), None)[1]
+    (row,) = store.get_run(store.open_db(db_path), None, "bench")[1]
+    trials = row["trials"]
     assert row["status"] == "timeout" and not trials
     assert "did not finish within 10s" in row["reason"]
     assert "hang_on_last_rank" in row["reason"]  # the hung rank's Python stack
@@ -113,7 +115,8 @@ def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(tm
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    run, stored = store.get_bench(store.open_db(db_path), None)
+    run, rows = store.get_run(store.open_db(db_path), None, "bench")
+    stored = [(row, row["trials"]) for row in rows]
     assert run["status"] == "interrupted"
     assert [row["strategy"] for row, _ in stored] == ["pp"]
 

@@ -101,7 +101,10 @@ def test_the_rank_side_never_imports_the_parent_side():
 
 
 def test_the_parent_side_loads_the_rank_side_only_to_be_the_one_rank_itself():
-    # A run on one local rank is this process (no launch): the only way in, and lazily.
+    # A job on one local rank runs in this process (no launch): the only way in, lazily.
+    assert _breaking("harness.run.parent", ("harness.run.rank",)) == [
+        "harness.run.parent.watch imports ['harness.run.rank', 'harness.run.rank.in_process']"
+    ]
     assert not _breaking("harness.run.parent", ("harness.run.rank",), anywhere=False)
 
 

@@ -30,6 +30,7 @@ from harness.props import (
     simulate,
     simulate_check,
 )
+from harness.run import protocol
 
 # Wrong shards are detected on every example with at least two ranks (one rank has
 # nothing to scramble), so a handful of examples per broken sharding is enough.
@@ -271,9 +272,9 @@ def test_results_of_an_interrupted_job():
     first, second = PROPERTIES[0].name, PROPERTIES[1].name
     done = props.PropertyResult(first, True, 3, None, 0.5)
     events = [
-        {"type": "start", "name": first},
-        {"type": "property", "result": asdict(done)},
-        {"type": "start", "name": second},
+        protocol.Start("property", name=first),
+        protocol.Property(asdict(done)),
+        protocol.Start("property", name=second),
     ]
     results = props.results_of(events, "launch exited with code 1\nrank 1 exited with code 1")
     assert results[0] == done

@@ -222,7 +222,7 @@ def test_verdicts_are_stored_with_the_case(db_path):
     )
     result = _result("pass")
     verdict = judge(FAULT, result)
-    store.record_case(database, run_id, result, verdict.row())
+    store.record(database, run_id, result, verdict.row())
     row = next(
         iter(database.query("select verdict, expected from cases where run_id = ?", [run_id]))
     )

@@ -1,16 +1,23 @@
-"""The speed floor of DESIGN.md: one 2-rank launch of a bare script that, for the same 30
-cases as floor.toml, builds the tiny model, runs the unsharded prefill + 4 cached decode
-steps, shards, runs them again and compares. bench.sh times it against the harness."""
+"""The speed floor of DESIGN.md: a bare script that, for the same 30 cases as floor.toml,
+builds the tiny model, runs the unsharded prefill + 4 cached decode steps, shards, runs
+them again and compares, on 2 ranks. bench.sh times it against the harness.
 
+No launcher stands between the ranks: `python ci/bench/floor.py` starts its 2 ranks
+itself, each with MLX_RANK and an MLX_HOSTFILE as mlx.launch's ring backend writes them
+for local ranks (a JSON list, one list of "ip:port" per rank), and waits for them. A plain
+mlx.launch would add its own start-up and per-rank I/O threads, which spin on a 2-core
+machine and so are no floor.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 
-import mlx.core as mx
-import numpy as np
-from mlx_lm.models.cache import make_prompt_cache
-
-from harness.case import DEFAULT_PROMPTS, Case
-from harness.models.build import build_model
-
+RANKS = 2
 TP = [
     "qwen3_moe",
     "deepseek_v3",
@@ -24,21 +31,55 @@ TP = [
 PP = ["qwen3_moe", "deepseek_v3", "glm4_moe", "kimi_k25", "mistral4", "qwen3_next", "deepseek_v32"]
 
 
-def forward(model, tokens: mx.array) -> list[np.ndarray]:
-    """Prefill and 4 greedy decode steps, evaluated call by call (pipeline needs it)."""
-    cache = make_prompt_cache(model)
-    outputs = [model(tokens, cache=cache)]
-    mx.eval(outputs[-1])
-    for _ in range(4):
-        step = mx.argmax(outputs[-1][:, -1], -1)[:, None]
-        outputs.append(model(step, cache=cache))
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def launch() -> int:
+    """Start the ranks, this script again under MLX_RANK, and wait for them all."""
+    fd, hostfile = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump([[f"127.0.0.1:{port}"] for port in free_ports(RANKS)], fh)
+    try:
+        ranks = [
+            subprocess.Popen(
+                [sys.executable, __file__],
+                env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": hostfile},
+            )
+            for rank in range(RANKS)
+        ]
+        return max(abs(p.wait()) for p in ranks)
+    finally:
+        os.unlink(hostfile)
+
+
+def rank_main() -> None:
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from harness.case import DEFAULT_PROMPTS, Case
+    from harness.models.build import build_model
+
+    def forward(model, tokens: mx.array) -> list[np.ndarray]:
+        """Prefill and 4 greedy decode steps, evaluated call by call (pipeline needs it)."""
+        cache = make_prompt_cache(model)
+        outputs = [model(tokens, cache=cache)]
         mx.eval(outputs[-1])
-    return [np.array(o) for o in outputs]
+        for _ in range(4):
+            step = mx.argmax(outputs[-1][:, -1], -1)[:, None]
+            outputs.append(model(step, cache=cache))
+            mx.eval(outputs[-1])
+        return [np.array(o) for o in outputs]
 
-
-def main() -> None:
     started = time.perf_counter()
-    group = mx.distributed.init()
+    group = mx.distributed.init(backend="ring", strict=True)
     tokens = mx.array(DEFAULT_PROMPTS)
     cases, worst = 0, 0.0
     for strategy, archs in (("tp", TP), ("pp", PP)):
@@ -62,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "MLX_RANK" in os.environ:
+        rank_main()
+    else:
+        sys.exit(launch())

@@ -3,7 +3,6 @@ strategy side by side, with `mlx_lm.benchmark`'s flags and defaults."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import typer
@@ -119,7 +118,7 @@ def bench(
     # Imported here: `harness report` and the other commands load no mlx.
     from harness.run.parent.bench import BenchOptions, run_bench, validate
     from harness.run.parent.launch import hostfile_ranks
-    from harness.run.parent.loop import sigterm_interrupts
+    from harness.run.parent.loop import run_loop
 
     if hostfile is not None:
         ranks = hostfile_ranks(hostfile)  # the hostfile sets the rank count
@@ -128,43 +127,37 @@ def bench(
     )
     options = BenchOptions(ranks, backend, hostfile, timeout, python=python)
     benches, options = validate(benches, options)
-    database = store.open_db(db)
-    run_id = store.start_run(
-        database,
-        "bench",
-        suite or benches[0].label(),
-        options.ranks,
-        backend,
-        hostfile,
-        command_line(ctx, "bench"),
-    )
     out = render.console()
-    started, lines, status, failed = time.perf_counter(), [], "interrupted", False
-    try:
-        # SIGTERM ends the run as Ctrl-C does: the launch is killed, the run kept.
-        with sigterm_interrupts():
-            for result in run_bench(benches, options):
-                store.record_bench(database, run_id, result)
-                failed = failed or result.failed
-                lines.append(result_line(result))
-                out.print(render.bench_line(lines[-1]))
-        status = "failed" if failed else "passed"
-    finally:
-        counts = store.finish_bench_run(database, run_id, status)
+    lines = []
+
+    def show(result) -> None:
+        lines.append(result_line(result))
+        out.print(render.bench_line(lines[-1]))
+
+    record = run_loop(
+        run_bench(benches, options),
+        options,
+        store.open_db(db),
+        kind="bench",
+        suite=suite or benches[0].label(),
+        command=command_line(ctx, "bench"),
+        on_result=show,
+    )
+    run_id, counts = record.run_id, record.counts
     title = f"bench run {run_id} on {options.ranks} rank(s): rank 0's median (min-max over trials)"
     out.print(render.bench_table(side_by_side(lines), title))
     out.print(
         f"{counts['cases']} bench cases, {counts['failed']} failed, in "
-        f"{time.perf_counter() - started:.1f}s; run {run_id} stored in {db}",
+        f"{record.seconds:.1f}s; run {run_id} stored in {db}",
         markup=False,
     )
-    raise typer.Exit(1 if status == "failed" else 0)
+    raise typer.Exit(1 if record.failed else 0)
 
 
 def show_run(database, run: dict) -> bool:
     """Print a stored bench run side by side (for `harness report`); whether any failed."""
-    _, stored = store.get_bench(database, run["id"])
-    lines = side_by_side([row_line(row, trials) for row, trials in stored])
+    _, stored = store.get_run(database, run["id"])
+    lines = side_by_side([row_line(row, row["trials"]) for row in stored])
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(render.bench_table(lines, f"bench run {run['id']} on {run['ranks']} rank(s)"))

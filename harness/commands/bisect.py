@@ -195,7 +195,7 @@ def _store_step(database, step: Step, label: str, command: list[str], ranks: int
         if v.sharded is not None and v.sharded.comparisons:
             comparisons = v.sharded.comparisons
         result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
-        store.record_case(database, run_id, result, {"verdict": v.verdict})
+        store.record(database, run_id, result, {"verdict": v.verdict})
     bad = any(v.verdict == "bad" for v in step.verdicts)
     store.finish_run(database, run_id, "failed" if bad else "passed")
     return run_id

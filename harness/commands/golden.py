@@ -71,10 +71,11 @@ def verify(
             f"no goldens in {directory}; record some with 'harness golden record --suite moe'"
         )
     _print(actions)
-    changed = sorted({a.case.arch for a in actions if a.case and a.status == "mismatch"})
+    changed = sorted({a.case.arch for a in actions if a.case and a.status == goldens.MISMATCH})
     if changed:
         render.console().print(f"changed numerically: {', '.join(changed)}", markup=False)
-    raise typer.Exit(0 if all(a.status in ("match", "unavailable") for a in actions) else 1)
+    ok = (goldens.MATCH, goldens.UNAVAILABLE)
+    raise typer.Exit(0 if all(a.status in ok for a in actions) else 1)
 
 
 @app.command()
@@ -109,7 +110,7 @@ def diff(
 
     summary = golden_lifecycle.diff_golden(key, directory)
     render.console().print(render.golden_diff(summary), markup=False)
-    raise typer.Exit(0 if summary.check.status == "match" else 1)
+    raise typer.Exit(0 if summary.check.status == goldens.MATCH else 1)
 
 
 def _print(actions: list) -> None:

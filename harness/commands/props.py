@@ -24,7 +24,8 @@ def props(
         int, typer.Option("--max-examples", help="Examples hypothesis draws per property.")
     ] = 25,
     timeout: Annotated[
-        float, typer.Option(help="Seconds the launched ranks may take for all properties.")
+        float,
+        typer.Option(help="Seconds the launched ranks may take to start, and for one property."),
     ] = 300,
 ) -> None:
     """Check mlx's sharding helpers against shard/unshard invariants drawn by hypothesis.

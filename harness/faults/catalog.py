@@ -13,8 +13,8 @@ structural family the fault touches (GQA attention with plain experts: qwen3_moe
 with shared experts: deepseek_v3; biases and sinks: gpt_oss; linear attention:
 qwen3_5_moe; a fault of a shape class runs at its shape): 50 cases, about 30 s on 2
 local ranks of an otherwise idle 2-core machine before the 2,100-token prompt of
-`past_prefill_step` (three long prefills, about 10-15 s more there). `harness selftest --all-archs` runs
-every architecture a fault applies to (about 460 cases, several minutes there).
+`past_prefill_step` (three long prefills, about 10-15 s more there). `harness selftest
+--all-archs` runs every architecture a fault applies to (about 460 cases, several minutes there).
 """
 
 from __future__ import annotations

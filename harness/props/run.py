@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from harness.errors import HarnessError
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
-from harness.run.parent.launch import Job, Target, check_options, hostfile_ranks
+from harness.run import protocol
+from harness.run.parent.launch import Target, check_options, hostfile_ranks
+from harness.run.parent.watch import watched
 
 MAX_SIMULATED_RANKS = 8
 SIMULATED_RANKS = st.integers(1, MAX_SIMULATED_RANKS)
@@ -117,8 +119,9 @@ def run_props(
     timeout: float = 300,
 ) -> PropsReport:
     """The properties on `ranks` ranks: simulated in-process for 1, else one launch of the
-    `props` job (the same launch and stream as a run's cases). A crash or hang of the
-    launch becomes a failed report (the job is killed after `timeout` seconds)."""
+    `props` job, watched as a run's cases are. A crash or hang of the launch becomes a
+    failed report (the job is killed when the ranks take over `timeout` seconds to start
+    or for one property)."""
     if ranks < 1:
         raise HarnessError(f"--ranks must be at least 1, got {ranks}")
     if ranks == 1 and hostfile is None:
@@ -126,42 +129,34 @@ def run_props(
     check_options(backend, hostfile)
     target = Target(hostfile_ranks(hostfile) if hostfile else ranks, backend, hostfile)
     start = time.perf_counter()
-    job = Job(target, {"kind": "props", "max_examples": max_examples})
-    events, error = [], None
-    try:
-        for item in job.messages():
-            if time.perf_counter() - start > timeout:
-                error = f"timed out after {timeout:g}s"
-                break
-            if item is None:
-                continue
-            message = item[0]
-            if message["type"] == "error":
-                error = f"rank {message['rank']} {message['reason']}"
-            elif message["type"] in ("start", "property"):
+    events: list[protocol.Start | protocol.Property] = []
+    error = None
+    with watched(
+        target, {"kind": "props", "max_examples": max_examples}, timeout, timeout
+    ) as watch:
+        for message, _ in watch.messages():
+            if isinstance(message, (protocol.Start, protocol.Property)):
                 events.append(message)
-        else:
-            if not any(e["type"] == "property" for e in events) and error is None:
-                error = "the launch ended before any property ran"
-    finally:
-        job.kill()
-    if error:
-        tail = "\n".join([*job.output, *job.stderr][-15:]).strip()
-        error += f"\n{tail}" if tail else ""
+    if watch.timed_out is not None:
+        error = f"timed out after {watch.timed_out:g}s{watch.tails()}"
+    elif watch.died:
+        error = watch.failure(started=bool(events), what="property")[1]
     return PropsReport(
         target.ranks, False, results_of(events, error), error, time.perf_counter() - start
     )
 
 
-def results_of(events: list[dict], error: str | None) -> list[PropertyResult]:
+def results_of(
+    events: list[protocol.Start | protocol.Property], error: str | None
+) -> list[PropertyResult]:
     """Every property's result as the ranks reported it. The property a dead or hung job
     was in, and those it never reached, are failures."""
     finished = {
-        e["result"]["name"]: PropertyResult(**e["result"])
+        e.result["name"]: PropertyResult(**e.result)
         for e in events
-        if e["type"] == "property"
+        if isinstance(e, protocol.Property)
     }
-    started = {e["name"] for e in events if e["type"] == "start"}
+    started = {e.name for e in events if isinstance(e, protocol.Start)}
     why = (error or "the job ended").splitlines()[0]
     results = []
     for prop in PROPERTIES:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from harness.props.numeric import gather
 from harness.props.registry import PROPERTIES
 from harness.props.run import run_property
+from harness.run import protocol
 
 
 def example_digest(example: Any) -> np.ndarray:
@@ -39,12 +40,12 @@ def same_example_everywhere(group: Any) -> Any:
     return execute
 
 
-def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
+def run_on_rank(spec: dict, group) -> Iterator[tuple[protocol.Message, dict]]:
     """Every property with the real group (the `props` job kind of `harness.run.rank.worker`):
     a `start` message before each, then its `property` result, the same on every rank."""
     execute = same_example_everywhere(group)
     for prop in PROPERTIES:
-        yield {"type": "start", "phase": "property", "indices": [], "name": prop.name}, {}
+        yield protocol.Start("property", name=prop.name), {}
         result = run_property(prop, spec["max_examples"], st.just(group.size()), execute)
         # every rank must reach the same verdict; a split verdict is a finding in itself
         verdicts = gather(mx.array([int(result.passed)], dtype=mx.int32), group)
@@ -54,4 +55,4 @@ def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
             )
             result.passed = False
             result.detail = f"ranks disagree ({split}); rank 0: {result.detail or 'passed'}"
-        yield {"type": "property", "result": asdict(result)}, {}
+        yield protocol.Property(asdict(result)), {}

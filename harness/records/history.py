@@ -20,10 +20,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.records import noise, store
 from harness.records.bench import OK
+from harness.records.goldens import GOLDEN_FAILING  # moving into one is a regression
 from harness.records.result import FAILING
-
-# Golden checks that fail a case; moving into one of them is a regression.
-GOLDEN_FAILING = ("mismatch", "corrupt")
 
 
 @dataclass
@@ -206,8 +204,8 @@ def compare_stored(db_a, spec_a: str, where_a: str, db_b, spec_b: str, where_b: 
     if True in bench:
         return compare_bench_runs(
             run_a,
-            store.get_bench(db_a, run_a["id"])[1],
+            [(row, row["trials"]) for row in store.get_run(db_a, run_a["id"])[1]],
             run_b,
-            store.get_bench(db_b, run_b["id"])[1],
+            [(row, row["trials"]) for row in store.get_run(db_b, run_b["id"])[1]],
         )
     return compare_runs(run_a, cases_a, run_b, cases_b)

@@ -233,45 +233,69 @@ def start_run(
         return db["runs"].insert(row).last_pk
 
 
-def record_case(db, run_id: int, result: CaseResult, extra: dict | None = None) -> None:
-    """One case's row, committed at once; `extra` adds columns (a selftest's verdict)."""
-    row = {"run_id": run_id, **case_row(result), **(extra or {})}
+def record(db, run_id: int, result: CaseResult | BenchResult, extra: dict | None = None) -> None:
+    """One result's row, committed at once, whatever the run's kind: a case (`extra` adds
+    columns, a selftest's verdict), or a bench case with all its trials."""
     with db.conn:
-        db["cases"].insert(row)
+        if isinstance(result, BenchResult):
+            case_id = db["bench_cases"].insert({"run_id": run_id, **bench_row(result)}).last_pk
+            db["bench_trials"].insert_all(
+                {"run_id": run_id, "bench_case_id": case_id, **trial} for trial in result.trials
+            )
+        else:
+            db["cases"].insert({"run_id": run_id, **case_row(result), **(extra or {})})
 
 
 def finish_run(db, run_id: int, status: str) -> dict:
-    counts = {s: 0 for s in STATUSES}
+    """Close a run with its counts: of its cases, or of a bench run's bench cases (every
+    bench case applies or the command stopped before launching: none is skipped)."""
+    bench = db["runs"].get(run_id)["kind"] == "bench"
+    table, statuses = ("bench_cases", BENCH_STATUSES) if bench else ("cases", STATUSES)
+    counts = {s: 0 for s in statuses}
     for row in db.query(
-        "select status, count(*) n from cases where run_id = ? group by status", [run_id]
+        f"select status, count(*) n from {table} where run_id = ? group by status", [run_id]
     ):
         counts[row["status"]] = row["n"]
-    failed = sum(counts[s] for s in FAILING)
+    passed = counts[OK] if bench else counts["pass"]
     update = {
         "status": status,
         "finished": now(),
         "cases": sum(counts.values()),
-        "passed": counts["pass"],
-        "failed": failed,
-        "skipped": counts["skip"],
+        "passed": passed,
+        "failed": sum(counts.values()) - passed if bench else sum(counts[s] for s in FAILING),
+        "skipped": 0 if bench else counts["skip"],
     }
     with db.conn:
         db["runs"].update(run_id, update)
     return update
 
 
-def get_run(db, run_id: int | None) -> tuple[dict, list[dict]]:
+def get_run(db, run_id: int | None, kind: str | None = None) -> tuple[dict, list[dict]]:
+    """A run (the latest, of `kind` when given, when `run_id` is None) and its rows: its
+    cases, or for a bench run its bench cases, each with its `trials`."""
     if run_id is None:
-        rows = list(db.query("select id from runs order by id desc limit 1"))
+        where, args = ("where kind = ?", [kind]) if kind else ("", [])
+        rows = list(db.query(f"select id from runs {where} order by id desc limit 1", args))
         if not rows:
-            raise HarnessError("the database has no runs yet; start one with 'harness run'")
+            command = f"harness {kind or 'run'}"
+            what = f"{kind} runs" if kind else "runs"
+            raise HarnessError(f"the database has no {what} yet; start one with '{command}'")
         run_id = rows[0]["id"]
     try:
         run = db["runs"].get(run_id)
     except sqlite_utils.db.NotFoundError:
         raise HarnessError(f"no run with id {run_id} in the database") from None
-    cases = list(db.query("select * from cases where run_id = ? order by idx", [run_id]))
-    return run, cases
+    if kind is not None and run["kind"] != kind:
+        raise HarnessError(f"run {run_id} is a '{run['kind']}' run, not a {kind} run")
+    if run["kind"] != "bench":
+        return run, list(db.query("select * from cases where run_id = ? order by idx", [run_id]))
+    cases = list(db.query("select * from bench_cases where run_id = ? order by idx", [run_id]))
+    trials: dict[int, list[dict]] = {c["id"]: [] for c in cases}
+    for trial in db.query(
+        "select * from bench_trials where run_id = ? order by bench_case_id, rank, trial", [run_id]
+    ):
+        trials[trial["bench_case_id"]].append(trial)
+    return run, [{**c, "trials": trials[c["id"]]} for c in cases]
 
 
 def require_existing(path: str | Path) -> None:
@@ -300,51 +324,3 @@ def require_current(path: str | Path) -> None:
             f"{path} was written by an older harness (schema {version} of {len(MIGRATIONS)}); "
             f"'harness report --db {path}' brings it up to date"
         )
-
-
-def record_bench(db, run_id: int, result: BenchResult) -> None:
-    """One bench case's row and all its trials, in one transaction."""
-    with db.conn:
-        case_id = db["bench_cases"].insert({"run_id": run_id, **bench_row(result)}).last_pk
-        db["bench_trials"].insert_all(
-            {"run_id": run_id, "bench_case_id": case_id, **trial} for trial in result.trials
-        )
-
-
-def finish_bench_run(db, run_id: int, status: str) -> dict:
-    """Close a bench run: `passed` counts the bench cases that were timed."""
-    counts = {s: 0 for s in BENCH_STATUSES}
-    for row in db.query(
-        "select status, count(*) n from bench_cases where run_id = ? group by status", [run_id]
-    ):
-        counts[row["status"]] = row["n"]
-    update = {
-        "status": status,
-        "finished": now(),
-        "cases": sum(counts.values()),
-        "passed": counts[OK],
-        "failed": sum(n for s, n in counts.items() if s != OK),
-        "skipped": 0,  # every bench case applies or the command stopped before launching
-    }
-    with db.conn:
-        db["runs"].update(run_id, update)
-    return update
-
-
-def get_bench(db, run_id: int | None) -> tuple[dict, list[tuple[dict, list[dict]]]]:
-    """A bench run (the latest when None) and its bench cases, each with its trials."""
-    if run_id is None:
-        rows = list(db.query("select id from runs where kind = 'bench' order by id desc limit 1"))
-        if not rows:
-            raise HarnessError("the database has no bench runs yet; start one with 'harness bench'")
-        run_id = rows[0]["id"]
-    run, _ = get_run(db, run_id)
-    if run["kind"] != "bench":
-        raise HarnessError(f"run {run_id} is a '{run['kind']}' run, not a bench run")
-    cases = list(db.query("select * from bench_cases where run_id = ? order by idx", [run_id]))
-    trials: dict[int, list[dict]] = {c["id"]: [] for c in cases}
-    for trial in db.query(
-        "select * from bench_trials where run_id = ? order by bench_case_id, rank, trial", [run_id]
-    ):
-        trials[trial["bench_case_id"]].append(trial)
-    return run, [(c, trials[c["id"]]) for c in cases]

@@ -108,9 +108,9 @@ def against_golden(
     except OSError as exc:
         raise HarnessError(f"cannot write goldens in {directory}: {describe(exc)}") from None
     result.golden = check
-    if check.status in ("missing", "written"):
+    if check.status in goldens.GOLDEN_WARNING:
         result.warnings.append(check.detail)
-    elif check.status in ("mismatch", "corrupt"):
+    elif check.status in goldens.GOLDEN_FAILING:
         result.diagnoses.append(f"golden {check.status}")
         result.reason = "; ".join(filter(None, [result.reason, check.detail]))
         if result.status == PASS:

@@ -9,6 +9,8 @@
   (`gather_bytes`). A rank that fails writes one short error frame of its own and exits.
 - A frame is one line: a marker, a CRC32, and base64 of (JSON header, npz arrays), so a
   frame that arrives damaged is detected, and lines that are not frames are left alone.
+- The header is one of the messages below, declared here once: both sides build and read
+  them as these types, never as bare dicts.
 """
 
 from __future__ import annotations
@@ -19,13 +21,105 @@ import json
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import IO
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, ClassVar
 
 import numpy as np
 
 FRAME = "@@harness-frame@@"
 SPEC = "@@harness-spec@@"
 LINE = 512  # base64 characters per spec line: well under any terminal's MAX_CANON
+
+
+@dataclass
+class Hello:
+    """Every rank is up, has the spec and says who it is (host, interpreter, versions, log)."""
+
+    kind: ClassVar[str] = "hello"
+    ranks: list[dict]
+
+
+@dataclass
+class Start:
+    """The ranks begin a unit of work (a case, a reference round, a bench case, a property):
+    the watchdog's clock restarts, and a death from here on is blamed on it."""
+
+    kind: ClassVar[str] = "start"
+    phase: str  # case | reference | bench | property
+    indices: list[int] = field(default_factory=list)
+    name: str | None = None  # a property's name
+    scale: int = 1  # times the per-unit limit it may take (Case.watchdog_scale: long prompts)
+
+
+@dataclass
+class Reference:
+    """One case's single-rank reference (its arrays travel with the frame), or why not."""
+
+    kind: ClassVar[str] = "reference"
+    index: int
+    status: str  # ok, or the blamed status of why it could not run
+    reason: str | None = None
+    timings: dict | None = None
+
+
+@dataclass
+class Result:
+    """One case done on every rank: each rank's part (`rank`, `timings`), with its arrays
+    keyed `<rank>:<name>`; or, for a bench case, its trials; or the ranks that failed it
+    in step (`failures`: the strategy raised while sharding, every rank still running)."""
+
+    kind: ClassVar[str] = "result"
+    index: int
+    ranks: list[dict] = field(default_factory=list)
+    reference_ranks: list[dict] | None = None  # held against another strategy: its parts
+    trials: list[dict] | None = None
+    failures: list[dict] | None = None  # each: rank, status, reason, traceback
+
+
+@dataclass
+class Error:
+    """A rank that raised outside any in-step failure: its last words before it exits."""
+
+    kind: ClassVar[str] = "error"
+    rank: int
+    status: str
+    reason: str
+    indices: list[int] = field(default_factory=list)
+    phase: str | None = None
+    traceback: str = ""
+
+
+@dataclass
+class End:
+    """The job finished on every rank."""
+
+    kind: ClassVar[str] = "end"
+
+
+@dataclass
+class Property:
+    """One property's result (`harness.props`), the same on every rank."""
+
+    kind: ClassVar[str] = "property"
+    result: dict
+
+
+Message = Hello | Start | Reference | Result | Error | End | Property
+MESSAGES: dict[str, type] = {
+    m.kind: m for m in (Hello, Start, Reference, Result, Error, End, Property)
+}
+
+
+def to_wire(message: Message) -> dict:
+    return {"type": message.kind, **asdict(message)}
+
+
+def from_wire(data: dict) -> Message:
+    """The typed message of a decoded header; fields this side does not know are dropped
+    (a rank of a newer harness)."""
+    cls = MESSAGES[data["type"]]
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def pack(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
@@ -49,8 +143,8 @@ def unpack(raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     return message, arrays
 
 
-def encode_frame(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
-    payload = zlib.compress(pack(message, arrays), 1)
+def encode_frame(message: Message, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    payload = zlib.compress(pack(to_wire(message), arrays), 1)
     text = base64.b64encode(payload).decode()
     return f"\n{FRAME} {zlib.crc32(payload):08x} {text}\n".encode()
 
@@ -59,7 +153,7 @@ class DamagedFrame(Exception):
     """A frame whose checksum or encoding does not hold."""
 
 
-def decode_frame(line: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+def decode_frame(line: str) -> tuple[Message, dict[str, np.ndarray]] | None:
     """The message and arrays of a frame line; None for a line that is not a frame."""
     line = line.strip()
     if not line.startswith(FRAME):
@@ -69,8 +163,9 @@ def decode_frame(line: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         payload = base64.b64decode(text, validate=True)
         if zlib.crc32(payload) != int(crc, 16):
             raise DamagedFrame("checksum mismatch")
-        return unpack(zlib.decompress(payload))
-    except (ValueError, zlib.error, struct.error) as exc:
+        header, arrays = unpack(zlib.decompress(payload))
+        return from_wire(header), arrays
+    except (ValueError, KeyError, TypeError, zlib.error, struct.error) as exc:
         raise DamagedFrame(str(exc)) from None
 
 
@@ -118,7 +213,7 @@ def gather_bytes(payload: bytes, group) -> list[bytes]:
     return [rows[r, : sizes[r]].tobytes() for r in range(group.size())]
 
 
-def frames(stream: IO[bytes]) -> Iterator[tuple[dict, dict[str, np.ndarray]] | str]:
+def frames(stream: IO[bytes]) -> Iterator[tuple[Message, dict[str, np.ndarray]] | str]:
     """Frames and other lines of a byte stream (a terminal's \\r\\n endings tolerated)."""
     for raw in stream:
         line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")

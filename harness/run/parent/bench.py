@@ -9,23 +9,21 @@ and log tails, and the cases after it run in a fresh launch.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from harness.case import BenchCase
-from harness.errors import HarnessError, blame
+from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.build import tiny_config
-from harness.records.bench import CRASH, ERROR, OK, TIMEOUT, BenchResult
+from harness.records.bench import ERROR, OK, TIMEOUT, BenchResult
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import skip_reason
+from harness.run.parent.watch import Watch, watched
+from harness.run.protocol import Result
 from harness.strategies import BUILTIN, normalize, resolve
-
-GRACE = 5.0  # seconds to let the other ranks' error frames and exits arrive
 
 
 @dataclass
@@ -77,30 +75,7 @@ def validate(
 
 def run_bench(benches: list[BenchCase], options: BenchOptions) -> Iterator[BenchResult]:
     """Time validated bench cases (see `validate`), one result per case as it finishes."""
-    if options.target().in_process:
-        yield from _in_process(benches)
-    else:
-        yield from _Launches(benches, options).results()
-
-
-def _in_process(benches: list[BenchCase]) -> Iterator[BenchResult]:
-    import mlx.core as mx
-
-    from harness.run.rank import bench as rank_bench  # the one rank is this process
-
-    group = mx.distributed.init()
-    for index, bench in enumerate(benches):
-        started = time.perf_counter()
-        try:
-            trials = rank_bench.gather(rank_bench.time_case(bench, group), group)
-        except Exception as exc:
-            status, reason = blame(exc)
-            if status == ERROR and not isinstance(exc, HarnessError):
-                reason += "\n--- traceback ---\n" + "".join(traceback.format_exception(exc))
-            yield BenchResult(index, bench, 1, status, f"rank 0 {reason}")
-            continue
-        duration = time.perf_counter() - started
-        yield BenchResult(index, bench, 1, OK, trials=trials, duration=duration)
+    yield from _Launches(benches, options).results()
 
 
 class _Launches:
@@ -111,7 +86,6 @@ class _Launches:
         self.target = options.target()
         self.remaining = list(range(len(benches)))
         self.last = time.perf_counter()
-        self.errors: list[dict] = []  # the error frames of the latest launch
 
     def results(self) -> Iterator[BenchResult]:
         stalled = 0
@@ -119,15 +93,13 @@ class _Launches:
             before = len(self.remaining)
             # The launcher spins as it does under mlx_lm.benchmark run by hand: bench times
             # what users see (on one machine its threads take CPU from the ranks).
-            job = launch.Job(self.target, self._spec(), quiet_launcher=False)
-            try:
-                yield from self._consume(job)
-            finally:
-                job.kill()
+            limits = self.options.startup_timeout, self.options.timeout
+            with watched(self.target, self._spec(), *limits, like_mlx_launch=True) as watch:
+                yield from self._consume(watch)
             stalled = stalled + 1 if len(self.remaining) == before else 0
             if stalled == 2:
                 # Two launches in a row timed nothing: stop rather than loop.
-                reason = self._failure(self.errors, job, False)
+                _, reason = watch.failure(started=False, what="bench case")
                 yield self._result(self.remaining.pop(0), ERROR, reason)
                 stalled = 0
 
@@ -146,82 +118,28 @@ class _Launches:
         bench = self.benches[index]
         return BenchResult(index, bench, self.target.ranks, status, reason, duration=duration, **kw)
 
-    def _consume(self, job: launch.Job) -> Iterator[BenchResult]:
-        current, grace = None, None
-        errors = self.errors = []
-        clock, limit = time.monotonic(), self.options.startup_timeout
-        for item in job.messages():
-            now = time.monotonic()
-            if item is None:
-                if grace is not None and now > grace:
-                    break
-                if grace is None and now - clock > limit:
-                    yield self._timed_out(current, job, limit)
-                    return
-                continue
-            message = item[0]
-            kind = message["type"]
-            if kind == "start":
-                current, clock, limit = message["indices"][0], now, self.options.timeout
-            elif kind == "result":
-                self.remaining.remove(message["index"])
-                yield self._result(message["index"], OK, trials=message["trials"])
-                current, clock = None, now
-            elif kind == "error":
-                errors.append(message)
-                grace = grace or now + GRACE
-            elif kind == "hello":
-                clock = now
-            elif kind == "end":
-                break
-        if current is not None:
-            self.remaining.remove(current)
-            status = CRASH if not errors or any(e["status"] == CRASH for e in errors) else ERROR
-            yield self._result(current, status, self._failure(errors, job, True))
-
-    def _timed_out(self, current: int | None, job: launch.Job, limit: float) -> BenchResult:
-        time.sleep(0.5)  # the ranks' stack dumps land just before the limit
-        job.kill()
-        if current is None:
-            index = self.remaining.pop(0)
-            return self._result(index, TIMEOUT, f"no rank started within {limit:g}s{_tails(job)}")
-        self.remaining.remove(current)
-        reason = (
-            f"bench case did not finish within {limit:g}s (--timeout); each rank's Python "
-            f"stack is below{_tails(job)}"
-        )
-        return self._result(current, TIMEOUT, reason)
-
-    def _failure(self, errors: list[dict], job: launch.Job, started: bool) -> str:
-        """Why a launch ended early: what the ranks said, how ranks that said nothing
-        ended, then every rank's log tail."""
-        job.settle()
-        reported = {e["rank"] for e in errors}
-        parts = []
-        for rank, code in sorted(job.exit_codes().items()):
-            if rank in reported:
-                continue
-            # mlx.launch ends the other ranks with SIGTERM once one rank exits.
-            if code < 0 and code != -signal.SIGTERM:
-                parts.append(f"rank {rank} killed by {signal.Signals(-code).name}")
-            elif code > 0:
-                parts.append(f"rank {rank} exited with code {code}")
-        # A peer's death surfaces on the survivors as a lost connection: list it last.
-        errors = sorted(errors, key=lambda e: "connection to a peer" in e["reason"])
-        parts += [f"rank {e['rank']} {e['reason']}" for e in errors]
-        if not parts:
-            what = "this bench case finished" if started else "any bench case ran"
-            parts = [f"the launch ended before {what}"]
-        return "; ".join(dict.fromkeys(parts)) + _tails(job)
-
-
-def _tails(job: launch.Job) -> str:
-    out = [
-        f"\n--- rank {rank} log ---\n{tail.strip()}"
-        for rank, tail in job.log_tails().items()
-        if tail.strip()
-    ]
-    if not job.hello:
-        text = "\n".join([*job.output, *job.stderr][-20:]).strip()
-        out += [f"\n--- mlx.launch ---\n{text[-1500:]}"] if text else []
-    return "".join(out)
+    def _consume(self, watch: Watch) -> Iterator[BenchResult]:
+        for message, _ in watch.messages():
+            if isinstance(message, Result):
+                self.remaining.remove(message.index)
+                if message.failures:
+                    yield self._result(message.index, *watch.in_step(message.failures))
+                else:
+                    yield self._result(message.index, OK, trials=message.trials)
+        current = watch.current
+        unfinished = [i for i in (current.indices if current else []) if i in self.remaining]
+        limit = watch.timed_out
+        if limit is not None:
+            index = unfinished[0] if unfinished else self.remaining[0]
+            self.remaining.remove(index)
+            if not unfinished:
+                reason = f"no rank started within {limit:g}s{watch.tails()}"
+            else:
+                reason = (
+                    f"bench case did not finish within {limit:g}s (--timeout); each rank's "
+                    f"Python stack is below{watch.tails()}"
+                )
+            yield self._result(index, TIMEOUT, reason)
+        elif watch.died and unfinished:
+            self.remaining.remove(unfinished[0])
+            yield self._result(unfinished[0], *watch.failure(started=True, what="bench case"))

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -178,61 +179,152 @@ def launch_argv(target: Target, program: list[str], job: str) -> list[str]:
     return argv + ["--", *program]
 
 
-class Job:
-    """A running launch: the spec written to its stdin, frames and other lines read from its
-    stdout by a thread, the launcher's own stderr kept for the record.
+def starts_directly(target: Target, like_mlx_launch: bool = False) -> bool:
+    """Local ring ranks start with no launcher between them and the harness (see `Job`)."""
+    local_ring = target.hostfile is None and (target.backend or "ring") == "ring"
+    return local_ring and target.ranks > 1 and not like_mlx_launch
 
-    `quiet_launcher`: stop mlx.launch's per-rank threads from spinning once the ranks have
-    their spec (`_quiet_launcher`). Off for a job that times what a user's own mlx.launch
-    run costs them (`harness bench`, held against `mlx_lm.benchmark` run by hand)."""
+
+class Job:
+    """A running job on the target's ranks: the spec written to rank 0's stdin, frames and
+    other lines read from its stdout by a thread, the ranks' (or the launcher's) stderr
+    kept for the record.
+
+    Local ring ranks start directly, each with MLX_RANK and an MLX_HOSTFILE as mlx.launch's
+    ring backend writes them (one ["ip:port"] list per rank): no launcher process to start
+    and keep (its per-rank threads spin on a 2-core machine), and each rank's exit code
+    read first-hand. As mlx.launch does, once one rank exits non-zero the others are
+    ended (SIGTERM) and counted as killed. Ranks on a cluster or another backend start
+    through mlx.launch, quieted once the ranks have their spec (`_quiet_launcher`).
+
+    `like_mlx_launch`: start through a plain mlx.launch, spinning threads and all, for a
+    job that times what a user's own mlx.launch run costs them (`harness bench`, held
+    against `mlx_lm.benchmark` run by hand).
+
+    `spec` None: the ranks start (and import the job `kind`'s code) while the harness is
+    still planning; `send` hands them the spec."""
 
     def __init__(
         self,
         target: Target,
-        spec: dict,
+        spec: dict | None,
         module: str = "harness.run.rank.worker",
-        quiet_launcher: bool = True,
+        like_mlx_launch: bool = False,
+        kind: str | None = None,
     ):
+        kind = spec["kind"] if spec is not None else kind
+        program = ["-m", module, *([kind] if kind else [])]
         self.target = target
-        self.quiet_launcher = quiet_launcher
+        self.quiet_launcher = not like_mlx_launch
         self.id = uuid.uuid4().hex[:12]
         self.hello: list[dict] = []
         self.output: list[str] = []  # lines that were not frames
         self.stderr: list[str] = []
         self.items: queue.Queue = queue.Queue()
         env = {**os.environ, **target.environment(), "HARNESS_JOB": self.id}
-        self.process = subprocess.Popen(
-            launch_argv(target, ["-m", module], self.id),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=env,
-            cwd=target.cwd,
-        )
+        self.ranks: list[subprocess.Popen] = []  # started directly, in rank order
+        self._codes: dict[int, int] = {}
+        self._killed: set[int] = set()
+        self._ending = False  # the harness ends the job: no rank is 'killed' by a peer
+        self._lock = threading.Lock()
+        self._hostfile: str | None = None
+        if starts_directly(target, like_mlx_launch):
+            self._start_ranks([target.interpreter, *program], env)
+        else:
+            self.process = subprocess.Popen(
+                launch_argv(target, program, self.id),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env=env,
+                cwd=target.cwd,
+            )
+            self._errors = self.process.stderr
+            self._outputs = [self.process.stdout]
         self.started = time.monotonic()
+        self._open_outputs = len(self._outputs)
         self._threads = [
-            threading.Thread(target=self._read_frames, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_frames, args=(out,), daemon=True)
+            for out in self._outputs
+        ]
+        self._threads.append(threading.Thread(target=self._read_stderr, daemon=True))
+        self._threads += [
+            threading.Thread(target=self._reap, args=(rank,), daemon=True)
+            for rank in range(len(self.ranks))
         ]
         for thread in self._threads:
             thread.start()
+        if spec is not None:
+            self.send(spec)
+
+    def send(self, spec: dict) -> None:
+        """The job spec to rank 0 (the start-up clock runs from here)."""
         # stdin stays open while the job runs: mlx.launch spins on a closed stdin.
         self.process.stdin.write(protocol.encode_spec(spec))
         self.process.stdin.flush()
+        self.started = time.monotonic()
 
-    def _read_frames(self) -> None:
-        for item in protocol.frames(self.process.stdout):
+    def _start_ranks(self, argv: list[str], env: dict[str, str]) -> None:
+        """Every rank as a child of this process, in one process group (rank 0's)."""
+        port = free_port_block(self.target.ranks)
+        fd, self._hostfile = tempfile.mkstemp(prefix=f"harness-{self.id}-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump([[f"127.0.0.1:{port + r}"] for r in range(self.target.ranks)], fh)
+        # Rank 0's stdout carries the frames; the others write one only to say why they
+        # failed, on a pipe of their own (a frame is longer than a pipe's atomic write).
+        read, write = os.pipe()  # every rank's stderr
+        others_read, others_write = os.pipe()
+        try:
+            for rank in range(self.target.ranks):
+                self.ranks.append(
+                    subprocess.Popen(
+                        argv,
+                        stdin=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                        stdout=subprocess.PIPE if rank == 0 else others_write,
+                        stderr=write,
+                        env={**env, "MLX_RANK": str(rank), "MLX_HOSTFILE": self._hostfile},
+                        cwd=self.target.cwd,
+                        # A group of their own: Ctrl-C reaches the harness, which ends them.
+                        process_group=self.ranks[0].pid if rank else 0,
+                    )
+                )
+        finally:
+            os.close(write)
+            os.close(others_write)
+        self.process = self.ranks[0]
+        self._errors = os.fdopen(read, "rb")
+        self._outputs = [self.process.stdout, os.fdopen(others_read, "rb")]
+
+    def _reap(self, rank: int) -> None:
+        """A rank's exit code; the first rank that fails ends its peers, which may be
+        blocked in a collective with it."""
+        code = self.ranks[rank].wait()
+        with self._lock:
+            self._codes[rank] = code
+            if code == 0 or self._ending:
+                return
+            self._ending = True
+            for other, process in enumerate(self.ranks):
+                if process.poll() is None:
+                    self._killed.add(other)
+                    process.terminate()
+
+    def _read_frames(self, stream) -> None:
+        for item in protocol.frames(stream):
             if isinstance(item, str):
                 if item.strip():
                     self.output.append(item)
                 continue
-            if item[0].get("type") == "hello":
-                self.hello = item[0]["ranks"]
-                if self.quiet_launcher:
+            if isinstance(item[0], protocol.Hello):
+                self.hello = item[0].ranks
+                if self.quiet_launcher and not self.ranks:
                     self._quiet_launcher()
             self.items.put(item)
-        self.items.put(None)  # the stream ended
+        with self._lock:
+            self._open_outputs -= 1
+            if self._open_outputs == 0:
+                self.items.put(None)  # every stream ended
 
     def _quiet_launcher(self) -> None:
         """mlx.launch keeps a thread per rank in select() on the rank's stdin pipe, which is
@@ -248,7 +340,7 @@ class Job:
             pass  # the launch is already gone; its end is reported elsewhere
 
     def _read_stderr(self) -> None:
-        for raw in self.process.stderr:
+        for raw in self._errors:
             self.stderr.append(raw.decode(errors="replace").rstrip())
 
     def messages(self, poll: float = 0.05) -> Iterator[tuple[dict, dict] | None]:
@@ -265,8 +357,12 @@ class Job:
             yield item
 
     def exit_codes(self) -> dict[int, int]:
-        """What mlx.launch said of ranks that exited non-zero ('Node with rank 1 exited
-        with code -11'); a lone out-of-process rank's own code."""
+        """The ranks that exited non-zero, but for those a peer's failure ended: first-hand
+        for ranks started here, else what mlx.launch said ('Node with rank 1 exited with
+        code -11'); a lone out-of-process rank's own code."""
+        if self.ranks:
+            with self._lock:
+                return {r: c for r, c in self._codes.items() if c != 0 and r not in self._killed}
         if self.target.ranks == 1 and self.target.hostfile is None:
             code = self.process.poll()
             return {0: code} if code not in (None, 0) else {}
@@ -274,6 +370,9 @@ class Job:
         return {int(r): int(c) for r, c in _EXITED.findall(text)}
 
     def killed_ranks(self) -> set[int]:
+        if self.ranks:
+            with self._lock:
+                return set(self._killed)
         return {int(r) for r in _KILLED.findall("\n".join(self.stderr))}
 
     def log_tails(self, chars: int = 1500) -> dict[int, str]:
@@ -289,20 +388,26 @@ class Job:
     def settle(self, seconds: float = 10.0) -> None:
         """Give the launch a moment to end on its own and its streams to be read to the
         end, so what it said of each rank's exit is all there."""
+        deadline = time.monotonic() + seconds
         try:
-            self.process.wait(timeout=seconds)
+            for process in self.ranks or [self.process]:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             return
         for thread in self._threads:
             thread.join(timeout=2)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        with self._lock:
+            self._ending = True
+        processes = self.ranks or [self.process]
+        if any(p.poll() is None for p in processes):
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.process.wait()
+        for process in processes:
+            process.wait()
         for thread in self._threads:
             thread.join(timeout=2)
         if self.process.stdin:
@@ -310,6 +415,8 @@ class Job:
                 self.process.stdin.close()
             except OSError:
                 pass
+        if self._hostfile is not None:
+            Path(self._hostfile).unlink(missing_ok=True)
 
 
 def read_tail(host: str, path: str, chars: int) -> str:

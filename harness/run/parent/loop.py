@@ -1,32 +1,39 @@
-"""The one run loop: start a stored run, run the cases, record each result as it arrives,
-finish the run. SIGTERM and Ctrl-C mark the run `interrupted` and keep every recorded case.
-`harness run`, `harness selftest` and anything later (bisect, a cluster job) go through it;
-what they do with each result is their `on_result` callback."""
+"""The one run loop: start a stored run, record each result as it arrives, finish the run.
+SIGTERM and Ctrl-C mark the run `interrupted` and keep every recorded result. `harness
+run`, `harness selftest`, `harness bench` and anything later (bisect, a cluster job) go
+through it; what they do with each result is their `on_result` callback."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness.case import Case
 from harness.records import store
+from harness.records.bench import BenchResult
 from harness.records.result import CaseResult
 from harness.run.parent import plan, session
+from harness.run.parent.launch import Job
 from harness.run.parent.plan import RunOptions
 
+if TYPE_CHECKING:  # bench loads the models: a run of cases starts its ranks first
+    from harness.run.parent.bench import BenchOptions
+
+Result = CaseResult | BenchResult
 # Called with each result before it is stored; returns extra columns for its row, or None.
-OnResult = Callable[[CaseResult], dict | None]
+OnResult = Callable[[Result], dict | None]
 
 
 @dataclass
 class RunRecord:
     run_id: int | None
-    options: RunOptions
-    results: list[CaseResult] = field(default_factory=list)
+    options: RunOptions | BenchOptions
+    results: list = field(default_factory=list)  # CaseResult or BenchResult
     status: str = "interrupted"
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -53,21 +60,22 @@ def sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_cases(
-    cases: list[Case],
-    options: RunOptions,
+def run_loop(
+    results: Iterable[Result],
+    options: RunOptions | BenchOptions,
     database=None,
     *,
     kind: str = "run",
     suite: str | None = None,
     command: list[str] | None = None,
     on_result: OnResult | None = None,
-    judge: Callable[[list[CaseResult]], bool] | None = None,
+    judge: Callable[[list], bool] | None = None,
+    started: float | None = None,
 ) -> RunRecord:
-    """Run the cases and store them (when given a database) as a run of `kind`. The run
-    fails when `judge` (default: any failing case) says so."""
-    started = time.perf_counter()
-    cases, options = plan.prepare(cases, options)
+    """Store a run of any kind (when given a database): start it, record each result as it
+    arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
+    The run fails when `judge` (default: any failing result) says so."""
+    started = time.perf_counter() if started is None else started
     record = RunRecord(None, options)
     if database is not None:
         record.run_id = store.start_run(
@@ -81,10 +89,10 @@ def run_cases(
         )
     try:
         with sigterm_interrupts():
-            for result in session.run_prepared(cases, options):
+            for result in results:
                 extra = on_result(result) if on_result else None
                 if database is not None:
-                    store.record_case(database, record.run_id, result, extra)
+                    store.record(database, record.run_id, result, extra)
                 record.results.append(result)
             bad = judge(record.results) if judge else any(r.failed for r in record.results)
             record.status = "failed" if bad else "passed"
@@ -93,3 +101,28 @@ def run_cases(
             record.counts = store.finish_run(database, record.run_id, record.status)
         record.seconds = time.perf_counter() - started
     return record
+
+
+@contextmanager
+def started_early(options: RunOptions) -> Iterator[Job | None]:
+    """Local ranks started now, before the cases are chosen and planned (which import
+    mlx-lm, as long as the ranks take to start): see `session.start_early`. Killed on the
+    way out if no run used them."""
+    job = session.start_early(options)
+    try:
+        yield job
+    finally:
+        if job is not None:
+            job.kill()
+
+
+def run_cases(
+    cases: list[Case], options: RunOptions, database=None, early: Job | None = None, **how
+) -> RunRecord:
+    """Plan the cases, then run and store them through `run_loop` (`how`: its kind, suite,
+    command, on_result and judge); `early`: ranks already started (`started_early`)."""
+    started = time.perf_counter()
+    with started_early(options) if early is None else nullcontext(early) as job:
+        cases, options = plan.prepare(cases, options)
+        results = session.run_prepared(cases, options, job)
+        return run_loop(results, options, database, started=started, **how)

@@ -10,17 +10,18 @@ single host holds), or another strategy on the same ranks (`reference="pp"`).
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Iterator
 
 from harness.case import Case
-from harness.errors import INTERNAL, HarnessError, blame
+from harness.errors import HarnessError
 from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
-from harness.records.result import CRASH, ERROR, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
+from harness.run.parent.watch import Watch, watched
+from harness.run.protocol import Reference, Result
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
@@ -28,8 +29,25 @@ def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
     yield from run_prepared(*prepare(cases, options))
 
 
-def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
+def start_early(options: RunOptions) -> launch.Job | None:
+    """Local ranks started before planning, so they import their code while the harness
+    plans (its own imports take as long); None where a launch waits for the plan."""
+    target = options.target()
+    if options.ranks < 1 or options.timeout <= 0 or options.python is not None:
+        return None  # another interpreter is checked (`plan.prepare`) before it runs ranks
+    if not launch.starts_directly(target):
+        return None
+    try:
+        return launch.Job(target, None, kind="cases")
+    except (OSError, HarnessError):
+        return None  # planning says what is wrong with the setup, in one sentence
+
+
+def run_prepared(
+    cases: list[Case], options: RunOptions, job: launch.Job | None = None
+) -> Iterator[CaseResult]:
+    """Run prepared cases (see `plan.prepare`), one result per case as it finishes; `job`:
+    the first launch, started early (`start_early`)."""
     runnable = []
     for index, case in enumerate(cases):
         reason = f"known failure: {case.known_failure}" if case.known_failure else None
@@ -47,21 +65,17 @@ def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]
         else:
             runnable.append((index, case))
     if runnable:
-        yield from _Session(runnable, options).results()
-
-
-def _who(target: launch.Target, rank: int) -> str:
-    if target.hostfile is None:
-        return f"rank {rank}"
-    hosts = target.hosts()
-    return f"rank {rank} (host {hosts[rank]})" if rank < len(hosts) else f"rank {rank}"
+        yield from _Session(runnable, options, job).results()
+    elif job is not None:
+        job.kill()
 
 
 class _Session:
     """The cases of one run on its ranks, through as many launches as crashes require."""
 
-    def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions):
+    def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions, job=None):
         self.options = options
+        self.early = job
         self.target = options.target()
         self.cases = dict(runnable)
         self.remaining = [index for index, _ in runnable]
@@ -71,8 +85,6 @@ class _Session:
         self.truths: dict[str, Output] = {}
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
-
-    # -- the stream of messages, in this process or from a launch -----------------------
 
     def _spec(self) -> dict:
         wanted = []
@@ -101,47 +113,16 @@ class _Session:
             "dump_after": max(self.options.timeout * 0.8, self.options.timeout - 2),
         }
 
-    def _in_process(self, spec: dict):
-        import mlx.core as mx
-
-        from harness.run.rank.cases import run_on_rank
-
-        current: dict = {}
-        try:
-            for message, arrays in run_on_rank(spec, mx.distributed.init()):
-                if message["type"] == "start":
-                    current = message
-                yield message, arrays
-        except Exception as exc:
-            status, reason = blame(exc)
-            yield (
-                {
-                    "type": "error",
-                    "rank": 0,
-                    "status": status,
-                    "reason": reason,
-                    "indices": current.get("indices", []),
-                    "phase": current.get("phase"),
-                    "traceback": "".join(traceback.format_exception(exc))[-3000:],
-                },
-                {},
-            )
-        yield {"type": "end"}, {}
-
     # -- driving ------------------------------------------------------------------------
 
     def results(self) -> Iterator[CaseResult]:
         if self.options.reference == GOLDEN:
             yield from self._load_goldens()
         while self.remaining:
-            if self.target.in_process:
-                yield from self._consume(self._in_process(self._spec()), None)
-            else:
-                job = launch.Job(self.target, self._spec())
-                try:
-                    yield from self._consume(job.messages(), job)
-                finally:
-                    job.kill()
+            limits = self.options.startup_timeout, self.options.timeout
+            job, self.early = self.early, None
+            with watched(self.target, self._spec(), *limits, job=job) as watch:
+                yield from self._consume(watch)
             if self.remaining and self.target.hostfile is not None:
                 try:
                     check_hosts(self.target)
@@ -154,43 +135,17 @@ class _Session:
             yield self._result(index, ERROR, reason)
         self.remaining = []
 
-    def _consume(self, stream, job: launch.Job | None) -> Iterator[CaseResult]:
-        current: dict = {}
-        clock, limit = time.monotonic(), self.options.startup_timeout
-        errors: list[dict] = []
-        grace = None
-        for item in stream:
-            now = time.monotonic()
-            if item is None:
-                if grace is not None and now > grace:
-                    break
-                if grace is None and now - clock > limit:
-                    yield from self._timed_out(current, job, limit)
-                    return
-                continue
-            message, arrays = item
-            kind = message["type"]
-            if kind == "start":
-                # Long prompts get their multiple of the per-case limit (Case.watchdog_scale).
-                limit = self.options.timeout * message.get("scale", 1)
-                current, clock = message, now
-            elif kind == "reference":
+    def _consume(self, watch: Watch) -> Iterator[CaseResult]:
+        for message, arrays in watch.messages():
+            if isinstance(message, Reference):
                 self._reference(message, arrays)
-                clock = now
-            elif kind == "result":
-                index = message["index"]
-                self.remaining.remove(index)
-                yield self._judged(index, message, arrays)
-                clock = now
-            elif kind == "error":
-                errors.append(message)
-                grace = now + 5.0  # let the other ranks' error frames and exits arrive
-            elif kind == "hello":
-                clock = now
-            elif kind == "end":
-                break
-        if errors or self.remaining:
-            yield from self._died(current, errors, job)
+            elif isinstance(message, Result):
+                self.remaining.remove(message.index)
+                yield self._judged(message, arrays, watch)
+        if watch.timed_out is not None:
+            yield from self._timed_out(watch)
+        elif watch.died:
+            yield from self._died(watch)
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -216,12 +171,12 @@ class _Session:
             return "single-rank"
         return f"{self.options.reference} on {self.options.ranks} ranks"
 
-    def _reference(self, message: dict, arrays: dict) -> None:
-        key = self.cases[message["index"]].key()
-        if message["status"] != "ok":
-            self.references[key] = message["reason"]
+    def _reference(self, message: Reference, arrays: dict) -> None:
+        key = self.cases[message.index].key()
+        if message.status != "ok":
+            self.references[key] = message.reason or message.status
             return
-        timings = message.get("timings")
+        timings = message.timings
         own = {k: v for k, v in arrays.items() if not k.startswith("truth:")}
         self.references[key] = (
             Output.from_arrays(own),
@@ -231,33 +186,35 @@ class _Session:
         if truth:
             self.truths[key] = Output.from_arrays(truth)
 
-    def _died(self, current: dict, errors: list[dict], job: launch.Job | None):
-        """The launch ended inside `current` (a case or a reference round), or before any
-        (the ranks could not start: a fault of the setup, so every remaining case says so)."""
-        if not current:
-            _, reason = self._failure(errors, job, started=False)
+    def _unfinished(self, watch: Watch) -> list[int]:
+        """The remaining cases of the unit of work the ranks were in."""
+        current = watch.current
+        return [i for i in (current.indices if current else []) if i in self.remaining]
+
+    def _died(self, watch: Watch) -> Iterator[CaseResult]:
+        """The launch ended inside a case or a reference round, or before any (the ranks
+        could not start: a fault of the setup, so every remaining case says so)."""
+        if watch.current is None:
+            _, reason = watch.failure(started=False)
             yield from self._not_run(f"the ranks failed before any case started: {reason}")
             return
-        indices = [i for i in current.get("indices", []) if i in self.remaining]
-        if current.get("phase") == "reference":
-            yield from self._reference_died(indices, errors, job)
+        indices = self._unfinished(watch)
+        if watch.current.phase == "reference":
+            yield from self._reference_died(indices, watch)
             return
         if not indices:
             return  # ended between cases: the rest re-launch
         index = indices[0]
         self.remaining.remove(index)
-        status, reason = self._failure(errors, job, started=True)
+        status, reason = watch.failure(started=True)
         yield self._result(index, status, reason)
 
-    def _reference_died(self, indices: list[int], errors: list[dict], job):
+    def _reference_died(self, indices: list[int], watch: Watch) -> Iterator[CaseResult]:
         """A reference round died: the case the failing rank computed gets the blame (all
         of the round's when that cannot be told); the others run again."""
-        failing = {e["rank"] for e in errors}
-        if job is not None:
-            failing |= {r for r, code in job.exit_codes().items() if code != 0}
-            failing |= job.killed_ranks()
+        failing = watch.failing_ranks()
         culprits = [indices[r] for r in sorted(failing) if r < len(indices)] or indices
-        _, reason = self._failure(errors, job, started=True)
+        _, reason = watch.failure(started=True)
         keys = {self.cases[i].key() for i in culprits}
         for key in keys:
             self.references[key] = f"the single-rank reference crashed: {reason}"
@@ -265,78 +222,15 @@ class _Session:
             self.remaining.remove(index)
             yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
 
-    def _failure(self, errors: list[dict], job: launch.Job | None, started: bool):
-        """(status, reason) of a launch that ended early: ranks that died without a word
-        (a signal, a lost host) first, then what the ranks' error frames said, then every
-        rank's log tail."""
-        if job is not None:
-            job.settle()
-        reported = {e["rank"] for e in errors}
-        deaths = self._exits(job, reported) if job else []
-        # A peer's death surfaces on the survivors as a lost connection: list it last.
-        errors = sorted(errors, key=lambda e: "connection to a peer" in e["reason"])
-        parts = deaths + [f"{_who(self.target, e['rank'])} {e['reason']}" for e in errors]
-        if not parts:
-            parts = [
-                "the launch ended before this case finished"
-                if started
-                else "the launch failed to start"
-            ]
-        internal = [e for e in errors if e["status"] == ERROR]
-        crashed = deaths or any(e["status"] == CRASH for e in errors)
-        status = CRASH if crashed or not internal else ERROR
-        reason = "; ".join(dict.fromkeys(parts))
-        if internal and internal[0]["reason"].startswith(INTERNAL):
-            reason += f"\n--- traceback ---\n{internal[0]['traceback']}"
-        if job is not None:
-            reason += self._tails(job)
-        return status, reason
-
-    def _exits(self, job: launch.Job, reported: set[int]) -> list[str]:
-        """What mlx.launch saw of ranks that ended without an error frame of their own."""
-        import signal
-
-        parts = []
-        for rank, code in sorted(job.exit_codes().items()):
-            who = _who(self.target, rank)
-            if rank in reported:
-                continue
-            if code < 0 and code != -signal.SIGTERM:
-                parts.append(f"{who} killed by {signal.Signals(-code).name}")
-            elif code == 255 and self.target.hostfile is not None:
-                parts.append(f"{who} lost its ssh connection (exit 255)")
-            elif code > 0:
-                parts.append(f"{who} exited with code {code}")
-        parts += [
-            f"{_who(self.target, r)} was killed" for r in sorted(job.killed_ranks() - reported)
-        ]
-        return parts
-
-    def _tails(self, job: launch.Job) -> str:
-        out = []
-        for rank, tail in job.log_tails().items():
-            if tail.strip():
-                out.append(f"\n--- {_who(self.target, rank)} log ---\n{tail.strip()}")
-        if not job.hello:
-            launch_text = "\n".join([*job.output, *job.stderr][-20:]).strip()
-            if launch_text:
-                out.append(f"\n--- mlx.launch ---\n{launch_text[-1500:]}")
-        return "".join(out)
-
-    def _timed_out(self, current: dict, job: launch.Job | None, limit: float):
-        indices = [i for i in current.get("indices", []) if i in self.remaining]
-        if job is not None:
-            time.sleep(0.5)  # the ranks' stack dumps land just before the limit
-            job.kill()
-        if not current:
-            tails = self._tails(job) if job else ""
-            yield from self._not_run(f"the ranks did not start within {limit:g}s{tails}")
+    def _timed_out(self, watch: Watch) -> Iterator[CaseResult]:
+        limit = watch.timed_out
+        if watch.current is None:
+            yield from self._not_run(f"the ranks did not start within {limit:g}s{watch.tails()}")
             return
-        what = "reference round" if current.get("phase") == "reference" else "case"
+        what = "reference round" if watch.current.phase == "reference" else "case"
         reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
-        if job is not None:
-            reason += self._tails(job)
-        for index in indices:
+        reason += watch.tails()
+        for index in self._unfinished(watch):
             self.remaining.remove(index)
             if what == "case":
                 yield self._result(index, TIMEOUT, reason)
@@ -345,9 +239,12 @@ class _Session:
 
     # -- judging ------------------------------------------------------------------------
 
-    def _judged(self, index: int, message: dict, arrays: dict) -> CaseResult:
-        outputs = verdict.rank_outputs(message["ranks"], arrays, "")
-        timings = {r["rank"]: r["timings"] for r in message["ranks"] if r.get("timings")}
+    def _judged(self, message: Result, arrays: dict, watch: Watch) -> CaseResult:
+        index = message.index
+        if message.failures:
+            return self._result(index, *watch.in_step(message.failures))
+        outputs = verdict.rank_outputs(message.ranks, arrays, "")
+        timings = {r["rank"]: r["timings"] for r in message.ranks if r.get("timings")}
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
@@ -363,7 +260,7 @@ class _Session:
                 )
             ref_output, ref_timings = reference
         else:
-            ref_ranks = message["reference_ranks"]
+            ref_ranks = message.reference_ranks or []
             ref_outputs = verdict.rank_outputs(ref_ranks, arrays, "ref")
             ref_output = verdict.filled(ref_outputs[0], ref_outputs)
             ref_timings = next(
@@ -373,7 +270,7 @@ class _Session:
         truth = None
         if self.options.reference == SINGLE:
             truth = self.truths.get(self.cases[index].key())
-        requests = {r["rank"]: r.get("requests", []) for r in message["ranks"]}
+        requests = {r["rank"]: r.get("requests", []) for r in message.ranks}
         verdict.judge(result, ref_output, outputs, truth, requests)
         if self.options.reference == SINGLE:
             verdict.against_golden(

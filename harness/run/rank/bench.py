@@ -28,21 +28,26 @@ from harness.models.build import tiny_config
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.read import read_config
 from harness.models.checkpoint.write import write_tokenizer
-from harness.run.rank.one_case import sharded_model
+from harness.run.protocol import Message, Result, Start
+from harness.run.rank.one_case import ShardingFailed, sharded_model
 
 # The per-trial numbers every rank reports, in the order they travel in all_gather.
 FIELDS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb", "wall_s")
 
 
-def run_on_rank(spec: dict, group) -> Iterator[tuple[dict, dict]]:
+def run_on_rank(spec: dict, group) -> Iterator[tuple[Message, dict]]:
     """Every bench case of a job (`spec["cases"]`: index and bench case) on this rank, as
     the worker's messages: `start` when a case begins (the watchdog's clock), then `result`
     with every rank's trials (gathered, so every rank yields the same); no arrays."""
     for entry in spec["cases"]:
         index, bench = entry["index"], BenchCase.from_dict(entry["case"])
-        yield {"type": "start", "phase": "bench", "indices": [index]}, {}
-        trials = gather(time_case(bench, group), group)
-        yield {"type": "result", "index": index, "trials": trials}, {}
+        yield Start("bench", [index]), {}
+        try:
+            trials = gather(time_case(bench, group), group)
+        except ShardingFailed as exc:  # the ranks are still in step: on to the next case
+            yield Result(index, failures=exc.failures), {}
+            continue
+        yield Result(index, trials=trials), {}
 
 
 def gather(trials: list[dict], group) -> list[dict]:

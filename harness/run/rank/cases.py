@@ -22,11 +22,12 @@ import numpy as np
 
 from harness.case import Case
 from harness.errors import HarnessError, ModelError, blame
-from harness.run.protocol import gather_bytes, pack, unpack
-from harness.run.rank.one_case import run_case, run_truth
+from harness.run.protocol import Message as Header
+from harness.run.protocol import Reference, Result, Start, gather_bytes, pack, unpack
+from harness.run.rank.one_case import ShardingFailed, run_case, run_truth
 from harness.run.rank.solo import solo_world
 
-Message = tuple[dict, dict[str, np.ndarray]]
+Message = tuple[Header, dict[str, np.ndarray]]
 
 
 def _timings(timings) -> dict | None:
@@ -60,15 +61,7 @@ def _references(todo, group, capture: bool, repeats: int, forced: dict) -> Itera
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
         scale = max(case.watchdog_scale for _, case in batch)
-        yield (
-            {
-                "type": "start",
-                "phase": "reference",
-                "indices": [i for i, _ in batch],
-                "scale": scale,
-            },
-            {},
-        )
+        yield Start("reference", [i for i, _ in batch], scale=scale), {}
         payload = pack({})
         if rank < len(batch):
             payload = _single_rank(batch[rank][1], capture, repeats)
@@ -76,19 +69,39 @@ def _references(todo, group, capture: bool, repeats: int, forced: dict) -> Itera
             if r < len(batch):
                 if "tokens" in arrays:
                     forced[batch[r][1].key()] = arrays["tokens"]
-                yield {"type": "reference", "index": batch[r][0], **message}, arrays
+                yield Reference(batch[r][0], **message), arrays
 
 
 def _sharded(
     case: Case, group, capture: bool, repeats: int, forced: np.ndarray | None = None
-) -> tuple[dict, dict]:
+) -> tuple[list[dict], dict]:
+    """Every rank's part of one sharded case (`rank`, `timings`, how its later requests
+    compared with its first: `requests`) and their arrays."""
     output, timings = run_case(case, group, capture, repeats, forced, requests=True)
     ranks, arrays = [], {}
     mine = pack({"timings": _timings(timings), "requests": output.requests}, output.arrays())
     for r, (message, part) in enumerate(_gathered(mine, group)):
         ranks.append({"rank": r, **message})
         arrays.update({f"{r}:{k}": v for k, v in part.items()})
-    return {"ranks": ranks}, arrays
+    return ranks, arrays
+
+
+def _case(index: int, case: Case, against: str | None, group, capture, repeats, forced) -> Message:
+    reference: list[dict] | None = None
+    arrays: dict[str, np.ndarray] = {}
+    if against:
+        # Held against another strategy on the same ranks (a model no host fits whole),
+        # run first: the case's own strategy may patch classes for the rest of the job.
+        other = Case.from_dict({**case.to_dict(), "strategy": against})
+        try:
+            reference, ref_arrays = _sharded(other, group, capture, repeats)
+        except ShardingFailed as exc:
+            for failure in exc.failures:
+                failure["reason"] = f"(reference {against}) {failure['reason']}"
+            raise
+        arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
+    ranks, own = _sharded(case, group, capture, repeats, forced)
+    return Result(index, ranks, reference_ranks=reference), {**own, **arrays}
 
 
 def run_on_rank(spec: dict, group) -> Iterator[Message]:
@@ -104,18 +117,8 @@ def run_on_rank(spec: dict, group) -> Iterator[Message]:
     yield from _references(todo, group, capture, repeats, forced)
     against = spec.get("reference_strategy")
     for index, case in cases:
-        yield (
-            {"type": "start", "phase": "case", "indices": [index], "scale": case.watchdog_scale},
-            {},
-        )
-        reference: dict = {}
-        if against:
-            # Held against another strategy on the same ranks (a model no host fits whole),
-            # run first: the case's own strategy may patch classes for the rest of the job.
-            other = Case.from_dict({**case.to_dict(), "strategy": against})
-            reference, ref_arrays = _sharded(other, group, capture, repeats)
-        message, arrays = _sharded(case, group, capture, repeats, forced.get(case.key()))
-        if against:
-            message["reference_ranks"] = reference["ranks"]
-            arrays.update({f"ref{k}": v for k, v in ref_arrays.items()})
-        yield {"type": "result", "index": index, **message}, arrays
+        yield Start("case", [index], scale=case.watchdog_scale), {}
+        try:
+            yield _case(index, case, against, group, capture, repeats, forced.get(case.key()))
+        except ShardingFailed as exc:  # the ranks are still in step: on to the next case
+            yield Result(index, failures=exc.failures), {}

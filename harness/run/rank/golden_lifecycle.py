@@ -11,7 +11,12 @@ from harness.case import Case
 from harness.errors import HarnessError, describe
 from harness.records.compare import tolerance_for
 from harness.records.goldens import (
+    CORRUPT,
+    EXISTS,
     GOLDENS_DIR,
+    UNAVAILABLE,
+    UPDATED,
+    WRITTEN,
     CorruptGolden,
     GoldenCheck,
     GoldenDiff,
@@ -34,8 +39,8 @@ class GoldenAction:
 
     key: str
     case: Case | None  # None when the sidecar is too damaged to rebuild the case
-    status: str  # record: written | exists; update: updated | written; verify: GoldenCheck's;
-    # any: unavailable (this machine or this mlx-lm cannot compute the case)
+    status: str  # one of goldens.ACTION_STATUSES: record: WRITTEN | EXISTS; update: UPDATED |
+    # WRITTEN; verify: the check's; any: UNAVAILABLE (this machine cannot compute the case)
     check: GoldenCheck | None = None
 
 
@@ -53,9 +58,7 @@ def unique_cases(cases: list[Case]) -> list[Case]:
 
 
 def _unavailable(case: Case, reason: str) -> GoldenAction:
-    return GoldenAction(
-        case.key(), case, "unavailable", GoldenCheck(case.key(), "unavailable", reason)
-    )
+    return GoldenAction(case.key(), case, UNAVAILABLE, GoldenCheck(case.key(), UNAVAILABLE, reason))
 
 
 def _computed(cases: list[Case], actions: list[GoldenAction]):
@@ -84,12 +87,12 @@ def record(cases: list[Case], directory: Path = GOLDENS_DIR) -> list[GoldenActio
     missing = []
     for case in unique_cases(cases):
         if paths(case.key(), directory)[1].exists():
-            actions.append(GoldenAction(case.key(), case, "exists"))
+            actions.append(GoldenAction(case.key(), case, EXISTS))
         else:
             missing.append(case)
     for case, output in _computed(missing, actions):
         save(case, output, directory)
-        actions.append(GoldenAction(case.key(), case, "written"))
+        actions.append(GoldenAction(case.key(), case, WRITTEN))
     return actions
 
 
@@ -101,7 +104,7 @@ def update(cases: list[Case], reason: str, directory: Path = GOLDENS_DIR) -> lis
     for case, output in _computed(cases, actions):
         existed = paths(case.key(), directory)[1].exists()
         save(case, output, directory, reason=reason if existed else None)
-        actions.append(GoldenAction(case.key(), case, "updated" if existed else "written"))
+        actions.append(GoldenAction(case.key(), case, UPDATED if existed else WRITTEN))
     return actions
 
 
@@ -116,7 +119,7 @@ def verify(cases: list[Case] | None, directory: Path = GOLDENS_DIR) -> list[Gold
                 cases.append(stored_case(key, directory))
             except CorruptGolden as exc:
                 actions.append(
-                    GoldenAction(key, None, "corrupt", GoldenCheck(key, "corrupt", str(exc)))
+                    GoldenAction(key, None, CORRUPT, GoldenCheck(key, CORRUPT, str(exc)))
                 )
     for case, output in _computed(cases, actions):
         tol = tolerance_for(case.precision, case.tolerance)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import traceback
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from harness.case import Case
-from harness.errors import HarnessError, model_code
+from harness.errors import HarnessError, ModelError, blame, model_code
 from harness.models import checkpoint
 from harness.models.build import build_model, upcast
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.prompts import tokenize_prompts
+from harness.run.protocol import gather_bytes
 from harness.run.rank import forward
 from harness.shapes import SHAPES, get_shape
 from harness.strategies import resolve
@@ -70,16 +74,50 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     return output
 
 
+class ShardingFailed(Exception):
+    """The strategy raised while sharding, on some ranks or all, and every rank knows it:
+    they agreed over the group before the model's first collective, so they are still in
+    step and the job goes on with its next case (no relaunch)."""
+
+    def __init__(self, failures: list[dict]):
+        super().__init__("; ".join(f"rank {f['rank']} {f['reason']}" for f in failures))
+        self.failures = failures  # each: rank, status, reason, traceback
+
+
 def sharded_model(case: Case, group) -> nn.Module:
     """The case's model built fresh and sharded by its strategy for `group` (None: the
-    unsharded model), evaluated; what the strategy raises is the model's (`ModelError`)."""
+    unsharded model), evaluated. What the strategy raises is the model's: `ShardingFailed`
+    on every rank (see `_agree`)."""
     model = model_for_case(case, group)
     if group is not None and not checkpoint.sharded_by_loader(case):
         strategy = resolve(case.strategy)
-        with model_code():
-            model = strategy.apply(model, group)
-            mx.eval(model.parameters())
+        failure = None
+        try:
+            with model_code():
+                model = strategy.apply(model, group)
+                mx.eval(model.parameters())
+        except ModelError as exc:
+            failure = exc
+        _agree(failure, group)
     return model
+
+
+def _agree(failure: ModelError | None, group) -> None:
+    """Raise `ShardingFailed` on every rank when the strategy raised on any: one all_sum
+    of a flag (what a case that shards cleanly pays), then, only after a failure, every
+    rank's words. Sharding runs no collective of the model, so a rank that raised there
+    and its peers meet here, at the same collective."""
+    raised = mx.distributed.all_sum(mx.array(int(failure is not None)), group=group)
+    if int(raised.item()) == 0:
+        return
+    words = b""
+    if failure is not None:
+        status, reason = blame(failure)
+        detail = "".join(traceback.format_exception(failure.original))[-2000:]
+        words = json.dumps(
+            {"rank": group.rank(), "status": status, "reason": reason, "traceback": detail}
+        ).encode()
+    raise ShardingFailed([json.loads(w) for w in gather_bytes(words, group) if w])
 
 
 def case_prompts(case: Case) -> tuple[tuple[int, ...], ...]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from harness.errors import blame
 from harness.run import protocol
+from harness.run.protocol import End, Error, Hello, Start
 
 # kind -> "module:function" yielding (message, arrays) on every rank; imported lazily so a
 # job loads only what it runs.
@@ -105,8 +106,11 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     frames, log = _redirect(folder / f"rank{rank}.log")
     emit = lambda message, arrays=None: frames.write(protocol.encode_frame(message, arrays))  # noqa: E731
-    current: dict = {}
+    current = Start("")
     try:
+        if len(sys.argv) > 1:
+            # The job's kind: its code imports while the harness may still be planning.
+            resolve_job(sys.argv[1])
         spec = _share_spec(group)
         release_stdin()
         ranks = [
@@ -116,15 +120,15 @@ def main() -> None:
             )
         ]
         if rank == 0:
-            emit({"type": "hello", "ranks": ranks})
+            emit(Hello(ranks))
         dump_after = spec.get("dump_after")
         for message, arrays in resolve_job(spec["kind"])(spec, group):
-            starting = message.get("type") == "start"
+            starting = isinstance(message, Start)
             if starting:
                 current = message
                 if dump_after:
                     # A hung case leaves every rank's Python stack in its log.
-                    later = dump_after * message.get("scale", 1)
+                    later = dump_after * message.scale
                     faulthandler.dump_traceback_later(later, exit=False, file=log)
             elif dump_after:
                 faulthandler.cancel_dump_traceback_later()
@@ -139,19 +143,18 @@ def main() -> None:
         detail = "".join(traceback.format_exception(exc))
         print(detail, file=log, flush=True)
         emit(
-            {
-                "type": "error",
-                "rank": rank,
-                "status": status,
-                "reason": reason,
-                "indices": current.get("indices", []),
-                "phase": current.get("phase"),
-                "traceback": detail[-TRACEBACK_CHARS:],
-            }
+            Error(
+                rank,
+                status,
+                reason,
+                current.indices,
+                current.phase or None,
+                detail[-TRACEBACK_CHARS:],
+            )
         )
         os._exit(1)
     if rank == 0:
-        emit({"type": "end"})
+        emit(End())
     log.flush()
     shutil.rmtree(folder, ignore_errors=True)
 
