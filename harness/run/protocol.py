@@ -48,7 +48,7 @@ class Start:
     phase: str  # case | reference | bench | property
     indices: list[int] = field(default_factory=list)
     name: str | None = None  # a property's name
-    scale: float = 1.0  # the watchdog's limit times this (long prompts take longer)
+    scale: int = 1  # times the per-unit limit it may take (Case.watchdog_scale: long prompts)
 
 
 @dataclass

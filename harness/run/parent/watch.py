@@ -70,7 +70,7 @@ class Watch:
                 self.ended = True
                 break
             if isinstance(message, Start):
-                # Long prompts get their multiple of the per-case limit (Case.watchdog_scale).
+                # Long prompts get their multiple of the limit (Case.watchdog_scale).
                 self.current, limit = message, self.timeout * message.scale
             clock = now
             if not isinstance(message, Hello):

@@ -76,7 +76,7 @@ def _sharded(
     case: Case, group, capture: bool, repeats: int, forced: np.ndarray | None = None
 ) -> tuple[list[dict], dict]:
     """Every rank's part of one sharded case (`rank`, `timings`, how its later requests
-    compared with its first) and their arrays."""
+    compared with its first: `requests`) and their arrays."""
     output, timings = run_case(case, group, capture, repeats, forced, requests=True)
     ranks, arrays = [], {}
     mine = pack({"timings": _timings(timings), "requests": output.requests}, output.arrays())
@@ -86,15 +86,7 @@ def _sharded(
     return ranks, arrays
 
 
-def _case(
-    index: int,
-    case: Case,
-    against: str | None,
-    group,
-    capture: bool,
-    repeats: int,
-    forced: np.ndarray | None,
-) -> Message:
+def _case(index: int, case: Case, against: str | None, group, capture, repeats, forced) -> Message:
     reference: list[dict] | None = None
     arrays: dict[str, np.ndarray] = {}
     if against:
