@@ -84,9 +84,10 @@ def run(
     Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
-    from harness.run.parent.loop import run_cases, started_early
+    from harness.run.parent.loop import run_cases
     from harness.run.parent.plan import RunOptions
 
+    cases = select_cases(suite, arch, strategy, precision, shapes)
     options = RunOptions(
         ranks=ranks,
         backend=backend,
@@ -101,21 +102,18 @@ def run(
         workdir=workdir,
         strict=bool(arch),
     )
-    with started_early(options) as early:  # the ranks start while the suite loads
-        cases = select_cases(suite, arch, strategy, precision, shapes)
-        database = store.open_db(db)
-        out = render.console()
-        total = len(cases)
-        record = run_cases(
-            cases,
-            options,
-            database,
-            early,
-            kind="run",
-            suite=suite or ",".join(arch or []),
-            command=command_line(ctx, "run"),
-            on_result=lambda result: out.print(render.progress_line(result, total)),
-        )
+    database = store.open_db(db)
+    out = render.console()
+    total = len(cases)
+    record = run_cases(
+        cases,
+        options,
+        database,
+        kind="run",
+        suite=suite or ",".join(arch or []),
+        command=command_line(ctx, "run"),
+        on_result=lambda result: out.print(render.progress_line(result, total)),
+    )
     if junit_path is not None:
         junit.write(junit_path, *store.get_run(database, record.run_id))
     rows = [case_row(r) for r in record.results]
