@@ -99,29 +99,9 @@ def run_loop(
     return record
 
 
-def run_cases(
-    cases: list[Case],
-    options: RunOptions,
-    database=None,
-    *,
-    kind: str = "run",
-    suite: str | None = None,
-    command: list[str] | None = None,
-    on_result: OnResult | None = None,
-    judge: Callable[[list[CaseResult]], bool] | None = None,
-) -> RunRecord:
-    """Plan the cases, then run and store them through `run_loop` as a run of `kind`."""
+def run_cases(cases: list[Case], options: RunOptions, database=None, **how) -> RunRecord:
+    """Plan the cases, then run and store them through `run_loop` (`how`: its kind, suite,
+    command, on_result and judge)."""
     started = time.perf_counter()
     cases, options = plan.prepare(cases, options)
-    results = session.run_prepared(cases, options)
-    return run_loop(
-        results,
-        options,
-        database,
-        kind=kind,
-        suite=suite,
-        command=command,
-        on_result=on_result,
-        judge=judge,
-        started=started,
-    )
+    return run_loop(session.run_prepared(cases, options), options, database, started=started, **how)
