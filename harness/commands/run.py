@@ -83,9 +83,10 @@ def run(
     Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
-    from harness.run.parent.loop import run_cases, started_early
+    from harness.run.parent.loop import run_cases
     from harness.run.parent.plan import RunOptions
 
+    cases = select_cases(suite, arch, strategy, precision, shapes)
     chosen = paths.goldens(goldens_dir)
     golden_dir = chosen.writable() if record_missing else chosen.directory
     options = RunOptions(
@@ -102,25 +103,22 @@ def run(
         workdir=workdir,
         strict=bool(arch),
     )
-    with started_early(options) as early:  # the ranks start while the suite loads
-        cases = select_cases(suite, arch, strategy, precision, shapes)
-        database = store.open_db(db)
-        out = render.console()
-        if suite is not None:
-            out.print(f"suite {suite}: {suites.suite_path(suite)}", markup=False, soft_wrap=True)
-        if not no_goldens:
-            out.print(chosen.describe(), markup=False, soft_wrap=True)
-        total = len(cases)
-        record = run_cases(
-            cases,
-            options,
-            database,
-            early,
-            kind="run",
-            suite=suite or ",".join(arch or []),
-            command=command_line(ctx, "run"),
-            on_result=lambda result: out.print(render.progress_line(result, total)),
-        )
+    database = store.open_db(db)
+    out = render.console()
+    if suite is not None:
+        out.print(f"suite {suite}: {suites.suite_path(suite)}", markup=False, soft_wrap=True)
+    if not no_goldens:
+        out.print(chosen.describe(), markup=False, soft_wrap=True)
+    total = len(cases)
+    record = run_cases(
+        cases,
+        options,
+        database,
+        kind="run",
+        suite=suite or ",".join(arch or []),
+        command=command_line(ctx, "run"),
+        on_result=lambda result: out.print(render.progress_line(result, total)),
+    )
     if junit_path is not None:
         junit.write(junit_path, *store.get_run(database, record.run_id))
     rows = [case_row(r) for r in record.results]

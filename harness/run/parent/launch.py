@@ -199,21 +199,15 @@ class Job:
 
     `like_mlx_launch`: start through a plain mlx.launch, spinning threads and all, for a
     job that times what a user's own mlx.launch run costs them (`harness bench`, held
-    against `mlx_lm.benchmark` run by hand).
-
-    `spec` None: the ranks start (and import the job `kind`'s code) while the harness is
-    still planning; `send` hands them the spec."""
+    against `mlx_lm.benchmark` run by hand)."""
 
     def __init__(
         self,
         target: Target,
-        spec: dict | None,
+        spec: dict,
         module: str = "harness.run.rank.worker",
         like_mlx_launch: bool = False,
-        kind: str | None = None,
     ):
-        kind = spec["kind"] if spec is not None else kind
-        program = ["-m", module, *([kind] if kind else [])]
         self.target = target
         self.quiet_launcher = not like_mlx_launch
         self.id = uuid.uuid4().hex[:12]
@@ -229,10 +223,10 @@ class Job:
         self._lock = threading.Lock()
         self._hostfile: str | None = None
         if starts_directly(target, like_mlx_launch):
-            self._start_ranks([target.interpreter, *program], env)
+            self._start_ranks([target.interpreter, "-m", module], env)
         else:
             self.process = subprocess.Popen(
-                launch_argv(target, program, self.id),
+                launch_argv(target, ["-m", module], self.id),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -255,15 +249,9 @@ class Job:
         ]
         for thread in self._threads:
             thread.start()
-        if spec is not None:
-            self.send(spec)
-
-    def send(self, spec: dict) -> None:
-        """The job spec to rank 0 (the start-up clock runs from here)."""
         # stdin stays open while the job runs: mlx.launch spins on a closed stdin.
         self.process.stdin.write(protocol.encode_spec(spec))
         self.process.stdin.flush()
-        self.started = time.monotonic()
 
     def _start_ranks(self, argv: list[str], env: dict[str, str]) -> None:
         """Every rank as a child of this process, in one process group (rank 0's)."""

@@ -8,21 +8,17 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from harness.case import Case
 from harness.records import store
 from harness.records.bench import BenchResult
 from harness.records.result import CaseResult
 from harness.run.parent import plan, session
-from harness.run.parent.launch import Job
+from harness.run.parent.bench import BenchOptions
 from harness.run.parent.plan import RunOptions
-
-if TYPE_CHECKING:  # bench loads the models: a run of cases starts its ranks first
-    from harness.run.parent.bench import BenchOptions
 
 Result = CaseResult | BenchResult
 # Called with each result before it is stored; returns extra columns for its row, or None.
@@ -103,26 +99,9 @@ def run_loop(
     return record
 
 
-@contextmanager
-def started_early(options: RunOptions) -> Iterator[Job | None]:
-    """Local ranks started now, before the cases are chosen and planned (which import
-    mlx-lm, as long as the ranks take to start): see `session.start_early`. Killed on the
-    way out if no run used them."""
-    job = session.start_early(options)
-    try:
-        yield job
-    finally:
-        if job is not None:
-            job.kill()
-
-
-def run_cases(
-    cases: list[Case], options: RunOptions, database=None, early: Job | None = None, **how
-) -> RunRecord:
+def run_cases(cases: list[Case], options: RunOptions, database=None, **how) -> RunRecord:
     """Plan the cases, then run and store them through `run_loop` (`how`: its kind, suite,
-    command, on_result and judge); `early`: ranks already started (`started_early`)."""
+    command, on_result and judge)."""
     started = time.perf_counter()
-    with started_early(options) if early is None else nullcontext(early) as job:
-        cases, options = plan.prepare(cases, options)
-        results = session.run_prepared(cases, options, job)
-        return run_loop(results, options, database, started=started, **how)
+    cases, options = plan.prepare(cases, options)
+    return run_loop(session.run_prepared(cases, options), options, database, started=started, **how)

@@ -11,14 +11,12 @@ from pathlib import Path
 from harness import paths, preflight
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.models import checkpoint
+from harness.models.build import precision_problem, shape_skip_reason, tiny_config
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.strategies import BUILTIN, normalize, resolve
 from harness.zoo import support
-
-# The models (and so mlx-lm, whose import takes as long as starting the ranks) are imported
-# by the checks that need them, so local ranks can start while this process imports them
-# (`session.start_early`).
 
 SINGLE, GOLDEN = "single", "golden"
 
@@ -67,17 +65,11 @@ def unavailable(case: Case) -> str | None:
     if strategy.requires and not getattr(sup, strategy.requires):
         kind = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}[strategy.requires]
         return f"{case.arch} has no {kind} in the installed mlx-lm"
-    from harness.models import checkpoint
-    from harness.models.build import precision_problem, shape_skip_reason
-
     return checkpoint.skip_reason(case) or shape_skip_reason(case) or precision_problem(case)
 
 
 def preflight_violation(case: Case, ranks: int) -> str | None:
     """The first divisibility or shape rule the case breaks at `ranks`, as one sentence."""
-    from harness.models import checkpoint
-    from harness.models.build import tiny_config
-
     config = checkpoint.case_config(case) if case.checkpoint else tiny_config(case)
     violations = preflight.check(config, case.strategy, ranks, case.quant, case.group_size)
     return violations[0].message if violations else None
@@ -107,8 +99,6 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
             resolve(name)  # an external strategy that does not import fails here, once
         case = Case.from_dict({**case.to_dict(), "strategy": name})
         if not case.checkpoint and support(case.arch).available:
-            from harness.models.build import tiny_config
-
             case.check_context(tiny_config(case))  # a real checkpoint's context is ample
         if options.strict and unavailable(case) is None:
             # Asked for by name: a rule the ranks break is the user's mistake, not a skip;

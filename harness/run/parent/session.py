@@ -18,7 +18,6 @@ from harness.errors import HarnessError
 from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
 from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
-from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
 from harness.run.parent.watch import Watch, watched
@@ -30,25 +29,8 @@ def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
     yield from run_prepared(*prepare(cases, options))
 
 
-def start_early(options: RunOptions) -> launch.Job | None:
-    """Local ranks started before planning, so they import their code while the harness
-    plans (its own imports take as long); None where a launch waits for the plan."""
-    target = options.target()
-    if options.ranks < 1 or options.timeout <= 0 or options.python is not None:
-        return None  # another interpreter is checked (`plan.prepare`) before it runs ranks
-    if not launch.starts_directly(target):
-        return None
-    try:
-        return launch.Job(target, None, kind="cases")
-    except (OSError, HarnessError):
-        return None  # planning says what is wrong with the setup, in one sentence
-
-
-def run_prepared(
-    cases: list[Case], options: RunOptions, job: launch.Job | None = None
-) -> Iterator[CaseResult]:
-    """Run prepared cases (see `plan.prepare`), one result per case as it finishes; `job`:
-    the first launch, started early (`start_early`)."""
+def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
+    """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
     runnable = []
     for index, case in enumerate(cases):
         reason = f"known failure: {case.known_failure}" if case.known_failure else None
@@ -66,17 +48,14 @@ def run_prepared(
         else:
             runnable.append((index, case))
     if runnable:
-        yield from _Session(runnable, options, job).results()
-    elif job is not None:
-        job.kill()
+        yield from _Session(runnable, options).results()
 
 
 class _Session:
     """The cases of one run on its ranks, through as many launches as crashes require."""
 
-    def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions, job=None):
+    def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions):
         self.options = options
-        self.early = job
         self.target = options.target()
         self.cases = dict(runnable)
         self.remaining = [index for index, _ in runnable]
@@ -121,8 +100,7 @@ class _Session:
             yield from self._load_goldens()
         while self.remaining:
             limits = self.options.startup_timeout, self.options.timeout
-            job, self.early = self.early, None
-            with watched(self.target, self._spec(), *limits, job=job) as watch:
+            with watched(self.target, self._spec(), *limits) as watch:
                 yield from self._consume(watch)
             if self.remaining and self.target.hostfile is not None:
                 try:

@@ -169,20 +169,15 @@ def watched(
     startup_timeout: float,
     timeout: float,
     like_mlx_launch: bool = False,
-    job: launch.Job | None = None,
 ) -> Iterator[Watch]:
     """One job on the target's ranks, watched: in this process for one local rank (the only
-    door from the parent into the rank side), else one launch (`job`: one started early,
-    waiting for its spec), killed on the way out."""
+    door from the parent into the rank side), else one launch, killed on the way out."""
     if target.in_process:
         from harness.run.rank import in_process
 
         yield Watch(target, in_process.messages(spec), None, startup_timeout, timeout)
         return
-    if job is None:
-        job = launch.Job(target, spec, like_mlx_launch=like_mlx_launch)
-    else:
-        job.send(spec)
+    job = launch.Job(target, spec, like_mlx_launch=like_mlx_launch)
     try:
         yield Watch(target, job.messages(), job, startup_timeout, timeout)
     finally:

@@ -108,9 +108,6 @@ def main() -> None:
     emit = lambda message, arrays=None: frames.write(protocol.encode_frame(message, arrays))  # noqa: E731
     current = Start("")
     try:
-        if len(sys.argv) > 1:
-            # The job's kind: its code imports while the harness may still be planning.
-            resolve_job(sys.argv[1])
         spec = _share_spec(group)
         release_stdin()
         ranks = [
