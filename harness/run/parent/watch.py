@@ -92,9 +92,12 @@ class Watch:
             self.job.settle()
         reported = {e.rank for e in self.errors}
         deaths = self._exits(reported)
+        # Ranks the launch ended because a peer failed first (both the direct start and
+        # mlx.launch terminate the rest): named, but no crash of their own.
+        stopped = [f"{self.who(r)} was killed" for r in sorted(self._killed() - reported)]
         # A peer's death surfaces on the survivors as a lost connection: list it last.
         errors = sorted(self.errors, key=lambda e: "connection to a peer" in e.reason)
-        parts = deaths + [f"{self.who(e.rank)} {e.reason}" for e in errors]
+        parts = deaths + [f"{self.who(e.rank)} {e.reason}" for e in errors] + stopped
         if not parts:
             parts = [
                 f"the launch ended before this {what} finished"
@@ -132,8 +135,10 @@ class Watch:
                 parts.append(f"{self.who(rank)} lost its ssh connection (exit 255)")
             elif code > 0:
                 parts.append(f"{self.who(rank)} exited with code {code}")
-        killed = self.job.killed_ranks() - reported
-        return parts + [f"{self.who(r)} was killed" for r in sorted(killed)]
+        return parts
+
+    def _killed(self) -> set[int]:
+        return self.job.killed_ranks() if self.job is not None else set()
 
     def tails(self) -> str:
         """Every rank's log tail, and the launcher's own words when no rank said hello."""
