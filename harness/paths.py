@@ -1,6 +1,8 @@
 """Where the harness finds things: its own source, the suites and goldens it ships, and a
 user's own (`./suites`, `./goldens`, `--goldens DIR`, `$HARNESS_GOLDENS`). The one place
-that knows the layout; standard library and platformdirs only, so every layer may ask.
+that knows the layout; standard library only at import (platformdirs where a cache path is
+asked for), so every layer may ask, on a rank too, under an environment of another mlx-lm
+release that has nothing of the harness's own dependencies.
 
 A wheel ships the checkout's top-level `suites/` and `goldens/` as `harness/data/` (copied
 at build time by setup.py). Run from a checkout (an editable install, or the checkout on
@@ -16,8 +18,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from platformdirs import user_cache_path
-
 from harness.errors import HarnessError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -29,6 +29,12 @@ CHECKOUT: Path | None = (
     else None
 )
 GOLDENS_ENV = "HARNESS_GOLDENS"
+
+
+def _user_cache() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("harness")
 
 
 def _shipped(name: str) -> Path:
@@ -51,7 +57,7 @@ def import_root() -> Path:
     if CHECKOUT is not None:
         return CHECKOUT
     digest = hashlib.sha256(str(PACKAGE).encode()).hexdigest()[:12]
-    root = user_cache_path("harness") / "import" / digest
+    root = _user_cache() / "import" / digest
     link = root / "harness"
     if not link.exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -116,5 +122,5 @@ def obtained_root(directory: Path) -> Path:
     """Where `obtained` files (a fresh reference that did not match) go: beside the goldens,
     except for an installed package's read-only ones (then the user's cache)."""
     if CHECKOUT is None and directory.resolve() == SHIPPED_GOLDENS.resolve():
-        return user_cache_path("harness") / "obtained"
+        return _user_cache() / "obtained"
     return directory
