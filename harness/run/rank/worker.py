@@ -57,6 +57,15 @@ def _redirect(path: Path):
     return frames, log
 
 
+def write_all(stream, data: bytes) -> None:
+    """Write all of `data` to an unbuffered stream: a raw write to a pipe may take only
+    part of a large frame when a signal interrupts it (a profiler's, a debugger's), and
+    the rest would be lost, the frame damaged."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view) :]
+
+
 def _share_spec(group) -> dict:
     """Rank 0 reads the spec; every rank gets it over the group."""
     payload = b""
@@ -105,7 +114,7 @@ def main() -> None:
     folder = log_dir(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     frames, log = _redirect(folder / f"rank{rank}.log")
-    emit = lambda message, arrays=None: frames.write(protocol.encode_frame(message, arrays))  # noqa: E731
+    emit = lambda message, arrays=None: write_all(frames, protocol.encode_frame(message, arrays))  # noqa: E731
     current = Start("")
     try:
         spec = _share_spec(group)
