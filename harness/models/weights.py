@@ -10,8 +10,9 @@ Call on the freshly built full model: before casting, quantizing or sharding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,8 +31,6 @@ ROUTING_BIAS_STD = 0.02
 _ROUTING_BIASES = ("e_score_correction_bias", "expert_bias", "router_bias")
 _ROUTER_MODULES = ("gate", "router", "classifier")
 
-Sampler = Callable[[np.random.Generator, np.ndarray], np.ndarray]
-
 
 def param_rng(seed: int, name: str) -> np.random.Generator:
     """The generator for one parameter: a pure function of (seed, name)."""
@@ -39,24 +38,47 @@ def param_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """How one parameter is drawn: `kind` (a key of _DRAWS) and its scale. Hashable, so a
+    draw is cached by what determines it (`_draw`)."""
+
+    kind: str
+    scale: float = 1.0
+
+    @property
+    def needs_default(self) -> bool:
+        return self.kind == "around_default"
+
+
 def _normal(std: float) -> Sampler:
-    return lambda rng, default: rng.standard_normal(default.shape) * std
+    return Sampler("normal", float(std))
 
 
 def _around_default(noise: float) -> Sampler:
     # Norm gains: ones for RMSNorm, zeros for (1 + w) norms; keep whichever the model uses.
-    return lambda rng, default: default + rng.standard_normal(default.shape) * noise
+    return Sampler("around_default", float(noise))
 
 
-def _a_log(rng: np.random.Generator, default: np.ndarray) -> np.ndarray:
+def _a_log(rng: np.random.Generator, shape, scale, default) -> np.ndarray:
     # Gated delta nets initialise A ~ U(1, 16); A_log holds its log.
-    return np.log(rng.uniform(1.0, 16.0, default.shape))
+    return np.log(rng.uniform(1.0, 16.0, shape))
 
 
-def _dt_bias(rng: np.random.Generator, default: np.ndarray) -> np.ndarray:
+def _dt_bias(rng: np.random.Generator, shape, scale, default) -> np.ndarray:
     # Mamba-style: dt ~ logU(1e-3, 1e-1), stored as softplus^-1(dt).
-    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), default.shape))
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shape))
     return np.log(np.expm1(dt))
+
+
+_DRAWS = {
+    "normal": lambda rng, shape, scale, default: rng.standard_normal(shape) * scale,
+    "around_default": lambda rng, shape, scale, default: (
+        default + rng.standard_normal(shape) * scale
+    ),
+    "a_log": _a_log,
+    "dt_bias": _dt_bias,
+}
 
 
 def _fan_in(module: nn.Module | None, shape: tuple[int, ...]) -> int:
@@ -73,8 +95,8 @@ def _is_router(owner_path: str) -> bool:
 
 # Parameters whose meaning fixes their distribution, by their own name.
 _SPECIAL: dict[str, Sampler] = {
-    "A_log": _a_log,
-    "dt_bias": _dt_bias,
+    "A_log": Sampler("a_log"),
+    "dt_bias": Sampler("dt_bias"),
     # Attention sinks: per-head logits of the extra "sink" slot, O(1) like real ones.
     "sinks": _normal(1.0),
     # Small next to router scores: the bias nudges expert selection, never decides it.
@@ -119,12 +141,29 @@ def init_weights(model: nn.Module, seed: int) -> None:
     for name, value in flat:
         if not mx.issubdtype(value.dtype, mx.floating):
             continue
-        default = np.array(value.astype(mx.float32))
         module = modules.get(name.rpartition(".")[0])
         sampler = _sampler(name, module, value.shape)
         if tied and isinstance(module, nn.Embedding) and name.endswith("embed_tokens.weight"):
             sampler = _normal(LM_HEAD_GAIN / np.sqrt(value.shape[-1]))
-        values = sampler(param_rng(seed, name), default)
-        updates.append((name, mx.array(values.astype(np.float32)).astype(value.dtype)))
+        # Only a draw around the default reads it: evaluating every default (the model's
+        # own random init) would cost as much as drawing.
+        default = None
+        if sampler.needs_default:
+            default = np.array(value.astype(mx.float32)).astype(np.float32).tobytes()
+        drawn = _draw(seed, name, tuple(value.shape), sampler, default)
+        updates.append((name, drawn.astype(value.dtype)))
     model.update(tree_unflatten(updates))
     mx.eval(model.parameters())
+
+
+@functools.lru_cache(maxsize=4096)
+def _draw(
+    seed: int, name: str, shape: tuple[int, ...], sampler: Sampler, default: bytes | None
+) -> mx.array:
+    """One parameter's values (float32), a pure function of its arguments, so cached: a
+    run builds each architecture afresh for every case (reference, truth, each strategy
+    and precision), and drawing took most of a build. mx arrays are immutable, so models
+    share a cached one safely."""
+    base = None if default is None else np.frombuffer(default, np.float32).reshape(shape)
+    values = _DRAWS[sampler.kind](param_rng(seed, name), shape, sampler.scale, base)
+    return mx.array(np.asarray(values, dtype=np.float32))
