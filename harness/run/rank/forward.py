@@ -46,11 +46,25 @@ FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
 
 class _Recorder:
     """Collects the outputs of decoder layers (and their attention / MLP sub-blocks)
-    during the prefill calls, one dict per call."""
+    during the prefill calls, one dict per call. They stay lazy during the call and are
+    evaluated with its logits, in one graph (`settle`): evaluating each layer's output as
+    it is built would cut the call's graph into as many evaluations as there are taps."""
 
     def __init__(self) -> None:
         self.active = False
         self.calls: list[dict[str, np.ndarray]] = []
+        self._pending: dict[str, mx.array] = {}
+
+    def begin(self) -> None:
+        self.active = True
+        self._pending = {}
+
+    def settle(self, logits: mx.array) -> mx.array:
+        """Evaluate a call's logits with what it recorded; keep the records as numpy."""
+        mx.eval(logits, *self._pending.values())
+        self.calls.append({k: np.array(v) for k, v in self._pending.items()})
+        self.active, self._pending = False, {}
+        return logits
 
     def tap(self, module: nn.Module, key: str) -> None:
         wrap_output(module, lambda out: self._record(key, out))
@@ -72,7 +86,7 @@ class _Recorder:
     def _record(self, key: str, out):
         value = out[0] if isinstance(out, (tuple, list)) else out
         if self.active and isinstance(value, mx.array) and value.ndim == 3:
-            self.calls[-1][key] = np.array(value.astype(mx.float32))
+            self._pending[key] = value.astype(mx.float32)
         return out
 
 
@@ -216,9 +230,15 @@ def _batch_cache(model: nn.Module, lengths: list[int]) -> list:
     return merged
 
 
-def _prefill(model: nn.Module, calls: list[_Call], batched: list[int] | None, on_call=None):
-    """Run the prefill calls (`batched`: the lengths of a padded batch, else None);
-    returns the cache and each call's logits."""
+def _prefill(
+    model: nn.Module,
+    calls: list[_Call],
+    batched: list[int] | None,
+    recorder: _Recorder | None = None,
+):
+    """Run the prefill calls (`batched`: the lengths of a padded batch, else None), each
+    call's hidden states into `recorder` when given; returns the cache and each call's
+    logits."""
     cache = make_prompt_cache(model) if batched is None else _batch_cache(model, batched)
     logits = []
     for index, call in enumerate(calls):
@@ -226,9 +246,11 @@ def _prefill(model: nn.Module, calls: list[_Call], batched: list[int] | None, on
             # BatchGenerator finalizes before the last tokens: the padding moves left.
             for c in cache:
                 c.finalize()
-        if on_call:
-            on_call()
-        logits.append(_logits(model(call.tokens, cache=cache)))
+        if recorder is None:
+            logits.append(_logits(model(call.tokens, cache=cache)))
+            continue
+        recorder.begin()
+        logits.append(recorder.settle(model(call.tokens, cache=cache)))
     return cache, logits
 
 
@@ -301,11 +323,7 @@ def run(
     calls, batched = _plan(prompts, prefill_step)
     lengths = [len(p) for p in prompts]
     L = max(lengths)
-    if recorder:
-        recorder.active = True
-    cache, parts = _prefill(model, calls, batched, recorder and (lambda: recorder.calls.append({})))
-    if recorder:
-        recorder.active = False
+    cache, parts = _prefill(model, calls, batched, recorder)
     prefill = _place([_as_np(p) for p in parts], calls, L)
     last = mx.array(prefill[np.arange(B), np.array(lengths) - 1])
     own, fed = [mx.argmax(last, axis=-1)], []
