@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 import zlib
@@ -123,28 +122,34 @@ def from_wire(data: dict) -> Message:
 
 
 def pack(message: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
-    """A message (JSON) and its arrays (npz) as one byte string."""
-    header = json.dumps(message).encode()
-    body = b""
-    if arrays:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        body = buffer.getvalue()
-    return struct.pack(">I", len(header)) + header + body
+    """A message (JSON) and its arrays as one byte string: the JSON header names each
+    array's dtype and shape, the raw bytes follow in order (no archive, no copy per
+    array on the way in: a run's frames are most of what the ranks and parent move)."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+    layout = [[k, v.dtype.str, list(v.shape)] for k, v in arrays.items()]
+    header = json.dumps({"message": message, "arrays": layout}).encode()
+    return b"".join(
+        [struct.pack(">I", len(header)), header, *(v.tobytes() for v in arrays.values())]
+    )
 
 
 def unpack(raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     (size,) = struct.unpack(">I", raw[:4])
-    message = json.loads(raw[4 : 4 + size])
-    arrays = {}
-    if raw[4 + size :]:
-        with np.load(io.BytesIO(raw[4 + size :])) as data:
-            arrays = dict(data)
-    return message, arrays
+    header = json.loads(raw[4 : 4 + size])
+    body = bytearray(raw[4 + size :])  # one writable copy that every array views
+    arrays, offset = {}, 0
+    for name, dtype, shape in header["arrays"]:
+        kind = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        arrays[name] = np.frombuffer(body, kind, count, offset).reshape(shape)
+        offset += count * kind.itemsize
+    if offset != len(body):
+        raise ValueError(f"payload holds {len(body)} array bytes, its header says {offset}")
+    return header["message"], arrays
 
 
 def encode_frame(message: Message, arrays: dict[str, np.ndarray] | None = None) -> bytes:
-    payload = zlib.compress(pack(to_wire(message), arrays), 1)
+    payload = pack(to_wire(message), arrays)
     text = base64.b64encode(payload).decode()
     return f"\n{FRAME} {zlib.crc32(payload):08x} {text}\n".encode()
 
@@ -163,7 +168,7 @@ def decode_frame(line: str) -> tuple[Message, dict[str, np.ndarray]] | None:
         payload = base64.b64decode(text, validate=True)
         if zlib.crc32(payload) != int(crc, 16):
             raise DamagedFrame("checksum mismatch")
-        header, arrays = unpack(zlib.decompress(payload))
+        header, arrays = unpack(payload)
         return from_wire(header), arrays
     except (ValueError, KeyError, TypeError, zlib.error, struct.error) as exc:
         raise DamagedFrame(str(exc)) from None

@@ -4,6 +4,7 @@ and each rank's log, read here or fetched from its host over ssh."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -185,6 +186,21 @@ def starts_directly(target: Target, like_mlx_launch: bool = False) -> bool:
     return local_ring and target.ranks > 1 and not like_mlx_launch
 
 
+def _widen(pipe) -> None:
+    """Let rank 0's frame pipe hold a whole case's frame (Linux; a no-op elsewhere): with
+    the default 64 KiB, rank 0 waits inside every large write until the parent has read
+    it, and its peers wait for rank 0 at the next collective."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    for size in (4 << 20, 1 << 20):  # the system's limit for unprivileged users is 1 MiB
+        try:
+            fcntl.fcntl(pipe.fileno(), setsize, size)
+            return
+        except OSError:
+            continue
+
+
 class Job:
     """A running job on the target's ranks: the spec written to rank 0's stdin, frames and
     other lines read from its stdout by a thread, the ranks' (or the launcher's) stderr
@@ -281,6 +297,7 @@ class Job:
             os.close(write)
             os.close(others_write)
         self.process = self.ranks[0]
+        _widen(self.process.stdout)
         self._errors = os.fdopen(read, "rb")
         self._outputs = [self.process.stdout, os.fdopen(others_read, "rb")]
 
