@@ -2,7 +2,11 @@
 hang. All cases of a test go through ONE runner call (a launch costs seconds)."""
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -101,13 +105,13 @@ def test_references_on_the_ranks_survive_model_code_that_talks_to_the_world(tmp_
     ]
 
 
-def _children() -> dict[int, tuple[bytes, bytes]]:
-    """This process's children: pid -> (command line, environment)."""
+def _children(parent: int | None = None) -> dict[int, tuple[bytes, bytes]]:
+    """The children of `parent` (default: this process): pid -> (command line, environment)."""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == os.getpid():
+            if int(fields[1]) == (parent or os.getpid()):
                 found[int(stat.parent.name)] = (
                     (stat.parent / "cmdline").read_bytes(),
                     (stat.parent / "environ").read_bytes(),
@@ -148,3 +152,36 @@ def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_pat
         if b"harness.run.rank.worker" in cmd and b"MLX_HOSTFILE=" in env
     )
     assert ranks == [b"0", b"1"], seen
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the ranks' parent from /proc")
+def test_ranks_end_when_the_harness_is_killed(tmp_path):
+    """SIGKILL to `harness run` while both ranks are inside a case: no rank is left behind
+    (one waiting in a collective for a dead peer would spin for good)."""
+    slow = tmp_path / "slow.py"
+    slow.write_text(
+        "import time\n\ndef tp(model, group):\n    time.sleep(60)\n    model.shard(group)\n"
+    )
+    argv = [sys.executable, "-m", "harness.cli", "run", "--arch", "qwen3_moe", "--ranks", "2"]
+    argv += ["--strategy", f"{slow}:tp", "--db", str(tmp_path / "k.db"), "--no-goldens"]
+    harness = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(ranks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ranks = [
+            pid
+            for pid, (cmd, _) in _children(harness.pid).items()
+            if b"harness.run.rank.worker" in cmd
+        ]
+    assert len(ranks) == 2, "the ranks did not start"
+    time.sleep(2)  # into the case: the strategy sleeps, its peer waits
+    harness.kill()
+    harness.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.2)
+    alive = [pid for pid in ranks if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)  # leave the machine clean whatever the verdict
+    assert not alive, f"ranks {alive} outlived the harness"

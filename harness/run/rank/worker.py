@@ -23,6 +23,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -105,7 +107,22 @@ def resolve_job(kind: str):
     return getattr(importlib.import_module(module), name)
 
 
+def end_with_parent(poll: float = 0.5) -> None:
+    """End this rank when the process that started it is gone (the harness killed, or
+    mlx.launch): a rank waiting in a collective for a peer that will never come would
+    otherwise spin on, orphaned, for good."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def main() -> None:
+    end_with_parent()
     import mlx.core as mx
 
     group = mx.distributed.init()
