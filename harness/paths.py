@@ -31,7 +31,7 @@ CHECKOUT: Path | None = (
 GOLDENS_ENV = "HARNESS_GOLDENS"
 
 
-def _user_cache() -> Path:
+def user_cache() -> Path:
     from platformdirs import user_cache_path
 
     return user_cache_path("harness")
@@ -57,7 +57,7 @@ def import_root() -> Path:
     if CHECKOUT is not None:
         return CHECKOUT
     digest = hashlib.sha256(str(PACKAGE).encode()).hexdigest()[:12]
-    root = _user_cache() / "import" / digest
+    root = user_cache() / "import" / digest
     link = root / "harness"
     if not link.exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -122,5 +122,5 @@ def obtained_root(directory: Path) -> Path:
     """Where `obtained` files (a fresh reference that did not match) go: beside the goldens,
     except for an installed package's read-only ones (then the user's cache)."""
     if CHECKOUT is None and directory.resolve() == SHIPPED_GOLDENS.resolve():
-        return _user_cache() / "obtained"
+        return user_cache() / "obtained"
     return directory

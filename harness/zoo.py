@@ -1080,6 +1080,23 @@ def model_classes(config: Mapping[str, Any]) -> tuple[type, type]:
 def support(name: str) -> Support:
     """What the installed mlx-lm offers for an architecture; never raises for it."""
     arch = get_arch(name)
+    from harness.models import probes  # here: listing the zoo needs no cache
+
+    built = probes.remembered("support", config_copy(arch), lambda: _probe(arch))
+    tp, pp, reason = built["tp"], built["pp"], built["reason"]
+    if reason is not None:
+        return Support(available=False, tp=tp, pp=pp, reason=reason)
+    import mlx.core as mx  # here: listing the zoo and reading suites need no mlx
+
+    if METAL_ONLY in arch.features and not mx.metal.is_available():
+        reason = f"'{name}' runs Metal-only kernels (mlx_lm.kernels) and this device has no Metal"
+        return Support(available=False, tp=tp, pp=pp, reason=reason)
+    return Support(available=True, tp=tp, pp=pp)
+
+
+def _probe(arch: Arch) -> dict[str, Any]:
+    """Construct the architecture with the installed mlx-lm: whether it builds (else why
+    not) and whether it has shard() and pipeline()."""
     config = config_copy(arch)
     try:
         model_cls, args_cls = model_classes(config)
@@ -1087,16 +1104,11 @@ def support(name: str) -> Support:
         # reach the inner model whose class carries pipeline().
         model = model_cls(args_cls.from_dict(config))
     except MissingModelType as error:  # an older (or newer) release without it
-        return Support(available=False, tp=False, pp=False, reason=str(error))
+        return {"tp": False, "pp": False, "reason": str(error)}
     # A model module may even call sys.exit at import (mlx_lm.models.olmo does).
     except (Exception, SystemExit) as error:
         reason = f"mlx-lm cannot build model_type '{arch.model_type}': {error}"
-        return Support(available=False, tp=False, pp=False, reason=reason)
+        return {"tp": False, "pp": False, "reason": reason}
     tp = callable(getattr(model, "shard", None))
     pp = callable(getattr(getattr(model, "model", None), "pipeline", None))
-    import mlx.core as mx  # here: listing the zoo and reading suites need no mlx
-
-    if METAL_ONLY in arch.features and not mx.metal.is_available():
-        reason = f"'{name}' runs Metal-only kernels (mlx_lm.kernels) and this device has no Metal"
-        return Support(available=False, tp=tp, pp=pp, reason=reason)
-    return Support(available=True, tp=tp, pp=pp)
+    return {"tp": tp, "pp": pp, "reason": None}

@@ -11,10 +11,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
-from mlx_lm.models.cache import make_prompt_cache
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError, ModelError, model_code
+from harness.models import probes
 from harness.models.weights import init_weights
 from harness.zoo import ARCHS, config_copy, get_arch, model_classes, support
 
@@ -155,15 +155,21 @@ def shape_skip_reason(case: Case) -> str | None:
 
 @functools.cache
 def _batch_problem(arch: str) -> str | None:
-    # Constructed only (weights stay lazy): the cache types are all that is asked.
     config = tiny_config(Case(arch))
-    model_cls, args_cls = model_classes(config)
-    return unbatchable(model_cls(args_cls.from_dict(config)))
+
+    def probe() -> str | None:
+        # Constructed only (weights stay lazy): the cache types are all that is asked.
+        model_cls, args_cls = model_classes(config)
+        return unbatchable(model_cls(args_cls.from_dict(copy.deepcopy(config))))
+
+    return probes.remembered("batch", config, probe)
 
 
 def unbatchable(model: nn.Module) -> str | None:
     """Why mlx-lm cannot batch prompts of different lengths for this model (a cache
     without `merge`), or None."""
+    from mlx_lm.models.cache import make_prompt_cache
+
     for cache in make_prompt_cache(model):
         if not callable(getattr(cache, "merge", None)):
             return f"mlx-lm's {type(cache).__name__} cannot batch prompts of different lengths"

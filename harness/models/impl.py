@@ -31,10 +31,19 @@ def parse(specs: list[str] | None) -> dict[str, str]:
     return overrides
 
 
+_INSTALLED: dict[str, str] = {}  # model_type -> file, in this process
+
+
+def installed() -> dict[str, str]:
+    """The model types this process builds from another file (`install`)."""
+    return dict(_INSTALLED)
+
+
 def install(overrides: dict[str, str]) -> None:
     """Make each model_type use its file from now on in this process."""
     if not overrides:
         return
+    _INSTALLED.update(overrides)
     import mlx_lm.models
     from mlx_lm.utils import MODEL_REMAPPING
 

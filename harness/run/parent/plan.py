@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import paths, preflight
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.models import checkpoint
+from harness.models import checkpoint, probes
 from harness.models.build import precision_problem, shape_skip_reason, tiny_config
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
@@ -71,8 +71,13 @@ def unavailable(case: Case) -> str | None:
 def preflight_violation(case: Case, ranks: int) -> str | None:
     """The first divisibility or shape rule the case breaks at `ranks`, as one sentence."""
     config = checkpoint.case_config(case) if case.checkpoint else tiny_config(case)
-    violations = preflight.check(config, case.strategy, ranks, case.quant, case.group_size)
-    return violations[0].message if violations else None
+
+    def first() -> str | None:
+        violations = preflight.check(config, case.strategy, ranks, case.quant, case.group_size)
+        return violations[0].message if violations else None
+
+    asked = [config, case.strategy, ranks, case.quant, case.group_size]
+    return probes.remembered("preflight", asked, first)
 
 
 def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:
