@@ -5,8 +5,8 @@ and whether its caches batch prompts of different lengths. Answering means const
 the model, and so importing mlx-lm, which loads transformers: about a second before the
 first rank could start, in a process that does no model work. The answers are a pure
 function of mlx-lm's source and the config asked about, so they are kept in a small JSON
-file in the user cache, keyed by a fingerprint of mlx-lm's files (name, size, mtime of
-every module, found without importing it) and the config.
+file in the user cache, keyed by a fingerprint of mlx-lm's files and the harness's own
+(name, size, mtime of every module, found without importing mlx-lm) and the question.
 
 Never consulted or written in a process where `--impl` replaced a model module
 (`harness.models.impl`): its answers are that file's, not the installed mlx-lm's. A cache
@@ -39,10 +39,13 @@ def fingerprint() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(next(iter(spec.submodule_search_locations)))
-    digest = hashlib.sha256(str(root).encode())
-    for file in sorted([*root.glob("*.py"), *root.glob("models/*.py")]):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest = hashlib.sha256()
+    # The harness's own files too: its preflight rules and zoo configs shape the answers.
+    for folder in (root, paths.PACKAGE):
+        digest.update(str(folder).encode())
+        for file in sorted(folder.rglob("*.py")):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
 
 
