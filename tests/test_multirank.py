@@ -131,11 +131,18 @@ def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_pat
         "import time\n\ndef tp(model, group):\n    time.sleep(4)\n    model.shard(group)\n"
     )
     seen: dict[int, tuple[bytes, bytes]] = {}
+    allowed: dict[int, str] = {}
     done = threading.Event()
 
     def sample():
         while not done.wait(0.25):
             seen.update(_children())
+            for pid in seen:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                allowed[pid] = status.split("Cpus_allowed_list:")[1].split()[0]
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -152,6 +159,14 @@ def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_pat
         if b"harness.run.rank.worker" in cmd and b"MLX_HOSTFILE=" in env
     )
     assert ranks == [b"0", b"1"], seen
+    # Each rank keeps to its own share of the cores where there are enough to share.
+    if len(os.sched_getaffinity(0)) >= 2:
+        cores = {
+            env.split(b"MLX_RANK=")[1].split(b"\0")[0]: allowed.get(pid)
+            for pid, (cmd, env) in seen.items()
+            if b"harness.run.rank.worker" in cmd and b"MLX_HOSTFILE=" in env
+        }
+        assert None not in cores.values() and cores[b"0"] != cores[b"1"], cores
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the ranks' parent from /proc")

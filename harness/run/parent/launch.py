@@ -186,6 +186,25 @@ def starts_directly(target: Target, like_mlx_launch: bool = False) -> bool:
     return local_ring and target.ranks > 1 and not like_mlx_launch
 
 
+CPUS_ENV = "HARNESS_CPUS"  # the cores a local rank keeps to (worker.keep_to_cpus)
+
+
+def cpu_shares(ranks: int) -> list[set[int]] | None:
+    """Each local rank's own share of this process's cores (Linux), or None where they
+    are too few to share or cannot be told. Ranks the scheduler may move between cores
+    (and put on one) run in regimes: measured here with 2 ranks on 2 cores, the same case's
+    decode tok/s varied 5x between unchanged runs (case by case, prefill and decode
+    together); kept to a core each, under 1.5x. The parent keeps every core."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is None:
+        return None
+    cores = sorted(getaffinity(0))
+    size = len(cores) // ranks
+    if size < 1:
+        return None
+    return [set(cores[r * size : (r + 1) * size]) for r in range(ranks)]
+
+
 def _widen(pipe) -> None:
     """Let rank 0's frame pipe hold a whole case's frame (Linux; a no-op elsewhere): with
     the default 64 KiB, rank 0 waits inside every large write until the parent has read
@@ -279,15 +298,19 @@ class Job:
         # failed, on a pipe of their own (a frame is longer than a pipe's atomic write).
         read, write = os.pipe()  # every rank's stderr
         others_read, others_write = os.pipe()
+        shares = cpu_shares(self.target.ranks)
         try:
             for rank in range(self.target.ranks):
+                own = {"MLX_RANK": str(rank), "MLX_HOSTFILE": self._hostfile}
+                if shares:
+                    own[CPUS_ENV] = ",".join(map(str, sorted(shares[rank])))
                 self.ranks.append(
                     subprocess.Popen(
                         argv,
                         stdin=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
                         stdout=subprocess.PIPE if rank == 0 else others_write,
                         stderr=write,
-                        env={**env, "MLX_RANK": str(rank), "MLX_HOSTFILE": self._hostfile},
+                        env={**env, **own},
                         cwd=self.target.cwd,
                         # A group of their own: Ctrl-C reaches the harness, which ends them.
                         process_group=self.ranks[0].pid if rank else 0,

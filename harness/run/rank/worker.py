@@ -121,8 +121,22 @@ def end_with_parent(poll: float = 0.5) -> None:
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
+def keep_to_cpus() -> None:
+    """Keep this rank (and the threads mlx starts after this) to the cores the parent gave
+    it (launch.cpu_shares), where it gave any and the system can."""
+    cpus = os.environ.get("HARNESS_CPUS")
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if not cpus or setaffinity is None:
+        return
+    try:
+        setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+    except (OSError, ValueError):
+        pass  # a container that forbids it runs unpinned, as before
+
+
 def main() -> None:
     end_with_parent()
+    keep_to_cpus()  # before mlx starts its threads
     import mlx.core as mx
 
     group = mx.distributed.init()
