@@ -120,3 +120,38 @@ def test_sigterm_marks_run_interrupted(tmp_path):
     assert "Traceback" not in err
     run_row, cases = store.get_run(store.open_db(db_path), None)
     assert run_row["status"] == "interrupted" and cases
+
+
+def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
+    run_cli, db_path, record_run
+):
+    """A case at a third of its history's speed in every part gets a second look in the
+    same run (`loop.second_look`), still slow there, and `harness compare` flags it at this
+    first slow run; the other cases are neither timed again nor flagged."""
+    archs = ["llama", "qwen3", "qwen2", "ministral3", "mellum"]
+    flags = [arg for arch in archs for arg in ("--arch", arch)]
+    first = run_cli("run", *flags, "--strategy", "none", "--db", db_path)
+    assert first.code == 0, first.out
+    _, cases = store.get_run(store.open_db(db_path), None)
+    outcomes = []
+    for row in cases:
+        rank = json.loads(row["timings"])["ranks"]["0"]
+        seconds = (rank["prefill_samples"], rank["decode_samples"])
+        if row["arch"] == "qwen3":  # its history three times as fast as this machine runs it
+            seconds = tuple([s / 3 for s in part] for part in seconds)
+        outcomes.append({"arch": row["arch"], "strategy": "none", "seconds": seconds})
+    for _ in range(10):
+        record_run(db_path, "archs", outcomes, ranks=1)
+    slow = run_cli("run", *flags, "--strategy", "none", "--db", db_path)
+    assert slow.code == 0, slow.out  # correctness passes: speed is compare's business
+    assert "timed again (tok/s under 0.5x its history in every part): qwen3/" in slow.out
+    run_row, cases = store.get_run(store.open_db(db_path), None)
+    looked = [c["arch"] for c in cases if "second_look" in json.loads(c["timings"])]
+    assert looked == ["qwen3"]
+    result = run_cli("compare", str(run_row["id"] - 1), str(run_row["id"]), "--db", db_path)
+    assert result.code == 1, result.out
+    flagged = [line for line in result.out.splitlines() if "tok/s" in line and "0.3" in line]
+    assert flagged and all("qwen3" in line for line in flagged), result.out
+    assert "every part under 0.5x their median, still so at the run's second look" in " ".join(
+        result.out.split()
+    )

@@ -15,44 +15,74 @@ def slower(seconds, factor):
     return tuple([s * factor for s in part] for part in seconds)
 
 
-def noisy_runs(count: int, measures: int = 8, seed: int = 0) -> list[dict]:
-    """Runs as a loaded machine gives them: heavy-tailed (each measure's level moves up to
-    ~30x between runs), plus a drift of the whole run."""
+def noisy_runs(count: int, cases: int = 8, seed: int = 0) -> list[dict]:
+    """Runs as this machine gives them with local ranks kept to their cores (measured with
+    ci/bench/tok_s_noise.sh: quiet unchanged runs of 16 cases stayed within 0.83-1.2x of
+    their history, prefill and decode): each part of each case moves ~15% from run to run,
+    one part in ten is hit by a burst of load (2-4x slower) and one case in twenty wholly;
+    a case with both parts hit is timed again (`loop.second_look`), the faster look kept
+    per part; the whole run drifts."""
     rng = random.Random(seed)
+
+    def look(machine: float) -> dict[str, float]:
+        whole = rng.random() < 0.05
+        levels = {}
+        for part in "pd":
+            level = 100 * machine * rng.lognormvariate(0, 0.15)
+            if whole or rng.random() < 0.1:
+                level /= rng.uniform(2, 4)
+            levels[part] = level
+        return levels
+
     runs = []
     for _ in range(count):
-        machine = rng.lognormvariate(0, 0.5)
-        runs.append(
-            {
-                m: [100 * machine * rng.lognormvariate(0, 1.2) * s for s in (1, 1.02, 0.98)]
-                for m in range(measures)
-            }
-        )
+        machine = rng.lognormvariate(0, 0.3)
+        run = {}
+        for case in range(cases):
+            levels = look(machine)
+            if all(level < 50 * machine for level in levels.values()):
+                again = look(machine)
+                levels = {part: max(levels[part], again[part]) for part in levels}
+            for part, level in levels.items():
+                run[(case, part)] = [level * s for s in (1, 1.02, 0.98)]
+        runs.append(run)
     return runs
 
 
 def test_judge_rarely_flags_unchanged_noisy_runs():
-    """Noise alone, 8 independent measures: a flag needs the last 3 runs below all of >= 10
-    baseline runs, at most 0.4% per measure (noise.py), so about 1-3% of runs."""
+    """Noise alone: a burst slows one part of a case, a clear drop needs every part of it
+    under 0.5x at once after the second look (a step needs 3 runs below all of >= 10
+    baseline runs)."""
     judged = flagged = 0
     for seed in range(30):
         runs = noisy_runs(26, seed=seed)
-        for end in range(13, 27):
+        for end in range(11, 27):
             verdicts, _ = noise.judge(runs[:end])
             judged += 1
             flagged += any(v.regressed for v in verdicts.values())
-    assert judged == 420 and flagged / judged < 0.04, flagged
+    assert judged == 480 and flagged / judged < 0.03, flagged
 
 
-def test_judge_flags_a_step_that_persists_and_only_suspects_one_run():
+def test_judge_flags_a_clear_drop_in_its_first_run():
+    """Every part of one case at a third of its speed: flagged in the first slow run, after
+    10 earlier runs, and no other case."""
+    runs = noisy_runs(11, seed=3)
+    runs[-1][(2, "p")] = [x / 3 for x in runs[-1][(2, "p")]]
+    runs[-1][(2, "d")] = [x / 3 for x in runs[-1][(2, "d")]]
+    verdicts, _ = noise.judge(runs)
+    assert sorted(k for k, v in verdicts.items() if v.regressed) == [(2, "d"), (2, "p")]
+    assert "every part of the case under 0.5x its history in this run" in verdicts[(2, "p")].reason
+
+
+def test_judge_flags_a_smaller_step_that_persists_and_only_suspects_one_run():
     runs = [{m: [100.0, 101.0, 99.0] for m in range(6)} for _ in range(13)]
     for run in runs[-3:]:
-        run["slow"] = [30.0, 31.0, 29.0]
+        run["slow"] = [65.0, 66.0, 64.0]
     for run in runs[:-3]:
         run["slow"] = [100.0, 98.0, 102.0]
     verdicts, drift = noise.judge(runs)
     assert [k for k, v in verdicts.items() if v.regressed] == ["slow"]
-    assert "0.30x its last 10 runs" in verdicts["slow"].reason and drift == pytest.approx(1.0)
+    assert "0.65x its last 10 runs" in verdicts["slow"].reason and drift == pytest.approx(1.0)
     verdicts, _ = noise.judge(runs[:-2])  # the first slow run: a suspect, not a regression
     assert verdicts["slow"].suspect and not verdicts["slow"].regressed
 
@@ -95,7 +125,7 @@ def test_judge_treats_a_uniform_slowdown_as_drift():
 def test_judge_needs_history():
     runs = [{m: [100.0, 101.0, 99.0] for m in range(6)} for _ in range(noise.MIN_BASELINE)]
     verdicts, drift = noise.judge(runs)
-    assert drift is None and "the rule needs 12" in verdicts[0].reason
+    assert drift is None and "the rule needs 10" in verdicts[0].reason
 
 
 def test_bench_rule_flags_a_case_that_left_its_neighbours():
@@ -137,21 +167,26 @@ def test_compare_flags_flip_new_diagnosis_golden_and_tok_s(run_cli, db_path, rec
     assert "tok/s not judged: run B's database holds 1 earlier run(s)" in out
 
 
-def test_compare_flags_a_tok_s_step_that_persists(run_cli, db_path, record_run):
+def test_compare_flags_a_clear_drop_at_once_and_a_smaller_step_once_it_persists(
+    run_cli, db_path, record_run
+):
     for night in range(13):
         outcomes = [{"arch": a, "seconds": STEADY} for a in SMOKE]
         if night >= 10:
-            outcomes[1]["seconds"] = slower(STEADY, 3.0)
+            outcomes[1]["seconds"] = slower(STEADY, 3.0)  # deepseek_v3: a third of its speed
+            outcomes[3]["seconds"] = slower(STEADY, 1.5)  # gpt_oss: two thirds
+        outcomes += [{"arch": a, "seconds": STEADY} for a in ("glm4_moe", "minimax", "mistral4")]
         record_run(db_path, "smoke", outcomes)
     first = run_cli("compare", "10", "11", "--db", db_path)
-    assert first.code == 0 and "prefill tok/s (suspect)" in first.out, first.out
+    assert first.code == 1, first.out
+    flagged = [line for line in first.out.splitlines() if "0.33x its last 10 runs" in line]
+    assert len(flagged) == 2 and all("deepseek_v3" in line for line in flagged), first.out
+    assert "gpt_oss" in first.out and "prefill tok/s (suspect)" in first.out
     result = run_cli("compare", "12", "13", "--db", db_path)
     assert result.code == 1, result.out
-    assert "prefill tok/s" in result.out and "decode tok/s" in result.out
-    assert "0.33x its last 10 runs" in result.out
-    flagged = [line for line in result.out.splitlines() if "tok/s" in line and "0.33x" in line]
-    assert flagged and all("deepseek_v3" in line for line in flagged)
-    assert run_cli("compare", "11", "12", "--db", db_path).code == 0  # two runs: not yet
+    slowed = [line for line in result.out.splitlines() if "0.67x" in line]
+    assert slowed and all("gpt_oss" in line for line in slowed) and "(suspect)" not in slowed[0]
+    assert "llama" not in result.out and "qwen3_moe" not in result.out
 
 
 def test_compare_quiet_on_identical_runs_and_across_files(run_cli, tmp_path, record_run):

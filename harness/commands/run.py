@@ -25,7 +25,7 @@ from harness.commands.options import (
 )
 from harness.commands.select import select_cases
 from harness.models import impl
-from harness.records import junit, rundiff, store, table
+from harness.records import junit, noise, rundiff, store, table
 from harness.records.result import case_row
 from harness.records.shape_summary import shape_summary
 
@@ -128,6 +128,13 @@ def run(
         out.print(line, markup=False)
     for line in shape_summary(record.results):
         out.print(f"shapes: {line}", markup=False, soft_wrap=True)
+    if record.second_looks:
+        out.print(
+            f"timed again (tok/s under {noise.CLEAR}x its history in every part): "
+            + ", ".join(record.second_looks),
+            markup=False,
+            soft_wrap=True,
+        )
     out.print(render.summary(record.counts, record.seconds, db, record.run_id))
     raise typer.Exit(1 if record.failed else 0)
 

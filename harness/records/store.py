@@ -3,6 +3,7 @@ as each case finishes, so a killed run keeps everything it finished."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sqlite3
 from collections.abc import Callable
@@ -244,6 +245,20 @@ def record(db, run_id: int, result: CaseResult | BenchResult, extra: dict | None
             )
         else:
             db["cases"].insert({"run_id": run_id, **case_row(result), **(extra or {})})
+
+
+def add_second_look(db, run_id: int, idx: int, rank_timings: dict) -> None:
+    """Keep a case's timings from a second look in the same run (beside its first: the
+    run-to-run diff reads the faster, harness.records.rundiff)."""
+    rows = list(
+        db.query("select id, timings from cases where run_id = ? and idx = ?", [run_id, idx])
+    )
+    if not rows:
+        return
+    timings = json.loads(rows[0]["timings"] or "{}")
+    timings["second_look"] = {"ranks": rank_timings}
+    with db.conn:
+        db["cases"].update(rows[0]["id"], {"timings": json.dumps(timings)})
 
 
 def finish_run(db, run_id: int, status: str) -> dict:
