@@ -23,7 +23,7 @@ fp32/q4, 2 ranks; 21 unchanged runs, then one where every model call of qwen3_mo
 its time), each run judged against the runs before it:
 - ranks left to the scheduler, quiet machine: the same case's tok/s moved up to 5x between
   unchanged runs, prefill and decode together (the ranks ran in regimes); 5 of 11 judged
-  runs had a whole case under 0.5x (0.15-0.47x), and the slowed case sat among them. Under
+  runs had a whole case under 0.5x (0.15-0.47x), while the slowed case stayed at 0.57x. Under
   load (an earlier series: four other jobs, load 5-21) decode moved 10-799 and only three
   runs in a row told a step from noise;
 - ranks kept to a core each (harness.run.parent.launch.cpu_shares), quiet: 11 unchanged
