@@ -89,3 +89,17 @@ def test_a_damaged_cache_is_ignored_and_rewritten(cache):
     assert probes.remembered("support", {"model_type": "x"}, lambda: 7) == 7
     probes._answers = None
     assert probes.remembered("support", {"model_type": "x"}, lambda: 8) == 7
+
+
+def test_without_platformdirs_the_answer_is_computed(cache, monkeypatch):
+    """A bisect's environment of another mlx-lm release has none of the harness's own
+    dependencies: no user cache to name, the question is asked of mlx-lm each time."""
+
+    def no_platformdirs():
+        raise ImportError("No module named 'platformdirs'")
+
+    monkeypatch.setattr(probes.paths, "user_cache", no_platformdirs)
+    calls = []
+    for _ in range(2):
+        assert probes.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 5) == 5
+    assert len(calls) == 2 and not cache.exists()

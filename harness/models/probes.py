@@ -55,7 +55,7 @@ def remembered(kind: str, config: Any, compute: Callable[[], Any]) -> Any:
     from harness.models import impl
 
     base = fingerprint()
-    if base is None or impl.installed():
+    if base is None or impl.installed() or _path() is None:
         return compute()
     about = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     key = f"{base}:{kind}:{about.hexdigest()[:24]}"
@@ -68,8 +68,13 @@ def remembered(kind: str, config: Any, compute: Callable[[], Any]) -> Any:
     return answer
 
 
-def _path() -> Path:
-    return paths.user_cache() / FILE
+def _path() -> Path | None:
+    """The cache file; None under an environment without the harness's own dependencies
+    (a bisect's mlx-lm release: platformdirs names the user cache)."""
+    try:
+        return paths.user_cache() / FILE
+    except ImportError:
+        return None
 
 
 def _load() -> dict[str, Any]:
