@@ -32,8 +32,10 @@ def restore_modules():
     import mlx_lm.models
 
     mlx_lm.models.qwen3_moe = original
+    from harness.models import impl
     from harness.zoo import support
 
+    impl._INSTALLED.clear()
     support.cache_clear()
 
 

@@ -28,6 +28,7 @@ print("mlx_lm" in sys.modules)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(probes, "_answers", None)
+    monkeypatch.setattr(impl, "_INSTALLED", {})  # another test may have installed one
     return tmp_path / "harness" / probes.FILE
 
 

@@ -55,7 +55,9 @@ def _redirect(path: Path):
     os.close(target)
     log = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     sys.stdout = sys.stderr = log
-    faulthandler.enable(file=log, all_threads=True)
+    # The thread that died, with the fatal error above it, in the tail the parent reads;
+    # a hung case dumps every thread (dump_traceback_later).
+    faulthandler.enable(file=log, all_threads=False)
     return frames, log
 
 
