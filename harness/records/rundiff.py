@@ -75,7 +75,7 @@ def _samples(row: dict, part: str) -> list[float]:
     faster look where the run took a second one (`second_look`)."""
     timings = json.loads(row.get("timings") or "{}")
     looks = []
-    for ranks in (timings.get("ranks"), (timings.get(SECOND_LOOK) or {}).get("ranks")):
+    for ranks in (timings.get("ranks"), (timings.get(store.SECOND_LOOK) or {}).get("ranks")):
         rank = (ranks or {}).get("0") or {}
         samples = noise.rates(rank.get(f"{part}_tok_s"), rank.get(f"{part}_samples"))
         if samples:
@@ -136,7 +136,6 @@ def _bench_throughput(result: RunComparison, measured: dict[tuple[int, str, str]
 
 
 PARTS = ("prefill", "decode")
-SECOND_LOOK = "second_look"  # timings of a case timed again in the same run (store)
 SAME_SETUP = ("kind", "ranks", "hosts", "backend", "mlx_version", "mlx_lm_version")
 
 

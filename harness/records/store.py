@@ -247,6 +247,9 @@ def record(db, run_id: int, result: CaseResult | BenchResult, extra: dict | None
             db["cases"].insert({"run_id": run_id, **case_row(result), **(extra or {})})
 
 
+SECOND_LOOK = "second_look"  # the key of a second look's timings in a case's `timings`
+
+
 def add_second_look(db, run_id: int, idx: int, rank_timings: dict) -> None:
     """Keep a case's timings from a second look in the same run (beside its first: the
     run-to-run diff reads the faster, harness.records.rundiff)."""
@@ -256,7 +259,7 @@ def add_second_look(db, run_id: int, idx: int, rank_timings: dict) -> None:
     if not rows:
         return
     timings = json.loads(rows[0]["timings"] or "{}")
-    timings["second_look"] = {"ranks": rank_timings}
+    timings[SECOND_LOOK] = {"ranks": rank_timings}
     with db.conn:
         db["cases"].update(rows[0]["id"], {"timings": json.dumps(timings)})
 
