@@ -31,6 +31,7 @@ from pathlib import Path
 from harness.errors import blame
 from harness.run import protocol
 from harness.run.protocol import End, Error, Hello, Start
+from harness.run.rank import ring
 
 # kind -> "module:function" yielding (message, arrays) on every rank; imported lazily so a
 # job loads only what it runs.
@@ -141,6 +142,7 @@ def main() -> None:
     keep_to_cpus()  # before mlx starts its threads
     import mlx.core as mx
 
+    ring.wait_for_rank0()
     group = mx.distributed.init()
     rank = group.rank()
     job_id = os.environ.get("HARNESS_JOB", str(os.getpid()))
