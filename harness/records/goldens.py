@@ -12,10 +12,12 @@ history). The key is the case's, never the parallel layout's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,11 +112,24 @@ def _npz_bytes(output: Output, full: bool) -> bytes:
 
 @dataclass
 class Golden:
-    """A stored reference: full logits, or top-k logprobs per position; greedy tokens and
-    per-token norms of every captured hidden state (`layers`)."""
+    """A stored reference: full logits, or top-k logprobs per position, and greedy tokens
+    (`arrays`); per-token norms of every captured hidden state (`layers`), read from the
+    stored file only when asked (a mismatch's first divergent layer): a passing check
+    reads the logits and tokens alone."""
 
-    arrays: dict[str, np.ndarray]
-    layers: dict[str, np.ndarray]
+    stored: Mapping[str, np.ndarray]  # every array of the file, by its name there
+
+    @functools.cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: self.stored[k] for k in self.stored if not k.startswith(SUMMARY_PREFIX)}
+
+    @functools.cached_property
+    def layers(self) -> dict[str, np.ndarray]:
+        return {
+            k.removeprefix(SUMMARY_PREFIX): self.stored[k]
+            for k in self.stored
+            if k.startswith(SUMMARY_PREFIX)
+        }
 
     @property
     def topk(self) -> bool:
@@ -241,16 +256,7 @@ def load(key: str, directory: Path) -> tuple[Golden, dict] | None:
         raise CorruptGolden(
             f"golden {key} is corrupt: {npz_path.name} does not match the sha256 in its sidecar"
         )
-    with np.load(io.BytesIO(payload)) as data:
-        arrays = dict(data)
-    return _golden(arrays), meta
-
-
-def _golden(arrays: dict[str, np.ndarray]) -> Golden:
-    layers = {
-        k.removeprefix(SUMMARY_PREFIX): v for k, v in arrays.items() if k.startswith(SUMMARY_PREFIX)
-    }
-    return Golden({k: v for k, v in arrays.items() if not k.startswith(SUMMARY_PREFIX)}, layers)
+    return Golden(np.load(io.BytesIO(payload))), meta
 
 
 class CorruptGolden(HarnessError):
@@ -337,7 +343,7 @@ def diff(key: str, fresh: Output | None, directory: Path) -> GoldenDiff:
     npz_path, meta_path = obtained_paths(key, directory)
     if npz_path.exists():
         with np.load(npz_path) as data:
-            obtained = _golden(dict(data))
+            obtained = Golden(dict(data))
         a, norms = obtained.arrays, obtained.layers
         current = Output(a["prefill"], a["decode"], a["tokens"], {})
         against, obtained_meta = "obtained", json.loads(meta_path.read_text())
