@@ -57,9 +57,11 @@ def test_mlx_lm_tensor_parallel_at_q4_bf16_passes_against_the_fp32_truth(run_cli
 
 @pytest.mark.multirank
 def test_faults_of_bf16_and_of_a_second_request_are_caught_with_their_diagnosis(db_path):
-    names = ["bf16_double_reduce", "state_between_requests", "tp_q4_bf16"]
+    names = ["bf16_double_reduce", "state_between_requests", "stale_decode_state", "tp_q4_bf16"]
     report = run_selftest(2, names=names, database=store.open_db(db_path))
     verdicts = {v.fault: v for v in report.verdicts}
     assert verdicts["bf16_double_reduce"].verdict == CAUGHT, verdicts["bf16_double_reduce"]
     assert verdicts["state_between_requests"].verdict == CAUGHT
+    # A leak the later request's prefill does not show: its decode steps are compared too.
+    assert verdicts["stale_decode_state"].verdict == CAUGHT, verdicts["stale_decode_state"]
     assert report.false_alarm_rate == 0.0

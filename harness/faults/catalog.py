@@ -316,6 +316,11 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",),
           diagnoses=("request 2 differs from request 1 (state carried between requests)",)),
+    Fault(name="stale_decode_state", strategy=F + "production:stale_decode_state",
+          bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
+          representative=("qwen3_moe",),
+          diagnoses=("differs from request 1 (state carried between requests), "
+                     "from decode step 1",)),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),

@@ -1,7 +1,7 @@
 """Bugs of production conditions (DESIGN.md): each starts from mlx-lm's correct tensor
 parallel and goes wrong only with bf16 activations, only past one prefill step of mlx-lm's
-default 2,048 tokens, or only in a request after the first on the same loaded model. The
-default suites' fp32 short cases pass all three.
+default 2,048 tokens, or only in a request after the first on the same loaded model (in its
+prefill, or in its decode steps only). The default suites' fp32 short cases pass them all.
 """
 
 from __future__ import annotations
@@ -62,5 +62,24 @@ def state_between_requests(model, group):
             return y
         stale = kept["buffer"]
         return y + 0.05 * stale if stale.shape == y.shape else y
+
+    wrap_call(shape_bugs.attention(model), around)
+
+
+def stale_decode_state(model, group):
+    """Layer 2's attention keeps its output at each decode position of the first request
+    and adds a stale part of it at the same position in every later request (a decode
+    buffer keyed by position, never cleared between requests): every prefill is right,
+    the first request is right, a later request's decode steps are not."""
+    model.shard(group)
+    kept: dict[int, mx.array] = {}
+
+    def around(call, x, *args, **kwargs):
+        position = shape_bugs.offset(shape_bugs.argument("cache", 1, args, kwargs))
+        y = call(x, *args, **kwargs)
+        if x.shape[1] != 1:
+            return y
+        stale = kept.setdefault(position, y)
+        return y if stale is y or stale.shape != y.shape else y + 0.05 * stale
 
     wrap_call(shape_bugs.attention(model), around)

@@ -29,6 +29,11 @@ from harness.run.rank.solo import solo_world
 
 Message = tuple[Header, dict[str, np.ndarray]]
 
+# A single-rank reference's prefill is timed once: its tok/s only stands beside the sharded
+# case's in the verdict table, where a sharded case's every part is timed `repeats` times
+# and judged against its history.
+REFERENCE_PREFILL_REPEATS = 1
+
 
 def _timings(timings) -> dict | None:
     return timings.to_dict() if timings is not None else None
@@ -44,7 +49,9 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     reference = Case.from_dict({**case.to_dict(), "strategy": "none"})
     try:
         with solo_world():
-            output, timings = run_case(reference, None, capture, repeats)
+            output, timings = run_case(
+                reference, None, capture, repeats, prefill_repeats=REFERENCE_PREFILL_REPEATS
+            )
             truth = {}
             if case.low_precision:
                 forced = run_truth(reference, output.tokens, capture)

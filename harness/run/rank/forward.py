@@ -14,9 +14,9 @@ Decode is greedy, or teacher-forced: fed given tokens (the reference's), so one 
 argmax does not make every later step incomparable; the run's own choices are kept.
 
 Every request after the first (the timed prefills, or one more when nothing is timed) is a
-fresh prefill and decode of the same prompts, compared here with the first: only state
-carried between requests can change its numbers. What crosses back is the verdict, never
-the later requests' arrays.
+fresh prefill of the same prompts, the last one decoded too (`LATER_DECODE_STEPS`), each
+compared here with the first: only state carried between requests can change its numbers.
+What crosses back is the verdict, never the later requests' arrays.
 
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
 holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
@@ -39,6 +39,13 @@ from harness.models.build import unbatchable
 from harness.records.compare import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
 from harness.run.rank.patching import wrap_call, wrap_output
+
+# Decode steps of the later request that decodes: the first call of the decode path after
+# a prefill and one after a decode step. State an earlier request left behind is read by
+# the first call that reads it (every cache and buffer of the decode path by the first
+# step, what a decode step writes for the next by the second); each later step of a
+# request is compared with the reference in the first request.
+LATER_DECODE_STEPS = 2
 
 ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
@@ -301,12 +308,14 @@ def run(
     prefill_step: int | None = None,
     forced: np.ndarray | None = None,
     requests: bool = False,
+    prefill_repeats: int | None = None,
 ) -> tuple[Output, Timings | None]:
     """Prefill on the prompts, then `decode_steps` decode steps with the KV cache (greedy,
     or fed `forced[:, s]` at step s: [B, >= decode_steps] token ids); unless `repeats` is
-    0, prefill and decode throughput. `Output.requests` says how each later request (the
-    timed prefills; with `requests`, at least one, the last decoded too) compared with
-    the first.
+    0, prefill and decode throughput (the prefill timed `prefill_repeats` times, default
+    `repeats`, at most `repeats`). `Output.requests` says how each later request (the
+    timed prefills; with `requests`, at least one, the last decoded `LATER_DECODE_STEPS`
+    steps too) compared with the first.
 
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
@@ -348,9 +357,10 @@ def run(
         while len(decode_samples) < repeats + 1:
             _, seconds = _timed(lambda: model(own[-1][:, None], cache=cache))
             decode_samples.append(seconds)
-    # `repeats` counts timed prefill calls: a chunked prefill (several calls, each with
-    # its collectives) is timed whole fewer times, at least once; untimed, one request.
-    later = max(1, repeats // len(calls)) if repeats or requests else 0
+    # The count of timed prefill calls: a chunked prefill (several calls, each with its
+    # collectives) is timed whole fewer times, at least once; untimed, one request.
+    timed_calls = repeats if prefill_repeats is None else min(prefill_repeats, repeats)
+    later = max(1, timed_calls // len(calls)) if repeats or requests else 0
     prefill_samples = []
     for number in range(2, later + 2):
         start = time.perf_counter()
@@ -358,7 +368,7 @@ def run(
         prefill_samples.append(time.perf_counter() - start)
         # The last request decodes too (a second generation) where requests are compared;
         # the others, and a reference's timed prefills, are prefills.
-        decoded = fed if requests and number == later + 1 else []
+        decoded = fed[:LATER_DECODE_STEPS] if requests and number == later + 1 else []
         again_steps = [_as_np(model(t[:, None], cache=again)[:, -1, :]) for t in decoded]
         repeat = Output(
             _place([_as_np(p) for p in again_parts], calls, L),

@@ -28,11 +28,13 @@ def run_case(
     repeats: int = 3,
     forced: np.ndarray | None = None,
     requests: bool = False,
+    prefill_repeats: int | None = None,
 ) -> tuple[forward.Output, forward.Timings | None]:
     """Build the case's model fresh (strategies may patch classes), apply the strategy
     for `group` (None: unsharded reference), run it (decode fed `forced`, the reference's
-    tokens, when given), time it unless `repeats` is 0 (or its shape is untimed), and
-    with `requests` run and compare at least one later request (forward.run)."""
+    tokens, when given), time it unless `repeats` is 0 (or its shape is untimed; its
+    prefill `prefill_repeats` times when given), and with `requests` run and compare at
+    least one later request (forward.run)."""
     model = sharded_model(case, group)
     prompts = case_prompts(case)
     mx.reset_peak_memory()
@@ -47,6 +49,7 @@ def run_case(
             case.prefill_step,
             forced,
             requests,
+            prefill_repeats,
         )
 
 
