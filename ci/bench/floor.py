@@ -7,6 +7,10 @@ itself, each with MLX_RANK and an MLX_HOSTFILE as mlx.launch's ring backend writ
 for local ranks (a JSON list, one list of "ip:port" per rank), and waits for them. A plain
 mlx.launch would add its own start-up and per-rank I/O threads, which spin on a 2-core
 machine and so are no floor.
+
+`--wait-for-rank0`: the last rank waits until rank 0 listens before it joins the ring, as
+the harness's ranks do (harness.run.rank.ring): a bare script's ranks race for the ring's
+connections, and the one that loses waits out mlx's one-second retry.
 """
 
 import json
@@ -41,7 +45,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def launch() -> int:
+def launch(wait_for_rank0: bool) -> int:
     """Start the ranks, this script again under MLX_RANK, and wait for them all."""
     fd, hostfile = tempfile.mkstemp(suffix=".json")
     with os.fdopen(fd, "w") as fh:
@@ -50,7 +54,12 @@ def launch() -> int:
         ranks = [
             subprocess.Popen(
                 [sys.executable, __file__],
-                env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": hostfile},
+                env={
+                    **os.environ,
+                    "MLX_RANK": str(rank),
+                    "MLX_HOSTFILE": hostfile,
+                    "FLOOR_WAIT_FOR_RANK0": "1" if wait_for_rank0 else "",
+                },
             )
             for rank in range(RANKS)
         ]
@@ -79,6 +88,10 @@ def rank_main() -> None:
         return [np.array(o) for o in outputs]
 
     started = time.perf_counter()
+    if os.environ.get("FLOOR_WAIT_FOR_RANK0"):
+        from harness.run.rank.ring import wait_for_rank0
+
+        wait_for_rank0()
     group = mx.distributed.init(backend="ring", strict=True)
     tokens = mx.array(DEFAULT_PROMPTS)
     cases, worst = 0, 0.0
@@ -106,4 +119,4 @@ if __name__ == "__main__":
     if "MLX_RANK" in os.environ:
         rank_main()
     else:
-        sys.exit(launch())
+        sys.exit(launch("--wait-for-rank0" in sys.argv[1:]))
