@@ -7,8 +7,10 @@
   frames while a job runs: mlx.launch forwards every rank's output in chunks and chunks of
   two ranks may interleave, so the other ranks hand their results to rank 0 over the group
   (`gather_bytes`). A rank that fails writes one short error frame of its own and exits.
-- A frame is one line: a marker, a CRC32, and base64 of (JSON header, npz arrays), so a
-  frame that arrives damaged is detected, and lines that are not frames are left alone.
+- A frame is one line: a marker, a CRC32, and base64 of (JSON header, raw array bytes), so
+  a frame that arrives damaged is detected, and lines that are not frames are left alone.
+- Two environment variables go from the parent to each rank it starts: `JOB_ENV` (the
+  job's id: its ranks' log folder) and `CPUS_ENV` (the cores a local rank keeps to).
 - The header is one of the messages below, declared here once: both sides build and read
   them as these types, never as bare dicts.
 """
@@ -28,6 +30,8 @@ import numpy as np
 FRAME = "@@harness-frame@@"
 SPEC = "@@harness-spec@@"
 LINE = 512  # base64 characters per spec line: well under any terminal's MAX_CANON
+JOB_ENV = "HARNESS_JOB"
+CPUS_ENV = "HARNESS_CPUS"
 
 
 @dataclass

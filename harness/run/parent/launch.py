@@ -175,7 +175,7 @@ def launch_argv(target: Target, program: list[str], job: str) -> list[str]:
         argv += ["--starting-port", str(free_port_block(target.ranks))]
     if target.cwd is not None:
         argv += ["--cwd", str(target.cwd)]
-    for key, value in {**target.environment(), "HARNESS_JOB": job}.items():
+    for key, value in {**target.environment(), protocol.JOB_ENV: job}.items():
         argv += ["--env", f"{key}={value}"]
     return argv + ["--", *program]
 
@@ -184,9 +184,6 @@ def starts_directly(target: Target, like_mlx_launch: bool = False) -> bool:
     """Local ring ranks start with no launcher between them and the harness (see `Job`)."""
     local_ring = target.hostfile is None and (target.backend or "ring") == "ring"
     return local_ring and target.ranks > 1 and not like_mlx_launch
-
-
-CPUS_ENV = "HARNESS_CPUS"  # the cores a local rank keeps to (worker.keep_to_cpus)
 
 
 def cpu_shares(ranks: int) -> list[set[int]] | None:
@@ -250,7 +247,7 @@ class Job:
         self.output: list[str] = []  # lines that were not frames
         self.stderr: list[str] = []
         self.items: queue.Queue = queue.Queue()
-        env = {**os.environ, **target.environment(), "HARNESS_JOB": self.id}
+        env = {**os.environ, **target.environment(), protocol.JOB_ENV: self.id}
         self.ranks: list[subprocess.Popen] = []  # started directly, in rank order
         self._codes: dict[int, int] = {}
         self._killed: set[int] = set()
@@ -303,7 +300,7 @@ class Job:
             for rank in range(self.target.ranks):
                 own = {"MLX_RANK": str(rank), "MLX_HOSTFILE": self._hostfile}
                 if shares:
-                    own[CPUS_ENV] = ",".join(map(str, sorted(shares[rank])))
+                    own[protocol.CPUS_ENV] = ",".join(map(str, sorted(shares[rank])))
                 self.ranks.append(
                     subprocess.Popen(
                         argv,

@@ -127,7 +127,7 @@ def end_with_parent(poll: float = 0.5) -> None:
 def keep_to_cpus() -> None:
     """Keep this rank (and the threads mlx starts after this) to the cores the parent gave
     it (launch.cpu_shares), where it gave any and the system can."""
-    cpus = os.environ.get("HARNESS_CPUS")
+    cpus = os.environ.get(protocol.CPUS_ENV)
     setaffinity = getattr(os, "sched_setaffinity", None)
     if not cpus or setaffinity is None:
         return
@@ -145,7 +145,7 @@ def main() -> None:
     ring.wait_for_rank0()
     group = mx.distributed.init()
     rank = group.rank()
-    job_id = os.environ.get("HARNESS_JOB", str(os.getpid()))
+    job_id = os.environ.get(protocol.JOB_ENV, str(os.getpid()))
     folder = log_dir(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     frames, log = _redirect(folder / f"rank{rank}.log")
