@@ -32,9 +32,10 @@ from mlx_lm.models.pipeline import PipelineMixin
 from harness.errors import HarnessError
 from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
+from harness.models.mlx_lm_api import model_classes
 from harness.run.rank.forward import decoder_layers
 from harness.suites import parse_precision
-from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
+from harness.zoo import ARCHS, Arch, Support, config_copy, support
 
 # Bug classes, in the words of DESIGN.md's table.
 WRONG_AXIS = "stacked expert weights sliced on the wrong axis"
