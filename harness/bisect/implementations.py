@@ -35,6 +35,7 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.paths import import_root
 from harness.records.outputs import Output
+from harness.status import ReferenceStatus
 
 RELEASE = re.compile(r"(?:mlx-lm==)?(\d+\.\d+(?:\.\d+)?\S*)")
 
@@ -59,7 +60,7 @@ class Implementation:
 
 @dataclass
 class ImplementationReference:
-    status: str  # "ok" | "skip" | "error" (see harness.bisect.probe)
+    status: ReferenceStatus  # OK, SKIP or ERROR (see harness.bisect.probe)
     detail: str | None = None
     output: Output | None = None
     strategies: tuple[str, ...] = ()  # what the architecture has here: "tp", "pp"
@@ -142,11 +143,11 @@ def references(implementation: Implementation, cases: list[Case]) -> References:
         versions, found = lines[0]["versions"], {}
         for line in lines[1:]:
             output = None
-            if line["status"] == "ok":
+            if line["status"] == ReferenceStatus.OK:
                 with np.load(Path(out) / f"{line['key']}.npz") as data:
                     output = Output.from_arrays(dict(data))
             strategies = tuple(s for s in ("tp", "pp") if line.get(s))
             found[line["key"]] = ImplementationReference(
-                line["status"], line.get("detail"), output, strategies
+                ReferenceStatus(line["status"]), line.get("detail"), output, strategies
             )
     return References(implementation, versions, found)

@@ -35,6 +35,7 @@ from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
 from harness.models.mlx_lm_api import model_classes
 from harness.run.rank.forward import decoder_layers
+from harness.status import CaseStatus
 from harness.suites import parse_precision
 from harness.zoo import ARCHS, Arch, Support, config_copy, support
 
@@ -173,7 +174,7 @@ class Fault:
     bug_class: str
     applies: Applies
     representative: tuple[str, ...]
-    expected: str = "fail"  # status: fail | crash | timeout; "pass" for a control
+    expected: CaseStatus = CaseStatus.FAIL  # FAIL, CRASH or TIMEOUT; PASS for a control
     diagnoses: tuple[str, ...] = ()  # substrings; "{ranks}" is the rank count
     layer: int | None = None  # the injected layer, where the fault has one
     part: str | None = None  # attention | mlp/moe | layer output
@@ -184,7 +185,7 @@ class Fault:
 
     @property
     def control(self) -> bool:
-        return self.expected == "pass"
+        return self.expected == CaseStatus.PASS
 
     def precision_fields(self, precision: str | None = None) -> dict:
         """The Case fields (dtype, quant) of its precision, or of `precision` instead."""
@@ -282,7 +283,7 @@ _ENTRIES: tuple[Fault, ...] = (
           diagnoses=(f"non-finite from layer {L2} ({ATTENTION})",)),
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
-          representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
+          representative=("qwen3_moe",), expected=CaseStatus.CRASH, diagnoses=("rank 0 raised",)),
     # ---- shape classes: each fails only at its shape, with where it starts ----
     Fault(name="later_prefill_chunk", strategy=F + "shape_bugs:later_prefill_chunk",
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
@@ -325,24 +326,24 @@ _ENTRIES: tuple[Fault, ...] = (
                      "from decode step 1",)),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
-          applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
+          applies=named(*MANUAL_TP), representative=MANUAL_TP, expected=CaseStatus.PASS),
     Fault(name="manual_tp_q4", strategy=F + "controls:manual_tp", bug_class=CONTROL,
-          applies=named(*MANUAL_TP), representative=("qwen3_moe",), expected="pass",
+          applies=named(*MANUAL_TP), representative=("qwen3_moe",), expected=CaseStatus.PASS,
           precision="q4"),
     Fault(name="uneven_pipeline", strategy=F + "controls:uneven_pipeline", bug_class=CONTROL,
           applies=pp(lambda s: s.pipeline_split), representative=("qwen3_moe", "deepseek_v3"),
-          expected="pass", base="pp"),
+          expected=CaseStatus.PASS, base="pp"),
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected=CaseStatus.PASS,
           precision="q4"),
     Fault(name="tp_q4_bf16", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected=CaseStatus.PASS,
           precision="q4-bf16"),
     Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL,
           applies=lambda arch, sup: arch.name not in LOOSE_AT_LONG and tp()(arch, sup),
-          representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
+          representative=("qwen3_moe", "gpt_oss"), expected=CaseStatus.PASS, shape="long-chunked"),
     Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe",), expected="pass", shape="mixed"),
+          representative=("qwen3_moe",), expected=CaseStatus.PASS, shape="mixed"),
 )
 # fmt: on
 

@@ -60,7 +60,7 @@ class Reference:
 
     kind: ClassVar[str] = "reference"
     index: int
-    status: str  # ok, or the blamed status of why it could not run
+    status: str  # a ReferenceStatus: ok, or the blamed status of why it could not run
     reason: str | None = None
     timings: dict | None = None
 

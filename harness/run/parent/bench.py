@@ -17,12 +17,13 @@ from harness.case import BenchCase
 from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.build import tiny_config
-from harness.records.bench import ERROR, OK, TIMEOUT, BenchResult
+from harness.records.bench import BenchResult
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import skip_reason
 from harness.run.parent.watch import Watch, watched
 from harness.run.protocol import Result
+from harness.status import BenchStatus
 from harness.strategies import BUILTIN, normalize, resolve
 
 
@@ -100,7 +101,7 @@ class _Launches:
             if stalled == 2:
                 # Two launches in a row timed nothing: stop rather than loop.
                 _, reason = watch.failure(started=False, what="bench case")
-                yield self._result(self.remaining.pop(0), ERROR, reason)
+                yield self._result(self.remaining.pop(0), BenchStatus.ERROR, reason)
                 stalled = 0
 
     def _spec(self) -> dict:
@@ -125,7 +126,7 @@ class _Launches:
                 if message.failures:
                     yield self._result(message.index, *watch.in_step(message.failures))
                 else:
-                    yield self._result(message.index, OK, trials=message.trials)
+                    yield self._result(message.index, BenchStatus.OK, trials=message.trials)
         current = watch.current
         unfinished = [i for i in (current.indices if current else []) if i in self.remaining]
         limit = watch.timed_out
@@ -139,7 +140,7 @@ class _Launches:
                     f"bench case did not finish within {limit:g}s (--timeout); each rank's "
                     f"Python stack is below{watch.tails()}"
                 )
-            yield self._result(index, TIMEOUT, reason)
+            yield self._result(index, BenchStatus.TIMEOUT, reason)
         elif watch.died and unfinished:
             self.remaining.remove(unfinished[0])
             yield self._result(unfinished[0], *watch.failure(started=True, what="bench case"))

@@ -17,11 +17,12 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
-from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import CaseResult
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
 from harness.run.parent.watch import Watch, watched
 from harness.run.protocol import Reference, Result
+from harness.status import CaseStatus, ReferenceStatus
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
@@ -44,7 +45,7 @@ def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]
                 )
                 reason = reason and f"reference {options.reference}: {reason}"
         if reason is not None:
-            yield CaseResult(index, case, options.ranks, SKIP, reason)
+            yield CaseResult(index, case, options.ranks, CaseStatus.SKIP, reason)
         else:
             runnable.append((index, case))
     if runnable:
@@ -111,7 +112,7 @@ class _Session:
     def _not_run(self, reason: str) -> Iterator[CaseResult]:
         """Every remaining case fails with the same fault of the setup."""
         for index in self.remaining:
-            yield self._result(index, ERROR, reason)
+            yield self._result(index, CaseStatus.ERROR, reason)
         self.remaining = []
 
     def _consume(self, watch: Watch) -> Iterator[CaseResult]:
@@ -152,7 +153,7 @@ class _Session:
 
     def _reference(self, message: Reference, arrays: dict) -> None:
         key = self.cases[message.index].key()
-        if message.status != "ok":
+        if message.status != ReferenceStatus.OK:
             self.references[key] = message.reason or message.status
             return
         timings = message.timings
@@ -199,7 +200,9 @@ class _Session:
             self.references[key] = f"the single-rank reference crashed: {reason}"
         for index in [i for i in self.remaining if self.cases[i].key() in keys]:
             self.remaining.remove(index)
-            yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
+            yield self._result(
+                index, CaseStatus.ERROR, f"the single-rank reference failed: {reason}"
+            )
 
     def _timed_out(self, watch: Watch) -> Iterator[CaseResult]:
         limit = watch.timed_out
@@ -212,9 +215,11 @@ class _Session:
         for index in self._unfinished(watch):
             self.remaining.remove(index)
             if what == "case":
-                yield self._result(index, TIMEOUT, reason)
+                yield self._result(index, CaseStatus.TIMEOUT, reason)
             else:
-                yield self._result(index, ERROR, f"the single-rank reference timed out: {reason}")
+                yield self._result(
+                    index, CaseStatus.ERROR, f"the single-rank reference timed out: {reason}"
+                )
 
     # -- judging ------------------------------------------------------------------------
 
@@ -227,15 +232,18 @@ class _Session:
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
-                return self._result(index, ERROR, stored, rank_timings=timings)
-            result = self._result(index, PASS, rank_timings=timings)
+                return self._result(index, CaseStatus.ERROR, stored, rank_timings=timings)
+            result = self._result(index, CaseStatus.PASS, rank_timings=timings)
             return verdict.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(self.cases[index].key())
             if not isinstance(reference, tuple):
                 why = reference or "no single-rank reference arrived"
                 return self._result(
-                    index, ERROR, f"the single-rank reference failed: {why}", rank_timings=timings
+                    index,
+                    CaseStatus.ERROR,
+                    f"the single-rank reference failed: {why}",
+                    rank_timings=timings,
                 )
             ref_output, ref_timings = reference
         else:
@@ -245,7 +253,9 @@ class _Session:
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
-        result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
+        result = self._result(
+            index, CaseStatus.PASS, rank_timings=timings, reference_timings=ref_timings
+        )
         truth = None
         if self.options.reference == SINGLE:
             truth = self.truths.get(self.cases[index].key())
@@ -276,4 +286,4 @@ class _Session:
             self.goldens[index] = stored
             if isinstance(stored, str):
                 self.remaining.remove(index)
-                yield self._result(index, ERROR, stored)
+                yield self._result(index, CaseStatus.ERROR, stored)
