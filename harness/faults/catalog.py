@@ -1,12 +1,13 @@
 """The fault catalog: every broken strategy the harness ships, with the verdict and the
 diagnosis it must produce, and the correct-but-different controls it must pass.
 
-An entry names its strategy (`package.module:function`, the interface users have), the
-bug class of DESIGN.md it stands for, the expected status and diagnosis substrings, the
-layer and sub-block it breaks, and which architectures it applies to: a predicate over
-the zoo's `Arch` and `Support`, helped by a structural probe of the tiny model (does
-layer 1 have stacked experts, shared experts, a biased expert down projection; does
-layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
+An entry names its strategy (`package.module:function`, the interface users have), the bug
+class it stands for (README, "Proving the harness catches bugs"), the expected status and
+diagnosis substrings, the layer and sub-block it breaks, and which architectures it
+applies to: a predicate over the zoo's `Arch` and `Support`, helped by a structural probe
+of the tiny model (does layer 1 have stacked experts, shared experts, a biased expert down
+projection; does layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a
+split).
 
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
@@ -32,11 +33,12 @@ from mlx_lm.models.pipeline import PipelineMixin
 from harness.errors import HarnessError
 from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
+from harness.models.mlx_lm_api import model_classes
 from harness.run.rank.forward import decoder_layers
 from harness.suites import parse_precision
-from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
+from harness.zoo import ARCHS, Arch, Support, config_copy, support
 
-# Bug classes, in the words of DESIGN.md's table.
+# Bug classes, one broken strategy each (README, "Proving the harness catches bugs").
 WRONG_AXIS = "stacked expert weights sliced on the wrong axis"
 UNSHARDED_SUM = "all_sum over an output that was never sharded"
 FUSED_SPLIT = "fused projection split contiguously instead of per segment"

@@ -19,7 +19,7 @@ compared here with the first: only state carried between requests can change its
 What crosses back is the verdict, never the later requests' arrays.
 
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
-holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
+holding several send/recv pairs deadlocks (measured on 2 ranks: README, "What a run does").
 """
 
 from __future__ import annotations
