@@ -30,7 +30,12 @@ def test_records_import_neither_mlx_nor_mlx_lm():
     out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    assert "store" in modules and "goldens" in modules and "compare" in modules
+    assert (
+        "store" in modules
+        and "goldens" in modules
+        and "ladder" in modules
+        and "diagnose" in modules
+    )
 
 
 def test_report_loads_no_mlx(tmp_path):

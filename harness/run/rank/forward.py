@@ -36,7 +36,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
 from harness.models.build import unbatchable
-from harness.records.compare import TOLERANCES, compare_requests
+from harness.records.ladder import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
 from harness.run.rank.patching import wrap_call, wrap_output
 
