@@ -89,11 +89,12 @@ def _serve(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
     off &= order >= 0
     if not off.any():
         return None
-    row, k = (int(i) for i in np.argwhere(order == order[off].min())[0])
+    first = int(order[off].min())
+    row, k = (int(i) for i in np.argwhere(order == first)[0])
     index = int(ref.schedule["op"][row, k])
     inserts = [op for op in spec["ops"] if op["op"] == scenarios.INSERT]
     uid, reused = inserts[row]["uid"], int(ref.schedule["reused"][row])
-    after = _left_before(spec, ref, index)
+    after = _left_before(spec, ref, index, first)
     found = {
         "kind": scenarios.SERVE,
         "uid": uid,
@@ -117,14 +118,15 @@ def _serve(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
     return found
 
 
-def _left_before(spec: dict, ref: Output, index: int) -> list[int]:
-    """The uids that left the batch before op `index`: removed by an earlier op, or
-    finished (their last token emitted) by one."""
+def _left_before(spec: dict, ref: Output, index: int, number: int) -> list[int]:
+    """The uids that left the batch before the `number`-th emitted token, emitted by op
+    `index`: removed by an earlier op, or finished (their last token emitted) earlier."""
     inserts = [op for op in spec["ops"] if op["op"] == scenarios.INSERT]
     left = []
     for row, insert in enumerate(inserts):
-        emitted = ref.schedule["op"][row][ref.schedule["order"][row] >= 0]
-        finished = emitted.size == insert["max_tokens"] and int(emitted[-1]) < index
+        order = ref.schedule["order"][row]
+        emitted = order[order >= 0]
+        finished = emitted.size == insert["max_tokens"] and int(emitted[-1]) < number
         removed = any(
             op["op"] == scenarios.REMOVE and op["uid"] == insert["uid"]
             for op in spec["ops"][:index]

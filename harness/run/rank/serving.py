@@ -162,4 +162,7 @@ def run(model: nn.Module, spec: dict, seed: int, forced: np.ndarray | None) -> O
                 program.remove(op)
         return program.output()
     finally:
+        # The generator leaves its next step in flight (async_eval), collectives and all:
+        # finish it here, or the job's next gather over the group meets it on the wire.
+        mx.synchronize(program.generator.stream)
         program.generator.close()
