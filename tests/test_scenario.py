@@ -9,7 +9,7 @@ import pytest
 from harness import scenario as scenarios
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.records.compare import TOLERANCES
+from harness.records.ladder import TOLERANCES
 from harness.records.outputs import Output
 from harness.records.scenario import locate
 from harness.run.rank import model_cache

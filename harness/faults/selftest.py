@@ -47,7 +47,7 @@ class Planned:
 
 
 @dataclass
-class Verdict:
+class SelftestVerdict:
     fault: str
     arch: str
     precision: str
@@ -87,17 +87,17 @@ class Verdict:
 @dataclass
 class SelftestReport:
     ranks: int
-    verdicts: list[Verdict] = field(default_factory=list)
+    verdicts: list[SelftestVerdict] = field(default_factory=list)
     not_applicable: list[tuple[str, str, str]] = field(default_factory=list)  # fault, arch, why
     run_id: int | None = None
     seconds: float = 0.0
 
     @property
-    def faults(self) -> list[Verdict]:
+    def faults(self) -> list[SelftestVerdict]:
         return [v for v in self.verdicts if not v.control]
 
     @property
-    def controls(self) -> list[Verdict]:
+    def controls(self) -> list[SelftestVerdict]:
         return [v for v in self.verdicts if v.control]
 
     @property
@@ -151,10 +151,10 @@ def plan(
     return planned, not_applicable
 
 
-def judge(fault: Fault, result: CaseResult) -> Verdict:
+def judge(fault: Fault, result: CaseResult) -> SelftestVerdict:
     expected = fault.expected_diagnoses(result.ranks)
     first = next((c for c in result.comparisons.values() if not c.passed), None)
-    verdict = Verdict(
+    verdict = SelftestVerdict(
         fault=fault.name,
         arch=result.case.arch,
         precision=result.case.precision,
@@ -197,7 +197,7 @@ def run_selftest(
     hostfile: str | None = None,
     database=None,
     command: list[str] | None = None,
-    progress: Callable[[Verdict], None] | None = None,
+    progress: Callable[[SelftestVerdict], None] | None = None,
     precision: str | None = None,
 ) -> SelftestReport:
     """Run the catalog at `ranks` in one launch and judge every case; with a database,

@@ -14,9 +14,10 @@ from mlx.utils import tree_map_with_path
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError, ModelError, model_code
-from harness.models import probes
+from harness.models import answers
+from harness.models.mlx_lm_api import model_classes
 from harness.models.weights import init_weights
-from harness.zoo import ARCHS, config_copy, get_arch, model_classes, support
+from harness.zoo import ARCHS, config_copy, get_arch, support
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +163,7 @@ def _batch_problem(arch: str) -> str | None:
         model_cls, args_cls = model_classes(config)
         return unbatchable(model_cls(args_cls.from_dict(copy.deepcopy(config))))
 
-    return probes.remembered("batch", config, probe)
+    return answers.remembered("batch", config, probe)
 
 
 def unbatchable(model: nn.Module) -> str | None:
