@@ -1,5 +1,5 @@
-"""Scenarios: what a case runs when today's fixed shapes are not enough (DESIGN.md,
-"Searching instead of listing"). A scenario is a JSON-able dict, part of a case's key and
+"""Scenarios: what a case runs when today's fixed shapes are not enough (README,
+"Scenarios"). A scenario is a JSON-able dict, part of a case's key and
 label, validated here with one sentence per mistake; `harness explore` draws them, suites
 and `harness run --scenario` replay them.
 

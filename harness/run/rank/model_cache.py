@@ -4,8 +4,8 @@ the model is the sharded one, the single-rank reference or its fp32 truth) reuse
 built, sharded and evaluated model instead of building it again; `harness explore` runs
 hundreds of examples on one model.
 
-A strategy may patch classes or module functions process-wide (DESIGN.md, lessons from
-exo's auto_parallel), which would change what an already-built model computes. So every
+A strategy may patch classes or module functions process-wide (exo's auto_parallel
+does), which would change what an already-built model computes. So every
 kept model carries a fingerprint of the code it runs (the attributes of its modules'
 classes and the globals of the modules defining them, by identity) and is reused only
 while that code is unchanged; anything else is a miss and a fresh build. The cache holds
