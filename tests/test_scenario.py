@@ -12,6 +12,8 @@ from harness.errors import HarnessError
 from harness.records.ladder import TOLERANCES
 from harness.records.outputs import Output
 from harness.records.scenario import locate
+from harness.run.parent.plan import RunOptions
+from harness.run.parent.session import run
 from harness.run.rank import model_cache
 from harness.suites import load_suite
 
@@ -164,13 +166,32 @@ class _Tiny(nn.Module):
 
 def test_kept_models_are_reused_until_their_code_changes(monkeypatch):
     model_cache.clear()
-    key = ("test", 0)
-    first = model_cache.get(key, _Tiny)
+    key = (model_cache.REFERENCE, 0, "tiny")
+    first = model_cache.keep(key, _Tiny())
     builds = model_cache.builds
-    assert model_cache.get(key, _Tiny) is first and model_cache.builds == builds
+    assert model_cache.kept(key) is first and model_cache.builds == builds
     monkeypatch.setattr(_Tiny, "__call__", lambda self, x: x)  # a strategy patching a class
-    assert model_cache.get(key, _Tiny) is not first and model_cache.builds == builds + 1
-    for n in range(model_cache.CAPACITY + 1):
-        model_cache.get(("other", n), _Tiny)
-    assert key not in model_cache._cache  # bounded, least recently used out first
+    assert model_cache.kept(key) is None and not model_cache.holds(key)
+    model_cache.keep(key, _Tiny())
+    sharded = (model_cache.SHARDED, 2, "tiny")
+    model_cache.keep(sharded, _Tiny())
+    for n in range(model_cache.CAPACITY):
+        model_cache.keep((model_cache.TRUTH, 0, n), _Tiny())
+    # Bounded, least recently used out first; references never push out a sharded model.
+    assert not model_cache.holds(key) and model_cache.holds(sharded)
+    model_cache.clear()
+
+
+def test_cases_of_one_build_reuse_its_models():
+    """In this process (the one rank of --ranks 1): three scenario cases of one build
+    build the sharded model and the reference once each."""
+    model_cache.clear()
+    before = model_cache.builds
+    cases = [
+        Case("qwen3_moe", "tp", scenario={**BATCH, "prompts": [n, 4], "decode": 2})
+        for n in (2, 3, 5)
+    ]
+    results = list(run(cases, RunOptions(ranks=1, repeats=0)))
+    assert [r.status for r in results] == ["pass"] * 3
+    assert model_cache.builds - before == 2
     model_cache.clear()
