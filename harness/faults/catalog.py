@@ -24,7 +24,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
@@ -61,6 +61,11 @@ PADDING = "padding not masked in a batch of mixed lengths"
 BF16_ONLY = "a path taken only with bf16 activations"
 PAST_PREFILL_STEP = "corruption past one prefill step (2,048 tokens)"
 STATE_CARRIED = "state carried from one request into the next"
+# Serving: bugs only a scenario reaches (harness.scenario), never the fixed shapes.
+BATCH_WIDTH = "a reduction skipped for batch rows past the second"
+CACHE_GROWTH = "wrong where the KV cache grows (a decode at position 256)"
+REQUEST_LEFT = "state corrupted when a request leaves the batch"
+REUSED_PREFIX = "a reused prefix cache read wrongly"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
 ATTENTION, MLP, OUTPUT = (diagnose.PART_NAMES[p] for p in ("attn", "mlp", "out"))
@@ -86,6 +91,7 @@ class Structure:
     final_norm: bool = False  # model.model.norm
     rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
     kv_cache: bool = False  # layer 2 keeps a plain, unbounded KV cache (no window, no state)
+    moe_reduces: bool = False  # layer 1's MoE block all-sums its own output (sharding_group)
 
 
 @functools.cache
@@ -128,6 +134,7 @@ def _feedforward(block: nn.Module) -> dict:
         "stacked_experts": experts is not None,
         "shared_experts": parts.shared_experts(block) is not None,
         "expert_bias": experts is not None and "bias" in experts.down_proj,
+        "moe_reduces": experts is not None and hasattr(block, "sharding_group"),
     }
 
 
@@ -182,6 +189,9 @@ class Fault:
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
     shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
+    # The smallest scenario (harness.scenario) it shows at, where the fixed shapes pass it:
+    # what `harness explore` must find and shrink to.
+    scenario: dict | None = field(default=None, hash=False)
 
     @property
     def control(self) -> bool:
@@ -323,6 +333,33 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",),
           diagnoses=(f"{diagnose.STATE_CARRIED}, {diagnose.from_decode_step(1, 2)}",)),
+    # ---- serving: batch width, the cache's growth step, a request leaving, a reused prefix
+    Fault(name="wide_batch", strategy=F + "serving:wide_batch", bug_class=BATCH_WIDTH,
+          applies=tp(lambda s: s.moe_reduces), representative=("qwen3_moe", "deepseek_v3"),
+          scenario={"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 1, "decode": 0},
+          **_at(L1, MLP, "row 2 of 3, prompt token 0")),
+    Fault(name="cache_growth", strategy=F + "serving:cache_growth", bug_class=CACHE_GROWTH,
+          applies=tp(lambda s: s.moe_reduces and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "batch", "prompts": [256], "prefill_step": 256, "decode": 1},
+          diagnoses=("decode-only", "row 0 of 1, decode step 1 of 1 at cache position 256")),
+    Fault(name="request_left", strategy=F + "serving:request_left", bug_class=REQUEST_LEFT,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 1, "max_tokens": 1},
+              {"op": "insert", "uid": 1, "prompt": 1, "max_tokens": 3},
+              {"op": "step", "n": 4}]},
+          diagnoses=("uid 1, its token 2 at cache position 2 (op 2: step), "
+                     "after uid 0 left the batch",)),
+    Fault(name="reused_prefix", strategy=F + "serving:reused_prefix", bug_class=REUSED_PREFIX,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 2, "max_tokens": 1},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 2, "max_tokens": 1,
+               "reuse": {"uid": 0, "tokens": 1}},
+              {"op": "step", "n": 2}]},
+          diagnoses=("uid 1, its first token (from its prefill) at cache position 1",
+                     "reusing 1 tokens of uid 0's cache")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
@@ -343,6 +380,18 @@ _ENTRIES: tuple[Fault, ...] = (
           representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
     Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe",), expected="pass", shape="mixed"),
+    Fault(name="tp_serve", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "deepseek_v3"), expected="pass",
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 6, "max_tokens": 4},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 9, "max_tokens": 3},
+              {"op": "insert", "uid": 2, "prompt": 2, "max_tokens": 5},
+              {"op": "step", "n": 2},
+              {"op": "remove", "uid": 0},
+              {"op": "insert", "uid": 3, "prompt": 8, "max_tokens": 3,
+               "reuse": {"uid": 0, "tokens": 5}},
+              {"op": "step", "n": 8}]}),
 )
 # fmt: on
 
