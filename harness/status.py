@@ -46,12 +46,14 @@ class BenchStatus(StrEnum):
 
 class ReferenceStatus(StrEnum):
     """What became of computing a case's single-rank reference: its outputs (`ok`), or why
-    not. A run's ranks answer ok, crash or error (`harness.errors.blame`); an implementation
-    under bisect ok, skip (it cannot build the case) or error."""
+    not. A run's ranks answer ok, crash or error (`harness.errors.blame`); the references
+    job of bisect and diff-impl ok, skip (this mlx-lm cannot build the case) or crash, and
+    its watcher a timeout, crash or error."""
 
     OK = "ok"
     SKIP = "skip"
     CRASH = "crash"
+    TIMEOUT = "timeout"
     ERROR = "error"
 
 

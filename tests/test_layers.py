@@ -30,7 +30,12 @@ def test_records_import_neither_mlx_nor_mlx_lm():
     out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    assert "store" in modules and "goldens" in modules and "compare" in modules
+    assert (
+        "store" in modules
+        and "goldens" in modules
+        and "ladder" in modules
+        and "diagnose" in modules
+    )
 
 
 def test_report_loads_no_mlx(tmp_path):
@@ -75,10 +80,11 @@ def _module(path: Path) -> str:
 MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def test_records_import_only_records_case_and_errors():
+def test_records_import_only_records_case_scenario_and_errors():
     allowed = (
         "harness.records",
         "harness.case",
+        "harness.scenario",
         "harness.errors",
         "harness.paths",
         "harness.status",

@@ -1,5 +1,6 @@
 """Single-rank runs through the CLI and the library: verdicts, stored rows, report."""
 
+import itertools
 import json
 import os
 import signal
@@ -7,11 +8,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
+
+import pytest
 
 from harness.case import Case
 from harness.records import store
 from harness.run.parent.plan import RunOptions
 from harness.run.parent.session import run
+from harness.run.rank import forward
 
 
 def test_cli_run_stores_run_and_cases(run_cli, db_path):
@@ -123,11 +128,16 @@ def test_sigterm_marks_run_interrupted(tmp_path):
 
 
 def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
-    run_cli, db_path, record_run
+    run_cli, db_path, record_run, monkeypatch
 ):
     """A case at a third of its history's speed in every part gets a second look in the
     same run (`loop.second_look`), still slow there, and `harness compare` flags it at this
-    first slow run; the other cases are neither timed again nor flagged."""
+    first slow run; the other cases are neither timed again nor flagged.
+
+    The ranks' clock is a counter (every timed model call takes 10 ms), so the verdicts do
+    not depend on how fast this machine runs: a run on a loaded machine once failed here."""
+    ticks = itertools.count(0.0, 0.01)
+    monkeypatch.setattr(forward, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     archs = ["llama", "qwen3", "qwen2", "ministral3", "mellum"]
     flags = [arg for arch in archs for arg in ("--arch", arch)]
     first = run_cli("run", *flags, "--strategy", "none", "--db", db_path)
@@ -137,6 +147,7 @@ def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
     for row in cases:
         rank = json.loads(row["timings"])["ranks"]["0"]
         seconds = (rank["prefill_samples"], rank["decode_samples"])
+        assert all(abs(x - 0.01) < 1e-9 for part in seconds for x in part), seconds
         if row["arch"] == "qwen3":  # its history three times as fast as this machine runs it
             seconds = tuple([s / 3 for s in part] for part in seconds)
         outcomes.append({"arch": row["arch"], "strategy": "none", "seconds": seconds})
@@ -155,3 +166,19 @@ def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
     assert "every part under 0.5x their median, still so at the run's second look" in " ".join(
         result.out.split()
     )
+
+
+def test_a_stream_of_one_local_rank_runs_in_this_process():
+    """`CaseStream` at one local rank launches nothing: each batch runs here, judged as a
+    run judges it; a case of a strategy that does not import is the user's mistake."""
+    from harness.errors import HarnessError
+    from harness.run.parent.stream import CaseStream
+
+    with CaseStream(RunOptions(repeats=0)) as stream:
+        first = stream.run([Case("qwen3_moe", "none", decode_steps=1)])
+        second = stream.run([Case("llama", "none", decode_steps=1), Case("mixtral", "tp")])
+        with pytest.raises(HarnessError, match="no_such_module"):
+            stream.run([Case("llama", "no_such_module:shard")])
+        assert stream.launches == 0
+    assert [r.status for r in first + second] == ["pass", "pass", "skip"]
+    assert first[0].golden is None and first[0].reference == "single-rank"

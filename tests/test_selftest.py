@@ -12,7 +12,7 @@ from harness.faults import catalog
 from harness.faults.catalog import CATALOG, Fault
 from harness.faults.selftest import judge, plan, run_selftest
 from harness.records import store
-from harness.records.compare import TOLERANCES, Comparison, Metrics, compare
+from harness.records.ladder import TOLERANCES, Comparison, Metrics, compare
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.shapes import SHAPES

@@ -17,7 +17,7 @@ STORED = {
     CaseStatus: ["pass", "fail", "skip", "crash", "timeout", "error"],
     RunStatus: ["running", "passed", "failed", "interrupted"],
     BenchStatus: ["ok", "crash", "timeout", "error"],
-    ReferenceStatus: ["ok", "skip", "crash", "error"],
+    ReferenceStatus: ["ok", "skip", "crash", "timeout", "error"],
     GoldenStatus: [
         "match",
         "mismatch",

@@ -1,9 +1,10 @@
 """Judging cases under one implementation: good, bad or skip, per case and for a group.
 
-A case is bad when its reference failed to run or moved beyond its tolerance from the
-baseline (its golden, or the good endpoint's reference), or when its sharded run failed,
-crashed or hung; skip when the implementation cannot run it (or the baseline has nothing
-to hold it against, or the sharded run met a setup or harness error); good otherwise.
+A case is bad when its reference crashed or hung (the watchdog's timeout) or moved beyond
+its tolerance from the baseline (its golden, or the good endpoint's reference), or when its
+sharded run failed, crashed or hung; skip when the implementation cannot run it (or the
+baseline has nothing to hold it against, or either run met a setup or harness error);
+good otherwise.
 A group is bad if any case is, skip if every case is."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from harness.bisect.implementations import References
 from harness.case import Case
 from harness.records import goldens
-from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.status import CaseStatus, ReferenceStatus, StepVerdict
@@ -48,11 +49,7 @@ def held(
             return StepVerdict.SKIP, None
         golden, _ = stored
         comparison = goldens.hold(golden, output, tol)
-        moved = goldens.first_divergent_layer(
-            golden.layers, goldens.layer_norms(output.layers), tol
-        )
-        if not comparison.passed and moved is not None:
-            comparison.first_divergent_layer, comparison.first_divergent_part = moved[:2]
+        goldens.localize(comparison, golden, goldens.layer_norms(output.layers), tol)
     return (StepVerdict.GOOD if comparison.passed else StepVerdict.BAD), comparison
 
 
@@ -67,8 +64,11 @@ def judge_case(
     if reference is None or reference.status == ReferenceStatus.SKIP:
         detail = reference.detail if reference else "not run"
         return CaseVerdict(case, StepVerdict.SKIP, f"{label} cannot run it: {detail}")
-    if reference.status == ReferenceStatus.ERROR:
-        return CaseVerdict(case, StepVerdict.BAD, f"under {label}: {reference.detail}")
+    detail = f"under {label}: {reference.status}: {reference.detail}"
+    if reference.status in (ReferenceStatus.CRASH, ReferenceStatus.TIMEOUT):
+        return CaseVerdict(case, StepVerdict.BAD, detail)  # the model under this implementation
+    if reference.status == ReferenceStatus.ERROR:  # the setup's or the harness's fault
+        return CaseVerdict(case, StepVerdict.SKIP, detail)  # never the model's
     if baseline is None:
         return CaseVerdict(
             case, StepVerdict.SKIP, "the good endpoint cannot run it: nothing to hold it to"

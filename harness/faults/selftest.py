@@ -9,8 +9,9 @@ what the catalog expects:
   `missed` when it passed; `wrong diagnosis` otherwise (given vs expected is reported);
 - a control is `passed`, or a `false alarm`.
 
-A fault of a shape class runs at its shape profile (`long-chunked`, `mixed`, ...); the
-others at the default prompts with fewer decode steps.
+A fault of a shape class runs at its shape profile (`long-chunked`, `mixed`, ...), a
+serving fault at its smallest scenario (harness.scenario); the others at the default
+prompts with fewer decode steps.
 
 Architectures: each fault's representative subset by default (see the catalog), every
 architecture it applies to with `all_archs`. Cases whose built-in parallelism breaks a
@@ -148,7 +149,7 @@ def plan(
                 continue
             # External strategies have no preflight rules: check the parallelism underneath.
             shape = get_shape(fault.shape).fields() if fault.shape else SHORT
-            fields = {**fault.precision_fields(precision), **shape}
+            fields = {**fault.precision_fields(precision), **shape, "scenario": fault.scenario}
             base = Case(arch, fault.base, **fields)
             reason = skip_reason(base, ranks)
             if reason is not None:

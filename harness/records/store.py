@@ -182,6 +182,11 @@ from cases""",
     )
 
 
+def _v6_location(db: sqlite_utils.Database) -> None:
+    # Where a failing scenario case first went wrong (JSON, records.scenario.locate).
+    db["cases"].add_column("location", str)
+
+
 # Schema migrations in order; PRAGMA user_version counts how many have run.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -189,6 +194,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v3_selftest,
     _v4_reference,
     _v5_bench,
+    _v6_location,
 ]
 
 
