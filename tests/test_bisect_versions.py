@@ -15,7 +15,6 @@ RELEASES = ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"]
 def _publish(root, monkeypatch, mlx_lm_sources, package_index, bad: str):
     """The releases served here: 0.1.2 lacks qwen3_moe (skip), 0.1.4 and later have
     qwen3_moe's source changed by `bad` (the first bad release)."""
-    original = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
     for version in RELEASES:
         tree = root / version
         shutil.copytree(
