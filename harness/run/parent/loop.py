@@ -1,6 +1,6 @@
 """The one run loop: start a stored run, record each result as it arrives, finish the run.
 SIGTERM and Ctrl-C mark the run `interrupted` and keep every recorded result. `harness
-run`, `harness selftest`, `harness bench` and anything later (bisect, a cluster job) go
+run`, `harness selftest`, `harness bench`, each bisect step and anything later go
 through it; what they do with each result is their `on_result` callback."""
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ def run_loop(
     on_result: OnResult | None = None,
     judge: Callable[[list], bool] | None = None,
     started: float | None = None,
+    versions: dict | None = None,
 ) -> RunRecord:
     """Store a run of any kind (when given a database): start it, record each result as it
     arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
-    The run fails when `judge` (default: any failing result) says so."""
+    The run fails when `judge` (default: any failing result) says so. `versions`: the mlx
+    and mlx-lm the cases ran under, when not this process's (a bisect step's)."""
     started = time.perf_counter() if started is None else started
     record = RunRecord(None, options)
     if database is not None:
@@ -85,6 +87,7 @@ def run_loop(
             options.backend,
             options.hostfile,
             command or ["harness", kind],
+            versions,
         )
     try:
         with sigterm_interrupts():
