@@ -234,3 +234,11 @@ def test_run_reproduces_a_scenario_in_process(run_cli, db_path):
     )
     assert result.code == 0, result.out + result.err
     assert "serve 2 ops step 4" in result.out and "seed=3" in result.out
+
+
+def test_a_program_that_emits_nothing_is_the_setups_error():
+    insert = {"op": "insert", "uid": 0, "prompt": 3, "max_tokens": 2}
+    case = Case("qwen3_moe", "tp", scenario={"kind": "serve", "prefill_step": 4, "ops": [insert]})
+    (result,) = run([case], RunOptions(ranks=1, repeats=0))
+    assert result.status == "error" and "emitted no token" in result.reason
+    assert "internal" not in result.reason
