@@ -11,6 +11,9 @@ import pytest
 from harness import scenario as scenarios
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.faults import catalog
+from harness.faults.catalog import CATALOG
+from harness.faults.selftest import plan
 from harness.records.ladder import TOLERANCES
 from harness.records.outputs import Output
 from harness.records.scenario import locate
@@ -242,3 +245,18 @@ def test_a_program_that_emits_nothing_is_the_setups_error():
     (result,) = run([case], RunOptions(ranks=1, repeats=0))
     assert result.status == "error" and "emitted no token" in result.reason
     assert "internal" not in result.reason
+
+
+def test_serving_faults_plan_at_their_scenario():
+    names = ["wide_batch", "cache_growth", "request_left", "reused_prefix", "tp_serve"]
+    planned, not_applicable = plan(2, names=names)
+    assert not not_applicable
+    assert {p.fault.name for p in planned} == set(names)
+    assert all(p.case.scenario == p.fault.scenario is not None for p in planned)
+    classes = {CATALOG[name].bug_class for name in names[:4]}
+    assert classes == {
+        catalog.BATCH_WIDTH,
+        catalog.CACHE_GROWTH,
+        catalog.REQUEST_LEFT,
+        catalog.REUSED_PREFIX,
+    }
