@@ -1,6 +1,8 @@
 """The scenario format (harness.scenario): validation, round trips, keys; where a scenario
 case first goes wrong (records.scenario); the rank side's kept models."""
 
+import json
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 from harness import scenario as scenarios
 from harness.case import Case
 from harness.errors import HarnessError
+from harness.faults import catalog
+from harness.faults.catalog import CATALOG
+from harness.faults.selftest import plan
 from harness.records.ladder import TOLERANCES
 from harness.records.outputs import Output
 from harness.records.scenario import locate
@@ -195,3 +200,63 @@ def test_cases_of_one_build_reuse_its_models():
     assert [r.status for r in results] == ["pass"] * 3
     assert model_cache.builds - before == 2
     model_cache.clear()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--scenario", "{kind"), ("--scenario is not JSON",)),
+        (("--scenario", '{"kind": "batch"}'), ("scenario: a batch scenario needs",)),
+        (("--scenario", '{"kind": "batch"}', "--shapes", "mixed"), ("--shapes or --scenario",)),
+        (("--seed", "-1"), ("--seed must be 0 or more",)),
+    ],
+)
+def test_run_scenario_mistakes_are_one_line(run_cli, db_path, assert_one_line_error, args, words):
+    result = run_cli("run", "--arch", "qwen3_moe", "--db", db_path, *args)
+    assert_one_line_error(result, *words)
+
+
+def test_run_reproduces_a_scenario_in_process(run_cli, db_path):
+    """`harness run --scenario` at one rank, under a seed: the printed command of a
+    search's failure."""
+    ops = [{"op": "insert", "uid": 0, "prompt": 5, "max_tokens": 2}, {"op": "step", "n": 4}]
+    spec = json.dumps({"kind": "serve", "prefill_step": 4, "ops": ops})
+    result = run_cli(
+        "run",
+        "--arch",
+        "qwen3_moe",
+        "--strategy",
+        "tp",
+        "--seed",
+        "3",
+        "--no-goldens",
+        "--db",
+        db_path,
+        "--scenario",
+        spec,
+    )
+    assert result.code == 0, result.out + result.err
+    assert "serve 2 ops step 4" in result.out and "seed=3" in result.out
+
+
+def test_a_program_that_emits_nothing_is_the_setups_error():
+    insert = {"op": "insert", "uid": 0, "prompt": 3, "max_tokens": 2}
+    case = Case("qwen3_moe", "tp", scenario={"kind": "serve", "prefill_step": 4, "ops": [insert]})
+    (result,) = run([case], RunOptions(ranks=1, repeats=0))
+    assert result.status == "error" and "emitted no token" in result.reason
+    assert "internal" not in result.reason
+
+
+def test_serving_faults_plan_at_their_scenario():
+    names = ["wide_batch", "cache_growth", "request_left", "reused_prefix", "tp_serve"]
+    planned, not_applicable = plan(2, names=names)
+    assert not not_applicable
+    assert {p.fault.name for p in planned} == set(names)
+    assert all(p.case.scenario == p.fault.scenario is not None for p in planned)
+    classes = {CATALOG[name].bug_class for name in names[:4]}
+    assert classes == {
+        catalog.BATCH_WIDTH,
+        catalog.CACHE_GROWTH,
+        catalog.REQUEST_LEFT,
+        catalog.REUSED_PREFIX,
+    }

@@ -40,8 +40,7 @@ def run_case(
     role = model_cache.REFERENCE if group is None else model_cache.SHARDED
     built = kept_model(case, group, role)
     if case.scenario is not None:
-        with model_code():
-            return scenario.run(built, case, capture, forced), None
+        return scenario.run(built, case, capture, forced), None
     prompts = case_prompts(case)
     mx.reset_peak_memory()
     repeats = repeats if timed(case) else 0
@@ -72,8 +71,7 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     tokens: the truth the low-precision runs approximate."""
     built = kept_model(case, None, model_cache.TRUTH)
     if case.scenario is not None:
-        with model_code():
-            return scenario.run(built, case, capture, forced)
+        return scenario.run(built, case, capture, forced)
     with model_code():
         output, _ = forward.run(
             built.model,
