@@ -152,6 +152,7 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
         "WINDOW",
         "PADDING",
         "BF16_ONLY",
+        "BF16_FEW",
         "PAST_PREFILL_STEP",
         "STATE_CARRIED",
         "CONTROL",

@@ -133,7 +133,7 @@ def run(
         options,
         database,
         kind="run",
-        suite=suite or ",".join(arch or []),
+        suite=suites.series(suite, strategy) if suite is not None else ",".join(arch or []),
         command=command_line(ctx, "run"),
         on_result=lambda result: out.print(render.progress_line(result, total)),
     )

@@ -60,6 +60,7 @@ WINDOW = "wrong once a rotating cache is full"
 PADDING = "padding not masked in a batch of mixed lengths"
 # Production conditions: bugs that need bf16, a long prompt or a second request.
 BF16_ONLY = "a path taken only with bf16 activations"
+BF16_FEW = "a bf16-only path wrong at a few positions"
 PAST_PREFILL_STEP = "corruption past one prefill step (2,048 tokens)"
 STATE_CARRIED = "state carried from one request into the next"
 # Serving: bugs only a scenario reaches (harness.scenario), never the fixed shapes.
@@ -322,6 +323,14 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=BF16_ONLY, applies=tp(lambda s: s.layers > L1),
           representative=("qwen3_moe",), precision="q4-bf16",
           **_at(L1, MLP, diagnose.scaled("{ranks}"))),
+    # Caught where the hit positions move past POSITION_RATIO (records.envelope): at
+    # q4-bf16 glm4_moe, glm4_moe_lite, exaone_moe and step3p5 (6.4-10.2x); on most
+    # architectures the partial sum moves them 1-5x, within what a tp run's rounding
+    # reaches at positions no captured router near-tie explains.
+    Fault(name="bf16_partial_sum_some_positions",
+          strategy=F + "production:bf16_partial_sum_some_positions", bug_class=BF16_FEW,
+          applies=tp(lambda s: s.layers == 4), representative=("glm4_moe",),
+          precision="q4-bf16", **_at(3, MLP)),
     Fault(name="past_prefill_step", strategy=F + "production:past_prefill_step",
           bug_class=PAST_PREFILL_STEP, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="past-prefill-step",

@@ -298,8 +298,7 @@ async def compare_page(datasette, request):
 
         context["result"] = await _read(db, judge)
         context.update(a=a, b=b)
-    suites = [r["suite"] for r in await db.execute("select distinct suite from runs order by 1")]
-    context["suites"] = [s for s in suites if s]
+    context["suites"] = await _read(db, pages.comparable_suites)
     return await _page(datasette, request, "harness_compare.html", context)
 
 
