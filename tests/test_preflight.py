@@ -24,7 +24,7 @@ import pytest
 
 from harness import preflight
 from harness.errors import HarnessError
-from harness.run.parent.launch import Target, launch_argv
+from harness.run.parent.target import Target, launch_argv
 from harness.zoo import ARCHS, config_copy, model_classes, support
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,8 +30,8 @@ from harness.errors import HarnessError
 from harness.records.outputs import Output
 from harness.records.result import TIMEOUT
 from harness.run import protocol
-from harness.run.parent.launch import Target
 from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.target import Target
 from harness.run.parent.watch import Watch
 from harness.run.rank.references import OK
 
