@@ -19,7 +19,7 @@ compared here with the first: only state carried between requests can change its
 What crosses back is the verdict, never the later requests' arrays.
 
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
-holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
+holding several send/recv pairs deadlocks (measured on 2 ranks: README, "What a run does").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
 from harness.models.build import unbatchable
-from harness.records.compare import TOLERANCES, compare_requests
+from harness.records.ladder import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
 from harness.run.rank.patching import wrap_call, wrap_output
 
@@ -51,7 +51,7 @@ ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
 
 
-class _Recorder:
+class Recorder:
     """Collects the outputs of decoder layers (and their attention / MLP sub-blocks)
     during the prefill calls, one dict per call. They stay lazy during the call and are
     evaluated with its logits, in one graph (`settle`): evaluating each layer's output as
@@ -61,6 +61,10 @@ class _Recorder:
         self.active = False
         self.calls: list[dict[str, np.ndarray]] = []
         self._pending: dict[str, mx.array] = {}
+
+    def reset(self) -> None:
+        """Forget earlier runs' records: a kept model (run.rank.model_cache) keeps its taps."""
+        self.active, self.calls, self._pending = False, [], {}
 
     def begin(self) -> None:
         self.active = True
@@ -76,18 +80,34 @@ class _Recorder:
     def tap(self, module: nn.Module, key: str) -> None:
         wrap_output(module, lambda out: self._record(key, out))
 
-    def tap_router(self, gate: nn.Module, key: str) -> None:
-        """Record a router's scores over all experts (not only the chosen top-k), so a
-        mismatch can be checked against near-ties."""
+    def tap_router(self, block: nn.Module, gate: nn.Module, key: str) -> None:
+        """Record a router's scores over all experts (not only the chosen top-k), by
+        position, so a mismatch can be checked against near-ties. Some blocks flatten
+        the positions before routing: the block's input gives them back."""
+        positions: dict[str, tuple] = {}
+
+        def at_block(call, x, *args, **kwargs):
+            positions["shape"] = tuple(x.shape[:-1])
+            return call(x, *args, **kwargs)
 
         def around(call, x, *args, **kwargs):
             out = call(x, *args, **kwargs)
-            if self.active:
-                scores = _router_scores(gate, x, out)
-                if scores is not None:
-                    self._record(key, scores)
+            shape = positions.get("shape")
+            if not self.active or not shape:
+                return out
+            scores = _router_scores(block, gate, x, out)
+            if scores is not None and scores.size % _product(shape) == 0:
+                self._record(key, scores.reshape(*shape, -1))
+            # A gate that returns (indices, weights) says which experts it chose (group-
+            # limited routing may choose other than the top-k of the scores).
+            chosen = out[0] if isinstance(out, (tuple, list)) else None
+            if isinstance(chosen, mx.array) and not mx.issubdtype(chosen.dtype, mx.floating):
+                if chosen.size % _product(shape) == 0:
+                    experts = mx.sort(chosen.reshape(*shape, -1), axis=-1)
+                    self._record(key.replace(".router.", ".experts."), experts)
             return out
 
+        wrap_call(block, at_block)
         wrap_call(gate, around)
 
     def _record(self, key: str, out):
@@ -98,26 +118,65 @@ class _Recorder:
 
 
 ROUTER_NAMES = ("gate", "router")
-TOP_K_NAMES = ("top_k", "num_experts_per_tok")
+TOP_K_NAMES = ("top_k", "num_experts_per_tok", "num_experts_per_token", "moe_top_k")
+CORRECTION_NAMES = ("e_score_correction_bias", "router_bias")
 
 
-def _router_scores(gate: nn.Module, x: mx.array, out) -> mx.array | None:
-    """Linear routers return their logits; gate modules that return (indices, scores)
-    get their logits recomputed from the input (plus DeepSeek-style score correction)."""
-    if isinstance(out, mx.array) and out.ndim == 3:
-        return out
+def _product(shape: tuple) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _router_scores(block: nn.Module, gate: nn.Module, x: mx.array, out) -> mx.array | None:
+    """The scores a router ranks its experts by: a linear router's logits (its output, or
+    recomputed from its input when it returns (indices, weights): through its own linear
+    child, or its raw weight), through a sigmoid plus the score correction where the block
+    or the gate keeps one (DeepSeek-style)."""
+    inner = gate.get("gate") if isinstance(gate, dict) else None
     weight = getattr(gate, "weight", None)
-    if (
-        not isinstance(weight, mx.array)
-        or weight.ndim != 2
-        or not mx.issubdtype(weight.dtype, mx.floating)
+    if isinstance(out, mx.array) and out.ndim >= 2:
+        logits = out
+    elif isinstance(inner, nn.Module):
+        logits = inner(x)
+    elif (
+        isinstance(weight, mx.array)
+        and weight.ndim == 2
+        and mx.issubdtype(weight.dtype, mx.floating)
     ):
+        logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
+    else:
         return None
-    logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
-    correction = getattr(gate, "e_score_correction_bias", None)
-    if isinstance(correction, mx.array):
-        return mx.sigmoid(logits) + correction.astype(mx.float32)
+    logits = logits.astype(mx.float32)
+    for holder in (gate, block):
+        correction = next(
+            (
+                getattr(holder, n)
+                for n in CORRECTION_NAMES
+                if isinstance(getattr(holder, n, None), mx.array)
+            ),
+            None,
+        )
+        if correction is not None and correction.shape[-1] == logits.shape[-1]:
+            return mx.sigmoid(logits) + correction.astype(mx.float32)
     return logits
+
+
+def _top_k(*holders) -> int | None:
+    for holder in holders:
+        for where in (holder, getattr(holder, "args", None)):
+            k = next(
+                (
+                    getattr(where, a)
+                    for a in TOP_K_NAMES
+                    if isinstance(getattr(where, a, None), int)
+                ),
+                None,
+            )
+            if k:
+                return k
+    return None
 
 
 def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
@@ -125,17 +184,9 @@ def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
     for name in ROUTER_NAMES:
         gate = block.get(name) if isinstance(block, dict) else None
         if isinstance(gate, nn.Module):
-            for holder in (block, gate):
-                k = next(
-                    (
-                        getattr(holder, a)
-                        for a in TOP_K_NAMES
-                        if isinstance(getattr(holder, a, None), int)
-                    ),
-                    None,
-                )
-                if k:
-                    return gate, k
+            k = _top_k(block, gate)
+            if k:
+                return gate, k
     return None
 
 
@@ -148,8 +199,8 @@ def decoder_layers(model: nn.Module) -> list:
     return list(layers)
 
 
-def install_capture(model: nn.Module) -> _Recorder:
-    recorder = _Recorder()
+def install_capture(model: nn.Module) -> Recorder:
+    recorder = Recorder()
     for index, layer in enumerate(decoder_layers(model)):
         if not isinstance(layer, nn.Module):
             continue
@@ -167,7 +218,7 @@ def install_capture(model: nn.Module) -> _Recorder:
                 recorder.tap(child, f"layer.{index}.mlp")
                 router = _router(child)
                 if router is not None:
-                    recorder.tap_router(router[0], f"layer.{index}.router.k{router[1]}")
+                    recorder.tap_router(child, router[0], f"layer.{index}.router.k{router[1]}")
         recorder.tap(layer, f"layer.{index}.out")
     return recorder
 
@@ -241,7 +292,7 @@ def _prefill(
     model: nn.Module,
     calls: list[_Call],
     batched: list[int] | None,
-    recorder: _Recorder | None = None,
+    recorder: Recorder | None = None,
 ):
     """Run the prefill calls (`batched`: the lengths of a padded batch, else None), each
     call's hidden states into `recorder` when given; returns the cache and each call's
@@ -271,7 +322,7 @@ def _place(parts: list[np.ndarray], calls: list[_Call], L: int) -> np.ndarray:
     return out
 
 
-def _placed_states(recorder: _Recorder, calls: list[_Call], L: int) -> dict[str, np.ndarray]:
+def _placed_states(recorder: Recorder, calls: list[_Call], L: int) -> dict[str, np.ndarray]:
     """Hidden states by prompt position: the keys every call recorded with one row per
     input column (a block that changes the sequence length cannot be placed)."""
     keys = set.intersection(*(set(c) for c in recorder.calls)) if recorder.calls else set()
@@ -309,13 +360,14 @@ def run(
     forced: np.ndarray | None = None,
     requests: bool = False,
     prefill_repeats: int | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[Output, Timings | None]:
     """Prefill on the prompts, then `decode_steps` decode steps with the KV cache (greedy,
     or fed `forced[:, s]` at step s: [B, >= decode_steps] token ids); unless `repeats` is
     0, prefill and decode throughput (the prefill timed `prefill_repeats` times, default
     `repeats`, at most `repeats`). `Output.requests` says how each later request (the
     timed prefills; with `requests`, at least one, the last decoded `LATER_DECODE_STEPS`
-    steps too) compared with the first.
+    steps too) compared with the first. `recorder`: the capture a kept model already has.
 
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
@@ -328,7 +380,12 @@ def run(
     B = len(prompts)
     if forced is not None and (forced.shape[0] != B or forced.shape[1] < decode_steps):
         forced = None  # not this case's reference (another batch): decode greedily
-    recorder = install_capture(model) if capture else None
+    if capture:
+        # A kept model comes with the taps installed when it was first captured.
+        recorder = recorder or install_capture(model)
+        recorder.reset()
+    else:
+        recorder = None
     calls, batched = _plan(prompts, prefill_step)
     lengths = [len(p) for p in prompts]
     L = max(lengths)
