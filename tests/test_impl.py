@@ -2,6 +2,7 @@
 `diff-impl` finds the layer where one differs from mlx-lm's own."""
 
 import sys
+import time
 
 import pytest
 
@@ -33,10 +34,8 @@ def restore_modules():
 
     mlx_lm.models.qwen3_moe = original
     from harness.models import impl
-    from harness.zoo import support
 
     impl._INSTALLED.clear()
-    support.cache_clear()
 
 
 def test_diff_impl_finds_the_layer_that_differs(forked, run_cli, mlx_lm_sources):
@@ -55,6 +54,25 @@ def test_diff_impl_of_identical_files_is_the_same(run_cli, mlx_lm_sources):
     assert "same within tolerance" in result.out
 
 
+def test_diff_impl_names_a_hanging_implementation_within_its_timeout(
+    tmp_path, run_cli, mlx_lm_sources
+):
+    """A model file whose forward never returns: the reference runs on a rank under the
+    watchdog, so the diff ends at its --timeout with the rank's Python stack, exit 1."""
+    hanging = tmp_path / "my_qwen3_moe.py"
+    own = mlx_lm_sources.SOURCES / "models/qwen3_moe.py"
+    hanging.write_text(mlx_lm_sources.hang_in_forward(own.read_text()))
+    started = time.monotonic()
+    result = run_cli("diff-impl", "qwen3_moe", str(own), str(hanging), "--timeout", "4")
+    assert result.code == 1, result.out + result.err
+    assert time.monotonic() - started < 60, "the hang is bounded by --timeout"
+    first = result.out.splitlines()[0]
+    assert first.startswith(f"qwen3_moe: not compared: {hanging}: timeout: the reference did")
+    assert "within 4s (--timeout)" in first
+    assert f'File "{hanging}"' in result.out, "the hung rank's Python stack, in the model"
+    assert "on 1 ranks" not in result.out, "nothing runs sharded at one rank"
+
+
 def test_install_makes_the_model_type_use_the_file(forked, restore_modules):
     case = Case("qwen3_moe", strategy="none", decode_steps=1)
     before = reference_output(case)
@@ -62,6 +80,20 @@ def test_install_makes_the_model_type_use_the_file(forked, restore_modules):
     after = reference_output(case)
     assert sys.modules["mlx_lm.models.qwen3_moe"].__file__ == str(forked)
     assert abs(after.prefill - before.prefill).max() > 1e-4
+
+
+def test_what_the_zoo_finds_supported_follows_the_installed_file(
+    tmp_path, restore_modules, mlx_lm_sources
+):
+    """No cache to clear by hand: support() is remembered per installed model file."""
+    from harness.zoo import support
+
+    assert support("qwen3_moe").tp
+    unshardable = tmp_path / "qwen3_moe_unshardable.py"
+    source = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
+    unshardable.write_text(source.replace("def shard(", "def not_shard("))
+    impl.install({"qwen3_moe": str(unshardable)})
+    assert not support("qwen3_moe").tp and support("qwen3_moe").available
 
 
 def test_a_file_that_does_not_define_the_model_type(

@@ -57,7 +57,11 @@ def test_report_loads_no_mlx(tmp_path):
 def _imports(path: Path, anywhere: bool = False) -> set[str]:
     """The harness modules a file imports at module level (`anywhere`: inside functions
     too)."""
-    tree = ast.parse(path.read_text())
+    return _imported(path.read_text(), anywhere)
+
+
+def _imported(source: str, anywhere: bool = False) -> set[str]:
+    tree = ast.parse(source)
     found = set()
     for node in ast.walk(tree) if anywhere else tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
@@ -76,12 +80,24 @@ def _module(path: Path) -> str:
 MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def test_records_import_only_records_case_and_errors():
-    allowed = ("harness.records", "harness.case", "harness.errors", "harness.paths")
+def test_records_import_only_records_case_scenario_and_errors():
+    allowed = (
+        "harness.records",
+        "harness.case",
+        "harness.scenario",
+        "harness.errors",
+        "harness.paths",
+        "harness.status",
+    )
     for name, path in MODULES.items():
         if name.startswith("harness.records"):
             bad = [m for m in _imports(path) if not m.startswith(allowed) and m != "harness"]
             assert not bad, f"{name} imports {bad}"
+
+
+def test_the_status_vocabularies_stand_alone():
+    # Every layer down to harness.errors imports them: they may import nothing of ours.
+    assert not _imports(MODULES["harness.status"], anywhere=True)
 
 
 def test_lower_layers_never_import_the_command_layer():
@@ -123,7 +139,13 @@ def test_models_and_strategies_never_import_the_run():
 
 
 def test_the_service_stands_on_records_alone():
-    allowed = ("harness.service", "harness.records", "harness.case", "harness.errors")
+    allowed = (
+        "harness.service",
+        "harness.records",
+        "harness.case",
+        "harness.errors",
+        "harness.status",
+    )
     assert not [
         f"{name} imports {bad}"
         for name, path in MODULES.items()
@@ -132,25 +154,55 @@ def test_the_service_stands_on_records_alone():
     ]
 
 
-def test_no_import_cycle_at_module_level():
-    graph = {
-        name: {m for m in _imports(path) if m in MODULES and m != name}
+def _graph() -> dict[str, set[str]]:
+    """Every module's harness imports, those made when a function runs included: a cycle
+    through a call-time import is a cycle all the same, only hidden."""
+    return {
+        name: {m for m in _imports(path, anywhere=True) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first import cycle found, as the trail of modules that closes it."""
     state: dict[str, int] = {}
 
-    def visit(node: str, trail: list[str]) -> None:
+    def visit(node: str, trail: list[str]) -> list[str] | None:
         state[node] = 1
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*trail, node, nxt]))
-            if nxt not in state:
-                visit(nxt, [*trail, node])
+                return [*trail, node, nxt]
+            if nxt not in state and (found := visit(nxt, [*trail, node])):
+                return found
         state[node] = 2
+        return None
 
-    for name in graph:
-        if name not in state:
-            visit(name, [])
+    for name in sorted(graph):
+        if name not in state and (found := visit(name, [])):
+            return found
+    return None
+
+
+def test_no_import_cycle_even_through_imports_inside_functions():
+    cycle = _cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# How harness.models.impl once cleared the zoo's cache after installing a model file.
+CLEARING_THE_ZOO = """
+def install(overrides):
+    from harness.zoo import support
+
+    support.cache_clear()
+"""
+
+
+def test_the_cycle_check_sees_the_zoo_cleared_from_inside_a_function():
+    graph = _graph()
+    graph["harness.models.impl"] |= _imported(CLEARING_THE_ZOO, anywhere=True) & set(MODULES)
+    assert not _imported(CLEARING_THE_ZOO)  # nothing at module level: the old check passed
+    cycle = _cycle(graph)
+    assert cycle and {"harness.zoo", "harness.models.impl"} <= set(cycle), cycle
 
 
 def test_case_from_a_newer_harness_drops_unknown_fields_with_a_warning():

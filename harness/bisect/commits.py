@@ -27,18 +27,18 @@ import numpy as np
 
 from harness.bisect import git, implementations
 from harness.bisect.judge import CaseVerdict, group_verdict, judge_case
-from harness.bisect.search import BAD, GOOD, SKIP
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
+from harness.status import ReferenceStatus, StepVerdict
 
 EXIT_ABORT = 128  # git bisect run stops on any code above 127
 PLAN_FILE = "bisect.json"
 STORED = "stored as run"  # how a step names the run it stored, in git bisect run's output
 # git's (old, new) terms and which of our verdicts each one is.
 TERMS = {False: ("good", "bad"), True: ("broken", "fixed")}
-STATES = {False: (GOOD, BAD), True: (BAD, GOOD)}
+STATES = {False: (StepVerdict.GOOD, StepVerdict.BAD), True: (StepVerdict.BAD, StepVerdict.GOOD)}
 
 
 @dataclass
@@ -48,12 +48,14 @@ class Plan:
     cases: list[Case]
     inverse: bool = False
     record: dict = field(default_factory=dict)  # where and as what steps store their runs
+    timeout: float = implementations.DEFAULT_TIMEOUT  # seconds per case's reference
 
     def save(self, folder: Path) -> None:
         data = {
             "cases": [case.to_dict() for case in self.cases],
             "inverse": self.inverse,
             "record": self.record,
+            "timeout": self.timeout,
         }
         (folder / PLAN_FILE).write_text(json.dumps(data))
 
@@ -64,14 +66,15 @@ class Plan:
         except (OSError, ValueError) as exc:
             raise HarnessError(f"'{folder}' holds no bisect baseline ({exc})") from None
         cases = [Case.from_dict(case) for case in data["cases"]]
-        return cls(cases, data.get("inverse", False), data.get("record") or {})
+        timeout = data.get("timeout", implementations.DEFAULT_TIMEOUT)
+        return cls(cases, data.get("inverse", False), data.get("record") or {}, timeout)
 
 
 @dataclass
 class CommitStep:
     sha: str
     refs: implementations.References
-    verdict: str
+    verdict: StepVerdict
     verdicts: list[CaseVerdict]
 
 
@@ -92,15 +95,15 @@ class CommitsBisect:
     first_new: str | None  # the first bad commit (fixed, inverse); None: skips hide it
     candidates: list[str]  # the commits the change may be in
     subject: str
-    steps: list[tuple[str, str]]  # (sha, good | bad | skip) in the order git tried them
+    steps: list[tuple[str, StepVerdict]]  # (sha, verdict) in the order git tried them
     inverse: bool = False
     change: Change | None = None
     runs: list[int] = field(default_factory=list)  # the runs the steps stored
 
 
-def exit_code(verdict: str, inverse: bool) -> int:
+def exit_code(verdict: StepVerdict, inverse: bool) -> int:
     """The exit code of a step for `git bisect run`: 0 old term, 1 new term, 125 skip."""
-    if verdict == SKIP:
+    if verdict == StepVerdict.SKIP:
         return 125
     return STATES[inverse].index(verdict)
 
@@ -117,7 +120,7 @@ def save_baseline(refs: implementations.References, plan: Plan, folder: Path) ->
 def step(checkout: Path, baseline: Path) -> tuple[Plan, CommitStep]:
     """Judge the mlx-lm checked out at `checkout` against a saved baseline."""
     plan = Plan.load(baseline)
-    refs = implementations.references(implementations.checkout(checkout), plan.cases)
+    refs = implementations.references(implementations.checkout(checkout), plan.cases, plan.timeout)
     verdicts = [judge_case(case, refs, _saved(baseline, case)) for case in plan.cases]
     sha = git.run(checkout, "rev-parse", "HEAD").stdout.strip()
     return plan, CommitStep(sha, refs, group_verdict(verdicts), verdicts)
@@ -140,28 +143,30 @@ def bisect_commits(
     inverse: bool = False,
     record: dict | None = None,
     on_step: Callable[[Plan, CommitStep], None] | None = None,
+    timeout: float = implementations.DEFAULT_TIMEOUT,
 ) -> CommitsBisect:
     """Find the first commit between good and bad whose references moved (with `inverse`,
     bad is the older one: the first commit whose references came back to good's)."""
+    implementations.check_timeout(timeout)
     repo = git.require_mlx_lm_repo(repo)
     git.require_clean(repo)
     good_sha, bad_sha = git.commit(repo, good), git.commit(repo, bad)
     _require_order(repo, good, bad, good_sha, bad_sha, inverse)
     old_sha, new_sha = (bad_sha, good_sha) if inverse else (good_sha, bad_sha)
     with git.worktree(repo, good_sha) as tree:
-        refs = implementations.references(implementations.checkout(tree, good), cases)
-    if not any(r.status == "ok" for r in refs.cases.values()):
+        refs = implementations.references(implementations.checkout(tree, good), cases, timeout)
+    if not any(r.status == ReferenceStatus.OK for r in refs.cases.values()):
         reasons = "; ".join(sorted({r.detail or r.status for r in refs.cases.values()}))
         raise HarnessError(f"the good commit {good} cannot run any of the cases: {reasons}")
     baseline = work / "baseline"
-    plan = Plan(cases, inverse, record or {})
+    plan = Plan(cases, inverse, record or {}, timeout)
     save_baseline(refs, plan, baseline)
     old_term, new_term = TERMS[inverse]
     with git.worktree(repo, bad_sha) as tree:
         _, endpoint = step(tree, baseline)
         if on_step is not None:
             on_step(plan, endpoint)
-        if endpoint.verdict != BAD:
+        if endpoint.verdict != StepVerdict.BAD:
             raise HarnessError(f"the bad commit {bad} is {endpoint.verdict}: nothing to bisect")
         try:
             terms = [f"--term-old={old_term}", f"--term-new={new_term}"]
@@ -179,7 +184,7 @@ def bisect_commits(
     result = _result(repo, done.stdout, log, inverse)
     result.runs = [int(n) for n in re.findall(rf"^{STORED} (\d+)$", done.stdout, re.M)]
     if result.first_new is not None:
-        result.change = change(repo, result.first_new, cases)
+        result.change = change(repo, result.first_new, cases, timeout)
     return result
 
 
@@ -206,7 +211,9 @@ def _require_order(repo: Path, good: str, bad: str, good_sha: str, bad_sha: str,
     )
 
 
-def change(repo: Path, sha: str, cases: list[Case]) -> Change:
+def change(
+    repo: Path, sha: str, cases: list[Case], timeout: float = implementations.DEFAULT_TIMEOUT
+) -> Change:
     """A commit against its first parent: its size, and every case's references held
     against the parent's (each computed in a worktree of its own)."""
     parent = git.commit(repo, f"{sha}^")
@@ -220,7 +227,8 @@ def change(repo: Path, sha: str, cases: list[Case]) -> Change:
     sides = []
     for rev in (parent, sha):
         with git.worktree(repo, rev) as tree:
-            sides.append(implementations.references(implementations.checkout(tree, rev), cases))
+            checkout = implementations.checkout(tree, rev)
+            sides.append(implementations.references(checkout, cases, timeout))
     before, after = sides
     changed, flipped = [], []
     for case in cases:
@@ -250,7 +258,9 @@ def _failure(output: str) -> str:
 
 def _result(repo: Path, output: str, log: str, inverse: bool) -> CommitsBisect:
     old_term, new_term = TERMS[inverse]
-    verdicts = dict(zip((old_term, new_term), STATES[inverse], strict=True)) | {SKIP: SKIP}
+    verdicts = dict(zip((old_term, new_term), STATES[inverse], strict=True)) | {
+        StepVerdict.SKIP: StepVerdict.SKIP
+    }
     pattern = re.compile(rf"^git bisect ({old_term}|{new_term}|skip) ([0-9a-f]{{40}})", re.M)
     steps = [(sha, verdicts[term]) for term, sha in pattern.findall(log)]
     found = re.search(rf"^([0-9a-f]{{40}}) is the first {new_term} commit", output, re.M)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from harness import paths, render
-from harness.bisect import commits, envs, sharded
+from harness.bisect import commits, envs, judge, sharded
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
 from harness.commands.options import (
@@ -30,6 +30,7 @@ from harness.models import impl
 from harness.records import diagnose, store
 from harness.records.ladder import Comparison
 from harness.records.result import CaseResult
+from harness.status import CaseStatus, StepVerdict
 
 app = typer.Typer(
     help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
@@ -82,9 +83,10 @@ def versions(
     Each release runs in a cached environment (see 'harness env list'); a release that
     cannot run a case skips it, never counts it bad. With --ranks N each release also
     runs the cases sharded (their suite's strategies) on N ranks under its Python: a
-    case that fails there is bad. Prints, per architecture, the first bad release, its
-    cases' ladder of metrics against the last good one and the first layer where they
-    diverge. Exit 1 when a change was found.
+    case that fails there is bad. A reference that crashes, or hangs past --timeout,
+    is bad too (the step stores its rank's Python stack). Prints, per architecture, the
+    first bad release, its cases' ladder of metrics against the last good one and the
+    first layer where they diverge. Exit 1 when a change was found.
 
     Example: harness bisect versions --bad 0.30.0 --good 0.32.2 --inverse --suite moe
     """
@@ -100,12 +102,13 @@ def versions(
         for note in env.notes if env else []:
             print(f"warning: {note}", file=sys.stderr)
         name = f"{label} @ mlx-lm {step.release}"
-        run_id = _store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
-        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
+        run_id = judge.store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
+        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in StepVerdict}
         cache = "cached env" if step.env_reused else "new env"
         _say(
             out,
-            f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
+            f"mlx-lm {step.release:<8} {counts[StepVerdict.GOOD]:>3} good "
+            f"{counts[StepVerdict.BAD]:>3} bad  "
             f"({cache}, {step.seconds:.1f} s, run {run_id})",
         )
 
@@ -119,6 +122,7 @@ def versions(
         overrides,
         sharded=sharded.runner(ranks, timeout=timeout) if ranks > 1 else None,
         on_step=record,
+        timeout=timeout,
     )
     for finding in result.findings:
         _say(out, f"{finding.arch}: {finding.outcome}: {finding.detail}")
@@ -150,10 +154,11 @@ def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]
     lines = []
     for v in after.verdicts:
         was = old.get(v.case.label())
-        if v.case.arch != arch or was is None or "bad" not in (was.verdict, v.verdict):
+        if v.case.arch != arch or was is None or StepVerdict.BAD not in (was.verdict, v.verdict):
             continue
         if v.case.label() not in shown:
-            why = v.detail or was.detail or ""
+            # The first line: a hang's Python stack is in the stored step.
+            why = (v.detail or was.detail or "").split("\n", 1)[0]
             why = why if len(why) <= 160 else why[:157] + "..."
             lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict}: {why}".rstrip(": "))
     return lines
@@ -175,35 +180,6 @@ def _ladder(c: Comparison) -> str:
     )
 
 
-_STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
-
-
-def _store_step(
-    database, name: str, versions: dict, verdicts: list, command: list[str], ranks: int
-) -> int:
-    """One bisect step (a release or a commit, judged) as a stored run of kind `bisect`."""
-    run_id = store.start_run(
-        database,
-        "bisect",
-        name,
-        ranks,
-        None,
-        None,
-        command,
-        {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
-    )
-    for index, v in enumerate(verdicts):
-        # The sharded run's comparisons when there is one, else the reference vs baseline.
-        comparisons = {0: v.comparison} if v.comparison is not None else {}
-        if v.sharded is not None and v.sharded.comparisons:
-            comparisons = v.sharded.comparisons
-        result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
-        store.record(database, run_id, result, {"verdict": v.verdict})
-    bad = any(v.verdict == "bad" for v in verdicts)
-    store.finish_run(database, run_id, "failed" if bad else "passed")
-    return run_id
-
-
 def _store_commit(record: dict, step: commits.CommitStep) -> int:
     """A commit's step as a run; its mlx-lm version names the commit (a source tree has
     the version of its last release)."""
@@ -211,7 +187,7 @@ def _store_commit(record: dict, step: commits.CommitStep) -> int:
     versions = {**versions, "mlx-lm": f"{versions.get('mlx-lm')}+g{step.sha[:12]}"}
     name = f"{record['label']} @ {step.sha[:12]}"
     database = store.open_db(record["db"])
-    return _store_step(database, name, versions, step.verdicts, record["command"], 1)
+    return judge.store_step(database, name, versions, step.verdicts, record["command"], 1)
 
 
 @app.command(name="commits")
@@ -226,13 +202,15 @@ def commits_command(
     inverse: Annotated[
         bool, typer.Option("--inverse", help="Find the commit that fixed it (bad is older).")
     ] = False,
+    timeout: Timeout = 60.0,
     db: Db = store.DEFAULT_DB,
 ) -> None:
     """Drive 'git bisect run' over commits of a local mlx-lm checkout.
 
     The bisect runs in a temporary worktree, so the checkout is left as it was; a dirty
-    checkout is refused. A commit that cannot run the cases is skipped. Each commit
-    judged is stored as a run (kind bisect). Prints the first bad commit (the fix with
+    checkout is refused. A commit that cannot run the cases is skipped; one whose
+    reference crashes, or hangs past --timeout, is bad. Each commit judged is stored as
+    a run (kind bisect). Prints the first bad commit (the fix with
     --inverse), its size, and each case's ladder of metrics and first divergent layer
     against its parent. Exit 1 once the change is found (or the skipped commits it hides
     among).
@@ -251,7 +229,7 @@ def commits_command(
     with tempfile.TemporaryDirectory(prefix="harness-bisect-") as work:
         started = time.perf_counter()
         result = commits.bisect_commits(
-            repo, good, bad, cases, Path(work), inverse, record, on_step=endpoint
+            repo, good, bad, cases, Path(work), inverse, record, on_step=endpoint, timeout=timeout
         )
     stored += result.runs
     for sha, verdict in result.steps:
@@ -338,7 +316,8 @@ def diff_impl(
     Prints the ladder of metrics of B against A and the first layer where they diverge.
     With --ranks N both also run sharded (their own shard() / pipeline()) on N ranks:
     each against its own single-rank run, and B's sharded run against A's, so a change
-    in a model file's sharding shows too. Exit 1 when they differ.
+    in a model file's sharding shows too. A side whose model crashes, or hangs past
+    --timeout (its Python stack is shown), differs. Exit 1 when they differ.
 
     Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py --ranks 2
     """
@@ -356,6 +335,7 @@ def diff_impl(
     differ = False
     for d in diffs.unsharded:
         if d.comparison is None:
+            differ |= d.failed
             _say(out, f"{d.case.arch}: not compared: {d.detail}")
             continue
         same = d.comparison.passed
@@ -366,7 +346,7 @@ def diff_impl(
     for d in diffs.sharded:
         where = f"{d.case.arch} {d.case.strategy} on {diffs.ranks} ranks"
         runs = [r for r in d.runs if r is not None]
-        if len(runs) == 2 and all(r.status == "skip" for r in runs):
+        if len(runs) == 2 and all(r.status == CaseStatus.SKIP for r in runs):
             _say(out, f"{where}: not run: {runs[0].reason}")
             continue
         differ |= d.differ
@@ -385,7 +365,7 @@ def _own(run: CaseResult | None) -> str:
     """A sharded run against its own implementation's single-rank run, in a line."""
     if run is None:
         return "not run sharded: its single-rank run failed"
-    if run.status == "skip":
+    if run.status == CaseStatus.SKIP:
         return f"not run sharded: {run.reason}"
     reason = f": {run.reason}" if run.reason else ""
     return f"{run.status} against its own single-rank run{reason}"

@@ -28,6 +28,7 @@ from harness.models import impl
 from harness.records import junit, noise, rundiff, store, table
 from harness.records.result import case_row
 from harness.records.shape_summary import shape_summary
+from harness.status import RunStatus
 
 
 def run(
@@ -43,6 +44,20 @@ def run(
         list[str] | None,
         typer.Option(
             "--shapes", help="Shape profiles (repeatable): short, single-stream, long-chunked, ..."
+        ),
+    ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help='A scenario as JSON (harness.scenario): {"kind": "batch", "prompts": [9, 300], '
+            '"prefill_step": 32, "decode": 4} or {"kind": "serve", "prefill_step": 32, '
+            '"ops": [...]}; every case runs it.'
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Weights seed (and a scenario's prompts) of every case, instead of theirs."
         ),
     ] = None,
     ranks: Ranks = 1,
@@ -81,12 +96,15 @@ def run(
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
     Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
+
+    Example: harness run --arch qwen3_moe --strategy tp --ranks 2 --scenario
+    '{"kind": "batch", "prompts": [3, 9, 250], "prefill_step": 32, "decode": 8}'
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
     from harness.run.parent.loop import run_cases
     from harness.run.parent.plan import RunOptions
 
-    cases = select_cases(suite, arch, strategy, precision, shapes)
+    cases = select_cases(suite, arch, strategy, precision, shapes, scenario, seed)
     chosen = paths.goldens(goldens_dir)
     golden_dir = chosen.writable() if record_missing else chosen.directory
     options = RunOptions(
@@ -164,7 +182,7 @@ def report(
         raise typer.Exit(1 if show_run(database, run) else 0)
     if markdown:
         print(table.markdown(run, cases), end="")
-        raise typer.Exit(1 if run["status"] == "failed" else 0)
+        raise typer.Exit(1 if run["status"] == RunStatus.FAILED else 0)
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(
@@ -172,4 +190,4 @@ def report(
     )
     for line in render.failure_details(cases):
         out.print(line, markup=False)
-    raise typer.Exit(1 if run["status"] == "failed" else 0)
+    raise typer.Exit(1 if run["status"] == RunStatus.FAILED else 0)

@@ -1,12 +1,13 @@
 """The fault catalog: every broken strategy the harness ships, with the verdict and the
 diagnosis it must produce, and the correct-but-different controls it must pass.
 
-An entry names its strategy (`package.module:function`, the interface users have), the
-bug class of DESIGN.md it stands for, the expected status and diagnosis substrings, the
-layer and sub-block it breaks, and which architectures it applies to: a predicate over
-the zoo's `Arch` and `Support`, helped by a structural probe of the tiny model (does
-layer 1 have stacked experts, shared experts, a biased expert down projection; does
-layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
+An entry names its strategy (`package.module:function`, the interface users have), the bug
+class it stands for (README, "Proving the harness catches bugs"), the expected status and
+diagnosis substrings, the layer and sub-block it breaks, and which architectures it
+applies to: a predicate over the zoo's `Arch` and `Support`, helped by a structural probe
+of the tiny model (does layer 1 have stacked experts, shared experts, a biased expert down
+projection; does layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a
+split).
 
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
@@ -23,7 +24,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
@@ -32,12 +33,14 @@ from mlx_lm.models.pipeline import PipelineMixin
 from harness.errors import HarnessError
 from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
+from harness.models.mlx_lm_api import model_classes
 from harness.records import diagnose
 from harness.run.rank.forward import decoder_layers
+from harness.status import CaseStatus
 from harness.suites import parse_precision
-from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
+from harness.zoo import ARCHS, Arch, Support, config_copy, support
 
-# Bug classes, in the words of DESIGN.md's table.
+# Bug classes, one broken strategy each (README, "Proving the harness catches bugs").
 WRONG_AXIS = "stacked expert weights sliced on the wrong axis"
 UNSHARDED_SUM = "all_sum over an output that was never sharded"
 FUSED_SPLIT = "fused projection split contiguously instead of per segment"
@@ -60,6 +63,11 @@ BF16_ONLY = "a path taken only with bf16 activations"
 BF16_FEW = "a bf16-only path wrong at a few positions"
 PAST_PREFILL_STEP = "corruption past one prefill step (2,048 tokens)"
 STATE_CARRIED = "state carried from one request into the next"
+# Serving: bugs only a scenario reaches (harness.scenario), never the fixed shapes.
+BATCH_WIDTH = "a reduction skipped for batch rows past the second"
+CACHE_GROWTH = "wrong where the KV cache grows (a decode at position 256)"
+REQUEST_LEFT = "state corrupted when a request leaves the batch"
+REUSED_PREFIX = "a reused prefix cache read wrongly"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
 ATTENTION, MLP, OUTPUT = (diagnose.PART_NAMES[p] for p in ("attn", "mlp", "out"))
@@ -85,6 +93,7 @@ class Structure:
     final_norm: bool = False  # model.model.norm
     rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
     kv_cache: bool = False  # layer 2 keeps a plain, unbounded KV cache (no window, no state)
+    moe_reduces: bool = False  # layer 1's MoE block all-sums its own output (sharding_group)
 
 
 @functools.cache
@@ -127,6 +136,7 @@ def _feedforward(block: nn.Module) -> dict:
         "stacked_experts": experts is not None,
         "shared_experts": parts.shared_experts(block) is not None,
         "expert_bias": experts is not None and "bias" in experts.down_proj,
+        "moe_reduces": experts is not None and hasattr(block, "sharding_group"),
     }
 
 
@@ -173,7 +183,7 @@ class Fault:
     bug_class: str
     applies: Applies
     representative: tuple[str, ...]
-    expected: str = "fail"  # status: fail | crash | timeout; "pass" for a control
+    expected: CaseStatus = CaseStatus.FAIL  # FAIL, CRASH or TIMEOUT; PASS for a control
     diagnoses: tuple[str, ...] = ()  # substrings; "{ranks}" is the rank count
     layer: int | None = None  # the injected layer, where the fault has one
     part: str | None = None  # attention | mlp/moe | layer output
@@ -181,10 +191,13 @@ class Fault:
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
     shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
+    # The smallest scenario (harness.scenario) it shows at, where the fixed shapes pass it:
+    # what `harness explore` must find and shrink to.
+    scenario: dict | None = field(default=None, hash=False)
 
     @property
     def control(self) -> bool:
-        return self.expected == "pass"
+        return self.expected == CaseStatus.PASS
 
     def precision_fields(self, precision: str | None = None) -> dict:
         """The Case fields (dtype, quant) of its precision, or of `precision` instead."""
@@ -282,7 +295,7 @@ _ENTRIES: tuple[Fault, ...] = (
           diagnoses=(diagnose.non_finite(diagnose.layer_name(L2, ATTENTION)),)),
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
-          representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
+          representative=("qwen3_moe",), expected=CaseStatus.CRASH, diagnoses=("rank 0 raised",)),
     # ---- shape classes: each fails only at its shape, with where it starts ----
     Fault(name="later_prefill_chunk", strategy=F + "shape_bugs:later_prefill_chunk",
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
@@ -330,26 +343,65 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",),
           diagnoses=(f"{diagnose.STATE_CARRIED}, {diagnose.from_decode_step(1, 2)}",)),
+    # ---- serving: batch width, the cache's growth step, a request leaving, a reused prefix
+    Fault(name="wide_batch", strategy=F + "serving:wide_batch", bug_class=BATCH_WIDTH,
+          applies=tp(lambda s: s.moe_reduces), representative=("qwen3_moe", "deepseek_v3"),
+          scenario={"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 1, "decode": 0},
+          **_at(L1, MLP, "row 2 of 3, prompt token 0")),
+    Fault(name="cache_growth", strategy=F + "serving:cache_growth", bug_class=CACHE_GROWTH,
+          applies=tp(lambda s: s.moe_reduces and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "batch", "prompts": [256], "prefill_step": 256, "decode": 1},
+          diagnoses=(diagnose.DECODE_ONLY, diagnose.batch_decode_step(0, 1, 1, 1, 256))),
+    Fault(name="request_left", strategy=F + "serving:request_left", bug_class=REQUEST_LEFT,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 1, "max_tokens": 1},
+              {"op": "insert", "uid": 1, "prompt": 1, "max_tokens": 3},
+              {"op": "step", "n": 4}]},
+          diagnoses=("uid 1, its token 2 at cache position 2 (op 2: step), "
+                     "after uid 0 left the batch",)),
+    Fault(name="reused_prefix", strategy=F + "serving:reused_prefix", bug_class=REUSED_PREFIX,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 2, "max_tokens": 1},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 2, "max_tokens": 1,
+               "reuse": {"uid": 0, "tokens": 1}},
+              {"op": "step", "n": 2}]},
+          diagnoses=("uid 1, its first token (from its prefill) at cache position 1",
+                     "reusing 1 tokens of uid 0's cache")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
-          applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
+          applies=named(*MANUAL_TP), representative=MANUAL_TP, expected=CaseStatus.PASS),
     Fault(name="manual_tp_q4", strategy=F + "controls:manual_tp", bug_class=CONTROL,
-          applies=named(*MANUAL_TP), representative=("qwen3_moe",), expected="pass",
+          applies=named(*MANUAL_TP), representative=("qwen3_moe",), expected=CaseStatus.PASS,
           precision="q4"),
     Fault(name="uneven_pipeline", strategy=F + "controls:uneven_pipeline", bug_class=CONTROL,
           applies=pp(lambda s: s.pipeline_split), representative=("qwen3_moe", "deepseek_v3"),
-          expected="pass", base="pp"),
+          expected=CaseStatus.PASS, base="pp"),
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected=CaseStatus.PASS,
           precision="q4"),
     Fault(name="tp_q4_bf16", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected="pass",
+          representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected=CaseStatus.PASS,
           precision="q4-bf16"),
     Fault(name="tp_long_chunked", strategy="tp", bug_class=CONTROL,
           applies=lambda arch, sup: arch.name not in LOOSE_AT_LONG and tp()(arch, sup),
-          representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
+          representative=("qwen3_moe", "gpt_oss"), expected=CaseStatus.PASS, shape="long-chunked"),
     Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
-          representative=("qwen3_moe",), expected="pass", shape="mixed"),
+          representative=("qwen3_moe",), expected=CaseStatus.PASS, shape="mixed"),
+    Fault(name="tp_serve", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "deepseek_v3"), expected=CaseStatus.PASS,
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 6, "max_tokens": 4},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 9, "max_tokens": 3},
+              {"op": "insert", "uid": 2, "prompt": 2, "max_tokens": 5},
+              {"op": "step", "n": 2},
+              {"op": "remove", "uid": 0},
+              {"op": "insert", "uid": 3, "prompt": 8, "max_tokens": 3,
+               "reuse": {"uid": 0, "tokens": 5}},
+              {"op": "step", "n": 8}]}),
 )
 # fmt: on
 

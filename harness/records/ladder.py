@@ -25,7 +25,7 @@ class Tolerance:
 
 # One place for tolerances, keyed by precision label (see Case.precision).
 # fp32 tensor parallel differs by <= ~5e-6 on these tiny models and pipeline is bit-exact
-# on the CPU backend (DESIGN.md); the bounds leave ~10x headroom and still catch a 1e-3
+# on the CPU backend (README, "What a run does"); the bounds leave ~10x headroom and catch a 1e-3
 # relative perturbation of one expert.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=5e-5, rtol=1e-5, kl=1e-7, layer=1e-4),

@@ -1,5 +1,5 @@
-"""A case's result, the named set of statuses, and the one flattening of a result into a
-row: the store writes it and the renderer draws the live table from it."""
+"""A case's result and the one flattening of a result into a row: the store writes it and
+the renderer draws the live table from it. Its statuses: `harness.status.CaseStatus`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from harness.case import Case
 from harness.records.goldens import GoldenCheck
 from harness.records.ladder import Comparison
 from harness.records.outputs import Output, Timings
-
-PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR = "pass", "fail", "skip", "crash", "timeout", "error"
-STATUSES = (PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR)
-FAILING = (FAIL, CRASH, TIMEOUT, ERROR)
+from harness.status import FAILING, CaseStatus
 
 
 @dataclass
@@ -24,7 +21,7 @@ class CaseResult:
     index: int
     case: Case
     ranks: int
-    status: str
+    status: CaseStatus
     reason: str | None = None
     comparisons: dict[int, Comparison] = field(default_factory=dict)
     diagnoses: list[str] = field(default_factory=list)
@@ -34,6 +31,9 @@ class CaseResult:
     duration: float = 0.0
     golden: GoldenCheck | None = None
     reference: str | None = None  # what the case was held against (single-rank, golden, pp)
+    # Where a failing scenario case first went wrong, on the first failing rank
+    # (records.scenario.locate): what a search reads.
+    location: dict | None = None
     # Every rank's output, only when the run was asked to keep them; never stored.
     outputs: dict[int, Output] = field(default_factory=dict, repr=False)
 
@@ -86,6 +86,7 @@ def case_row(result: CaseResult) -> dict:
         "finished": now(),
         "case": json.dumps(case.to_dict()),
         "reference": result.reference,
+        "location": json.dumps(result.location) if result.location is not None else None,
         **{k: None for k in METRIC_COLUMNS},
         "tokens_match": None,
         "first_divergent_layer": None,

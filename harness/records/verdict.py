@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError, describe
-from harness.records import diagnose, goldens
+from harness.records import diagnose, goldens, scenario
 from harness.records.ladder import compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import FAIL, PASS, CaseResult
+from harness.records.result import CaseResult
+from harness.status import CaseStatus
 
 
 def rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
@@ -44,11 +45,15 @@ def judge(
 ) -> None:
     """Compare every rank's output with the reference (and a low-precision case's with
     the fp32 truth, records.envelope); each rank's later requests must match its first.
-    The case passes if all ranks do."""
+    The case passes if all ranks do; a failing scenario case says where it first went
+    wrong (records.scenario)."""
     case = result.case
     tol = tolerance_for(case.precision, case.tolerance)
     for rank, output in sorted(outputs.items()):
         cmp = compare(ref, filled(output, outputs), tol, world=result.ranks, truth=truth)
+        if case.scenario is not None:
+            where = scenario.explain(case.scenario, cmp, ref, output, tol, truth)
+            result.location = result.location or where
         differing = [r["diagnosis"] for r in (requests or {}).get(rank, []) if r["diagnosis"]]
         if differing:
             # The first request matched (or not): a later one differing is its own finding.
@@ -64,7 +69,7 @@ def conclude(result: CaseResult) -> None:
     for c in comparisons.values():
         result.warnings += [w for w in c.warnings if w not in result.warnings]
     if failing:
-        result.status = FAIL
+        result.status = CaseStatus.FAIL
         first = comparisons[failing[0]]
         result.diagnoses = list(first.diagnoses)
         if len(failing) < len(comparisons):
@@ -91,8 +96,9 @@ def against_golden(
     result: CaseResult, reference: Output, directory: Path | None, record_missing: bool
 ) -> None:
     """Hold the single-rank reference against the stored golden of the case's key (a
-    low-precision case has none: its fp32 truth is computed on the ranks instead)."""
-    if directory is None or result.case.low_precision:
+    low-precision case has none: its fp32 truth is computed on the ranks instead; nor
+    has a scenario case: drawn by the hundred, kept as a corpus, not as goldens)."""
+    if directory is None or result.case.low_precision or result.case.scenario is not None:
         return
     tol = tolerance_for(result.case.precision, result.case.tolerance)
     try:
@@ -105,5 +111,5 @@ def against_golden(
     elif check.status in goldens.GOLDEN_FAILING:
         result.diagnoses.append(diagnose.golden_status(check.status))
         result.reason = "; ".join(filter(None, [result.reason, check.detail]))
-        if result.status == PASS:
-            result.status = FAIL
+        if result.status == CaseStatus.PASS:
+            result.status = CaseStatus.FAIL

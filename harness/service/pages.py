@@ -11,8 +11,8 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
-from harness.records.result import FAILING, PASS, SKIP
 from harness.service.plot import Point, RunInfo
+from harness.status import FAILING, CaseStatus
 
 STRIP = 10  # runs shown per HUD row: enough to tell a new failure from a flaky one
 WINDOW = 90  # runs a chart shows by default
@@ -20,7 +20,14 @@ MAX_WINDOW = 2000
 PAGE = 50  # rows per page of a history table and its JSON
 MAX_PAGE = 1000
 # Worst first: a cell that holds several cases shows the worst of them.
-SEVERITY = ("crash", "timeout", "error", "fail", PASS, SKIP)
+SEVERITY = (
+    CaseStatus.CRASH,
+    CaseStatus.TIMEOUT,
+    CaseStatus.ERROR,
+    CaseStatus.FAIL,
+    CaseStatus.PASS,
+    CaseStatus.SKIP,
+)
 
 
 class Missing(LookupError):

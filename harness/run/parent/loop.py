@@ -1,6 +1,6 @@
 """The one run loop: start a stored run, record each result as it arrives, finish the run.
 SIGTERM and Ctrl-C mark the run `interrupted` and keep every recorded result. `harness
-run`, `harness selftest`, `harness bench` and anything later (bisect, a cluster job) go
+run`, `harness selftest`, `harness bench`, each bisect step and anything later go
 through it; what they do with each result is their `on_result` callback."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from harness.case import Case
 from harness.records import rundiff, store
 from harness.records.bench import BenchResult
-from harness.records.result import PASS, CaseResult
+from harness.records.result import CaseResult
 from harness.run.parent import plan, session
 from harness.run.parent.bench import BenchOptions
 from harness.run.parent.plan import RunOptions
+from harness.status import CaseStatus, RunStatus
 
 Result = CaseResult | BenchResult
 # Called with each result before it is stored; returns extra columns for its row, or None.
@@ -31,14 +32,14 @@ class RunRecord:
     run_id: int | None
     options: RunOptions | BenchOptions
     results: list = field(default_factory=list)  # CaseResult or BenchResult
-    status: str = "interrupted"
+    status: RunStatus = RunStatus.INTERRUPTED
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
     second_looks: list[str] = field(default_factory=list)  # labels of cases timed again
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        return self.status == RunStatus.FAILED
 
 
 def _raise_interrupt(signum, frame):
@@ -69,10 +70,12 @@ def run_loop(
     on_result: OnResult | None = None,
     judge: Callable[[list], bool] | None = None,
     started: float | None = None,
+    versions: dict | None = None,
 ) -> RunRecord:
     """Store a run of any kind (when given a database): start it, record each result as it
     arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
-    The run fails when `judge` (default: any failing result) says so."""
+    The run fails when `judge` (default: any failing result) says so. `versions`: the mlx
+    and mlx-lm the cases ran under, when not this process's (a bisect step's)."""
     started = time.perf_counter() if started is None else started
     record = RunRecord(None, options)
     if database is not None:
@@ -84,6 +87,7 @@ def run_loop(
             options.backend,
             options.hostfile,
             command or ["harness", kind],
+            versions,
         )
     try:
         with sigterm_interrupts():
@@ -93,7 +97,7 @@ def run_loop(
                     store.record(database, record.run_id, result, extra)
                 record.results.append(result)
             bad = judge(record.results) if judge else any(r.failed for r in record.results)
-            record.status = "failed" if bad else "passed"
+            record.status = RunStatus.FAILED if bad else RunStatus.PASSED
     finally:
         if database is not None:
             record.counts = store.finish_run(database, record.run_id, record.status)
@@ -120,11 +124,13 @@ def second_look(record: RunRecord, database) -> None:
     (the run-to-run diff reads the faster): a burst of load on the machine (measured here:
     1.5 s of a busy core held three cases of an unchanged run at 0.4-0.49x) has passed by
     then, a slower model has not. Costs nothing when no case fell that far."""
-    if record.status == "interrupted" or record.run_id is None:
+    if record.status == RunStatus.INTERRUPTED or record.run_id is None:
         return
     wanted = set(rundiff.clear_drops(database, record.run_id))
     again = [
-        r for r in record.results if r.status == PASS and (r.case.key(), r.case.strategy) in wanted
+        r
+        for r in record.results
+        if r.status == CaseStatus.PASS and (r.case.key(), r.case.strategy) in wanted
     ]
     if not again:
         return

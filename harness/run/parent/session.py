@@ -1,6 +1,7 @@
 """The cases of a run on its ranks: hand the runnable cases to the ranks (in this process
-for one local rank, else one launch), watch every case, and judge each rank's output
-against the case's reference as it arrives, yielding one result per case.
+for one local rank, else through the relaunch driver: one launch, and another after each
+crash or hang), watch every case, and judge each rank's output against the case's
+reference as it arrives, yielding one result per case.
 
 The parent does no model work: references are computed on the ranks
 (`harness.run.rank.cases`), or are the case's golden (`reference="golden"`, for a model no
@@ -17,11 +18,13 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
-from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import CaseResult
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
-from harness.run.parent.watch import Watch, watched
+from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.watch import Watch
 from harness.run.protocol import Reference, Result
+from harness.status import CaseStatus, ReferenceStatus
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
@@ -29,8 +32,18 @@ def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
     yield from run_prepared(*prepare(cases, options))
 
 
-def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
+def relauncher(options: RunOptions, keep_open: bool = False) -> Relauncher:
+    """The relaunch driver of a run's cases on the options' target."""
+    return Relauncher(
+        options.target(), options.startup_timeout, options.timeout, keep_open=keep_open
+    )
+
+
+def run_prepared(
+    cases: list[Case], options: RunOptions, driver: Relauncher | None = None
+) -> Iterator[CaseResult]:
+    """Run prepared cases (see `plan.prepare`), one result per case as it finishes, through
+    `driver` (one whose job stays open between calls: `CaseStream`) or a new one."""
     runnable = []
     for index, case in enumerate(cases):
         reason = f"known failure: {case.known_failure}" if case.known_failure else None
@@ -44,15 +57,15 @@ def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]
                 )
                 reason = reason and f"reference {options.reference}: {reason}"
         if reason is not None:
-            yield CaseResult(index, case, options.ranks, SKIP, reason)
+            yield CaseResult(index, case, options.ranks, CaseStatus.SKIP, reason)
         else:
             runnable.append((index, case))
     if runnable:
-        yield from _Session(runnable, options).results()
+        yield from _Session(runnable, options).results(driver or relauncher(options))
 
 
 class _Session:
-    """The cases of one run on its ranks, through as many launches as crashes require."""
+    """The cases of one run on its ranks: the relaunch driver's work (`relaunch.Work`)."""
 
     def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions):
         self.options = options
@@ -66,7 +79,8 @@ class _Session:
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
 
-    def _spec(self) -> dict:
+    def spec(self) -> dict:
+        """The job spec of the remaining cases (relaunch.Work)."""
         wanted = []
         if self.options.reference == SINGLE:
             first: dict[str, int] = {}
@@ -90,41 +104,42 @@ class _Session:
             "impl": self.options.impl,
             "capture": self.options.capture,
             "repeats": self.options.repeats,
-            "dump_after": max(self.options.timeout * 0.8, self.options.timeout - 2),
         }
 
-    # -- driving ------------------------------------------------------------------------
+    # -- driving (relaunch.Work) --------------------------------------------------------
 
-    def results(self) -> Iterator[CaseResult]:
+    def results(self, driver: Relauncher) -> Iterator[CaseResult]:
         if self.options.reference == GOLDEN:
             yield from self._load_goldens()
-        while self.remaining:
-            limits = self.options.startup_timeout, self.options.timeout
-            with watched(self.target, self._spec(), *limits) as watch:
-                yield from self._consume(watch)
-            if self.remaining and self.target.hostfile is not None:
-                try:
-                    check_hosts(self.target)
-                except HarnessError as exc:
-                    yield from self._not_run(f"not run: {exc}")
+        yield from driver.drive(self)
+
+    def received(self, message, arrays: dict, watch: Watch) -> Iterator[CaseResult]:
+        if isinstance(message, Reference):
+            self._reference(message, arrays)
+        elif isinstance(message, Result):
+            self.remaining.remove(message.index)
+            yield self._judged(message, arrays, watch)
+
+    def cut_short(self, watch: Watch, unfinished: list[int]) -> Iterator[CaseResult]:
+        if watch.timed_out is not None:
+            yield from self._timed_out(watch, unfinished)
+        else:
+            yield from self._died(watch, unfinished)
+        if self.remaining and self.target.hostfile is not None:
+            try:
+                check_hosts(self.target)
+            except HarnessError as exc:
+                yield from self._not_run(f"not run: {exc}")
+
+    def stalled(self, watch: Watch) -> Iterator[CaseResult]:
+        _, reason = watch.failure(started=False)
+        yield self._result(self.remaining.pop(0), CaseStatus.ERROR, reason)
 
     def _not_run(self, reason: str) -> Iterator[CaseResult]:
         """Every remaining case fails with the same fault of the setup."""
         for index in self.remaining:
-            yield self._result(index, ERROR, reason)
+            yield self._result(index, CaseStatus.ERROR, reason)
         self.remaining = []
-
-    def _consume(self, watch: Watch) -> Iterator[CaseResult]:
-        for message, arrays in watch.messages():
-            if isinstance(message, Reference):
-                self._reference(message, arrays)
-            elif isinstance(message, Result):
-                self.remaining.remove(message.index)
-                yield self._judged(message, arrays, watch)
-        if watch.timed_out is not None:
-            yield from self._timed_out(watch)
-        elif watch.died:
-            yield from self._died(watch)
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -152,7 +167,7 @@ class _Session:
 
     def _reference(self, message: Reference, arrays: dict) -> None:
         key = self.cases[message.index].key()
-        if message.status != "ok":
+        if message.status != ReferenceStatus.OK:
             self.references[key] = message.reason or message.status
             return
         timings = message.timings
@@ -165,19 +180,13 @@ class _Session:
         if truth:
             self.truths[key] = Output.from_arrays(truth)
 
-    def _unfinished(self, watch: Watch) -> list[int]:
-        """The remaining cases of the unit of work the ranks were in."""
-        current = watch.current
-        return [i for i in (current.indices if current else []) if i in self.remaining]
-
-    def _died(self, watch: Watch) -> Iterator[CaseResult]:
+    def _died(self, watch: Watch, indices: list[int]) -> Iterator[CaseResult]:
         """The launch ended inside a case or a reference round, or before any (the ranks
         could not start: a fault of the setup, so every remaining case says so)."""
         if watch.current is None:
             _, reason = watch.failure(started=False)
             yield from self._not_run(f"the ranks failed before any case started: {reason}")
             return
-        indices = self._unfinished(watch)
         if watch.current.phase == "reference":
             yield from self._reference_died(indices, watch)
             return
@@ -199,9 +208,11 @@ class _Session:
             self.references[key] = f"the single-rank reference crashed: {reason}"
         for index in [i for i in self.remaining if self.cases[i].key() in keys]:
             self.remaining.remove(index)
-            yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
+            yield self._result(
+                index, CaseStatus.ERROR, f"the single-rank reference failed: {reason}"
+            )
 
-    def _timed_out(self, watch: Watch) -> Iterator[CaseResult]:
+    def _timed_out(self, watch: Watch, unfinished: list[int]) -> Iterator[CaseResult]:
         limit = watch.timed_out
         if watch.current is None:
             yield from self._not_run(f"the ranks did not start within {limit:g}s{watch.tails()}")
@@ -209,12 +220,14 @@ class _Session:
         what = "reference round" if watch.current.phase == "reference" else "case"
         reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
         reason += watch.tails()
-        for index in self._unfinished(watch):
+        for index in unfinished:
             self.remaining.remove(index)
             if what == "case":
-                yield self._result(index, TIMEOUT, reason)
+                yield self._result(index, CaseStatus.TIMEOUT, reason)
             else:
-                yield self._result(index, ERROR, f"the single-rank reference timed out: {reason}")
+                yield self._result(
+                    index, CaseStatus.ERROR, f"the single-rank reference timed out: {reason}"
+                )
 
     # -- judging ------------------------------------------------------------------------
 
@@ -227,15 +240,18 @@ class _Session:
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
-                return self._result(index, ERROR, stored, rank_timings=timings)
-            result = self._result(index, PASS, rank_timings=timings)
+                return self._result(index, CaseStatus.ERROR, stored, rank_timings=timings)
+            result = self._result(index, CaseStatus.PASS, rank_timings=timings)
             return verdict.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(self.cases[index].key())
             if not isinstance(reference, tuple):
                 why = reference or "no single-rank reference arrived"
                 return self._result(
-                    index, ERROR, f"the single-rank reference failed: {why}", rank_timings=timings
+                    index,
+                    CaseStatus.ERROR,
+                    f"the single-rank reference failed: {why}",
+                    rank_timings=timings,
                 )
             ref_output, ref_timings = reference
         else:
@@ -245,7 +261,9 @@ class _Session:
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
-        result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
+        result = self._result(
+            index, CaseStatus.PASS, rank_timings=timings, reference_timings=ref_timings
+        )
         truth = None
         if self.options.reference == SINGLE:
             truth = self.truths.get(self.cases[index].key())
@@ -276,4 +294,4 @@ class _Session:
             self.goldens[index] = stored
             if isinstance(stored, str):
                 self.remaining.remove(index)
-                yield self._result(index, ERROR, stored)
+                yield self._result(index, CaseStatus.ERROR, stored)
