@@ -82,8 +82,8 @@ def outlier_positions(segment: str, count: int, ratio: float, limit: float) -> s
 def layers_only(what: str) -> str:
     """A warning: every output passes, a captured layer state does not. Outputs decide."""
     return (
-        f"outputs match, layers differ: {what}; a captured state is what a module "
-        "returned, not always what flowed on"
+        f"outputs pass, a layer does not: {what}; outputs decide (a captured state is "
+        "what a module returned, not always what flowed on)"
     )
 
 
@@ -92,6 +92,42 @@ def shape_mismatch(test: list[int], ref: list[int]) -> str:
 
 
 BEYOND_TOLERANCE = "logits differ beyond tolerance"
+
+
+def batch_prompt_token(
+    row: int, rows: int, position: int, length: int, chunk: int, chunks: int
+) -> str:
+    """Where a batch scenario first differs in a prompt (`chunk` counts from 1)."""
+    return (
+        f"row {row} of {rows}, prompt token {position} of {length} "
+        f"(prefill chunk {chunk} of {chunks})"
+    )
+
+
+def batch_decode_step(row: int, rows: int, step: int, steps: int, position: int) -> str:
+    """Where a batch scenario first differs in decode (`step` counts from 1)."""
+    return f"row {row} of {rows}, decode step {step} of {steps} at cache position {position}"
+
+
+def served_token(
+    uid: int,
+    token: int,
+    position: int,
+    op_index: int,
+    op: str,
+    after: list[int],
+    reused: int,
+    reuse_uid: int | None,
+) -> str:
+    """Where a served request first differs: its `token`-th generated token (0: the one
+    its prefill chose), the op that produced it, and what happened to the batch before."""
+    which = "its first token (from its prefill)" if token == 0 else f"its token {token}"
+    said = f"uid {uid}, {which} at cache position {position} (op {op_index}: {op})"
+    if after:
+        said += f", after uid {', '.join(map(str, after))} left the batch"
+    if reused:
+        said += f", reusing {reused} tokens of uid {reuse_uid}'s cache"
+    return said
 
 
 def vs_golden(layer: int) -> str:

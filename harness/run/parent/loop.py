@@ -120,10 +120,10 @@ def run_cases(cases: list[Case], options: RunOptions, database=None, **how) -> R
 
 def second_look(record: RunRecord, database) -> None:
     """Time again, in one more launch, the cases whose tok/s fell under `noise.CLEAR` of
-    their history in every part, and keep those timings beside the first (the run-to-run
-    diff reads the faster): a burst of load on the machine (measured here: 1.5 s of a busy
-    core held three cases of an unchanged run at 0.4-0.49x) has passed by then, a slower
-    model has not. Costs nothing when no case fell that far."""
+    their history in a part (prefill or decode), and keep those timings beside the first
+    (the run-to-run diff reads the faster): a burst of load on the machine (measured here:
+    1.5 s of a busy core held three cases of an unchanged run at 0.4-0.49x) has passed by
+    then, a slower model has not. Costs nothing when no case fell that far."""
     if record.status == RunStatus.INTERRUPTED or record.run_id is None:
         return
     wanted = set(rundiff.clear_drops(database, record.run_id))
