@@ -17,6 +17,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 
+from harness import scenario as scenarios
 from harness.errors import HarnessError
 from harness.shapes import CUSTOM, DEFAULT, DEFAULT_PROMPTS, shape_of
 
@@ -46,10 +47,20 @@ class Case:
     # Why the case cannot pass with the installed mlx-lm (an upstream bug, with its
     # evidence in the suite): reported as a skip with that reason, not run.
     known_failure: str | None = field(default=None, hash=False, compare=False)
+    # What the case runs instead of its prompts and decode steps (harness.scenario): a
+    # batch of many rows, or a program for mlx-lm's BatchGenerator. None: the fixed shapes.
+    scenario: dict | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.scenario is not None:
+            object.__setattr__(self, "scenario", scenarios.check(self.scenario))
 
     @property
     def shape(self) -> str:
-        """The shape profile the case runs at (`short`, `long-chunked`, ...) or `custom`."""
+        """The shape profile the case runs at (`short`, `long-chunked`, ...) or `custom`
+        (a scenario's shapes are its own)."""
+        if self.scenario is not None:
+            return CUSTOM
         return shape_of(self.prompts, self.decode_steps, self.prefill_step)
 
     @property
@@ -81,6 +92,9 @@ class Case:
             parts.append("text")
         if self.seed:
             parts.append(f"seed={self.seed}")
+        if self.scenario is not None:
+            parts.append(scenarios.label(self.scenario))
+            return ";".join(parts)
         # A custom shape shows in its prompts and steps; only profiles are named.
         if self.shape not in (DEFAULT, CUSTOM):
             parts.append(f"shape={self.shape}")
@@ -105,6 +119,8 @@ class Case:
             ident["prompt_text"] = list(self.prompt_text)
         if self.prefill_step is not None:
             ident["prefill_step"] = self.prefill_step
+        if self.scenario is not None:
+            ident["scenario"] = scenarios.canonical(self.scenario)
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.arch}-{self.precision}-{digest}"
 
@@ -116,12 +132,23 @@ class Case:
         """How many times `--timeout` (seconds per case) the case may take: one per
         WATCHDOG_TOKENS of its longest prompt, so a hang still ends a long case, later."""
         longest = max((len(p) for p in self.prompts), default=0)
+        if self.scenario is not None:
+            longest = scenarios.work(self.scenario)
         return max(1, -(-longest // WATCHDOG_TOKENS))
 
     def check_context(self, config: dict) -> None:
         """The longest prompt plus the decode steps must fit the model's context, when its
         config states one: past it, positions mean nothing the model was built for."""
         context = _context(config)
+        if self.scenario is not None:
+            total = scenarios.extent(self.scenario)
+            if context and total > context:
+                raise HarnessError(
+                    f"{self.label()}: the scenario's longest sequence holds {total} tokens "
+                    f"(prompt plus decode), more than the model's context of {context} "
+                    "(max_position_embeddings)"
+                )
+            return
         longest = max((len(p) for p in self.prompts), default=0)
         total = longest + self.decode_steps
         if context and not self.prompt_text and total > context:
@@ -135,6 +162,9 @@ class Case:
         data = asdict(self)
         data["prompts"] = [list(p) for p in self.prompts]
         data["prompt_text"] = list(self.prompt_text)
+        if self.scenario is None:
+            # Kept out when unset, so cases without one keep their sidecars' dicts.
+            del data["scenario"]
         return data
 
     @classmethod

@@ -116,6 +116,8 @@ def _case(fields: dict, where: str) -> Case:
         return Case(**fields)
     except TypeError as exc:
         raise HarnessError(f"{where}: {exc}") from None
+    except HarnessError as exc:  # a scenario's mistake, said in one sentence
+        raise HarnessError(f"{where}: {exc}") from None
 
 
 def _prompt_text(fields: dict, where: str) -> tuple[str, ...]:
@@ -202,7 +204,7 @@ def load_suite(name: str) -> list[Case]:
         cases.append(_case({**defaults, "strategy": "tp", **fields}, where))
     if not cases:
         raise HarnessError(f"{path}: the suite defines no cases")
-    return _dedupe(cases)
+    return dedupe(cases)
 
 
 def _read(path: Path) -> dict:
@@ -259,7 +261,7 @@ def load_bench(name: str, ranks: int) -> list[BenchCase]:
     return benches
 
 
-def _dedupe(cases: list[Case]) -> list[Case]:
+def dedupe(cases: list[Case]) -> list[Case]:
     seen, unique = set(), []
     for case in cases:
         ident = (case.key(), case.strategy)
@@ -271,11 +273,11 @@ def _dedupe(cases: list[Case]) -> list[Case]:
 
 def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
     """The suite's cases under one strategy instead of theirs (`--strategy`)."""
-    return _dedupe([replace(c, strategy=strategy) for c in cases])
+    return dedupe([replace(c, strategy=strategy) for c in cases])
 
 
 def override_shapes(cases: list[Case], shapes: list[str]) -> list[Case]:
     """The suite's cases at each of the given shapes instead of theirs (`--shapes`); text
     prompts (a checkpoint's tokenizer makes their shape) stay as they are."""
     profiles = [get_shape(name).fields() for name in shapes]
-    return _dedupe([c if c.prompt_text else replace(c, **p) for c in cases for p in profiles])
+    return dedupe([c if c.prompt_text else replace(c, **p) for c in cases for p in profiles])

@@ -71,8 +71,14 @@ def _module(path: Path) -> str:
 MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def test_records_import_only_records_case_and_errors():
-    allowed = ("harness.records", "harness.case", "harness.errors", "harness.paths")
+def test_records_import_only_records_case_scenario_and_errors():
+    allowed = (
+        "harness.records",
+        "harness.case",
+        "harness.scenario",
+        "harness.errors",
+        "harness.paths",
+    )
     for name, path in MODULES.items():
         if name.startswith("harness.records"):
             bad = [m for m in _imports(path) if not m.startswith(allowed) and m != "harness"]

@@ -45,6 +45,14 @@ def run(
             "--shapes", help="Shape profiles (repeatable): short, single-stream, long-chunked, ..."
         ),
     ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help='A scenario as JSON (harness.scenario): {"kind": "batch", "prompts": [9, 300], '
+            '"prefill_step": 32, "decode": 4} or {"kind": "serve", "prefill_step": 32, '
+            '"ops": [...]}; every case runs it.'
+        ),
+    ] = None,
     ranks: Ranks = 1,
     backend: Backend = None,
     hostfile: Hostfile = None,
@@ -81,12 +89,15 @@ def run(
     """Run a suite (or architectures) sharded across ranks; compare with single-rank references.
 
     Example: harness run --suite moe --ranks 2 --shapes short --shapes long-chunked
+
+    Example: harness run --arch qwen3_moe --strategy tp --ranks 2 --scenario
+    '{"kind": "batch", "prompts": [3, 9, 250], "prefill_step": 32, "decode": 8}'
     """
     # Imported here: the run layer loads mlx and mlx-lm, which `report` never needs.
     from harness.run.parent.loop import run_cases
     from harness.run.parent.plan import RunOptions
 
-    cases = select_cases(suite, arch, strategy, precision, shapes)
+    cases = select_cases(suite, arch, strategy, precision, shapes, scenario)
     chosen = paths.goldens(goldens_dir)
     golden_dir = chosen.writable() if record_missing else chosen.directory
     options = RunOptions(

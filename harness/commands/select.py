@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 from harness import suites
 from harness.case import Case
 from harness.errors import HarnessError
@@ -13,11 +16,19 @@ def select_cases(
     strategy: str | None,
     precision: list[str] | None,
     shapes: list[str] | None = None,
+    scenario: str | None = None,
 ) -> list[Case]:
     """A suite's cases (at `shapes` instead of theirs, if given), or architectures by name:
-    every strategy asked for stays, so one the architecture lacks is skipped with the reason."""
+    every strategy asked for stays, so one the architecture lacks is skipped with the reason.
+    With `scenario` (JSON, harness.scenario), every case runs that scenario."""
     if (suite is None) == (not arch):
         raise HarnessError("give either --suite NAME or one or more --arch NAME")
+    if scenario is not None:
+        if shapes:
+            raise HarnessError("give --shapes or --scenario, not both: a scenario sets its shapes")
+        spec = _scenario(scenario)
+        cases = select_cases(suite, arch, strategy, precision)
+        return suites.dedupe([replace(c, scenario=spec) for c in cases])
     if suite is not None:
         cases = suites.load_suite(suite)
         if shapes:
@@ -29,3 +40,10 @@ def select_cases(
     return suites.matrix_cases(
         list(arch), strategies, precision or ["fp32"], {}, shapes, keep_unsupported=True
     )
+
+
+def _scenario(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"--scenario is not JSON: {exc}") from None

@@ -25,6 +25,11 @@ class Output:
     # Each later request of the same prompts against this one (records.compare's
     # compare_requests); travels in the message beside the arrays, not in them.
     requests: list[dict] = field(default_factory=list)
+    # A serve scenario's emissions (rows are requests in order of insertion, `prefill` their
+    # first tokens' logprobs, `decode[k - 1]` their k-th): "op" [B, S + 1], the op that
+    # emitted each token, "order" [B, S + 1], its place among all emitted tokens (-1: none),
+    # "reused" [B], the tokens each request took from an earlier one's cache.
+    schedule: dict[str, np.ndarray] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -32,6 +37,7 @@ class Output:
             "decode": self.decode,
             "tokens": self.tokens,
             **{f"hidden:{k}": v for k, v in self.layers.items()},
+            **{f"schedule:{k}": v for k, v in self.schedule.items()},
         }
         if self.prefill_calls is not None:
             arrays["prefill_calls"] = self.prefill_calls
@@ -59,7 +65,18 @@ class Output:
         }
         calls = arrays.get("prefill_calls")
         forced = bool(arrays["forced"]) if "forced" in arrays else False
-        return cls(arrays["prefill"], arrays["decode"], arrays["tokens"], layers, calls, forced)
+        schedule = {
+            k.removeprefix("schedule:"): v for k, v in arrays.items() if k.startswith("schedule:")
+        }
+        return cls(
+            arrays["prefill"],
+            arrays["decode"],
+            arrays["tokens"],
+            layers,
+            calls,
+            forced,
+            schedule=schedule,
+        )
 
 
 @dataclass

@@ -34,6 +34,9 @@ class CaseResult:
     duration: float = 0.0
     golden: GoldenCheck | None = None
     reference: str | None = None  # what the case was held against (single-rank, golden, pp)
+    # Where a failing scenario case first went wrong, on the first failing rank
+    # (records.scenario.locate): what a search reads.
+    location: dict | None = None
     # Every rank's output, only when the run was asked to keep them; never stored.
     outputs: dict[int, Output] = field(default_factory=dict, repr=False)
 
@@ -86,6 +89,7 @@ def case_row(result: CaseResult) -> dict:
         "finished": now(),
         "case": json.dumps(case.to_dict()),
         "reference": result.reference,
+        "location": json.dumps(result.location) if result.location is not None else None,
         **{k: None for k in METRIC_COLUMNS},
         "tokens_match": None,
         "first_divergent_layer": None,

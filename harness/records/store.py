@@ -181,7 +181,12 @@ from cases""",
     )
 
 
-def _v6_explore(db: sqlite_utils.Database) -> None:
+def _v6_location(db: sqlite_utils.Database) -> None:
+    # Where a failing scenario case first went wrong (JSON, records.scenario.locate).
+    db["cases"].add_column("location", str)
+
+
+def _v7_explore(db: sqlite_utils.Database) -> None:
     # `harness explore`: runs of kind "explore" count the examples and operations they ran;
     # each example is a case row saying how it came to run (drawn, replayed, a neighbour
     # asked about a failure); each failure found keeps its shrunk form in explore_failures.
@@ -220,7 +225,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v3_selftest,
     _v4_reference,
     _v5_bench,
-    _v6_explore,
+    _v6_location,
+    _v7_explore,
 ]
 
 

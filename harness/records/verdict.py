@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError, describe
-from harness.records import goldens
+from harness.records import goldens, scenario
 from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import FAIL, PASS, CaseResult
@@ -44,11 +44,15 @@ def judge(
 ) -> None:
     """Compare every rank's output with the reference (and a low-precision case's with
     the fp32 truth, records.envelope); each rank's later requests must match its first.
-    The case passes if all ranks do."""
+    The case passes if all ranks do; a failing scenario case says where it first went
+    wrong (records.scenario)."""
     case = result.case
     tol = tolerance_for(case.precision, case.tolerance)
     for rank, output in sorted(outputs.items()):
         cmp = compare(ref, filled(output, outputs), tol, world=result.ranks, truth=truth)
+        if case.scenario is not None:
+            where = scenario.explain(case.scenario, cmp, ref, output, tol, truth)
+            result.location = result.location or where
         differing = [r["diagnosis"] for r in (requests or {}).get(rank, []) if r["diagnosis"]]
         if differing:
             # The first request matched (or not): a later one differing is its own finding.
@@ -99,8 +103,9 @@ def against_golden(
     result: CaseResult, reference: Output, directory: Path | None, record_missing: bool
 ) -> None:
     """Hold the single-rank reference against the stored golden of the case's key (a
-    low-precision case has none: its fp32 truth is computed on the ranks instead)."""
-    if directory is None or result.case.low_precision:
+    low-precision case has none: its fp32 truth is computed on the ranks instead; nor
+    has a scenario case: drawn by the hundred, kept as a corpus, not as goldens)."""
+    if directory is None or result.case.low_precision or result.case.scenario is not None:
         return
     tol = tolerance_for(result.case.precision, result.case.tolerance)
     try:

@@ -51,7 +51,7 @@ ATTENTION = re.compile(r"attn|attention|mixer", re.IGNORECASE)
 FEEDFORWARD = re.compile(r"mlp|moe|feed_forward|ffn", re.IGNORECASE)
 
 
-class _Recorder:
+class Recorder:
     """Collects the outputs of decoder layers (and their attention / MLP sub-blocks)
     during the prefill calls, one dict per call. They stay lazy during the call and are
     evaluated with its logits, in one graph (`settle`): evaluating each layer's output as
@@ -61,6 +61,10 @@ class _Recorder:
         self.active = False
         self.calls: list[dict[str, np.ndarray]] = []
         self._pending: dict[str, mx.array] = {}
+
+    def reset(self) -> None:
+        """Forget earlier runs' records: a kept model (run.rank.model_cache) keeps its taps."""
+        self.active, self.calls, self._pending = False, [], {}
 
     def begin(self) -> None:
         self.active = True
@@ -148,8 +152,8 @@ def decoder_layers(model: nn.Module) -> list:
     return list(layers)
 
 
-def install_capture(model: nn.Module) -> _Recorder:
-    recorder = _Recorder()
+def install_capture(model: nn.Module) -> Recorder:
+    recorder = Recorder()
     for index, layer in enumerate(decoder_layers(model)):
         if not isinstance(layer, nn.Module):
             continue
@@ -241,7 +245,7 @@ def _prefill(
     model: nn.Module,
     calls: list[_Call],
     batched: list[int] | None,
-    recorder: _Recorder | None = None,
+    recorder: Recorder | None = None,
 ):
     """Run the prefill calls (`batched`: the lengths of a padded batch, else None), each
     call's hidden states into `recorder` when given; returns the cache and each call's
@@ -271,7 +275,7 @@ def _place(parts: list[np.ndarray], calls: list[_Call], L: int) -> np.ndarray:
     return out
 
 
-def _placed_states(recorder: _Recorder, calls: list[_Call], L: int) -> dict[str, np.ndarray]:
+def _placed_states(recorder: Recorder, calls: list[_Call], L: int) -> dict[str, np.ndarray]:
     """Hidden states by prompt position: the keys every call recorded with one row per
     input column (a block that changes the sequence length cannot be placed)."""
     keys = set.intersection(*(set(c) for c in recorder.calls)) if recorder.calls else set()
@@ -309,13 +313,14 @@ def run(
     forced: np.ndarray | None = None,
     requests: bool = False,
     prefill_repeats: int | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[Output, Timings | None]:
     """Prefill on the prompts, then `decode_steps` decode steps with the KV cache (greedy,
     or fed `forced[:, s]` at step s: [B, >= decode_steps] token ids); unless `repeats` is
     0, prefill and decode throughput (the prefill timed `prefill_repeats` times, default
     `repeats`, at most `repeats`). `Output.requests` says how each later request (the
     timed prefills; with `requests`, at least one, the last decoded `LATER_DECODE_STEPS`
-    steps too) compared with the first.
+    steps too) compared with the first. `recorder`: the capture a kept model already has.
 
     The compared calls double as timing samples, so a case costs few extra model calls
     (each costs collectives on real ranks): the captured prefill and the first decode
@@ -328,7 +333,12 @@ def run(
     B = len(prompts)
     if forced is not None and (forced.shape[0] != B or forced.shape[1] < decode_steps):
         forced = None  # not this case's reference (another batch): decode greedily
-    recorder = install_capture(model) if capture else None
+    if capture:
+        # A kept model comes with the taps installed when it was first captured.
+        recorder = recorder or install_capture(model)
+        recorder.reset()
+    else:
+        recorder = None
     calls, batched = _plan(prompts, prefill_step)
     lengths = [len(p) for p in prompts]
     L = max(lengths)

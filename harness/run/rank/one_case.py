@@ -1,4 +1,5 @@
-"""One case on one rank: build a fresh model, shard it, run it, time it."""
+"""One case on one rank: build the model (or take the job's kept one), shard it, run it,
+time it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from harness.models.build import build_model, upcast
 from harness.models.checkpoint.load import case_checkpoint
 from harness.models.checkpoint.prompts import tokenize_prompts
 from harness.run.protocol import gather_bytes
-from harness.run.rank import forward
+from harness.run.rank import forward, model_cache, scenario
 from harness.shapes import SHAPES, get_shape
 from harness.strategies import resolve
 
@@ -30,18 +31,23 @@ def run_case(
     requests: bool = False,
     prefill_repeats: int | None = None,
 ) -> tuple[forward.Output, forward.Timings | None]:
-    """Build the case's model fresh (strategies may patch classes), apply the strategy
-    for `group` (None: unsharded reference), run it (decode fed `forced`, the reference's
-    tokens, when given), time it unless `repeats` is 0 (or its shape is untimed; its
-    prefill `prefill_repeats` times when given), and with `requests` run and compare at
-    least one later request (forward.run)."""
-    model = sharded_model(case, group)
+    """Take the case's model (built and sharded by its strategy for `group`, None: the
+    unsharded reference; kept across cases of the same build, run.rank.model_cache), run
+    it (decode fed `forced`, the reference's tokens, when given), time it unless
+    `repeats` is 0 (or its shape is untimed; its prefill `prefill_repeats` times when
+    given), and with `requests` run and compare at least one later request (forward.run).
+    A scenario case runs its scenario instead, untimed (run.rank.scenario)."""
+    role = model_cache.REFERENCE if group is None else model_cache.SHARDED
+    built = kept_model(case, group, role)
+    if case.scenario is not None:
+        with model_code():
+            return scenario.run(built, case, capture, forced), None
     prompts = case_prompts(case)
     mx.reset_peak_memory()
     repeats = repeats if timed(case) else 0
     with model_code():
         return forward.run(
-            model,
+            built.model,
             prompts,
             case.decode_steps,
             capture,
@@ -50,6 +56,7 @@ def run_case(
             forced,
             requests,
             prefill_repeats,
+            recorder=built.capture() if capture else None,
         )
 
 
@@ -63,18 +70,33 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     """For a low-precision case (`Case.low_precision`): its unsharded model with every
     weight upcast to float32 (the same quantized values), decode fed the reference's
     tokens: the truth the low-precision runs approximate."""
-    model = upcast(sharded_model(case, None))
+    built = kept_model(case, None, model_cache.TRUTH)
+    if case.scenario is not None:
+        with model_code():
+            return scenario.run(built, case, capture, forced)
     with model_code():
         output, _ = forward.run(
-            model,
+            built.model,
             case_prompts(case),
             case.decode_steps,
             capture,
             0,
             case.prefill_step,
             forced,
+            recorder=built.capture() if capture else None,
         )
     return output
+
+
+def kept_model(case: Case, group, role: str) -> model_cache.Built:
+    """The case's model in `role` (sharded for `group`, the single-rank reference, or its
+    fp32 truth), built once per build and kept while its code is unchanged."""
+    world = group.size() if group is not None else 0
+    if role == model_cache.TRUTH:
+        build = lambda: upcast(sharded_model(case, None))  # noqa: E731
+    else:
+        build = lambda: sharded_model(case, group)  # noqa: E731
+    return model_cache.get(model_cache.build_key(case, role, world), build)
 
 
 class ShardingFailed(Exception):
