@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 from helpers import cli as cli_helpers
@@ -35,6 +36,28 @@ def run_cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def children():
+    """`children(parent=None)`: the live children of `parent` (default: this process), as
+    pid -> (command line, environment), read from /proc."""
+    return _children
+
+
+def _children(parent: int | None = None) -> dict[int, tuple[bytes, bytes]]:
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == (parent or os.getpid()):
+                found[int(stat.parent.name)] = (
+                    (stat.parent / "cmdline").read_bytes(),
+                    (stat.parent / "environ").read_bytes(),
+                )
+        except OSError:
+            continue
+    return found
 
 
 @pytest.fixture

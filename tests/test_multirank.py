@@ -105,24 +105,8 @@ def test_references_on_the_ranks_survive_model_code_that_talks_to_the_world(tmp_
     ]
 
 
-def _children(parent: int | None = None) -> dict[int, tuple[bytes, bytes]]:
-    """The children of `parent` (default: this process): pid -> (command line, environment)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == (parent or os.getpid()):
-                found[int(stat.parent.name)] = (
-                    (stat.parent / "cmdline").read_bytes(),
-                    (stat.parent / "environ").read_bytes(),
-                )
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the ranks' parent from /proc")
-def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_path):
+def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_path, children):
     """mlx.launch costs a process start and per-rank threads that spin on 2 cores; local
     ring ranks are started directly, each with its MLX_RANK and MLX_HOSTFILE. A strategy
     that sleeps for 4 s holds the ranks while they are looked at."""
@@ -136,7 +120,7 @@ def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_pat
 
     def sample():
         while not done.wait(0.25):
-            seen.update(_children())
+            seen.update(children())
             for pid in seen:
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()
@@ -170,7 +154,7 @@ def test_local_ranks_start_with_no_launcher_between_them_and_the_harness(tmp_pat
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the ranks' parent from /proc")
-def test_ranks_end_when_the_harness_is_killed(tmp_path):
+def test_ranks_end_when_the_harness_is_killed(tmp_path, children):
     """SIGKILL to `harness run` while both ranks are inside a case: no rank is left behind
     (one waiting in a collective for a dead peer would spin for good)."""
     slow = tmp_path / "slow.py"
@@ -186,7 +170,7 @@ def test_ranks_end_when_the_harness_is_killed(tmp_path):
         time.sleep(0.2)
         ranks = [
             pid
-            for pid, (cmd, _) in _children(harness.pid).items()
+            for pid, (cmd, _) in children(harness.pid).items()
             if b"harness.run.rank.worker" in cmd
         ]
     assert len(ranks) == 2, "the ranks did not start"

@@ -301,6 +301,17 @@ def test_props_command_prints_every_property(run_cli):
     assert summary.startswith(f"{len(PROPERTIES)} properties: {len(PROPERTIES)} passed, 0 failed")
 
 
+def test_props_command_takes_its_rank_count_from_a_hostfile_that_agrees(
+    run_cli, tmp_path, assert_one_line_error
+):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('[{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]')
+    result = run_cli("props", "--ranks", "3", "--hostfile", str(hostfile))
+    assert_one_line_error(result, "--ranks 3 disagrees with the 2 hosts")
+    result = run_cli("props", "--timeout", "0")
+    assert_one_line_error(result, "--timeout must be positive, got 0")
+
+
 def test_props_command_rejects_zero_ranks(run_cli):
     result = run_cli("props", "--ranks", "0")
     assert result.code == 2

@@ -11,11 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
-from harness.errors import HarnessError
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
 from harness.run import protocol
-from harness.run.parent.launch import Target, check_options, hostfile_ranks
+from harness.run.parent.launch import Target, rank_count
 from harness.run.parent.watch import watched
 
 MAX_SIMULATED_RANKS = 8
@@ -122,12 +121,10 @@ def run_props(
     `props` job, watched as a run's cases are. A crash or hang of the launch becomes a
     failed report (the job is killed when the ranks take over `timeout` seconds to start
     or for one property)."""
-    if ranks < 1:
-        raise HarnessError(f"--ranks must be at least 1, got {ranks}")
+    ranks = rank_count(ranks, timeout, backend, hostfile)
     if ranks == 1 and hostfile is None:
         return run_props_inprocess(max_examples)
-    check_options(backend, hostfile)
-    target = Target(hostfile_ranks(hostfile) if hostfile else ranks, backend, hostfile)
+    target = Target(ranks, backend, hostfile)
     start = time.perf_counter()
     events: list[protocol.Start | protocol.Property] = []
     error = None

@@ -3,6 +3,8 @@
 - The job spec goes to rank 0 on its standard input (mlx.launch forwards the launcher's
   stdin; over `ssh -tt` that is a terminal, whose lines are limited to MAX_CANON bytes, so
   the spec travels as short base64 lines after a header); rank 0 shares it over the group.
+  A streaming job (`"stream": true` in its first spec) keeps reading: after each spec's
+  `End` its ranks wait for the next one, until a spec of kind `CLOSE` ends the job.
 - Results come back as frames on rank 0's standard output, the only stream that carries
   frames while a job runs: mlx.launch forwards every rank's output in chunks and chunks of
   two ranks may interleave, so the other ranks hand their results to rank 0 over the group
@@ -30,6 +32,7 @@ import numpy as np
 FRAME = "@@harness-frame@@"
 SPEC = "@@harness-spec@@"
 LINE = 512  # base64 characters per spec line: well under any terminal's MAX_CANON
+CLOSE = "close"  # the kind of the spec that ends a streaming job: its ranks exit cleanly
 JOB_ENV = "HARNESS_JOB"
 CPUS_ENV = "HARNESS_CPUS"
 
@@ -94,7 +97,8 @@ class Error:
 
 @dataclass
 class End:
-    """The job finished on every rank."""
+    """The job's spec finished on every rank (a streaming job's ranks then wait for the
+    next spec)."""
 
     kind: ClassVar[str] = "end"
 

@@ -1,9 +1,10 @@
 """Running bench cases: check that each one applies (before anything launches), then time
-them all, in this process for one local rank or in ONE launch of the worker's `bench` job
+them all, in this process for one local rank or in one launch of the worker's `bench` job
 (`harness.run.rank.bench`) for several, yielding one result per bench case as it finishes.
 
 A bench case that crashes or hangs costs only itself: it is recorded with the ranks' words
-and log tails, and the cases after it run in a fresh launch.
+and log tails, and the cases after it run in a fresh launch (the relaunch driver,
+`harness.run.parent.relaunch`, as a run's cases do).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from harness.records.bench import ERROR, OK, TIMEOUT, BenchResult
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import skip_reason
-from harness.run.parent.watch import Watch, watched
+from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.watch import Watch
 from harness.run.protocol import Result
 from harness.strategies import BUILTIN, normalize, resolve
 
@@ -75,59 +77,43 @@ def validate(
 
 def run_bench(benches: list[BenchCase], options: BenchOptions) -> Iterator[BenchResult]:
     """Time validated bench cases (see `validate`), one result per case as it finishes."""
-    yield from _Launches(benches, options).results()
+    # The launcher spins as it does under mlx_lm.benchmark run by hand: bench times what
+    # users see (on one machine its threads take CPU from the ranks).
+    driver = Relauncher(
+        options.target(), options.startup_timeout, options.timeout, like_mlx_launch=True
+    )
+    yield from driver.drive(_Benches(benches, options))
 
 
-class _Launches:
-    """The bench cases of one run on its ranks, through as many launches as crashes need."""
+class _Benches:
+    """The bench cases of one run: the relaunch driver's work (`relaunch.Work`)."""
 
     def __init__(self, benches: list[BenchCase], options: BenchOptions):
         self.benches, self.options = benches, options
-        self.target = options.target()
         self.remaining = list(range(len(benches)))
         self.last = time.perf_counter()
 
-    def results(self) -> Iterator[BenchResult]:
-        stalled = 0
-        while self.remaining:
-            before = len(self.remaining)
-            # The launcher spins as it does under mlx_lm.benchmark run by hand: bench times
-            # what users see (on one machine its threads take CPU from the ranks).
-            limits = self.options.startup_timeout, self.options.timeout
-            with watched(self.target, self._spec(), *limits, like_mlx_launch=True) as watch:
-                yield from self._consume(watch)
-            stalled = stalled + 1 if len(self.remaining) == before else 0
-            if stalled == 2:
-                # Two launches in a row timed nothing: stop rather than loop.
-                _, reason = watch.failure(started=False, what="bench case")
-                yield self._result(self.remaining.pop(0), ERROR, reason)
-                stalled = 0
-
-    def _spec(self) -> dict:
-        timeout = self.options.timeout
-        return {
-            "kind": "bench",
-            "cases": [{"index": i, "case": self.benches[i].to_dict()} for i in self.remaining],
-            # A hung case leaves every rank's Python stack in its log before the watchdog.
-            "dump_after": max(timeout * 0.8, timeout - 2),
-        }
+    def spec(self) -> dict:
+        cases = [{"index": i, "case": self.benches[i].to_dict()} for i in self.remaining]
+        return {"kind": "bench", "cases": cases}
 
     def _result(self, index: int, status: str, reason: str | None = None, **kw) -> BenchResult:
         now = time.perf_counter()
         duration, self.last = now - self.last, now
         bench = self.benches[index]
-        return BenchResult(index, bench, self.target.ranks, status, reason, duration=duration, **kw)
+        return BenchResult(
+            index, bench, self.options.ranks, status, reason, duration=duration, **kw
+        )
 
-    def _consume(self, watch: Watch) -> Iterator[BenchResult]:
-        for message, _ in watch.messages():
-            if isinstance(message, Result):
-                self.remaining.remove(message.index)
-                if message.failures:
-                    yield self._result(message.index, *watch.in_step(message.failures))
-                else:
-                    yield self._result(message.index, OK, trials=message.trials)
-        current = watch.current
-        unfinished = [i for i in (current.indices if current else []) if i in self.remaining]
+    def received(self, message, arrays: dict, watch: Watch) -> Iterator[BenchResult]:
+        if isinstance(message, Result):
+            self.remaining.remove(message.index)
+            if message.failures:
+                yield self._result(message.index, *watch.in_step(message.failures))
+            else:
+                yield self._result(message.index, OK, trials=message.trials)
+
+    def cut_short(self, watch: Watch, unfinished: list[int]) -> Iterator[BenchResult]:
         limit = watch.timed_out
         if limit is not None:
             index = unfinished[0] if unfinished else self.remaining[0]
@@ -140,6 +126,10 @@ class _Launches:
                     f"Python stack is below{watch.tails()}"
                 )
             yield self._result(index, TIMEOUT, reason)
-        elif watch.died and unfinished:
+        elif unfinished:
             self.remaining.remove(unfinished[0])
             yield self._result(unfinished[0], *watch.failure(started=True, what="bench case"))
+
+    def stalled(self, watch: Watch) -> Iterator[BenchResult]:
+        _, reason = watch.failure(started=False, what="bench case")
+        yield self._result(self.remaining.pop(0), ERROR, reason)

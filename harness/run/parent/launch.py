@@ -282,8 +282,20 @@ class Job:
         for thread in self._threads:
             thread.start()
         # stdin stays open while the job runs: mlx.launch spins on a closed stdin.
-        self.process.stdin.write(protocol.encode_spec(spec))
-        self.process.stdin.flush()
+        self.send(spec)
+
+    def send(self, spec: dict) -> None:
+        """A spec to rank 0's stdin: the job's first, or the next of a streaming job. A job
+        that is gone by now is found out by its watcher (its streams end)."""
+        try:
+            self.process.stdin.write(protocol.encode_spec(spec))
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def alive(self) -> bool:
+        """Every process of the job still runs."""
+        return all(p.poll() is None for p in self.ranks or [self.process])
 
     def _start_ranks(self, argv: list[str], env: dict[str, str]) -> None:
         """Every rank as a child of this process, in one process group (rank 0's)."""

@@ -83,6 +83,13 @@ def preflight_violation(case: Case, ranks: int) -> str | None:
 def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:
     """Check what would otherwise fail late, once: the options (the rank count a hostfile
     sets), the hosts, the strategies; return cases with absolute strategy names."""
+    options = prepare_options(options)
+    return prepare_cases(cases, options), options
+
+
+def prepare_options(options: RunOptions) -> RunOptions:
+    """The options checked, with the rank count a hostfile sets, and the hosts (see
+    `prepare`)."""
     ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
     options = dataclasses.replace(options, ranks=ranks)
     if options.repeats < 0:
@@ -97,6 +104,15 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
         from harness.models.impl import install
 
         install(options.impl)
+    if options.hostfile is not None or options.python is not None:
+        check_hosts(options.target())
+    return options
+
+
+def prepare_cases(cases: list[Case], options: RunOptions) -> list[Case]:
+    """Cases with absolute strategy names, checked against prepared options (see
+    `prepare`): a strategy that does not import, a context too short, a rule broken by
+    cases asked for by name."""
     checked = []
     for case in cases:
         name = normalize(case.strategy)
@@ -112,6 +128,4 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
             if violation:
                 raise HarnessError(violation)
         checked.append(case)
-    if options.hostfile is not None or options.python is not None:
-        check_hosts(options.target())
-    return checked, options
+    return checked

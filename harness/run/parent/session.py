@@ -1,6 +1,7 @@
 """The cases of a run on its ranks: hand the runnable cases to the ranks (in this process
-for one local rank, else one launch), watch every case, and judge each rank's output
-against the case's reference as it arrives, yielding one result per case.
+for one local rank, else through the relaunch driver: one launch, and another after each
+crash or hang), watch every case, and judge each rank's output against the case's
+reference as it arrives, yielding one result per case.
 
 The parent does no model work: references are computed on the ranks
 (`harness.run.rank.cases`), or are the case's golden (`reference="golden"`, for a model no
@@ -20,7 +21,8 @@ from harness.records.outputs import Output, Timings
 from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
-from harness.run.parent.watch import Watch, watched
+from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.watch import Watch
 from harness.run.protocol import Reference, Result
 
 
@@ -29,8 +31,18 @@ def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
     yield from run_prepared(*prepare(cases, options))
 
 
-def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
-    """Run prepared cases (see `plan.prepare`), one result per case as it finishes."""
+def relauncher(options: RunOptions, keep_open: bool = False) -> Relauncher:
+    """The relaunch driver of a run's cases on the options' target."""
+    return Relauncher(
+        options.target(), options.startup_timeout, options.timeout, keep_open=keep_open
+    )
+
+
+def run_prepared(
+    cases: list[Case], options: RunOptions, driver: Relauncher | None = None
+) -> Iterator[CaseResult]:
+    """Run prepared cases (see `plan.prepare`), one result per case as it finishes, through
+    `driver` (one whose job stays open between calls: `CaseStream`) or a new one."""
     runnable = []
     for index, case in enumerate(cases):
         reason = f"known failure: {case.known_failure}" if case.known_failure else None
@@ -48,11 +60,11 @@ def run_prepared(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]
         else:
             runnable.append((index, case))
     if runnable:
-        yield from _Session(runnable, options).results()
+        yield from _Session(runnable, options).results(driver or relauncher(options))
 
 
 class _Session:
-    """The cases of one run on its ranks, through as many launches as crashes require."""
+    """The cases of one run on its ranks: the relaunch driver's work (`relaunch.Work`)."""
 
     def __init__(self, runnable: list[tuple[int, Case]], options: RunOptions):
         self.options = options
@@ -66,7 +78,8 @@ class _Session:
         self.goldens: dict[int, tuple[goldens.Golden, dict] | str] = {}
         self.last = time.perf_counter()
 
-    def _spec(self) -> dict:
+    def spec(self) -> dict:
+        """The job spec of the remaining cases (relaunch.Work)."""
         wanted = []
         if self.options.reference == SINGLE:
             first: dict[str, int] = {}
@@ -90,41 +103,42 @@ class _Session:
             "impl": self.options.impl,
             "capture": self.options.capture,
             "repeats": self.options.repeats,
-            "dump_after": max(self.options.timeout * 0.8, self.options.timeout - 2),
         }
 
-    # -- driving ------------------------------------------------------------------------
+    # -- driving (relaunch.Work) --------------------------------------------------------
 
-    def results(self) -> Iterator[CaseResult]:
+    def results(self, driver: Relauncher) -> Iterator[CaseResult]:
         if self.options.reference == GOLDEN:
             yield from self._load_goldens()
-        while self.remaining:
-            limits = self.options.startup_timeout, self.options.timeout
-            with watched(self.target, self._spec(), *limits) as watch:
-                yield from self._consume(watch)
-            if self.remaining and self.target.hostfile is not None:
-                try:
-                    check_hosts(self.target)
-                except HarnessError as exc:
-                    yield from self._not_run(f"not run: {exc}")
+        yield from driver.drive(self)
+
+    def received(self, message, arrays: dict, watch: Watch) -> Iterator[CaseResult]:
+        if isinstance(message, Reference):
+            self._reference(message, arrays)
+        elif isinstance(message, Result):
+            self.remaining.remove(message.index)
+            yield self._judged(message, arrays, watch)
+
+    def cut_short(self, watch: Watch, unfinished: list[int]) -> Iterator[CaseResult]:
+        if watch.timed_out is not None:
+            yield from self._timed_out(watch, unfinished)
+        else:
+            yield from self._died(watch, unfinished)
+        if self.remaining and self.target.hostfile is not None:
+            try:
+                check_hosts(self.target)
+            except HarnessError as exc:
+                yield from self._not_run(f"not run: {exc}")
+
+    def stalled(self, watch: Watch) -> Iterator[CaseResult]:
+        _, reason = watch.failure(started=False)
+        yield self._result(self.remaining.pop(0), ERROR, reason)
 
     def _not_run(self, reason: str) -> Iterator[CaseResult]:
         """Every remaining case fails with the same fault of the setup."""
         for index in self.remaining:
             yield self._result(index, ERROR, reason)
         self.remaining = []
-
-    def _consume(self, watch: Watch) -> Iterator[CaseResult]:
-        for message, arrays in watch.messages():
-            if isinstance(message, Reference):
-                self._reference(message, arrays)
-            elif isinstance(message, Result):
-                self.remaining.remove(message.index)
-                yield self._judged(message, arrays, watch)
-        if watch.timed_out is not None:
-            yield from self._timed_out(watch)
-        elif watch.died:
-            yield from self._died(watch)
 
     # -- outcomes -----------------------------------------------------------------------
 
@@ -165,19 +179,13 @@ class _Session:
         if truth:
             self.truths[key] = Output.from_arrays(truth)
 
-    def _unfinished(self, watch: Watch) -> list[int]:
-        """The remaining cases of the unit of work the ranks were in."""
-        current = watch.current
-        return [i for i in (current.indices if current else []) if i in self.remaining]
-
-    def _died(self, watch: Watch) -> Iterator[CaseResult]:
+    def _died(self, watch: Watch, indices: list[int]) -> Iterator[CaseResult]:
         """The launch ended inside a case or a reference round, or before any (the ranks
         could not start: a fault of the setup, so every remaining case says so)."""
         if watch.current is None:
             _, reason = watch.failure(started=False)
             yield from self._not_run(f"the ranks failed before any case started: {reason}")
             return
-        indices = self._unfinished(watch)
         if watch.current.phase == "reference":
             yield from self._reference_died(indices, watch)
             return
@@ -201,7 +209,7 @@ class _Session:
             self.remaining.remove(index)
             yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
 
-    def _timed_out(self, watch: Watch) -> Iterator[CaseResult]:
+    def _timed_out(self, watch: Watch, unfinished: list[int]) -> Iterator[CaseResult]:
         limit = watch.timed_out
         if watch.current is None:
             yield from self._not_run(f"the ranks did not start within {limit:g}s{watch.tails()}")
@@ -209,7 +217,7 @@ class _Session:
         what = "reference round" if watch.current.phase == "reference" else "case"
         reason = f"{what} did not finish within {limit:g}s; each rank's Python stack is below"
         reason += watch.tails()
-        for index in self._unfinished(watch):
+        for index in unfinished:
             self.remaining.remove(index)
             if what == "case":
                 yield self._result(index, TIMEOUT, reason)

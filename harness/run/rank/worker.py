@@ -1,7 +1,9 @@
 """The program every rank runs under `mlx.launch` (or alone, for one rank out of process).
 
 Rank 0 reads the job spec from its standard input and shares it over the group; the job's
-kind names the function that runs it on every rank (`JOBS`), which yields messages. Rank 0
+kind names the function that runs it on every rank (`JOBS`), which yields messages, and
+`End` follows them. A streaming job's rank 0 keeps its stdin and reads the next spec after
+each `End` (the ranks wait in step for it), until a spec of kind `protocol.CLOSE`. Rank 0
 writes each message as a frame on its standard output (see `harness.run.protocol`); every
 other byte a rank prints (Python warnings, mlx-lm's prints, a segfault's faulthandler dump,
 a hung case's stacks) goes to a log file of its own on its own host, which the parent reads
@@ -137,6 +139,25 @@ def keep_to_cpus() -> None:
         pass  # a container that forbids it runs unpinned, as before
 
 
+def step(message, arrays: dict, dump_after: float | None, group, emit, log) -> None:
+    """One message of a job on this rank: the hung-case stack dump armed at a `Start`
+    (cancelled at anything else), rank 0's frame, and at a `Start` the ranks in step."""
+    import mlx.core as mx
+
+    starting = isinstance(message, Start)
+    if starting and dump_after:
+        # A hung case leaves every rank's Python stack in its log.
+        faulthandler.dump_traceback_later(dump_after * message.scale, exit=False, file=log)
+    elif dump_after:
+        faulthandler.cancel_dump_traceback_later()
+    if group.rank() == 0:
+        emit(message, arrays)
+    if starting and group.size() > 1:
+        # No rank begins a case before rank 0 has said so (and sent everything before
+        # it): a rank that dies at once is then blamed on the right case.
+        mx.eval(mx.distributed.all_sum(mx.array(0), group=group))
+
+
 def main() -> None:
     end_with_parent()
     keep_to_cpus()  # before mlx starts its threads
@@ -153,7 +174,9 @@ def main() -> None:
     current = Start("")
     try:
         spec = _share_spec(group)
-        release_stdin()
+        streaming = bool(spec.get("stream"))
+        if not streaming or rank != 0:
+            release_stdin()
         ranks = [
             json.loads(part)
             for part in protocol.gather_bytes(
@@ -162,23 +185,18 @@ def main() -> None:
         ]
         if rank == 0:
             emit(Hello(ranks))
-        dump_after = spec.get("dump_after")
-        for message, arrays in resolve_job(spec["kind"])(spec, group):
-            starting = isinstance(message, Start)
-            if starting:
-                current = message
-                if dump_after:
-                    # A hung case leaves every rank's Python stack in its log.
-                    later = dump_after * message.scale
-                    faulthandler.dump_traceback_later(later, exit=False, file=log)
-            elif dump_after:
-                faulthandler.cancel_dump_traceback_later()
+        while spec["kind"] != protocol.CLOSE:
+            current = Start("")
+            for message, arrays in resolve_job(spec["kind"])(spec, group):
+                if isinstance(message, Start):
+                    current = message
+                step(message, arrays, spec.get("dump_after"), group, emit, log)
             if rank == 0:
-                emit(message, arrays)
-            if starting and group.size() > 1:
-                # No rank begins a case before rank 0 has said so (and sent everything
-                # before it): a rank that dies at once is then blamed on the right case.
-                mx.eval(mx.distributed.all_sum(mx.array(0), group=group))
+                emit(End())
+            if not streaming:
+                break
+            # A streaming job's ranks wait here for rank 0's next spec (or its close).
+            spec = _share_spec(group)
     except BaseException as exc:  # reported for the parent, then this rank ends
         status, reason = blame(exc)
         detail = "".join(traceback.format_exception(exc))
@@ -194,8 +212,6 @@ def main() -> None:
             )
         )
         os._exit(1)
-    if rank == 0:
-        emit(End())
     log.flush()
     shutil.rmtree(folder, ignore_errors=True)
 
