@@ -115,8 +115,9 @@ def test_a_serving_bug_after_a_request_left_is_shrunk_and_explained():
 def test_a_reused_prefix_bug_is_shrunk_and_explained():
     searched, memo = _search(reused)
     ops = searched.found.example.scenario["ops"]
-    assert [op["op"] for op in ops] == ["insert", "insert", "step"]
-    assert ops[1]["reuse"] == {"uid": 0, "tokens": 1}
+    # The source is prefilled before its prefix is reused: a step between the inserts.
+    assert [op["op"] for op in ops] == ["insert", "step", "insert", "step"]
+    assert ops[2]["reuse"] == {"uid": 0, "tokens": 1}
     facts = learn.learn(searched.found, memo)
     assert any(f.startswith("with a reused prefix") for f in facts)
 

@@ -13,7 +13,7 @@ from harness.explore.space import Boundaries, Example
 
 BOUNDS = Boundaries(window=4, sort_tokens=32, context=4096)
 # Reached within this many draws, unshrunk (shrinking a wide batch costs seconds).
-REACH = settings(phases=[Phase.generate], max_examples=2000, database=None)
+REACH = settings(phases=[Phase.generate], max_examples=1000, database=None, derandomize=True)
 
 
 def find(strategy, condition):
@@ -32,7 +32,10 @@ def test_every_program_ends_with_steps_and_removes_only_live_requests(program):
     ops = program["ops"]
     assert ops[0]["op"] == scenarios.INSERT and ops[-1]["op"] == scenarios.STEP
     removed = [op["uid"] for op in ops if op["op"] == scenarios.REMOVE]
-    assert len(removed) == len(set(removed))
+    inserted = [op["uid"] for op in ops if op["op"] == scenarios.INSERT]
+    assert len(removed) == len(set(removed)) and set(inserted) - set(removed)
+    last = [op for op in ops if op["op"] == scenarios.INSERT and op["uid"] not in removed][-1]
+    assert ops[-1]["n"] > space.prompt_calls(last["prompt"], program["prefill_step"])
 
 
 def _decodes_across(scenario, position):
@@ -61,6 +64,13 @@ def test_wide_batches_of_mixed_lengths_and_chunked_prefill_are_drawn():
         and s["prefill_step"] < max(s["prompts"]),
     )
     assert len(wide["prompts"]) >= 16
+    # ... and a batch of several rows still crosses the growth step.
+    assert find(space.batches(BOUNDS), lambda s: len(s["prompts"]) >= 3 and max(s["prompts"]) >= 257)
+
+
+@given(space.batches(BOUNDS))
+def test_a_batch_stays_cheap(batch):
+    assert len(batch["prompts"]) * max(batch["prompts"]) <= space.PADDED_TOKENS
 
 
 def test_programs_insert_into_a_running_batch_remove_and_reuse():

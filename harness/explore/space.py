@@ -36,7 +36,11 @@ DEFAULT_PREFILL_STEP = 2048  # mlx-lm's prefill_step_size: the whole prompt in o
 MAX_PROMPT = 2 * KV_STEP + 8
 MAX_ROWS = 16
 WIDE = 32  # BatchGenerator's completion_batch_size: drawn now and then
-MAX_CHUNKS = 32  # a prefill of at most this many calls keeps an example cheap
+MAX_CHUNKS = 16  # a prefill of at most this many calls keeps an example cheap
+# Rows x longest prompt (a padded batch's size) at most: 32 rows of 64 tokens, one row of
+# the longest prompt. A 32-row batch of prompts up to 513 tokens in chunks of 32 took
+# 113 s on 2 ranks here with the cores shared; tiny examples take 40-120 ms.
+PADDED_TOKENS = 2048
 MAX_OPS = 12
 MAX_SERVE_PROMPT = KV_STEP + 8
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k")
@@ -88,13 +92,15 @@ def near(points, most: int) -> list[int]:
 
 
 def lengths(bounds: Boundaries, most: int, step: int | None = None) -> st.SearchStrategy[int]:
-    """A prompt length: short (most draws), at a boundary, or anything up to `most`."""
-    points = list(bounds.points())
-    if step is not None and step < most:
-        points += [step, 2 * step]
+    """A prompt length: short (most draws), at a boundary past the short ones, or anything
+    up to `most`."""
+    short = min(16, most)
+    points = [p for p in bounds.points() if p > short]
+    if step is not None and short < step < most:
+        points.append(step)
     edges = near(points, most)
-    short = st.integers(1, min(16, most))
-    return st.one_of(short, st.sampled_from(edges), st.integers(1, most)) if edges else short
+    lengths = st.integers(1, short)
+    return st.one_of(lengths, st.sampled_from(edges), st.integers(1, most)) if edges else lengths
 
 
 def prefill_steps(bounds: Boundaries) -> st.SearchStrategy[int]:
@@ -110,21 +116,37 @@ def prefill_steps(bounds: Boundaries) -> st.SearchStrategy[int]:
 def batches(draw, bounds: Boundaries) -> dict:
     """A batch scenario: rows of mixed lengths, a prefill step, decode steps."""
     step = draw(prefill_steps(bounds))
-    rows = draw(st.one_of(st.integers(1, MAX_ROWS), st.just(WIDE)))
-    most = min(MAX_PROMPT, bounds.context - 16, step * MAX_CHUNKS)
+    rows = draw(st.one_of(st.integers(1, 4), st.integers(1, MAX_ROWS), st.just(WIDE)))
+    most = min(MAX_PROMPT, bounds.context - 16, step * MAX_CHUNKS, PADDED_TOKENS // rows)
     prompts = [draw(lengths(bounds, most, step)) for _ in range(rows)]
     decode = draw(st.one_of(st.integers(0, 4), st.integers(0, 16)))
     return {"kind": BATCH, "prompts": prompts, "prefill_step": step, "decode": decode}
 
 
+def prompt_calls(length: int, step: int) -> int:
+    """BatchGenerator.next() calls that prefill a prompt: all but its last token in chunks
+    of `step`, then the last token (measured on mlx-lm 0.32.2); its first token comes
+    with the call after."""
+    return -(-(length - 1) // step) + 1
+
+
 @st.composite
 def programs(draw, bounds: Boundaries) -> dict:
-    """A serve scenario: a program for BatchGenerator whose every op is valid where drawn."""
+    """A serve scenario: a program for BatchGenerator whose every op is valid where drawn.
+
+    Valid means what the ranks can run and compare: a remove leaves at least one request
+    in the batch, a prefix is reused from a request that has been prefilled (its calls
+    since insertion cover every prompt inserted so far), and the program ends with enough
+    steps for every request still in the batch to emit a token."""
     step = draw(prefill_steps(bounds))
     most = min(MAX_SERVE_PROMPT, bounds.context - 64, step * MAX_CHUNKS)
     prompts: dict[int, int] = {}
-    removable: list[int] = []
+    calls: dict[int, int] = {}  # uid -> next() calls since its insert
+    live: list[int] = []
     ops: list[dict] = []
+
+    def pending() -> int:
+        return sum(prompt_calls(n, step) for n in prompts.values()) + 1
 
     def insert() -> None:
         uid = len(prompts)
@@ -134,29 +156,34 @@ def programs(draw, bounds: Boundaries) -> dict:
             "prompt": draw(lengths(bounds, most, step)),
             "max_tokens": draw(st.one_of(st.integers(1, 8), st.integers(1, 40))),
         }
-        if prompts and draw(st.booleans()):
-            source = draw(st.sampled_from(sorted(prompts)))
+        prefilled = sorted(u for u in prompts if calls[u] >= pending())
+        if prefilled and draw(st.booleans()):
+            source = draw(st.sampled_from(prefilled))
             shared = min(op["prompt"], prompts[source])
             op["reuse"] = {"uid": source, "tokens": draw(st.integers(1, shared))}
-        prompts[uid] = op["prompt"]
-        removable.append(uid)
+        prompts[uid], calls[uid] = op["prompt"], 0
+        live.append(uid)
         ops.append(op)
+
+    def steps(least: int) -> None:
+        n = least - 1 + draw(st.one_of(st.integers(1, 4), st.integers(1, 24)))
+        for uid in calls:
+            calls[uid] += n
+        ops.append({"op": STEP, "n": n})
 
     insert()
     for _ in range(draw(st.integers(0, MAX_OPS - 2))):
-        kinds = [STEP, INSERT] + ([REMOVE] if removable else [])
-        kind = draw(st.sampled_from(kinds))
+        kind = draw(st.sampled_from([STEP, INSERT] + ([REMOVE] if len(live) > 1 else [])))
         if kind == STEP:
-            ops.append({"op": STEP, "n": draw(st.one_of(st.integers(1, 4), st.integers(1, 24)))})
+            steps(1)
         elif kind == INSERT:
             insert()
         else:
-            uid = draw(st.sampled_from(removable))
-            removable.remove(uid)
+            uid = draw(st.sampled_from(live))
+            live.remove(uid)
             ops.append({"op": REMOVE, "uid": uid})
-    if ops[-1]["op"] != STEP:
-        # Whatever ran last gets steps to answer with tokens.
-        ops.append({"op": STEP, "n": draw(st.one_of(st.integers(1, 4), st.integers(1, 24)))})
+    # Whatever is still in the batch gets the calls to prefill and answer with a token.
+    steps(pending())
     return {"kind": SERVE, "prefill_step": step, "ops": ops}
 
 
