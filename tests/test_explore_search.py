@@ -114,11 +114,11 @@ def test_a_serving_bug_after_a_request_left_is_shrunk_and_explained():
 
 def test_a_reused_prefix_bug_is_shrunk_and_explained():
     searched, memo = _search(reused)
+    facts = learn.learn(searched.found, memo)
     ops = searched.found.example.scenario["ops"]
     # The source is prefilled before its prefix is reused: a step between the inserts.
     assert [op["op"] for op in ops] == ["insert", "step", "insert", "step"]
     assert ops[2]["reuse"] == {"uid": 0, "tokens": 1}
-    facts = learn.learn(searched.found, memo)
     assert any(f.startswith("with a reused prefix") for f in facts)
 
 

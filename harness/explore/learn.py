@@ -46,14 +46,28 @@ def _passes(run: Run, example: Example, scenario: dict | None = None, **changes)
 
 
 def simplify(found: Found, run: Run) -> None:
-    """Keep the plainer neighbour where it fails too: one prefill call, not chunks."""
-    scenario = found.example.scenario
-    if scenario["prefill_step"] == DEFAULT_PREFILL_STEP:
-        return
-    plainer = replace(found.example, scenario={**scenario, "prefill_step": DEFAULT_PREFILL_STEP})
-    result = run(plainer)
-    if result.failed:
-        found.example, found.result = plainer, result
+    """Keep a plainer neighbour wherever it fails too: one prefill call instead of chunks,
+    and a program's adjacent steps as one (hypothesis's shrinker can stop at two steps
+    where one would do)."""
+    for plainer in _plainer(found.example.scenario):
+        candidate = replace(found.example, scenario=plainer)
+        result = run(candidate)
+        if result.failed:
+            found.example, found.result = candidate, result
+
+
+def _plainer(scenario: dict):
+    if scenario["prefill_step"] != DEFAULT_PREFILL_STEP:
+        yield {**scenario, "prefill_step": DEFAULT_PREFILL_STEP}
+    if scenario["kind"] == scenarios.SERVE:
+        merged: list[dict] = []
+        for op in scenario["ops"]:
+            if op["op"] == scenarios.STEP and merged and merged[-1]["op"] == scenarios.STEP:
+                merged[-1] = {"op": scenarios.STEP, "n": merged[-1]["n"] + op["n"]}
+            else:
+                merged.append(op)
+        if len(merged) < len(scenario["ops"]):
+            yield {**scenario, "ops": merged}
 
 
 def learn(found: Found, run: Run) -> list[str]:
