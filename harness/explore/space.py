@@ -37,10 +37,10 @@ MAX_PROMPT = 2 * KV_STEP + 8
 MAX_ROWS = 16
 WIDE = 32  # BatchGenerator's completion_batch_size: drawn now and then
 MAX_CHUNKS = 16  # a prefill of at most this many calls keeps an example cheap
-# Rows x longest prompt (a padded batch's size) at most: 32 rows of 64 tokens, one row of
+# Rows x longest prompt (a padded batch's size) at most: 32 rows of 32 tokens, two rows of
 # the longest prompt. A 32-row batch of prompts up to 513 tokens in chunks of 32 took
 # 113 s on 2 ranks here with the cores shared; tiny examples take 40-120 ms.
-PADDED_TOKENS = 2048
+PADDED_TOKENS = 1024
 MAX_OPS = 12
 MAX_SERVE_PROMPT = KV_STEP + 8
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k")
