@@ -26,7 +26,7 @@ from harness.commands import (
     serve,
 )
 from harness.errors import HarnessError
-from harness.records.provenance import package_version
+from harness.records.provenance import DISTRIBUTION, package_version
 
 app = typer.Typer(
     add_completion=False,
@@ -39,7 +39,7 @@ app = typer.Typer(
 def version_line() -> str:
     """This harness's version and the mlx and mlx-lm it runs with."""
     found = {name: package_version(name) or "not installed" for name in ("mlx", "mlx-lm")}
-    return f"harness {__version__} (mlx {found['mlx']}, mlx-lm {found['mlx-lm']})"
+    return f"{DISTRIBUTION} {__version__} (mlx {found['mlx']}, mlx-lm {found['mlx-lm']})"
 
 
 def _print_version(value: bool) -> None:

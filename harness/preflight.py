@@ -20,6 +20,7 @@ from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.models.mlx_lm_api import model_classes
 
 PREFLIGHT_MAX_RANKS = 64
 STRATEGY_NAMES = {"tp": "tensor parallel", "pp": "pipeline parallel"}
@@ -486,8 +487,6 @@ def _quantization(config: Mapping, bits: int | None, group_size: int) -> tuple[i
 
 def _parse(config: Mapping) -> tuple[type | None, Any, str]:
     """(Model class, parsed args, mlx-lm module name); no class for an unknown type."""
-    from harness.zoo import model_classes
-
     if "model_type" not in config:
         raise HarnessError("config has no model_type, so its sharding rules are unknown")
     # Some ModelArgs mutate nested dicts (rope_parameters) in place.

@@ -1,5 +1,5 @@
-"""Scenarios: what a case runs when today's fixed shapes are not enough (DESIGN.md,
-"Searching instead of listing"). A scenario is a JSON-able dict, part of a case's key and
+"""Scenarios: what a case runs when today's fixed shapes are not enough (README,
+"Scenarios"). A scenario is a JSON-able dict, part of a case's key and
 label, validated here with one sentence per mistake; `harness explore` draws them, suites
 and `harness run --scenario` replay them.
 
@@ -47,9 +47,10 @@ OPS = (INSERT, STEP, REMOVE)
 # mlx-lm's BatchGenerator decodes at most `completion_batch_size` (32) sequences at once;
 # batch_generate's batches are as wide.
 MAX_ROWS = 32
-# Bounds that keep one example within a case's watchdog on a tiny model: a prompt past
-# mlx-lm's 2,048-token prefill step still fits, a program stays a program.
-MAX_PROMPT = 4096
+# Bounds that keep one example within a case's watchdog on a tiny model and its outputs
+# within reach of the wire (32 rows x 2,304 positions x 256 logits is 75 MB a rank): a
+# prompt past mlx-lm's 2,048-token prefill step and one cache growth step still fits.
+MAX_PROMPT = 2304
 MAX_DECODE = 1024
 MAX_OPS = 256
 # mlx-lm's KVCache and BatchKVCache grow their buffers in steps of this many positions

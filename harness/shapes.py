@@ -1,6 +1,6 @@
 """Shape profiles: the named input shapes a case can run at (batch size, prompt lengths,
 prefill chunking, decode steps), chosen so the zoo's tiny configs reach the boundaries
-where real sharding bugs hide (DESIGN.md, "Shapes real bugs hide in"):
+where real sharding bugs hide (the README's "Shapes"):
 
 - `short`: today's shape, two 8-token prompts in one prefill call, 4 decode steps;
 - `single-stream`: batch 1, the shape most users run;

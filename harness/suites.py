@@ -272,8 +272,15 @@ def dedupe(cases: list[Case]) -> list[Case]:
 
 
 def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
-    """The suite's cases under one strategy instead of theirs (`--strategy`)."""
-    return dedupe([replace(c, strategy=strategy) for c in cases])
+    """The suite's cases under one strategy instead of theirs (`--strategy`). A known
+    failure names the strategy it was written for: a case under another one drops it."""
+    return dedupe(
+        [replace(c, strategy=strategy, known_failure=_mark_for(c, strategy)) for c in cases]
+    )
+
+
+def _mark_for(case: Case, strategy: str) -> str | None:
+    return case.known_failure if case.strategy == strategy else None
 
 
 def override_shapes(cases: list[Case], shapes: list[str]) -> list[Case]:

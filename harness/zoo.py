@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.models import mlx_lm_api
+from harness.models import impl, mlx_lm_api
 from harness.models.mlx_lm_api import MissingModelType
 
 
@@ -1071,18 +1071,19 @@ def config_copy(arch: Arch) -> dict[str, Any]:
     return copy.deepcopy(dict(arch.config))
 
 
-def model_classes(config: Mapping[str, Any]) -> tuple[type, type]:
-    """(Model, ModelArgs) of a config through mlx-lm's own model_type resolution."""
-    return mlx_lm_api.model_classes(config)
+def support(name: str) -> Support:
+    """What the installed mlx-lm offers for an architecture; never raises for it."""
+    return _support(name, tuple(sorted(impl.installed().items())))
 
 
 @functools.cache
-def support(name: str) -> Support:
-    """What the installed mlx-lm offers for an architecture; never raises for it."""
+def _support(name: str, files: tuple[tuple[str, str], ...]) -> Support:
+    """Remembered per model files installed with `--impl` (`files`): an answer found with
+    mlx-lm's own modules is not one for a fork's."""
     arch = get_arch(name)
-    from harness.models import probes  # here: listing the zoo needs no cache
+    from harness.models import answers  # here: listing the zoo needs no cache
 
-    built = probes.remembered("support", config_copy(arch), lambda: _probe(arch))
+    built = answers.remembered("support", config_copy(arch), lambda: _probe(arch))
     tp, pp, reason = built["tp"], built["pp"], built["reason"]
     if reason is not None:
         return Support(available=False, tp=tp, pp=pp, reason=reason)
@@ -1099,7 +1100,7 @@ def _probe(arch: Arch) -> dict[str, Any]:
     not) and whether it has shard() and pipeline()."""
     config = config_copy(arch)
     try:
-        model_cls, args_cls = model_classes(config)
+        model_cls, args_cls = mlx_lm_api.model_classes(config)
         # Constructing is cheap (weights stay lazy) and is the only reliable way to
         # reach the inner model whose class carries pipeline().
         model = model_cls(args_cls.from_dict(config))

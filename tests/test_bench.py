@@ -13,7 +13,7 @@ from harness.run import protocol
 from harness.run.protocol import Result, Start
 from harness.run.rank.bench import FIELDS, run_on_rank
 
-SMALL = ("-p", "32", "-g", "8", "-n", "2")
+SMALL = ("-p", "32", "-g", "8", "--num-trials", "2")
 
 
 def _trials(ranks: int, prompt: list[float], generation: list[float]) -> list[dict]:
@@ -127,7 +127,9 @@ def test_suite_bench_entry_mistakes_name_the_entry(tmp_path):
     [
         (("-p", "0"), ["--prompt-tokens must be an integer of at least 1, got 0"]),
         (("-g", "-3"), ["--generation-tokens must be an integer of at least 1, got -3"]),
-        (("-n", "0"), ["--num-trials must be an integer of at least 1, got 0"]),
+        (("--num-trials", "0"), ["--num-trials must be an integer of at least 1, got 0"]),
+        # -n is --ranks, as in every command (mlx_lm.benchmark's -n is --num-trials).
+        (("-n", "0"), ["--ranks must be at least 1, got 0"]),
         (("--prefill-step-size", "0"), ["--prefill-step-size must be"]),
         (("-b", "33"), ["--batch-size 33 is more than the 32 sequences", "batch_generate"]),
         (("-p", "4000", "-g", "200"), ["4200 tokens", "context of 4096"]),
@@ -234,7 +236,7 @@ def test_an_interpreter_without_mlx_is_one_sentence_before_any_launch(
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "bare"], check=True)
     result = run_cli(
         "bench", "--arch", "qwen3_moe", "--python", str(tmp_path / "bare/bin/python"),
-        "-p", "16", "-g", "4", "-n", "1", "--db", db_path,
+        "-p", "16", "-g", "4", "--num-trials", "1", "--db", db_path,
     )  # fmt: skip
     assert_one_line_error(result, "bare/bin/python has no mlx or mlx-lm installed")
 

@@ -17,7 +17,7 @@ def test_strategies_side_by_side_in_one_launch_and_a_crash_costs_only_itself(run
         "--strategy", "tp", "--strategy", "pp",
         "--strategy", "harness.faults.crash:segfault_on_last_rank",
         "--strategy", "harness.faults.controls:manual_tp",
-        "-p", "32", "-g", "6", "-n", "2", "--timeout", "120", "--db", db_path,
+        "-p", "32", "-g", "6", "--num-trials", "2", "--timeout", "120", "--db", db_path,
     )  # fmt: skip
     assert result.code == 1, result.out + result.err  # the segfaulting strategy failed
     db = store.open_db(db_path)
@@ -44,7 +44,7 @@ def test_strategies_side_by_side_in_one_launch_and_a_crash_costs_only_itself(run
 def test_batched_generation_on_two_ranks(run_cli, db_path):
     result = run_cli(
         "bench", "--arch", "deepseek_v3", "--ranks", "2", "--strategy", "pp",
-        "-p", "16", "-g", "4", "-b", "3", "-n", "2", "--db", db_path,
+        "-p", "16", "-g", "4", "-b", "3", "--num-trials", "2", "--db", db_path,
     )  # fmt: skip
     assert result.code == 0, result.out + result.err
     samples = list(store.open_db(db_path).query("select * from bench_samples"))
@@ -55,7 +55,7 @@ def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
     result = run_cli(
         "bench", "--arch", "qwen3_moe", "--ranks", "2",
         "--strategy", "harness.faults.crash:hang_on_last_rank",
-        "-p", "16", "-g", "4", "-n", "1", "--timeout", "10", "--db", db_path,
+        "-p", "16", "-g", "4", "--num-trials", "1", "--timeout", "10", "--db", db_path,
     )  # fmt: skip
     assert result.code == 1, result.out + result.err
     (row,) = store.get_run(store.open_db(db_path), None, "bench")[1]
@@ -91,7 +91,7 @@ def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(tm
             "16",
             "-g",
             "4",
-            "-n",
+            "--num-trials",
             "1",
             "--timeout",
             "300",

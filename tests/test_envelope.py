@@ -5,7 +5,7 @@ how much, where in the prompt and at which layer."""
 import numpy as np
 
 from harness.records import envelope
-from harness.records.compare import TOLERANCES, compare
+from harness.records.ladder import TOLERANCES, compare
 from harness.records.outputs import Output
 
 rng = np.random.default_rng(0)

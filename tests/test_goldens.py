@@ -12,7 +12,7 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.paths import SHIPPED_GOLDENS
 from harness.records import goldens
-from harness.records.compare import tolerance_for
+from harness.records.ladder import tolerance_for
 from harness.run.rank import golden_lifecycle
 
 CASE = Case("qwen3_moe", "tp")  # the CLI's defaults, so --arch selects the same key

@@ -33,10 +33,8 @@ def restore_modules():
 
     mlx_lm.models.qwen3_moe = original
     from harness.models import impl
-    from harness.zoo import support
 
     impl._INSTALLED.clear()
-    support.cache_clear()
 
 
 def test_diff_impl_finds_the_layer_that_differs(forked, run_cli, mlx_lm_sources):
@@ -62,6 +60,20 @@ def test_install_makes_the_model_type_use_the_file(forked, restore_modules):
     after = reference_output(case)
     assert sys.modules["mlx_lm.models.qwen3_moe"].__file__ == str(forked)
     assert abs(after.prefill - before.prefill).max() > 1e-4
+
+
+def test_what_the_zoo_finds_supported_follows_the_installed_file(
+    tmp_path, restore_modules, mlx_lm_sources
+):
+    """No cache to clear by hand: support() is remembered per installed model file."""
+    from harness.zoo import support
+
+    assert support("qwen3_moe").tp
+    unshardable = tmp_path / "qwen3_moe_unshardable.py"
+    source = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
+    unshardable.write_text(source.replace("def shard(", "def not_shard("))
+    impl.install({"qwen3_moe": str(unshardable)})
+    assert not support("qwen3_moe").tp and support("qwen3_moe").available
 
 
 def test_a_file_that_does_not_define_the_model_type(

@@ -30,7 +30,12 @@ def test_records_import_neither_mlx_nor_mlx_lm():
     out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    assert "store" in modules and "goldens" in modules and "compare" in modules
+    assert (
+        "store" in modules
+        and "goldens" in modules
+        and "ladder" in modules
+        and "diagnose" in modules
+    )
 
 
 def test_report_loads_no_mlx(tmp_path):
@@ -52,7 +57,11 @@ def test_report_loads_no_mlx(tmp_path):
 def _imports(path: Path, anywhere: bool = False) -> set[str]:
     """The harness modules a file imports at module level (`anywhere`: inside functions
     too)."""
-    tree = ast.parse(path.read_text())
+    return _imported(path.read_text(), anywhere)
+
+
+def _imported(source: str, anywhere: bool = False) -> set[str]:
+    tree = ast.parse(source)
     found = set()
     for node in ast.walk(tree) if anywhere else tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
@@ -133,25 +142,55 @@ def test_the_service_stands_on_records_alone():
     ]
 
 
-def test_no_import_cycle_at_module_level():
-    graph = {
-        name: {m for m in _imports(path) if m in MODULES and m != name}
+def _graph() -> dict[str, set[str]]:
+    """Every module's harness imports, those made when a function runs included: a cycle
+    through a call-time import is a cycle all the same, only hidden."""
+    return {
+        name: {m for m in _imports(path, anywhere=True) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """The first import cycle found, as the trail of modules that closes it."""
     state: dict[str, int] = {}
 
-    def visit(node: str, trail: list[str]) -> None:
+    def visit(node: str, trail: list[str]) -> list[str] | None:
         state[node] = 1
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*trail, node, nxt]))
-            if nxt not in state:
-                visit(nxt, [*trail, node])
+                return [*trail, node, nxt]
+            if nxt not in state and (found := visit(nxt, [*trail, node])):
+                return found
         state[node] = 2
+        return None
 
-    for name in graph:
-        if name not in state:
-            visit(name, [])
+    for name in sorted(graph):
+        if name not in state and (found := visit(name, [])):
+            return found
+    return None
+
+
+def test_no_import_cycle_even_through_imports_inside_functions():
+    cycle = _cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# How harness.models.impl once cleared the zoo's cache after installing a model file.
+CLEARING_THE_ZOO = """
+def install(overrides):
+    from harness.zoo import support
+
+    support.cache_clear()
+"""
+
+
+def test_the_cycle_check_sees_the_zoo_cleared_from_inside_a_function():
+    graph = _graph()
+    graph["harness.models.impl"] |= _imported(CLEARING_THE_ZOO, anywhere=True) & set(MODULES)
+    assert not _imported(CLEARING_THE_ZOO)  # nothing at module level: the old check passed
+    cycle = _cycle(graph)
+    assert cycle and {"harness.zoo", "harness.models.impl"} <= set(cycle), cycle
 
 
 def test_case_from_a_newer_harness_drops_unknown_fields_with_a_warning():

@@ -117,7 +117,7 @@ def test_version_names_the_harness_mlx_and_mlx_lm(run_cli):
     result = run_cli("--version")
     assert result.code == 0
     line = result.out.strip()
-    assert line.startswith(f"harness {package_version('harness')} ")
+    assert line.startswith(f"mlx-harness {package_version('mlx-harness')} ")
     assert f"mlx {package_version('mlx')}" in line
     assert f"mlx-lm {package_version('mlx-lm')}" in line
 

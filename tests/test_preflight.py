@@ -24,8 +24,9 @@ import pytest
 
 from harness import preflight
 from harness.errors import HarnessError
+from harness.models.mlx_lm_api import model_classes
 from harness.run.parent.launch import Target, launch_argv
-from harness.zoo import ARCHS, config_copy, model_classes, support
+from harness.zoo import ARCHS, config_copy, support
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 240  # generous: the shared 2-core machine can be heavily loaded

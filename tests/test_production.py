@@ -1,6 +1,7 @@
-"""Production conditions (DESIGN.md): bf16 activations judged against an fp32 truth on real
-ranks, unquantized bf16 skipped where the backend cannot run it, a prompt past the model's
-context refused, and faults that need bf16 or a second request caught with their words."""
+"""Production conditions (README, "Low precision"): bf16 activations judged against an
+fp32 truth on real ranks, unquantized bf16 skipped where the backend cannot run it, a
+prompt past the model's context refused, and faults that need bf16 or a second request
+caught with their words."""
 
 import json
 

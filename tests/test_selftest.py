@@ -22,7 +22,7 @@ from harness.faults.selftest import (
     run_selftest,
 )
 from harness.records import store
-from harness.records.compare import TOLERANCES, Comparison, Metrics, compare
+from harness.records.ladder import TOLERANCES, Comparison, Metrics, compare
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.shapes import SHAPES

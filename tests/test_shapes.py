@@ -9,8 +9,8 @@ from harness.case import DEFAULT_PROMPTS, Case
 from harness.errors import HarnessError
 from harness.models.build import shape_skip_reason
 from harness.paths import SHIPPED_GOLDENS
-from harness.records.compare import TOLERANCES, compare
 from harness.records.goldens import paths
+from harness.records.ladder import TOLERANCES, compare
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.records.shape_summary import shape_summary

@@ -86,6 +86,17 @@ def test_override_strategy_dedupes():
     assert len(cases) == len({c.key() for c in cases})
 
 
+@pytest.mark.parametrize("suite", ["moe", "nightly"])
+def test_a_known_failure_follows_only_the_strategy_it_was_written_for(suite):
+    marked = [c for c in suites.load_suite(suite) if c.known_failure]
+    assert {c.strategy for c in marked} == {"pp"}
+    for strategy in ("tp", "my_shard.py:shard", "none"):
+        cases = suites.override_strategy(suites.load_suite(suite), strategy)
+        assert not [c.label() for c in cases if c.known_failure], strategy
+    kept = suites.override_strategy(suites.load_suite(suite), "pp")
+    assert {c.label() for c in kept if c.known_failure} == {c.label() for c in marked}
+
+
 def test_case_key_ignores_parallel_layout():
     assert Case("qwen3_moe", "tp").key() == Case("qwen3_moe", "pp").key()
     assert Case("qwen3_moe", quant=4).key() != Case("qwen3_moe").key()

@@ -15,8 +15,8 @@ from mlx.utils import tree_flatten
 
 from harness.case import Case
 from harness.models.build import build_model, tiny_config
+from harness.models.mlx_lm_api import model_classes
 from harness.models.weights import init_weights, param_rng
-from harness.zoo import model_classes
 
 REPO = Path(__file__).resolve().parent.parent
 # Archs whose constructors draw from mx.random (GatedDeltaNet A_log, MLA MultiLinear,

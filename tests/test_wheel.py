@@ -27,8 +27,9 @@ def wheel(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    (found,) = dist.glob("*.whl")
-    assert list(dist.glob("*.tar.gz")), "the sdist is built too"
+    # The distribution is mlx-harness ("harness" on the index is another project).
+    (found,) = dist.glob("mlx_harness-*.whl")
+    assert list(dist.glob("mlx_harness-*.tar.gz")), "the sdist is built too"
     return found
 
 
@@ -74,7 +75,7 @@ def test_the_wheel_ships_every_suite_and_golden_of_the_checkout(wheel):
 
 def test_the_installed_harness_runs_a_suite_against_its_goldens(harness, empty):
     version = run(harness, empty, "--version")
-    assert version.returncode == 0 and version.stdout.startswith("harness "), version.stderr
+    assert version.returncode == 0 and version.stdout.startswith("mlx-harness "), version.stderr
     result = run(harness, empty, "run", "--suite", "smoke", "--repeats", "0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     suite_line, goldens_line = result.stdout.splitlines()[:2]

@@ -12,6 +12,7 @@ import pytest
 from harness import zoo
 from harness.case import DEFAULT_PROMPTS, Case
 from harness.errors import HarnessError
+from harness.models import mlx_lm_api
 from harness.models.build import build_model, tiny_config
 from harness.zoo import ARCHS, Arch, get_arch, support
 
@@ -144,7 +145,7 @@ _SHARDED_TO_ALL = ("o_proj", "down_proj", "out_proj", "o_b_proj", "dense")
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_sharded_to_all_inputs_stay_quantizable_at_every_rank_count(name: str) -> None:
     config = zoo.config_copy(get_arch(name))
-    model_cls, args_cls = zoo.model_classes(config)
+    model_cls, args_cls = mlx_lm_api.model_classes(config)
     model = model_cls(args_cls.from_dict(config))
     widths = {
         path: module.weight.shape[-1]

@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5)
     parser.add_argument("--configs", default="1:none,2:tp,2:pp", help="ranks:strategy,...")
     args = parser.parse_args()
-    flags = ["-p", str(args.p), "-g", str(args.g), "-b", str(args.b), "-n", str(args.n)]
+    # --num-trials, not -n: harness bench's -n is --ranks, as in every harness command.
+    flags = ["-p", str(args.p), "-g", str(args.g), "-b", str(args.b), "--num-trials", str(args.n)]
     work = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     model, db = work / "qwen3_moe-mlx", work / "bench.db"
     write = [str(BIN / "harness"), "checkpoint", "write", "--arch", "qwen3_moe"]

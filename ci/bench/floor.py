@@ -1,4 +1,4 @@
-"""The speed floor of DESIGN.md: a bare script that, for the same 30 cases as floor.toml,
+"""The speed floor (README, "Benchmarks"): a bare script that, for the same 30 cases as floor.toml,
 builds the tiny model, runs the unsharded prefill + 4 cached decode steps, shards, runs
 them again and compares, on 2 ranks. bench.sh times it against the harness.
 

@@ -30,7 +30,7 @@ from harness.bisect.judge import CaseVerdict, group_verdict, judge_case
 from harness.bisect.search import BAD, GOOD, SKIP
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
 
 EXIT_ABORT = 128  # git bisect run stops on any code above 127

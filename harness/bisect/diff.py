@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.bisect import implementations, sharded
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.result import CaseResult
 from harness.zoo import ARCHS
 

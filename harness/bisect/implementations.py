@@ -58,7 +58,7 @@ class Implementation:
 
 
 @dataclass
-class Reference:
+class ImplementationReference:
     status: str  # "ok" | "skip" | "error" (see harness.bisect.probe)
     detail: str | None = None
     output: Output | None = None
@@ -69,7 +69,7 @@ class Reference:
 class References:
     implementation: Implementation
     versions: dict[str, str]
-    cases: dict[str, Reference]  # by case key
+    cases: dict[str, ImplementationReference]  # by case key
 
 
 def release(version: str) -> Implementation:
@@ -146,5 +146,7 @@ def references(implementation: Implementation, cases: list[Case]) -> References:
                 with np.load(Path(out) / f"{line['key']}.npz") as data:
                     output = Output.from_arrays(dict(data))
             strategies = tuple(s for s in ("tp", "pp") if line.get(s))
-            found[line["key"]] = Reference(line["status"], line.get("detail"), output, strategies)
+            found[line["key"]] = ImplementationReference(
+                line["status"], line.get("detail"), output, strategies
+            )
     return References(implementation, versions, found)

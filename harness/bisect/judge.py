@@ -15,7 +15,7 @@ from harness.bisect.implementations import References
 from harness.bisect.search import BAD, GOOD, SKIP
 from harness.case import Case
 from harness.records import goldens
-from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import CRASH, ERROR, FAIL, TIMEOUT, CaseResult
 from harness.records.result import SKIP as SKIP_STATUS
@@ -47,11 +47,7 @@ def held(case: Case, output: Output, baseline: Output | Path) -> tuple[str, Comp
             return SKIP, None
         golden, _ = stored
         comparison = goldens.hold(golden, output, tol)
-        moved = goldens.first_divergent_layer(
-            golden.layers, goldens.layer_norms(output.layers), tol
-        )
-        if not comparison.passed and moved is not None:
-            comparison.first_divergent_layer, comparison.first_divergent_part = moved[:2]
+        goldens.localize(comparison, golden, goldens.layer_norms(output.layers), tol)
     return (GOOD if comparison.passed else BAD), comparison
 
 

@@ -20,7 +20,7 @@ from harness.bisect.search import BAD, GOOD, SKIP, Bisection, bisect
 from harness.bisect.sharded import Runner, run_supported
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.records.compare import Comparison, compare, tolerance_for
+from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
 
 

@@ -9,7 +9,15 @@ import typer
 
 from harness import render, suites
 from harness.case import BenchCase
-from harness.commands.options import DEFAULT_DB, Backend, Db, Hostfile, Python, command_line
+from harness.commands.options import (
+    DEFAULT_DB,
+    Backend,
+    Db,
+    Hostfile,
+    Python,
+    Ranks,
+    command_line,
+)
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import result_line, row_line, side_by_side
@@ -85,7 +93,8 @@ def bench(
         int, typer.Option(help="Prompt tokens per prefill chunk.")
     ] = BenchCase.prefill_step_size,
     num_trials: Annotated[
-        int, typer.Option("--num-trials", "-n", help="Timed trials per strategy.")
+        # mlx_lm.benchmark's -n: here -n is --ranks, as in every command.
+        int, typer.Option("--num-trials", help="Timed trials per strategy.")
     ] = BenchCase.num_trials,
     warmup: Annotated[
         int, typer.Option(help="Untimed generations before the trials.")
@@ -93,7 +102,7 @@ def bench(
     suite: Annotated[
         str | None, typer.Option("--suite", "-s", help="A suite's [[bench]] entries instead.")
     ] = None,
-    ranks: Annotated[int, typer.Option(help="Number of ranks (1 runs in-process).")] = 1,
+    ranks: Ranks = 1,
     backend: Backend = None,
     hostfile: Hostfile = None,
     python: Python = None,

@@ -27,8 +27,8 @@ from harness.commands.options import (
 )
 from harness.errors import HarnessError
 from harness.models import impl
-from harness.records import store
-from harness.records.compare import Comparison
+from harness.records import diagnose, store
+from harness.records.ladder import Comparison
 from harness.records.result import CaseResult
 
 app = typer.Typer(
@@ -162,7 +162,7 @@ def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]
 def _ladder(c: Comparison) -> str:
     m = c.metrics
     layer = (
-        f"first divergent layer {c.first_divergent_layer} ({c.first_divergent_part})"
+        diagnose.first_divergent_layer(c.first_divergent_layer, c.first_divergent_part)
         if c.first_divergent_layer is not None
         else "no layer diverges"
     )

@@ -53,6 +53,12 @@ def run(
             '"ops": [...]}; every case runs it.'
         ),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Weights seed (and a scenario's prompts) of every case, instead of theirs."
+        ),
+    ] = None,
     ranks: Ranks = 1,
     backend: Backend = None,
     hostfile: Hostfile = None,
@@ -97,7 +103,7 @@ def run(
     from harness.run.parent.loop import run_cases
     from harness.run.parent.plan import RunOptions
 
-    cases = select_cases(suite, arch, strategy, precision, shapes, scenario)
+    cases = select_cases(suite, arch, strategy, precision, shapes, scenario, seed)
     chosen = paths.goldens(goldens_dir)
     golden_dir = chosen.writable() if record_missing else chosen.directory
     options = RunOptions(

@@ -17,12 +17,19 @@ def select_cases(
     precision: list[str] | None,
     shapes: list[str] | None = None,
     scenario: str | None = None,
+    seed: int | None = None,
 ) -> list[Case]:
     """A suite's cases (at `shapes` instead of theirs, if given), or architectures by name:
     every strategy asked for stays, so one the architecture lacks is skipped with the reason.
-    With `scenario` (JSON, harness.scenario), every case runs that scenario."""
+    With `scenario` (JSON, harness.scenario), every case runs that scenario; with `seed`,
+    every case takes that seed."""
     if (suite is None) == (not arch):
         raise HarnessError("give either --suite NAME or one or more --arch NAME")
+    if seed is not None:
+        if seed < 0:
+            raise HarnessError(f"--seed must be 0 or more, got {seed}")
+        cases = select_cases(suite, arch, strategy, precision, shapes, scenario)
+        return suites.dedupe([replace(c, seed=seed) for c in cases])
     if scenario is not None:
         if shapes:
             raise HarnessError("give --shapes or --scenario, not both: a scenario sets its shapes")

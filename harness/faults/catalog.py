@@ -1,12 +1,13 @@
 """The fault catalog: every broken strategy the harness ships, with the verdict and the
 diagnosis it must produce, and the correct-but-different controls it must pass.
 
-An entry names its strategy (`package.module:function`, the interface users have), the
-bug class of DESIGN.md it stands for, the expected status and diagnosis substrings, the
-layer and sub-block it breaks, and which architectures it applies to: a predicate over
-the zoo's `Arch` and `Support`, helped by a structural probe of the tiny model (does
-layer 1 have stacked experts, shared experts, a biased expert down projection; does
-layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a split).
+An entry names its strategy (`package.module:function`, the interface users have), the bug
+class it stands for (README, "Proving the harness catches bugs"), the expected status and
+diagnosis substrings, the layer and sub-block it breaks, and which architectures it
+applies to: a predicate over the zoo's `Arch` and `Support`, helped by a structural probe
+of the tiny model (does layer 1 have stacked experts, shared experts, a biased expert down
+projection; does layer 2 have a GatedDeltaNet, a KV-head count; does the pipeline take a
+split).
 
 `representative` is the default subset the selftest runs: one architecture per
 structural family the fault touches (GQA attention with plain experts: qwen3_moe; MLA
@@ -23,7 +24,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
@@ -32,11 +33,13 @@ from mlx_lm.models.pipeline import PipelineMixin
 from harness.errors import HarnessError
 from harness.faults import parts
 from harness.faults import shape_bugs as shape_faults
+from harness.models.mlx_lm_api import model_classes
+from harness.records import diagnose
 from harness.run.rank.forward import decoder_layers
 from harness.suites import parse_precision
-from harness.zoo import ARCHS, Arch, Support, config_copy, model_classes, support
+from harness.zoo import ARCHS, Arch, Support, config_copy, support
 
-# Bug classes, in the words of DESIGN.md's table.
+# Bug classes, one broken strategy each (README, "Proving the harness catches bugs").
 WRONG_AXIS = "stacked expert weights sliced on the wrong axis"
 UNSHARDED_SUM = "all_sum over an output that was never sharded"
 FUSED_SPLIT = "fused projection split contiguously instead of per segment"
@@ -58,9 +61,14 @@ PADDING = "padding not masked in a batch of mixed lengths"
 BF16_ONLY = "a path taken only with bf16 activations"
 PAST_PREFILL_STEP = "corruption past one prefill step (2,048 tokens)"
 STATE_CARRIED = "state carried from one request into the next"
+# Serving: bugs only a scenario reaches (harness.scenario), never the fixed shapes.
+BATCH_WIDTH = "a reduction skipped for batch rows past the second"
+CACHE_GROWTH = "wrong where the KV cache grows (a decode at position 256)"
+REQUEST_LEFT = "state corrupted when a request leaves the batch"
+REUSED_PREFIX = "a reused prefix cache read wrongly"
 CONTROL = "correct sharding that differs from mlx-lm's"
 
-ATTENTION, MLP, OUTPUT = "attention", "mlp/moe", "layer output"
+ATTENTION, MLP, OUTPUT = (diagnose.PART_NAMES[p] for p in ("attn", "mlp", "out"))
 LOOP = "loop"  # the zoo feature of architectures that run their layers more than once
 L1, L2 = parts.MLP_LAYER, parts.ATTENTION_LAYER
 
@@ -83,6 +91,7 @@ class Structure:
     final_norm: bool = False  # model.model.norm
     rotating_cache: bool = False  # a layer's cache has a max_size (sliding window)
     kv_cache: bool = False  # layer 2 keeps a plain, unbounded KV cache (no window, no state)
+    moe_reduces: bool = False  # layer 1's MoE block all-sums its own output (sharding_group)
 
 
 @functools.cache
@@ -125,6 +134,7 @@ def _feedforward(block: nn.Module) -> dict:
         "stacked_experts": experts is not None,
         "shared_experts": parts.shared_experts(block) is not None,
         "expert_bias": experts is not None and "bias" in experts.down_proj,
+        "moe_reduces": experts is not None and hasattr(block, "sharding_group"),
     }
 
 
@@ -179,6 +189,9 @@ class Fault:
     min_ranks: int = 2
     base: str = "tp"  # the built-in parallelism it starts from (its preflight rules)
     shape: str | None = None  # the shape profile it shows at (None: the selftest's short)
+    # The smallest scenario (harness.scenario) it shows at, where the fixed shapes pass it:
+    # what `harness explore` must find and shrink to.
+    scenario: dict | None = field(default=None, hash=False)
 
     @property
     def control(self) -> bool:
@@ -208,7 +221,7 @@ class Fault:
 
 def _at(layer: int, part: str, *more: str) -> dict:
     """A fault injected at `layer`'s `part`: the diagnosis must name exactly that."""
-    where = f"first divergent layer {layer} ({part})"
+    where = diagnose.first_divergent_layer(layer, part)
     return {"layer": layer, "part": part, "diagnoses": (*more, where)}
 
 
@@ -232,7 +245,7 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="double_reduce_mlp", strategy=F + "reduction:double_reduce_mlp",
           bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.layers > L1),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"),
-          **_at(L1, MLP, "scaled x{ranks}")),
+          **_at(L1, MLP, diagnose.scaled("{ranks}"))),
     Fault(name="unsharded_shared_expert", strategy=F + "reduction:unsharded_shared_expert",
           bug_class=UNSHARDED_SUM, applies=tp(lambda s: s.shared_experts),
           representative=("deepseek_v3", "qwen3_5_moe"), **_at(L1, MLP)),
@@ -248,7 +261,7 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="saturating_head", strategy=F + "corruption:saturating_head",
           bug_class=SATURATING, applies=tp(lambda s: s.final_norm),
           representative=("qwen3_moe",),
-          diagnoses=("saturated", "layers match: divergence after the last decoder layer")),
+          diagnoses=(diagnose.SATURATED, diagnose.AFTER_LAST_LAYER)),
     Fault(name="missing_reduction_attention",
           strategy=F + "reduction:missing_reduction_attention",
           bug_class=MISSING_SUM, applies=tp(lambda s: s.attention),
@@ -264,10 +277,10 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="skip_layer", strategy=F + "pipeline:skip_layer", bug_class=PIPELINE,
           applies=pp(lambda s: s.layers == 4 and s.plain_pipeline),
           representative=("qwen3_moe", "deepseek_v3"),
-          base="pp", layer=L2, part=OUTPUT, diagnoses=(f"layer {L2} did not run on any rank",)),
+          base="pp", layer=L2, part=OUTPUT, diagnoses=(diagnose.skipped_layer(L2),)),
     Fault(name="decode_only", strategy=F + "corruption:decode_only", bug_class=DECODE_ONLY,
           applies=tp(lambda s: s.attention), representative=("qwen3_moe",),
-          diagnoses=("decode-only",)),
+          diagnoses=(diagnose.DECODE_ONLY,)),
     Fault(name="perturb_one_expert", strategy=F + "corruption:perturb_one_expert",
           bug_class=SMALL, applies=tp(lambda s: s.stacked_experts),
           representative=("qwen3_moe", "deepseek_v3"), **_at(L1, MLP)),
@@ -277,7 +290,7 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="nan_in_attention", strategy=F + "corruption:nan_in_attention",
           bug_class=NON_FINITE, applies=tp(lambda s: s.attention),
           representative=("qwen3_moe",), layer=L2, part=ATTENTION,
-          diagnoses=(f"non-finite from layer {L2} ({ATTENTION})",)),
+          diagnoses=(diagnose.non_finite(diagnose.layer_name(L2, ATTENTION)),)),
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
           representative=("qwen3_moe",), expected="crash", diagnoses=("rank 0 raised",)),
@@ -285,42 +298,68 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="later_prefill_chunk", strategy=F + "shape_bugs:later_prefill_chunk",
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="long-chunked",
-          **_at(L2, ATTENTION, "from prompt token 32 (prefill chunk 2 of 3)")),
+          **_at(L2, ATTENTION, diagnose.from_prompt_token(32, 2, 3))),
     # A latent MoE (kimi_k3) calls its experts in a latent width of its own: left out.
     Fault(name="many_tokens", strategy=F + "shape_bugs:many_tokens", bug_class=TOKEN_COUNT,
           applies=lambda arch, sup: "latent_moe" not in arch.features
           and tp(lambda s: s.stacked_experts)(arch, sup), representative=("qwen3_moe",),
-          shape="long-chunked", **_at(L1, MLP, "from prompt token 0 (prefill chunk 1 of 3)")),
+          shape="long-chunked", **_at(L1, MLP, diagnose.from_prompt_token(0, 1, 3))),
     Fault(name="batch_one", strategy=F + "shape_bugs:batch_one", bug_class=BATCH_ONE,
           applies=tp(lambda s: s.mask_and_cache), representative=("qwen3_moe",),
           shape="single-stream", **_at(L2, ATTENTION)),
     Fault(name="past_window", strategy=F + "shape_bugs:past_window", bug_class=WINDOW,
           applies=tp(lambda s: s.mask_and_cache and s.rotating_cache),
           representative=("gpt_oss",), shape="window",
-          diagnoses=("decode-only", "from decode position 4 (step 2 of 8)")),
+          diagnoses=(diagnose.DECODE_ONLY, diagnose.from_decode_position(4, 2, 8))),
     # MLA attention builds its own array masks, so only GQA heads take the plain causal one.
     Fault(name="unmasked_padding", strategy=F + "shape_bugs:unmasked_padding", bug_class=PADDING,
           applies=tp(lambda s: s.mask_and_cache and s.kv_cache and s.kv_heads),
           representative=("qwen3_moe",), shape="mixed",
-          **_at(L2, ATTENTION, "from prompt token 4 (prefill chunk 4 of 4)")),
+          **_at(L2, ATTENTION, diagnose.from_prompt_token(4, 4, 4))),
     # ---- production conditions: bf16 activations, past one prefill step, a second request
     Fault(name="bf16_double_reduce", strategy=F + "production:bf16_double_reduce",
           bug_class=BF16_ONLY, applies=tp(lambda s: s.layers > L1),
           representative=("qwen3_moe",), precision="q4-bf16",
-          **_at(L1, MLP, "scaled x{ranks}")),
+          **_at(L1, MLP, diagnose.scaled("{ranks}"))),
     Fault(name="past_prefill_step", strategy=F + "production:past_prefill_step",
           bug_class=PAST_PREFILL_STEP, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",), shape="past-prefill-step",
-          **_at(L2, ATTENTION, "from prompt token 2048 (prefill chunk 2 of 3)")),
+          **_at(L2, ATTENTION, diagnose.from_prompt_token(2048, 2, 3))),
     Fault(name="state_between_requests", strategy=F + "production:state_between_requests",
           bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",),
-          diagnoses=("request 2 differs from request 1 (state carried between requests)",)),
+          diagnoses=(diagnose.state_carried(2, None),)),
     Fault(name="stale_decode_state", strategy=F + "production:stale_decode_state",
           bug_class=STATE_CARRIED, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),
           representative=("qwen3_moe",),
-          diagnoses=("differs from request 1 (state carried between requests), "
-                     "from decode step 1",)),
+          diagnoses=(f"{diagnose.STATE_CARRIED}, {diagnose.from_decode_step(1, 2)}",)),
+    # ---- serving: batch width, the cache's growth step, a request leaving, a reused prefix
+    Fault(name="wide_batch", strategy=F + "serving:wide_batch", bug_class=BATCH_WIDTH,
+          applies=tp(lambda s: s.moe_reduces), representative=("qwen3_moe", "deepseek_v3"),
+          scenario={"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 1, "decode": 0},
+          **_at(L1, MLP, "row 2 of 3, prompt token 0")),
+    Fault(name="cache_growth", strategy=F + "serving:cache_growth", bug_class=CACHE_GROWTH,
+          applies=tp(lambda s: s.moe_reduces and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "batch", "prompts": [256], "prefill_step": 256, "decode": 1},
+          diagnoses=("decode-only", "row 0 of 1, decode step 1 of 1 at cache position 256")),
+    Fault(name="request_left", strategy=F + "serving:request_left", bug_class=REQUEST_LEFT,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 1, "max_tokens": 1},
+              {"op": "insert", "uid": 1, "prompt": 1, "max_tokens": 3},
+              {"op": "step", "n": 4}]},
+          diagnoses=("uid 1, its token 2 at cache position 2 (op 2: step), "
+                     "after uid 0 left the batch",)),
+    Fault(name="reused_prefix", strategy=F + "serving:reused_prefix", bug_class=REUSED_PREFIX,
+          applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 2, "max_tokens": 1},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 2, "max_tokens": 1,
+               "reuse": {"uid": 0, "tokens": 1}},
+              {"op": "step", "n": 2}]},
+          diagnoses=("uid 1, its first token (from its prefill) at cache position 1",
+                     "reusing 1 tokens of uid 0's cache")),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected="pass"),
@@ -341,6 +380,18 @@ _ENTRIES: tuple[Fault, ...] = (
           representative=("qwen3_moe", "gpt_oss"), expected="pass", shape="long-chunked"),
     Fault(name="tp_mixed", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe",), expected="pass", shape="mixed"),
+    Fault(name="tp_serve", strategy="tp", bug_class=CONTROL, applies=tp(),
+          representative=("qwen3_moe", "deepseek_v3"), expected="pass",
+          scenario={"kind": "serve", "prefill_step": 4, "ops": [
+              {"op": "insert", "uid": 0, "prompt": 6, "max_tokens": 4},
+              {"op": "step", "n": 3},
+              {"op": "insert", "uid": 1, "prompt": 9, "max_tokens": 3},
+              {"op": "insert", "uid": 2, "prompt": 2, "max_tokens": 5},
+              {"op": "step", "n": 2},
+              {"op": "remove", "uid": 0},
+              {"op": "insert", "uid": 3, "prompt": 8, "max_tokens": 3,
+               "reuse": {"uid": 0, "tokens": 5}},
+              {"op": "step", "n": 8}]}),
 )
 # fmt: on
 

@@ -1,7 +1,8 @@
-"""Bugs of production conditions (DESIGN.md): each starts from mlx-lm's correct tensor
-parallel and goes wrong only with bf16 activations, only past one prefill step of mlx-lm's
-default 2,048 tokens, or only in a request after the first on the same loaded model (in its
-prefill, or in its decode steps only). The default suites' fp32 short cases pass them all.
+"""Bugs of production conditions (README, "Low precision"; the fault table): each starts
+from mlx-lm's correct tensor parallel and goes wrong only with bf16 activations, only past
+one prefill step of mlx-lm's default 2,048 tokens, or only in a request after the first on
+the same loaded model (in its prefill, or in its decode steps only). The default suites'
+fp32 short cases pass them all.
 """
 
 from __future__ import annotations

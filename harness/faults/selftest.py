@@ -9,8 +9,9 @@ what the catalog expects:
   `missed` when it passed; `wrong diagnosis` otherwise (given vs expected is reported);
 - a control is `passed`, or a `false alarm`.
 
-A fault of a shape class runs at its shape profile (`long-chunked`, `mixed`, ...); the
-others at the default prompts with fewer decode steps.
+A fault of a shape class runs at its shape profile (`long-chunked`, `mixed`, ...), a
+serving fault at its smallest scenario (harness.scenario); the others at the default
+prompts with fewer decode steps.
 
 Architectures: each fault's representative subset by default (see the catalog), every
 architecture it applies to with `all_archs`. Cases whose built-in parallelism breaks a
@@ -46,7 +47,7 @@ class Planned:
 
 
 @dataclass
-class Verdict:
+class SelftestVerdict:
     fault: str
     arch: str
     precision: str
@@ -86,17 +87,17 @@ class Verdict:
 @dataclass
 class SelftestReport:
     ranks: int
-    verdicts: list[Verdict] = field(default_factory=list)
+    verdicts: list[SelftestVerdict] = field(default_factory=list)
     not_applicable: list[tuple[str, str, str]] = field(default_factory=list)  # fault, arch, why
     run_id: int | None = None
     seconds: float = 0.0
 
     @property
-    def faults(self) -> list[Verdict]:
+    def faults(self) -> list[SelftestVerdict]:
         return [v for v in self.verdicts if not v.control]
 
     @property
-    def controls(self) -> list[Verdict]:
+    def controls(self) -> list[SelftestVerdict]:
         return [v for v in self.verdicts if v.control]
 
     @property
@@ -139,7 +140,7 @@ def plan(
                 continue
             # External strategies have no preflight rules: check the parallelism underneath.
             shape = get_shape(fault.shape).fields() if fault.shape else SHORT
-            fields = {**fault.precision_fields(precision), **shape}
+            fields = {**fault.precision_fields(precision), **shape, "scenario": fault.scenario}
             base = Case(arch, fault.base, **fields)
             reason = skip_reason(base, ranks)
             if reason is not None:
@@ -150,10 +151,10 @@ def plan(
     return planned, not_applicable
 
 
-def judge(fault: Fault, result: CaseResult) -> Verdict:
+def judge(fault: Fault, result: CaseResult) -> SelftestVerdict:
     expected = fault.expected_diagnoses(result.ranks)
     first = next((c for c in result.comparisons.values() if not c.passed), None)
-    verdict = Verdict(
+    verdict = SelftestVerdict(
         fault=fault.name,
         arch=result.case.arch,
         precision=result.case.precision,
@@ -196,7 +197,7 @@ def run_selftest(
     hostfile: str | None = None,
     database=None,
     command: list[str] | None = None,
-    progress: Callable[[Verdict], None] | None = None,
+    progress: Callable[[SelftestVerdict], None] | None = None,
     precision: str | None = None,
 ) -> SelftestReport:
     """Run the catalog at `ranks` in one launch and judge every case; with a database,

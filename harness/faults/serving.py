@@ -1,4 +1,4 @@
-"""Bugs along the dimensions of serving (DESIGN.md, "Searching instead of listing"), each
+"""Bugs along the dimensions of serving (README, "Scenarios"), each
 starting from mlx-lm's correct tensor parallel: a reduction skipped only for batch rows
 past the second, or only in the decode step whose token lands on a cache position that
 is a multiple of 256 (where mlx-lm's KV cache grows), state corrupted for the rows left

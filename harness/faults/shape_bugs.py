@@ -1,7 +1,7 @@
-"""Bugs that only show at some input shapes (DESIGN.md, "Shapes real bugs hide in"): each
-starts from mlx-lm's correct tensor parallel and goes wrong only in a later prefill chunk,
-above a token count, at batch 1, past a rotating cache's size, or in a padded batch. The
-short shape (two 8-token prompts, one prefill call) passes all but `past_window`, whose
+"""Bugs that only show at some input shapes (the README's "Shapes"): each starts from
+mlx-lm's correct tensor parallel and goes wrong only in a later prefill chunk, above a
+token count, at batch 1, past a rotating cache's size, or in a padded batch. The short
+shape (two 8-token prompts, one prefill call) passes all but `past_window`, whose
 windows of 4 its 8-token prompts already fill.
 
 Attention modules here are called `(x, mask, cache)`, positionally or by name, as mlx-lm's

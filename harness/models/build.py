@@ -14,9 +14,11 @@ from mlx.utils import tree_map_with_path
 
 from harness.case import DTYPES, QUANT_BITS, Case
 from harness.errors import HarnessError, ModelError, model_code
-from harness.models import probes
+from harness.models import answers
+from harness.models.mlx_lm_api import model_classes
 from harness.models.weights import init_weights
-from harness.zoo import ARCHS, config_copy, get_arch, model_classes, support
+from harness.scenario import SERVE
+from harness.zoo import ARCHS, config_copy, get_arch, support
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -146,11 +148,18 @@ def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: i
 
 
 def shape_skip_reason(case: Case) -> str | None:
-    """Why the case's shape cannot run on its architecture in the installed mlx-lm."""
-    if len({len(p) for p in case.prompts}) == 1 or case.layout or case.checkpoint:
+    """Why the case's shape (or scenario) cannot run on its architecture in the installed
+    mlx-lm: prompts of different lengths, and every BatchGenerator program, merge caches."""
+    if case.layout or case.checkpoint:
         return None
-    problem = _batch_problem(case.arch)
-    return f"{case.arch} cannot run the {case.shape} shape: {problem}" if problem else None
+    what = f"the {case.shape} shape"
+    if case.scenario is not None:
+        what = "the scenario"
+        merges = case.scenario["kind"] == SERVE or len(set(case.scenario["prompts"])) > 1
+    else:
+        merges = len({len(p) for p in case.prompts}) > 1
+    problem = _batch_problem(case.arch) if merges else None
+    return f"{case.arch} cannot run {what}: {problem}" if problem else None
 
 
 @functools.cache
@@ -162,7 +171,7 @@ def _batch_problem(arch: str) -> str | None:
         model_cls, args_cls = model_classes(config)
         return unbatchable(model_cls(args_cls.from_dict(copy.deepcopy(config))))
 
-    return probes.remembered("batch", config, probe)
+    return answers.remembered("batch", config, probe)
 
 
 def unbatchable(model: nn.Module) -> str | None:

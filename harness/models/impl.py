@@ -71,10 +71,6 @@ def install(overrides: dict[str, str]) -> None:
                 f"is not an implementation of model_type '{model_type}'"
             )
         setattr(mlx_lm.models, module_name.rsplit(".", 1)[-1], module)
-    # What the zoo found supported was found with the old modules.
-    from harness.zoo import support
-
-    support.cache_clear()
 
 
 def _restore(module_name: str, previous) -> None:

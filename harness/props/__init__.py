@@ -10,14 +10,14 @@ others hung in the next collective.
 Two executors run the same checks:
 - in-process, `simulate(fn, ranks)` runs every rank here with a stand-in group and
   replays the collectives (mlx's helpers only call `group.rank()` / `group.size()`);
-- multi-rank, `harness.props.worker` runs them under `mlx.launch` with the real group.
+- multi-rank, `harness.props.rank_job` runs them under `mlx.launch` with the real group.
 
 The sharding step of each check is a parameter (`shard_fn`, `pipeline_fn`), so a test can
 feed a deliberately wrong one and see the check fail.
 
 Modules: `simulate` (in-process ranks), `numeric` (references and tolerances), one per
 family of properties (`linear`, `experts`, `attention`, `pipeline`), `registry` (the
-property table), `run` (the runners) and `worker` (one launched rank).
+property table), `run` (the runners) and `rank_job` (the `props` job on each launched rank).
 """
 
 from harness.props.attention import attention_examples, check_attention_heads, head_parallel

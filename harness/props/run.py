@@ -1,5 +1,5 @@
 """Running the properties: one under hypothesis (`run_property`), all of them on simulated
-ranks in this process, or on real ranks through one `mlx.launch` of `harness.props.worker`."""
+ranks in this process, or on real ranks through one `mlx.launch` of `harness.props.rank_job`."""
 
 from __future__ import annotations
 

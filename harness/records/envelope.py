@@ -59,7 +59,7 @@ class Segment:
 
 
 @dataclass
-class Verdict:
+class EnvelopeVerdict:
     passed: bool
     logits: list[Segment] = field(default_factory=list)
     layers: list[tuple[int, str, Segment]] = field(default_factory=list)  # failing only
@@ -120,10 +120,10 @@ def _name(start: int, mask: np.ndarray) -> str:
     return f"prefill tokens {start}-{end}"
 
 
-def judge(ref: Output, test: Output, truth: Output, layer_keys: list) -> Verdict:
+def judge(ref: Output, test: Output, truth: Output, layer_keys: list) -> EnvelopeVerdict:
     """Hold the sharded run (`test`) and the single-rank run (`ref`) against the truth.
     `layer_keys`: (layer, part, key) of the captured states, in forward order."""
-    verdict = Verdict(passed=True)
+    verdict = EnvelopeVerdict(passed=True)
     segments = prefill_segments(ref)
     e_ref = relative_errors(ref.prefill, truth.prefill)
     e_test = relative_errors(test.prefill, truth.prefill)

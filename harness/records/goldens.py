@@ -27,7 +27,8 @@ import numpy as np
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.paths import obtained_root
-from harness.records.compare import (
+from harness.records import diagnose
+from harness.records.ladder import (
     Comparison,
     Metrics,
     Tolerance,
@@ -145,6 +146,20 @@ def hold(golden: Golden, current: Output, tol: Tolerance) -> Comparison:
     return _hold_topk(golden.arrays, current, tol)
 
 
+def localize(
+    comparison: Comparison, golden: Golden, norms: dict[str, np.ndarray], tol: Tolerance
+) -> None:
+    """A failing comparison with a golden gets the first layer that moved, from the
+    golden's per-layer norms against `norms` (`layer_norms` of the current output)."""
+    if comparison.passed:
+        return
+    moved = first_divergent_layer(golden.layers, norms, tol)
+    if moved is not None:
+        comparison.first_divergent_layer = moved[0]
+        comparison.first_divergent_part = diagnose.PART_NAMES[moved[1]]
+        comparison.diagnoses.append(diagnose.vs_golden(moved[0]))
+
+
 def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Comparison:
     """Logprobs at the golden's top-k ids, position by position, and the greedy tokens;
     decode steps only while both sides fed the same tokens."""
@@ -181,9 +196,7 @@ def _hold_topk(a: dict[str, np.ndarray], current: Output, tol: Tolerance) -> Com
         not finite,
     )
     passed = ok and diverge is None and finite
-    diagnoses = (
-        [] if passed else [f"top-{GOLDEN_TOP_K} logprobs or greedy tokens differ from the golden"]
-    )
+    diagnoses = [] if passed else [diagnose.golden_topk(GOLDEN_TOP_K)]
     return Comparison(passed=passed, metrics=metrics, diagnoses=diagnoses)
 
 
@@ -290,10 +303,7 @@ def check(
     if comparison.passed:
         return GoldenCheck(key, MATCH, None, comparison, provenance)
     _write_obtained(case, output, directory)
-    moved = first_divergent_layer(golden.layers, layer_norms(output.layers), tol)
-    if moved is not None:
-        comparison.first_divergent_layer = moved[0]
-        comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+    localize(comparison, golden, layer_norms(output.layers), tol)
     detail = (
         f"reference differs from golden {key} (recorded with mlx-lm {meta.get('mlx_lm_version')}, "
         f"mlx {meta.get('mlx_version')}): max|Δ| {comparison.metrics.max_abs:.2e}"
@@ -353,10 +363,7 @@ def diff(key: str, fresh: Output | None, directory: Path) -> GoldenDiff:
     else:
         raise HarnessError(f"golden {key} has no obtained file and no fresh reference to diff")
     comparison = hold(golden, current, tol)
-    moved = None if comparison.passed else first_divergent_layer(golden.layers, norms, tol)
-    if moved is not None:
-        comparison.first_divergent_layer = moved[0]
-        comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+    localize(comparison, golden, norms, tol)
     status = MATCH if comparison.passed else MISMATCH
     return GoldenDiff(key, against, GoldenCheck(key, status, None, comparison), meta, obtained_meta)
 

@@ -64,7 +64,7 @@ MIN_SPREAD = 0.05  # log-ratio spread floor: identical builds on a quiet machine
 
 
 @dataclass
-class Verdict:
+class TokSVerdict:
     regressed: bool
     ratio: float | None  # current median / baseline median, after the run's drift
     reason: str  # why it is or is not a regression, for the report
@@ -128,11 +128,11 @@ class _Held:
     drift: float
 
 
-def judge(runs: Runs) -> tuple[dict[Hashable, Verdict], float | None]:
+def judge(runs: Runs) -> tuple[dict[Hashable, TokSVerdict], float | None]:
     """A verdict for every measure of the newest run (`runs[-1]`) from the runs of its
     setup before it, and the newest run's drift (None without a baseline)."""
     levels = _levels(runs)
-    verdicts: dict[Hashable, Verdict] = {}
+    verdicts: dict[Hashable, TokSVerdict] = {}
     held: dict[Hashable, _Held] = {}
     for key in levels[-1] if levels else {}:
         measured = [i for i, run in enumerate(levels) if key in run]
@@ -142,7 +142,7 @@ def judge(runs: Runs) -> tuple[dict[Hashable, Verdict], float | None]:
         baseline = [i for i in measured if i < window[0]][-HISTORY:]
         judged = _held_against(levels, key, window, baseline)
         if isinstance(judged, str):
-            verdicts[key] = Verdict(False, None, judged)
+            verdicts[key] = TokSVerdict(False, None, judged)
         else:
             held[key] = judged
     # A case's parts (prefill, decode) are timed seconds apart: a real slowdown of its model
@@ -165,10 +165,10 @@ def judge(runs: Runs) -> tuple[dict[Hashable, Verdict], float | None]:
                 f"{h.said}; every part of the case under {CLEAR}x its history in this run: "
                 "a drop that large is no scheduling regime of local ranks kept to their cores"
             )
-            verdicts[key] = Verdict(True, h.ratio, reason, clear=True)
+            verdicts[key] = TokSVerdict(True, h.ratio, reason, clear=True)
         elif len(h.window) == PERSIST and all(steps[i] for i in h.window):
             reason = f"{h.said}; below every one of them in each of the last {PERSIST} runs"
-            verdicts[key] = Verdict(True, h.ratio, reason)
+            verdicts[key] = TokSVerdict(True, h.ratio, reason)
         elif h.below[h.window[-1]]:
             count = sum(steps[i] for i in h.window)
             runs = f" (the whole case in {count} of the last {len(h.window)})"
@@ -176,9 +176,9 @@ def judge(runs: Runs) -> tuple[dict[Hashable, Verdict], float | None]:
                 f"{h.said}; below every one of them in this run{runs}: a regression once "
                 f"every part of the case stays there for {PERSIST} runs"
             )
-            verdicts[key] = Verdict(False, h.ratio, reason, suspect=True)
+            verdicts[key] = TokSVerdict(False, h.ratio, reason, suspect=True)
         else:
-            verdicts[key] = Verdict(False, h.ratio, f"{h.said}: within its history")
+            verdicts[key] = TokSVerdict(False, h.ratio, f"{h.said}: within its history")
     drifts = [h.drift for h in held.values()]
     return verdicts, (math.exp(statistics.median(drifts)) if drifts else None)
 
@@ -231,28 +231,28 @@ def drift(pairs: dict[Hashable, tuple[list[float], list[float]]]) -> Drift | Non
     return Drift(math.exp(centre), max(1.4826 * mad, MIN_SPREAD), len(logs))
 
 
-def regression(baseline: list[float], current: list[float], run: Drift | None) -> Verdict:
+def regression(baseline: list[float], current: list[float], run: Drift | None) -> TokSVerdict:
     """Whether one bench case's `current` tok/s samples regressed from `baseline`, within a
     comparison whose drift is `run` (see the module docstring)."""
     if min(len(baseline), len(current)) < MIN_SAMPLES:
-        return Verdict(False, None, f"fewer than {MIN_SAMPLES} samples on a side")
+        return TokSVerdict(False, None, f"fewer than {MIN_SAMPLES} samples on a side")
     ratio = _ratio(baseline, current)
     if run is None:
-        return Verdict(False, ratio, f"fewer than {MIN_CASES} cases to measure the noise")
+        return TokSVerdict(False, ratio, f"fewer than {MIN_CASES} cases to measure the noise")
     relative = ratio / run.ratio
     z = math.log(relative) / run.spread
     corrected = [x / run.ratio for x in current]
     said = f"median at {ratio:.2f}x, {relative:.2f}x after the run's drift of {run.ratio:.2f}x"
     if relative >= RATIO or z >= -Z:
-        return Verdict(False, ratio, f"{said}: within noise")
+        return TokSVerdict(False, ratio, f"{said}: within noise")
     if max(corrected) >= min(baseline):
-        return Verdict(False, ratio, f"{said}, but the samples overlap")
-    return Verdict(True, ratio, f"{said}, {-z:.1f} sd below the other cases")
+        return TokSVerdict(False, ratio, f"{said}, but the samples overlap")
+    return TokSVerdict(True, ratio, f"{said}, {-z:.1f} sd below the other cases")
 
 
 def regressions(
     pairs: dict[Hashable, tuple[list[float], list[float]]],
-) -> tuple[dict[Hashable, Verdict], Drift | None]:
+) -> tuple[dict[Hashable, TokSVerdict], Drift | None]:
     """A verdict per bench case of a comparison (baseline samples, current samples)."""
     run = drift(pairs)
     return {key: regression(base, cur, run) for key, (base, cur) in pairs.items()}, run

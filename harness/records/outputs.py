@@ -22,7 +22,7 @@ class Output:
     # Decode fed the reference's tokens (teacher-forced), not its own choices: every step
     # is comparable whatever the tokens; `tokens` still holds this run's own choices.
     forced: bool = False
-    # Each later request of the same prompts against this one (records.compare's
+    # Each later request of the same prompts against this one (records.ladder's
     # compare_requests); travels in the message beside the arrays, not in them.
     requests: list[dict] = field(default_factory=list)
     # A serve scenario's emissions (rows are requests in order of insertion, `prefill` their

@@ -9,6 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from harness.paths import CHECKOUT, PACKAGE
 
+# The distribution's name on the package index ("harness" there is an unrelated project);
+# the import package and the command are `harness`.
+DISTRIBUTION = "mlx-harness"
+
 
 def package_version(name: str) -> str | None:
     try:
@@ -37,7 +41,7 @@ def git_sha() -> str | None:
 def environment() -> dict:
     return {
         "harness_sha": git_sha(),
-        "harness_version": package_version("harness"),
+        "harness_version": package_version(DISTRIBUTION),
         "mlx_version": package_version("mlx"),
         "mlx_lm_version": package_version("mlx-lm"),
         "python": platform.python_version(),

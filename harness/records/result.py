@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from harness.case import Case
-from harness.records.compare import Comparison
 from harness.records.goldens import GoldenCheck
+from harness.records.ladder import Comparison
 from harness.records.outputs import Output, Timings
 
 PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR = "pass", "fail", "skip", "crash", "timeout", "error"

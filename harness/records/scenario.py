@@ -25,7 +25,7 @@ import numpy as np
 
 from harness import scenario as scenarios
 from harness.records import envelope
-from harness.records.compare import Comparison, Tolerance, decode_divergence
+from harness.records.ladder import Comparison, Tolerance, decode_divergence
 from harness.records.outputs import Output
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError, describe
-from harness.records import goldens, scenario
-from harness.records.compare import PART_NAMES, compare, first_divergent_layer, tolerance_for
+from harness.records import diagnose, goldens, scenario
+from harness.records.ladder import compare, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import FAIL, PASS, CaseResult
 
@@ -73,10 +73,7 @@ def conclude(result: CaseResult) -> None:
         result.diagnoses = list(first.diagnoses)
         if len(failing) < len(comparisons):
             passing = [r for r in comparisons if r not in failing]
-            result.diagnoses.append(
-                f"ranks disagree: rank {', '.join(map(str, failing))} fail, "
-                f"rank {', '.join(map(str, passing))} pass"
-            )
+            result.diagnoses.append(diagnose.ranks_disagree(failing, passing))
         result.reason = f"rank {failing[0]}: " + "; ".join(first.diagnoses)
 
 
@@ -88,12 +85,7 @@ def judge_against_golden(
     tol = tolerance_for(result.case.precision, result.case.tolerance)
     for rank, output in sorted(outputs.items()):
         comparison = goldens.hold(golden, output, tol)
-        if not comparison.passed:
-            moved = first_divergent_layer(golden.layers, goldens.layer_norms(output.layers), tol)
-            if moved is not None:
-                comparison.first_divergent_layer = moved[0]
-                comparison.first_divergent_part = PART_NAMES[moved[1]]
-                comparison.diagnoses.append(f"first divergent layer {moved[0]} vs golden")
+        goldens.localize(comparison, golden, goldens.layer_norms(output.layers), tol)
         result.comparisons[rank] = comparison
     conclude(result)
     return result
@@ -116,7 +108,7 @@ def against_golden(
     if check.status in goldens.GOLDEN_WARNING:
         result.warnings.append(check.detail)
     elif check.status in goldens.GOLDEN_FAILING:
-        result.diagnoses.append(f"golden {check.status}")
+        result.diagnoses.append(diagnose.golden_status(check.status))
         result.reason = "; ".join(filter(None, [result.reason, check.detail]))
         if result.status == PASS:
             result.status = FAIL

@@ -16,6 +16,7 @@ from typing import Any
 import mlx.core as mx
 
 from harness.errors import HarnessError
+from harness.models.mlx_lm_api import model_classes
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX = "model.safetensors.index.json"
@@ -112,8 +113,6 @@ def _model_type(path: Path, config: dict) -> None:
     model_type = config.get("model_type")
     if not model_type:
         raise HarnessError(f"'{path}/config.json' has no model_type")
-    from harness.zoo import model_classes
-
     try:
         model_classes(config)
     # A model module may even call sys.exit at import (mlx_lm.models.olmo does).

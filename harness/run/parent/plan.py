@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import paths, preflight
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.models import checkpoint, probes
+from harness.models import answers, checkpoint
 from harness.models.build import precision_problem, shape_skip_reason, tiny_config
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
@@ -77,7 +77,7 @@ def preflight_violation(case: Case, ranks: int) -> str | None:
         return violations[0].message if violations else None
 
     asked = [config, case.strategy, ranks, case.quant, case.group_size]
-    return probes.remembered("preflight", asked, first)
+    return answers.remembered("preflight", asked, first)
 
 
 def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOptions]:

@@ -19,7 +19,7 @@ compared here with the first: only state carried between requests can change its
 What crosses back is the verdict, never the later requests' arrays.
 
 Every model call is evaluated before the next one: under pipeline parallelism a lazy graph
-holding several send/recv pairs deadlocks (measured on 2 ranks, see DESIGN.md).
+holding several send/recv pairs deadlocks (measured on 2 ranks: README, "What a run does").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
 from harness.models.build import unbatchable
-from harness.records.compare import TOLERANCES, compare_requests
+from harness.records.ladder import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
 from harness.run.rank.patching import wrap_call, wrap_output
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from harness.case import Case
 from harness.errors import HarnessError, describe
-from harness.records.compare import tolerance_for
 from harness.records.goldens import (
     CORRUPT,
     EXISTS,
@@ -27,6 +26,7 @@ from harness.records.goldens import (
     stored_case,
     stored_keys,
 )
+from harness.records.ladder import tolerance_for
 from harness.records.outputs import Output
 from harness.run.rank.one_case import run_case
 from harness.zoo import support

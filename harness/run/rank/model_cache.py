@@ -4,19 +4,22 @@ the model is the sharded one, the single-rank reference or its fp32 truth) reuse
 built, sharded and evaluated model instead of building it again; `harness explore` runs
 hundreds of examples on one model.
 
-A strategy may patch classes or module functions process-wide (DESIGN.md, lessons from
-exo's auto_parallel), which would change what an already-built model computes. So every
+A strategy may patch classes or module functions process-wide (exo's auto_parallel
+does), which would change what an already-built model computes. So every
 kept model carries a fingerprint of the code it runs (the attributes of its modules'
 classes and the globals of the modules defining them, by identity) and is reused only
-while that code is unchanged; anything else is a miss and a fresh build. The cache holds
-at most CAPACITY models, least recently used out first.
+while that code is unchanged; anything else is a miss and a fresh build.
+
+Sharded models are kept apart from single-rank ones: every rank builds the same sharded
+models in the same order, but each computes its own share of the references, so one pool
+for both would keep different models on different ranks. Each pool holds at most
+CAPACITY models, least recently used out first.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.nn as nn
@@ -24,8 +27,8 @@ import mlx.nn as nn
 from harness.case import Case
 from harness.run.rank import forward
 
-# One build's sharded model, its single-rank reference and truth, and one more: explore
-# runs one build at a time; a suite's cases of one build are usually adjacent.
+# Two builds per pool: explore runs one build at a time, a suite's cases of one build are
+# usually adjacent, and a single-rank build has its reference and its truth.
 CAPACITY = 4
 
 SHARDED, REFERENCE, TRUTH = "sharded", "reference", "truth"
@@ -45,7 +48,7 @@ class Built:
         return self._capture
 
 
-_cache: OrderedDict[tuple, Built] = OrderedDict()
+_pools: dict[bool, OrderedDict[tuple, Built]] = {True: OrderedDict(), False: OrderedDict()}
 builds = 0  # models built (misses) since the process started: what tests count
 
 
@@ -66,26 +69,39 @@ def build_key(case: Case, role: str, world: int) -> tuple:
     )
 
 
-def get(key: tuple, build: Callable[[], nn.Module]) -> Built:
-    """The model kept under `key` when the code it runs is unchanged, else `build()`'s,
-    kept. What `build` raises is not kept."""
+def _pool(key: tuple) -> OrderedDict[tuple, Built]:
+    return _pools[key[0] == SHARDED]
+
+
+def kept(key: tuple) -> Built | None:
+    """The model kept under `key` if the code it runs is unchanged since it was built."""
+    pool = _pool(key)
+    found = pool.get(key)
+    if found is None or fingerprint(found.model) != found.fingerprint:
+        pool.pop(key, None)
+        return None
+    pool.move_to_end(key)
+    return found
+
+
+def keep(key: tuple, model: nn.Module) -> Built:
+    """Keep a freshly built `model` under `key` (counted in `builds`)."""
     global builds
-    kept = _cache.get(key)
-    if kept is not None and fingerprint(kept.model) == kept.fingerprint:
-        _cache.move_to_end(key)
-        return kept
-    _cache.pop(key, None)
-    model = build()
     builds += 1
-    kept = Built(model, fingerprint(model))
-    _cache[key] = kept
-    while len(_cache) > CAPACITY:
-        _cache.popitem(last=False)
-    return kept
+    pool = _pool(key)
+    pool[key] = Built(model, fingerprint(model))
+    while len(pool) > CAPACITY:
+        pool.popitem(last=False)
+    return pool[key]
+
+
+def holds(key: tuple) -> bool:
+    return key in _pool(key)
 
 
 def clear() -> None:
-    _cache.clear()
+    for pool in _pools.values():
+        pool.clear()
 
 
 def _defined_at_top(cls: type) -> bool:

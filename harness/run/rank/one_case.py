@@ -40,8 +40,7 @@ def run_case(
     role = model_cache.REFERENCE if group is None else model_cache.SHARDED
     built = kept_model(case, group, role)
     if case.scenario is not None:
-        with model_code():
-            return scenario.run(built, case, capture, forced), None
+        return scenario.run(built, case, capture, forced), None
     prompts = case_prompts(case)
     mx.reset_peak_memory()
     repeats = repeats if timed(case) else 0
@@ -72,8 +71,7 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     tokens: the truth the low-precision runs approximate."""
     built = kept_model(case, None, model_cache.TRUTH)
     if case.scenario is not None:
-        with model_code():
-            return scenario.run(built, case, capture, forced)
+        return scenario.run(built, case, capture, forced)
     with model_code():
         output, _ = forward.run(
             built.model,
@@ -90,13 +88,20 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
 
 def kept_model(case: Case, group, role: str) -> model_cache.Built:
     """The case's model in `role` (sharded for `group`, the single-rank reference, or its
-    fp32 truth), built once per build and kept while its code is unchanged."""
-    world = group.size() if group is not None else 0
+    fp32 truth), built once per build and kept while its code is unchanged. A sharded
+    model is reused only where every rank still keeps it (one all_sum of a flag), so the
+    ranks build, and agree over the strategy, in step."""
+    key = model_cache.build_key(case, role, group.size() if group is not None else 0)
+    built = model_cache.kept(key)
+    if role == model_cache.SHARDED and group is not None:
+        everywhere = mx.distributed.all_sum(mx.array(int(built is not None)), group=group)
+        if int(everywhere.item()) < group.size():
+            built = None
+    if built is not None:
+        return built
     if role == model_cache.TRUTH:
-        build = lambda: upcast(sharded_model(case, None))  # noqa: E731
-    else:
-        build = lambda: sharded_model(case, group)  # noqa: E731
-    return model_cache.get(model_cache.build_key(case, role, world), build)
+        return model_cache.keep(key, upcast(sharded_model(case, None)))
+    return model_cache.keep(key, sharded_model(case, group))
 
 
 class ShardingFailed(Exception):

@@ -21,7 +21,7 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
 from harness import scenario as scenarios
-from harness.errors import HarnessError
+from harness.errors import HarnessError, model_code
 from harness.records.outputs import Output
 from harness.shapes import VOCAB
 
@@ -46,11 +46,14 @@ def _forcing(tokens: np.ndarray) -> Callable[[mx.array], mx.array]:
 
 class _Program:
     """The state of one program's run: the generator, each request's prompt, the
-    requests that left with their caches, and what was emitted."""
+    requests that left with their caches, and what was emitted. mlx-lm's serving code
+    runs marked as the code under test (what it raises is the model's); the program's
+    own bookkeeping is the harness's."""
 
     def __init__(self, model: nn.Module, spec: dict, seed: int, forced: np.ndarray | None):
         self.spec, self.seed, self.forced = spec, seed, forced
-        self.generator = BatchGenerator(model, prefill_step_size=spec["prefill_step"])
+        with model_code():
+            self.generator = BatchGenerator(model, prefill_step_size=spec["prefill_step"])
         inserts = [op for op in spec["ops"] if op["op"] == scenarios.INSERT]
         self.row = {op["uid"]: row for row, op in enumerate(inserts)}
         self.uid_of: dict[int, int] = {}  # the generator's uid -> the scenario's
@@ -71,7 +74,8 @@ class _Program:
             kwargs["samplers"] = [_forcing(self.forced[self.row[uid]])]
         if cache is not None:
             kwargs.update(caches=[cache], all_tokens=[tokens[: len(tokens) - len(rest)]])
-        (handle,) = self.generator.insert([rest], max_tokens=[op["max_tokens"]], **kwargs)
+        with model_code():
+            (handle,) = self.generator.insert([rest], max_tokens=[op["max_tokens"]], **kwargs)
         self.prompts[uid] = tokens
         self.reused[self.row[uid]] = len(tokens) - len(rest)
         self.uid_of[handle], self.handle[uid] = uid, handle
@@ -81,22 +85,26 @@ class _Program:
         start it from: the source's cache, held in an LRUPromptCache under the tokens it
         holds, fetched for this prompt (a trimmed copy), with the tokens left to prefill."""
         source, n = reuse["uid"], reuse["tokens"]
-        if source in self.left:
-            cache, held = self.left[source]
-        else:  # still in the batch: a copy, as the server saves a prompt segment's cache
-            cache, held = self.generator.extract_cache([self.handle[source]])[self.handle[source]]
+        handle = self.handle[source]
+        with model_code():
+            if source in self.left:
+                cache, held = self.left[source]
+            else:  # still in the batch: a copy, as the server saves a prompt segment's cache
+                cache, held = self.generator.extract_cache([handle])[handle]
         tokens = self.prompts[source][:n] + own[n:]
         if n < len(tokens) and n < len(held) and tokens[n] == held[n]:
             # Differ right after the shared prefix, so exactly n tokens are common.
             tokens[n] = tokens[n] % (VOCAB - 1) + 1
-        store = LRUPromptCache(max_size=1)
-        store.insert_cache(MODEL_KEY, list(held), cache)
-        fetched, rest = store.fetch_nearest_cache(MODEL_KEY, tokens)
+        with model_code():
+            store = LRUPromptCache(max_size=1)
+            store.insert_cache(MODEL_KEY, list(held), cache)
+            fetched, rest = store.fetch_nearest_cache(MODEL_KEY, tokens)
         return tokens, fetched, list(rest)
 
     def step(self, index: int, calls: int) -> None:
         for _ in range(calls):
-            _, responses = self.generator.next()
+            with model_code():
+                _, responses = self.generator.next()
             for response in responses:
                 uid = self.uid_of[response.uid]
                 self.emitted.append((self.row[uid], index, response.logprobs))
@@ -105,7 +113,8 @@ class _Program:
 
     def remove(self, op: dict) -> None:
         handle = self.handle[op["uid"]]
-        caches = self.generator.remove([handle], return_prompt_caches=True)
+        with model_code():
+            caches = self.generator.remove([handle], return_prompt_caches=True)
         if handle in caches:  # not when it had finished already
             cache, held = caches[handle]
             self.left[op["uid"]] = (cache, list(held))
@@ -164,5 +173,6 @@ def run(model: nn.Module, spec: dict, seed: int, forced: np.ndarray | None) -> O
     finally:
         # The generator leaves its next step in flight (async_eval), collectives and all:
         # finish it here, or the job's next gather over the group meets it on the wire.
-        mx.synchronize(program.generator.stream)
-        program.generator.close()
+        with model_code():
+            mx.synchronize(program.generator.stream)
+            program.generator.close()

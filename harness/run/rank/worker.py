@@ -39,7 +39,7 @@ from harness.run.rank import ring
 # job loads only what it runs.
 JOBS = {
     "cases": "harness.run.rank.cases:run_on_rank",
-    "props": "harness.props.worker:run_on_rank",
+    "props": "harness.props.rank_job:run_on_rank",
     "bench": "harness.run.rank.bench:run_on_rank",
 }
 TRACEBACK_CHARS = 3000

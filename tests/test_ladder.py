@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.records.compare import (
+from harness.records.ladder import (
     TOLERANCES,
     compare,
     compare_requests,

@@ -27,7 +27,7 @@ from typing import Any
 
 from harness import paths
 
-FILE = "mlx-lm-probes.json"
+FILE = "mlx-lm-answers.json"
 _answers: dict[str, Any] | None = None
 
 

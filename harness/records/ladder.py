@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from harness.records import envelope
+from harness.records import diagnose, envelope
+from harness.records.diagnose import PART_NAMES
 from harness.records.outputs import Output
 
 CONTAINMENT_TOP_K = 5
@@ -24,7 +25,7 @@ class Tolerance:
 
 # One place for tolerances, keyed by precision label (see Case.precision).
 # fp32 tensor parallel differs by <= ~5e-6 on these tiny models and pipeline is bit-exact
-# on the CPU backend (DESIGN.md); the bounds leave ~10x headroom and still catch a 1e-3
+# on the CPU backend (README, "What a run does"); the bounds leave ~10x headroom and catch a 1e-3
 # relative perturbation of one expert.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=5e-5, rtol=1e-5, kl=1e-7, layer=1e-4),
@@ -158,7 +159,6 @@ def metrics(ref: Output, test: Output) -> Metrics:
 
 _LAYER_KEY = re.compile(r"layer\.(\d+)\.(attn|mlp|out)")
 _PART_ORDER = {"attn": 0, "mlp": 1, "out": 2}
-PART_NAMES = {"attn": "attention", "mlp": "mlp/moe", "out": "layer output"}
 
 
 def first_divergent_layer(
@@ -258,7 +258,7 @@ def _first_nonfinite_layer(states: dict[str, np.ndarray]) -> str | None:
     if not found:
         return None
     layer, _, part = min(found)
-    return f"layer {layer} ({PART_NAMES[part]})"
+    return diagnose.layer_name(layer, PART_NAMES[part])
 
 
 def _scale_factor(ref: np.ndarray, test: np.ndarray) -> float:
@@ -310,34 +310,44 @@ def _shape_mismatch(ref: Output, test: Output) -> Comparison:
     return Comparison(
         passed=False,
         metrics=m,
-        diagnoses=[
-            f"logits shape {list(test.prefill.shape)} != reference {list(ref.prefill.shape)}"
-        ],
+        diagnoses=[diagnose.shape_mismatch(list(test.prefill.shape), list(ref.prefill.shape))],
     )
 
 
 def _diagnose(
     cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world: int, prefill_ok: bool
 ) -> None:
-    m = cmp.metrics
-    if m.nonfinite:
-        where = _first_nonfinite_layer(test.layers)
-        cmp.diagnoses.append("non-finite" + (f" from {where}" if where else ""))
     if prefill_ok:
         # Hidden states are captured in prefill, which matched: nothing to localize.
-        cmp.diagnoses.append("decode-only")
-        where = decode_divergence(ref, test, tol)
-        if where:
-            cmp.diagnoses.append(where)
+        where, located = decode_divergence(ref, test, tol), None
     else:
         where = prefill_divergence(ref, test, tol)
-        if where:
-            cmp.diagnoses.append(where)
-        _localize(cmp, ref, test, tol, world)
-    if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
-        cmp.diagnoses.append("saturated")
+        located = _localize(ref, test, tol, world, cmp.metrics.nonfinite)
+    _explain(cmp, test, prefill_ok, [where] if where else [], located)
     if not cmp.diagnoses:
-        cmp.diagnoses.append("logits differ beyond tolerance")
+        cmp.diagnoses.append(diagnose.BEYOND_TOLERANCE)
+
+
+def _explain(
+    cmp: Comparison,
+    test: Output,
+    decode_only: bool,
+    where: list[str],
+    located: diagnose.Located | None,
+) -> None:
+    """The diagnoses of every ladder path, in one order: non-finite, decode-only, where
+    in the shape, the layer, saturation."""
+    m = cmp.metrics
+    if m.nonfinite:
+        cmp.diagnoses.append(diagnose.non_finite(_first_nonfinite_layer(test.layers)))
+    if decode_only:
+        cmp.diagnoses.append(diagnose.DECODE_ONLY)
+    cmp.diagnoses += where
+    if located is not None:
+        cmp.first_divergent_layer, cmp.first_divergent_part = located.layer, located.part
+        cmp.diagnoses += located.sentences
+    if not m.nonfinite and (said := diagnose.saturated(m.entropy_ref, m.entropy_test)):
+        cmp.diagnoses.append(said)
 
 
 def _beyond(ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> np.ndarray:
@@ -353,15 +363,21 @@ def prefill_divergence(ref: Output, test: Output, tol: Tolerance) -> str | None:
     if not bad.any():
         return None
     position = int(np.nonzero(bad.any(axis=0))[0][0])
-    calls = ref.prefill_calls
-    chunks = int(calls.max()) + 1 if calls is not None else 1
-    if position == 0 and chunks == 1:
+    if position == 0 and (ref.prefill_calls is None or ref.prefill_calls.max() == 0):
         return None
-    where = f"from prompt token {position}"
-    if chunks > 1:
-        row = int(np.nonzero(bad[:, position])[0][0])
-        where += f" (prefill chunk {int(calls[row, position]) + 1} of {chunks})"
-    return where
+    return prompt_position(ref, position, int(np.nonzero(bad[:, position])[0][0]))
+
+
+def prompt_position(ref: Output, position: int, row: int | None = None) -> str:
+    """`from prompt token P (prefill chunk C of N)`: the chunk that held position P (in
+    `row`, else in the first prompt that reaches it)."""
+    calls = ref.prefill_calls
+    if calls is None:
+        return diagnose.from_prompt_token(position)
+    if row is None:
+        row = int(np.nonzero(calls[:, position] >= 0)[0][0])
+    chunk = int(calls[row, position]) + 1
+    return diagnose.from_prompt_token(position, chunk, int(calls.max()) + 1)
 
 
 def decode_divergence(ref: Output, test: Output, tol: Tolerance) -> str | None:
@@ -375,7 +391,7 @@ def decode_divergence(ref: Output, test: Output, tol: Tolerance) -> str | None:
         return None
     step, row = (int(i) for i in np.argwhere(bad)[0])
     length = int(ref.valid[row].sum())
-    return f"from decode position {length + step} (step {step + 1} of {ref.decode.shape[0]})"
+    return diagnose.from_decode_position(length + step, step + 1, ref.decode.shape[0])
 
 
 def _layer_indices(states: dict[str, np.ndarray]) -> set[int]:
@@ -390,34 +406,30 @@ def _skipped_layer(ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> i
     return missing[0] if missing else None
 
 
-def _localize(cmp: Comparison, ref: Output, test: Output, tol: Tolerance, world: int) -> None:
-    """Name the first divergent layer and sub-block, and whether it is scaled by N."""
+def _localize(
+    ref: Output, test: Output, tol: Tolerance, world: int, nonfinite: bool
+) -> diagnose.Located:
+    """The first divergent layer and sub-block, and whether it is scaled by N."""
     found = first_divergent_layer(ref.layers, test.layers, tol)
     if found is None:
         # Logits can fail on a hidden-state deviation below the layer tolerance (a 1e-3
         # perturbation of one expert in the last layer): look again, still 10x above the
         # tensor-parallel noise, before blaming what follows the last layer.
         found = first_divergent_layer(ref.layers, test.layers, replace(tol, layer=tol.layer / 10))
-    skipped = _skipped_layer(ref.layers, test.layers)
-    if skipped is not None and (found is None or skipped <= found[0]):
-        cmp.first_divergent_layer, cmp.first_divergent_part = skipped, PART_NAMES["out"]
-        cmp.diagnoses.append(f"layer {skipped} did not run on any rank")
-        cmp.diagnoses.append(f"first divergent layer {skipped} ({PART_NAMES['out']})")
-        return
-    if found is None:
-        if ref.layers and test.layers and not cmp.metrics.nonfinite:
-            cmp.diagnoses.append(
-                "layers match: divergence after the last decoder layer (final norm / lm_head)"
-            )
-        return
-    layer, part, a, b = found
-    cmp.first_divergent_layer, cmp.first_divergent_part = layer, PART_NAMES[part]
-    if a.shape == b.shape and np.all(np.isfinite(b)) and world > 1:
-        s = _scale_factor(a, b)
-        residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
-        if abs(s - world) < 0.1 * world and residual < 0.1:
-            cmp.diagnoses.append(f"scaled x{world}")
-    cmp.diagnoses.append(f"first divergent layer {layer} ({PART_NAMES[part]})")
+    is_scaled = False
+    if found is not None:
+        _, _, a, b = found
+        if a.shape == b.shape and np.all(np.isfinite(b)) and world > 1:
+            s = _scale_factor(a, b)
+            residual = np.linalg.norm(b - s * a) / (np.linalg.norm(b) + 1e-30)
+            is_scaled = abs(s - world) < 0.1 * world and residual < 0.1
+    return diagnose.locate(
+        _skipped_layer(ref.layers, test.layers),
+        (found[0], PART_NAMES[found[1]]) if found else None,
+        is_scaled,
+        world,
+        bool(ref.layers and test.layers) and not nonfinite,
+    )
 
 
 def _layer_keys(states: dict[str, np.ndarray]) -> list[tuple[int, str, str]]:
@@ -466,48 +478,28 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
         cmp.warnings.append(tokens)
     if cmp.passed:
         return cmp
-    if m.nonfinite:
-        where = _first_nonfinite_layer(test.layers)
-        cmp.diagnoses.append("non-finite" + (f" from {where}" if where else ""))
     beyond = [s for s in verdict.logits if s.beyond]
-    if beyond and all(s.start is None for s in beyond):
-        cmp.diagnoses.append("decode-only")
     worst = max(beyond or [verdict.worst], key=lambda s: np.nan_to_num(s.ratio, nan=np.inf))
-    cmp.diagnoses.append(
-        f"{worst.name}: {worst.ratio:.1f}x the single-rank run's error against the fp32 truth "
-        f"(envelope {envelope.RATIO:g}x)"
-    )
+    where = [diagnose.beyond_envelope(worst.name, worst.ratio, envelope.RATIO)]
     first = next((s for s in beyond if s.start is not None), None)
-    calls = ref.prefill_calls
-    if first is not None and first.first_beyond is not None and calls is not None:
-        row = int(np.nonzero(calls[:, first.first_beyond] >= 0)[0][0])
-        chunk = int(calls[row, first.first_beyond]) + 1
-        cmp.diagnoses.append(
-            f"from prompt token {first.first_beyond} "
-            f"(prefill chunk {chunk} of {int(calls.max()) + 1})"
-        )
-    skipped = _skipped_layer(ref.layers, test.layers)
-    if skipped is not None and (not verdict.layers or skipped <= verdict.layers[0][0]):
-        cmp.first_divergent_layer, cmp.first_divergent_part = skipped, PART_NAMES["out"]
-        cmp.diagnoses.append(f"layer {skipped} did not run on any rank")
-        cmp.diagnoses.append(f"first divergent layer {skipped} ({PART_NAMES['out']})")
-    elif verdict.layers:
+    if first is not None and first.first_beyond is not None and ref.prefill_calls is not None:
+        where.append(prompt_position(ref, first.first_beyond))
+    divergent, is_scaled = None, False
+    if verdict.layers:
         layer, part, _ = verdict.layers[0]
-        cmp.first_divergent_layer, cmp.first_divergent_part = layer, part
+        divergent = layer, part
         key = next(k for i, p, k in _layer_keys(truth.layers) if (i, p) == (layer, part))
-        if world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world):
-            cmp.diagnoses.append(f"scaled x{world}")
-        cmp.diagnoses.append(f"first divergent layer {layer} ({part})")
-    elif ref.layers and test.layers and not m.nonfinite:
-        cmp.diagnoses.append(
-            "layers match: divergence after the last decoder layer (final norm / lm_head)"
-        )
-    if not m.nonfinite and m.entropy_test < 0.25 * m.entropy_ref:
-        cmp.diagnoses.append("saturated")
+        is_scaled = world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world)
+    located = diagnose.locate(
+        _skipped_layer(ref.layers, test.layers),
+        divergent,
+        is_scaled,
+        world,
+        bool(ref.layers and test.layers) and not m.nonfinite,
+    )
+    decode_only = bool(beyond) and all(s.start is None for s in beyond)
+    _explain(cmp, test, decode_only, where, located)
     return cmp
-
-
-STATE_CARRIED = "differs from request 1 (state carried between requests)"
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -534,8 +526,6 @@ def compare_requests(first: Output, later: Output, number: int, tol: Tolerance) 
         where = prefill_divergence(first, later, tol) or "from prompt token 0"
     elif _beyond(first.decode, later.decode, tol).any():
         step = int(np.argwhere(_beyond(first.decode, later.decode, tol))[0][0])
-        where = f"from decode step {step + 1} of {steps}"
-    diagnosis = None
-    if where is not None:
-        diagnosis = f"request {number} {STATE_CARRIED}" + (f", {where}" if where else "")
+        where = diagnose.from_decode_step(step + 1, steps)
+    diagnosis = None if where is None else diagnose.state_carried(number, where)
     return {"request": number, "max_abs": max_abs, "diagnosis": diagnosis}

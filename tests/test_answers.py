@@ -1,4 +1,4 @@
-"""What the installed mlx-lm offers, remembered across processes (harness.models.probes):
+"""What the installed mlx-lm offers, remembered across processes (harness.models.answers):
 planning a run needs no mlx-lm import once the answers are known, and an answer is never
 served for another mlx-lm or for a model file given with --impl."""
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness.models import impl, probes
+from harness.models import answers, impl
 
 PLAN = """
 import sys
@@ -27,9 +27,9 @@ print("mlx_lm" in sys.modules)
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(probes, "_answers", None)
+    monkeypatch.setattr(answers, "_answers", None)
     monkeypatch.setattr(impl, "_INSTALLED", {})  # another test may have installed one
-    return tmp_path / "harness" / probes.FILE
+    return tmp_path / "harness" / answers.FILE
 
 
 def _plan(env_cache) -> tuple[str, bool]:
@@ -59,19 +59,19 @@ def test_an_answer_is_computed_once_then_read(cache):
         calls.append(1)
         return {"tp": True}
 
-    assert probes.remembered("support", {"model_type": "x"}, compute) == {"tp": True}
-    probes._answers = None  # as a new process: read back from the file
-    assert probes.remembered("support", {"model_type": "x"}, compute) == {"tp": True}
+    assert answers.remembered("support", {"model_type": "x"}, compute) == {"tp": True}
+    answers._answers = None  # as a new process: read back from the file
+    assert answers.remembered("support", {"model_type": "x"}, compute) == {"tp": True}
     assert len(calls) == 1 and cache.is_file()
-    probes.remembered("support", {"model_type": "y"}, compute)  # another question
+    answers.remembered("support", {"model_type": "y"}, compute)  # another question
     assert len(calls) == 2
 
 
 def test_another_mlx_lm_is_asked_again(cache, monkeypatch):
     calls = []
-    probes.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 1)
-    monkeypatch.setattr(probes, "fingerprint", lambda: "another-release")
-    probes.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 2)
+    answers.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 1)
+    monkeypatch.setattr(answers, "fingerprint", lambda: "another-release")
+    answers.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 2)
     assert len(calls) == 2
 
 
@@ -79,7 +79,7 @@ def test_an_implementation_given_with_impl_is_never_remembered(cache, monkeypatc
     monkeypatch.setattr(impl, "_INSTALLED", {"qwen3_moe": "/my/qwen3_moe.py"})
     calls = []
     for answer in (1, 2):
-        assert probes.remembered("support", {"model_type": "x"}, lambda a=answer: a) == answer
+        assert answers.remembered("support", {"model_type": "x"}, lambda a=answer: a) == answer
         calls.append(answer)
     assert not cache.exists()
 
@@ -87,9 +87,9 @@ def test_an_implementation_given_with_impl_is_never_remembered(cache, monkeypatc
 def test_a_damaged_cache_is_ignored_and_rewritten(cache):
     cache.parent.mkdir(parents=True)
     cache.write_text("{not json")
-    assert probes.remembered("support", {"model_type": "x"}, lambda: 7) == 7
-    probes._answers = None
-    assert probes.remembered("support", {"model_type": "x"}, lambda: 8) == 7
+    assert answers.remembered("support", {"model_type": "x"}, lambda: 7) == 7
+    answers._answers = None
+    assert answers.remembered("support", {"model_type": "x"}, lambda: 8) == 7
 
 
 def test_without_platformdirs_the_answer_is_computed(cache, monkeypatch):
@@ -99,8 +99,8 @@ def test_without_platformdirs_the_answer_is_computed(cache, monkeypatch):
     def no_platformdirs():
         raise ImportError("No module named 'platformdirs'")
 
-    monkeypatch.setattr(probes.paths, "user_cache", no_platformdirs)
+    monkeypatch.setattr(answers.paths, "user_cache", no_platformdirs)
     calls = []
     for _ in range(2):
-        assert probes.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 5) == 5
+        assert answers.remembered("support", {"model_type": "x"}, lambda: calls.append(1) or 5) == 5
     assert len(calls) == 2 and not cache.exists()
