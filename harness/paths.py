@@ -49,8 +49,8 @@ SHIPPED_GOLDENS = _shipped("goldens")
 
 
 def import_root() -> Path:
-    """What another interpreter (ranks under `--python`, bisect probes under another
-    mlx-lm) puts on PYTHONPATH to import this harness and nothing else of this
+    """What another interpreter (ranks under `--python`, bisect references under
+    another mlx-lm) puts on PYTHONPATH to import this harness and nothing else of this
     environment: the checkout, or for an installed package a folder holding only a link
     to it. site-packages itself would bring this environment's mlx and mlx-lm along and
     shadow the other interpreter's own (PYTHONPATH comes before its site-packages)."""

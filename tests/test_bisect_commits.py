@@ -199,3 +199,31 @@ def test_good_must_be_an_ancestor_of_bad(
         mlx_lm_sources.git(repo, "checkout", "-q", "main")
     result = _bisect(run_cli, repo, side, shas["bad"], db_path)
     assert_one_line_error(result, f"the good commit {side} must be an ancestor of the bad commit")
+
+
+@pytest.fixture(scope="module")
+def hanging_history(tmp_path_factory, mlx_lm_sources):
+    """good, unrelated, qwen3_moe's forward made to hang (the first bad commit), unrelated."""
+    repo = mlx_lm_sources.init_repo(tmp_path_factory.mktemp("hang") / "mlx-lm")
+    shas = {"good": mlx_lm_sources.git(repo, "rev-parse", "HEAD")}
+    with open(repo / "README.md", "a") as fh:
+        fh.write("unrelated\n")
+    mlx_lm_sources.commit(repo, "docs: unrelated")
+    (repo / MODEL).write_text(mlx_lm_sources.hang_in_forward((repo / MODEL).read_text()))
+    shas["hang"] = mlx_lm_sources.commit(repo, "qwen3_moe: wait in every decoder layer")
+    with open(repo / "README.md", "a") as fh:
+        fh.write("unrelated\n")
+    shas["bad"] = mlx_lm_sources.commit(repo, "docs: unrelated again")
+    return repo, shas
+
+
+def test_a_commit_that_hangs_is_bad_and_named_with_its_stack(hanging_history, run_cli, db_path):
+    repo, shas = hanging_history
+    result = _bisect(run_cli, repo, shas["good"], shas["bad"], db_path, "--timeout", "4")
+    assert result.code == 1, result.out + result.err
+    assert f"first bad commit: {shas['hang']} qwen3_moe: wait" in result.out, result.out
+    flipped = next(line for line in result.out.splitlines() if "ok -> timeout" in line)
+    assert "the reference did not finish within 4s (--timeout)" in flipped
+    assert 'qwen3_moe.py", line' in result.out, "the hung rank's Python stack"
+    bad = _runs(db_path)[0]
+    assert bad["suite"] == f"qwen3_moe @ {shas['bad'][:12]}" and bad["status"] == "failed"

@@ -12,10 +12,9 @@ from harness.records import store
 RELEASES = ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"]
 
 
-@pytest.fixture
-def published(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
-    """0.1.2 lacks qwen3_moe (skip), 0.1.4 scales its layer 1 (the first bad release)."""
-    root = tmp_path_factory.mktemp("releases")
+def _publish(root, monkeypatch, mlx_lm_sources, package_index, bad: str):
+    """The releases served here: 0.1.2 lacks qwen3_moe (skip), 0.1.4 and later have
+    qwen3_moe's source changed by `bad` (the first bad release)."""
     original = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
     for version in RELEASES:
         tree = root / version
@@ -26,7 +25,7 @@ def published(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
         if version == "0.1.2":
             model.unlink()
         elif version >= "0.1.4":
-            model.write_text(mlx_lm_sources.scale_moe_output(original, layer=1))
+            model.write_text(bad)
     monkeypatch.setattr(
         implementations,
         "release",
@@ -35,6 +34,24 @@ def published(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
     with package_index.serve(RELEASES) as url:
         package_index.use(monkeypatch, url)
         yield
+
+
+@pytest.fixture
+def published(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
+    """0.1.4 scales qwen3_moe's layer 1."""
+    source = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
+    bad = mlx_lm_sources.scale_moe_output(source, layer=1)
+    root = tmp_path_factory.mktemp("releases")
+    yield from _publish(root, monkeypatch, mlx_lm_sources, package_index, bad)
+
+
+@pytest.fixture
+def published_hanging(tmp_path_factory, monkeypatch, mlx_lm_sources, package_index):
+    """0.1.4's qwen3_moe never returns from a decoder layer's forward."""
+    source = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
+    bad = mlx_lm_sources.hang_in_forward(source)
+    root = tmp_path_factory.mktemp("releases")
+    yield from _publish(root, monkeypatch, mlx_lm_sources, package_index, bad)
 
 
 def test_finds_the_release_and_layer_per_architecture_skipping_what_cannot_run(
@@ -107,3 +124,21 @@ def test_two_ranks_run_each_release_sharded_under_its_sources(published, run_cli
     # Good steps hold the sharded tp and pp runs, against the reference on the same ranks.
     assert {row["strategy"] for row in good} == {"tp", "pp"}
     assert all(row["max_abs"] is not None and row["max_abs"] < 1e-4 for row in good)
+
+
+def test_a_release_that_hangs_is_a_bad_step_with_its_stack(published_hanging, run_cli, db_path):
+    result = run_cli(
+        "bisect", "versions", "--good", "0.1.0", "--bad", "0.1.5", "--baseline", "good",
+        "--arch", "qwen3_moe", "--timeout", "4", "--db", db_path,
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err
+    assert "qwen3_moe: found: changed in mlx-lm 0.1.4" in result.out
+    flipped = next(line for line in result.out.splitlines() if "good -> bad" in line)
+    assert "under mlx-lm 0.1.4: timeout: the reference did not finish within 4s" in flipped
+    rows = store.open_db(db_path).query(
+        "select r.suite, c.verdict, c.reason from cases c join runs r on r.id = c.run_id "
+        "where c.verdict = 'bad'"
+    )
+    reasons = [row["reason"] for row in rows]
+    assert reasons and all("timeout" in reason for reason in reasons)
+    assert all('qwen3_moe.py", line' in reason for reason in reasons), "the rank's stack"

@@ -2,6 +2,7 @@
 `diff-impl` finds the layer where one differs from mlx-lm's own."""
 
 import sys
+import time
 
 import pytest
 
@@ -51,6 +52,25 @@ def test_diff_impl_of_identical_files_is_the_same(run_cli, mlx_lm_sources):
     result = run_cli("diff-impl", "qwen3_moe", own, own)
     assert result.code == 0, result.err
     assert "same within tolerance" in result.out
+
+
+def test_diff_impl_names_a_hanging_implementation_within_its_timeout(
+    tmp_path, run_cli, mlx_lm_sources
+):
+    """A model file whose forward never returns: the reference runs on a rank under the
+    watchdog, so the diff ends at its --timeout with the rank's Python stack, exit 1."""
+    hanging = tmp_path / "my_qwen3_moe.py"
+    own = mlx_lm_sources.SOURCES / "models/qwen3_moe.py"
+    hanging.write_text(mlx_lm_sources.hang_in_forward(own.read_text()))
+    started = time.monotonic()
+    result = run_cli("diff-impl", "qwen3_moe", str(own), str(hanging), "--timeout", "4")
+    assert result.code == 1, result.out + result.err
+    assert time.monotonic() - started < 60, "the hang is bounded by --timeout"
+    first = result.out.splitlines()[0]
+    assert first.startswith(f"qwen3_moe: not compared: {hanging}: timeout: the reference did")
+    assert "within 4s (--timeout)" in first
+    assert f'File "{hanging}"' in result.out, "the hung rank's Python stack, in the model"
+    assert "on 1 ranks" not in result.out, "nothing runs sharded at one rank"
 
 
 def test_install_makes_the_model_type_use_the_file(forked, restore_modules):

@@ -10,6 +10,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from harness.case import Case
 from harness.records import store
 from harness.run.parent.plan import RunOptions
@@ -164,3 +166,19 @@ def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
     assert "every part under 0.5x their median, still so at the run's second look" in " ".join(
         result.out.split()
     )
+
+
+def test_a_stream_of_one_local_rank_runs_in_this_process():
+    """`CaseStream` at one local rank launches nothing: each batch runs here, judged as a
+    run judges it; a case of a strategy that does not import is the user's mistake."""
+    from harness.errors import HarnessError
+    from harness.run.parent.stream import CaseStream
+
+    with CaseStream(RunOptions(repeats=0)) as stream:
+        first = stream.run([Case("qwen3_moe", "none", decode_steps=1)])
+        second = stream.run([Case("llama", "none", decode_steps=1), Case("mixtral", "tp")])
+        with pytest.raises(HarnessError, match="no_such_module"):
+            stream.run([Case("llama", "no_such_module:shard")])
+        assert stream.launches == 0
+    assert [r.status for r in first + second] == ["pass", "pass", "skip"]
+    assert first[0].golden is None and first[0].reference == "single-rank"

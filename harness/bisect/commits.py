@@ -32,6 +32,7 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
+from harness.run.rank.references import OK
 
 EXIT_ABORT = 128  # git bisect run stops on any code above 127
 PLAN_FILE = "bisect.json"
@@ -48,12 +49,14 @@ class Plan:
     cases: list[Case]
     inverse: bool = False
     record: dict = field(default_factory=dict)  # where and as what steps store their runs
+    timeout: float = implementations.DEFAULT_TIMEOUT  # seconds per case's reference
 
     def save(self, folder: Path) -> None:
         data = {
             "cases": [case.to_dict() for case in self.cases],
             "inverse": self.inverse,
             "record": self.record,
+            "timeout": self.timeout,
         }
         (folder / PLAN_FILE).write_text(json.dumps(data))
 
@@ -64,7 +67,8 @@ class Plan:
         except (OSError, ValueError) as exc:
             raise HarnessError(f"'{folder}' holds no bisect baseline ({exc})") from None
         cases = [Case.from_dict(case) for case in data["cases"]]
-        return cls(cases, data.get("inverse", False), data.get("record") or {})
+        timeout = data.get("timeout", implementations.DEFAULT_TIMEOUT)
+        return cls(cases, data.get("inverse", False), data.get("record") or {}, timeout)
 
 
 @dataclass
@@ -117,7 +121,7 @@ def save_baseline(refs: implementations.References, plan: Plan, folder: Path) ->
 def step(checkout: Path, baseline: Path) -> tuple[Plan, CommitStep]:
     """Judge the mlx-lm checked out at `checkout` against a saved baseline."""
     plan = Plan.load(baseline)
-    refs = implementations.references(implementations.checkout(checkout), plan.cases)
+    refs = implementations.references(implementations.checkout(checkout), plan.cases, plan.timeout)
     verdicts = [judge_case(case, refs, _saved(baseline, case)) for case in plan.cases]
     sha = git.run(checkout, "rev-parse", "HEAD").stdout.strip()
     return plan, CommitStep(sha, refs, group_verdict(verdicts), verdicts)
@@ -140,21 +144,23 @@ def bisect_commits(
     inverse: bool = False,
     record: dict | None = None,
     on_step: Callable[[Plan, CommitStep], None] | None = None,
+    timeout: float = implementations.DEFAULT_TIMEOUT,
 ) -> CommitsBisect:
     """Find the first commit between good and bad whose references moved (with `inverse`,
     bad is the older one: the first commit whose references came back to good's)."""
+    implementations.check_timeout(timeout)
     repo = git.require_mlx_lm_repo(repo)
     git.require_clean(repo)
     good_sha, bad_sha = git.commit(repo, good), git.commit(repo, bad)
     _require_order(repo, good, bad, good_sha, bad_sha, inverse)
     old_sha, new_sha = (bad_sha, good_sha) if inverse else (good_sha, bad_sha)
     with git.worktree(repo, good_sha) as tree:
-        refs = implementations.references(implementations.checkout(tree, good), cases)
-    if not any(r.status == "ok" for r in refs.cases.values()):
+        refs = implementations.references(implementations.checkout(tree, good), cases, timeout)
+    if not any(r.status == OK for r in refs.cases.values()):
         reasons = "; ".join(sorted({r.detail or r.status for r in refs.cases.values()}))
         raise HarnessError(f"the good commit {good} cannot run any of the cases: {reasons}")
     baseline = work / "baseline"
-    plan = Plan(cases, inverse, record or {})
+    plan = Plan(cases, inverse, record or {}, timeout)
     save_baseline(refs, plan, baseline)
     old_term, new_term = TERMS[inverse]
     with git.worktree(repo, bad_sha) as tree:
@@ -179,7 +185,7 @@ def bisect_commits(
     result = _result(repo, done.stdout, log, inverse)
     result.runs = [int(n) for n in re.findall(rf"^{STORED} (\d+)$", done.stdout, re.M)]
     if result.first_new is not None:
-        result.change = change(repo, result.first_new, cases)
+        result.change = change(repo, result.first_new, cases, timeout)
     return result
 
 
@@ -206,7 +212,9 @@ def _require_order(repo: Path, good: str, bad: str, good_sha: str, bad_sha: str,
     )
 
 
-def change(repo: Path, sha: str, cases: list[Case]) -> Change:
+def change(
+    repo: Path, sha: str, cases: list[Case], timeout: float = implementations.DEFAULT_TIMEOUT
+) -> Change:
     """A commit against its first parent: its size, and every case's references held
     against the parent's (each computed in a worktree of its own)."""
     parent = git.commit(repo, f"{sha}^")
@@ -220,7 +228,8 @@ def change(repo: Path, sha: str, cases: list[Case]) -> Change:
     sides = []
     for rev in (parent, sha):
         with git.worktree(repo, rev) as tree:
-            sides.append(implementations.references(implementations.checkout(tree, rev), cases))
+            checkout = implementations.checkout(tree, rev)
+            sides.append(implementations.references(checkout, cases, timeout))
     before, after = sides
     changed, flipped = [], []
     for case in cases:

@@ -20,7 +20,7 @@ from harness.bisect import implementations, sharded
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
-from harness.records.result import CaseResult
+from harness.records.result import CRASH, TIMEOUT, CaseResult
 from harness.zoo import ARCHS
 
 STRATEGIES = tuple(sharded.SHARDING)
@@ -33,6 +33,7 @@ class ImplDiff:
     b: str
     comparison: Comparison | None  # None when either side could not run the case
     detail: str | None = None
+    failed: bool = False  # a side's model crashed or hung: they differ, whatever the numbers
 
 
 @dataclass
@@ -82,14 +83,15 @@ def diff_impl(
             f"--strategy is one of {', '.join(STRATEGIES)}, not '{unknown[0]}' "
             "(diff-impl compares the model files' own shard() and pipeline())"
         )
+    implementations.check_timeout(timeout)
     cases = cases_of(model_type)
-    sharded_cases = [Case(c.arch, strategy=s) for c in cases for s in strategies]
+    sharded_cases = [Case(c.arch, strategy=s) for c in cases for s in strategies if ranks > 1]
     run = sharded.runner(ranks, timeout=timeout, keep_outputs=True) if ranks > 1 else None
     sides = []
     for spec in (a, b):
         # A commit's worktree lives only inside the block: run everything it needs there.
         with implementations.resolve(spec, model_type, repo) as implementation:
-            refs = implementations.references(implementation, cases)
+            refs = implementations.references(implementation, cases, timeout)
             runs = sharded.run_supported(run, implementation, refs, sharded_cases) if run else {}
             sides.append((implementation.label, refs, runs))
     (label_a, refs_a, runs_a), (label_b, refs_b, runs_b) = sides
@@ -99,7 +101,8 @@ def diff_impl(
         if x.output is None or y.output is None:
             side, why = (label_a, x) if x.output is None else (label_b, y)
             detail = f"{side}: {why.status}: {why.detail}"
-            diffs.unsharded.append(ImplDiff(case, label_a, label_b, None, detail))
+            failed = any(r.status in (CRASH, TIMEOUT) for r in (x, y))
+            diffs.unsharded.append(ImplDiff(case, label_a, label_b, None, detail, failed))
             continue
         tol = tolerance_for(case.precision, case.tolerance)
         comparison = compare(x.output, y.output, tol, world=1)

@@ -16,27 +16,28 @@ never an install, so every implementation runs the harness's code of this checko
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from harness.bisect import envs, git
-from harness.bisect.probe import PREFIX
 from harness.bisect.releases import check_release
 from harness.case import Case
 from harness.errors import HarnessError
-from harness.paths import import_root
 from harness.records.outputs import Output
+from harness.records.result import TIMEOUT
+from harness.run import protocol
+from harness.run.parent.launch import Target
+from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.watch import Watch
+from harness.run.rank.references import OK
 
 RELEASE = re.compile(r"(?:mlx-lm==)?(\d+\.\d+(?:\.\d+)?\S*)")
+DEFAULT_TIMEOUT = 60.0  # seconds one case's reference may take (--timeout)
+STARTUP_TIMEOUT = 120.0  # seconds the rank may take to start: import mlx and mlx-lm
 
 
 @dataclass
@@ -47,11 +48,6 @@ class Implementation:
     impl: dict[str, str] = field(default_factory=dict)  # model_type -> file
     env: envs.Env | None = None
 
-    def environ(self) -> dict[str, str]:
-        """The environment its processes run with: the source trees, then the harness."""
-        paths = [*self.pythonpath, str(import_root())]
-        return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-
     def rank_env(self) -> dict[str, str]:
         """The extra environment of its ranks (the launcher adds the harness itself)."""
         return {"PYTHONPATH": os.pathsep.join(self.pythonpath)} if self.pythonpath else {}
@@ -59,7 +55,9 @@ class Implementation:
 
 @dataclass
 class ImplementationReference:
-    status: str  # "ok" | "skip" | "error" (see harness.bisect.probe)
+    # ok | skip | crash (see harness.run.rank.references), or what the watcher saw: a
+    # timeout, a crash, an error of the setup or the harness.
+    status: str
     detail: str | None = None
     output: Output | None = None
     strategies: tuple[str, ...] = ()  # what the architecture has here: "tp", "pp"
@@ -112,41 +110,85 @@ def resolve(spec: str, model_type: str, repo: Path | None = None) -> Iterator[Im
         )
 
 
-def references(implementation: Implementation, cases: list[Case]) -> References:
-    """Every case's single-rank reference under the implementation, in its own process."""
-    with tempfile.TemporaryDirectory(prefix="harness-probe-") as out:
-        request = {
-            "cases": [case.to_dict() for case in cases],
-            "impl": implementation.impl,
-            "out": out,
-        }
-        done = subprocess.run(
-            # -P: an mlx_lm folder in the current directory must not shadow the one chosen.
-            [implementation.python, "-P", "-m", "harness.bisect.probe"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            env=implementation.environ(),
+def check_timeout(timeout: float) -> None:
+    if timeout <= 0:
+        raise HarnessError(f"--timeout must be positive, got {timeout:g}")
+
+
+def references(
+    implementation: Implementation, cases: list[Case], timeout: float = DEFAULT_TIMEOUT
+) -> References:
+    """Every case's single-rank reference under the implementation: the `references` job
+    (`harness.run.rank.references`) on one rank launched under its Python, watched as a
+    run's ranks are. A case that hangs past `timeout` seconds is its `timeout` (with the
+    rank's Python stack), one that kills the rank its `crash`; the rest run in a fresh
+    launch. Ranks that cannot start at all are the setup's fault: one sentence."""
+    work = _ReferenceWork(implementation, cases)
+    driver = Relauncher(work.target, STARTUP_TIMEOUT, timeout)
+    found = {cases[index].key(): reference for index, reference in driver.drive(work)}
+    return References(implementation, work.versions, found)
+
+
+class _ReferenceWork:
+    """The references of one implementation: the relaunch driver's work."""
+
+    def __init__(self, implementation: Implementation, cases: list[Case]):
+        self.implementation, self.cases = implementation, cases
+        self.remaining = list(range(len(cases)))
+        self.versions: dict[str, str] = {}
+        # PYTHONSAFEPATH: an mlx_lm folder in the working directory must not shadow the
+        # one chosen (the rank runs as `python -m`, which puts the working directory first).
+        env = {**implementation.rank_env(), "PYTHONSAFEPATH": "1"}
+        self.target = Target(1, python=implementation.python, env=env)
+
+    def spec(self) -> dict:
+        cases = [{"index": i, "case": self.cases[i].to_dict()} for i in self.remaining]
+        return {"kind": "references", "cases": cases, "impl": self.implementation.impl}
+
+    def received(
+        self, message, arrays: dict, watch: Watch
+    ) -> Iterator[tuple[int, ImplementationReference]]:
+        if not isinstance(message, protocol.Reference):
+            return
+        self.remaining.remove(message.index)
+        self.versions = self.versions or dict(message.versions or {})
+        output = Output.from_arrays(arrays) if message.status == OK else None
+        sharding = tuple(message.sharding or ())
+        reference = ImplementationReference(message.status, message.reason, output, sharding)
+        yield message.index, reference
+
+    def cut_short(
+        self, watch: Watch, unfinished: list[int]
+    ) -> Iterator[tuple[int, ImplementationReference]]:
+        if watch.current is None:
+            self._not_started(watch)
+        limit = watch.timed_out
+        for index in unfinished:
+            self.remaining.remove(index)
+            if limit is not None:
+                detail = (
+                    f"the reference did not finish within {limit:g}s (--timeout); its Python "
+                    f"stack is below{watch.tails()}"
+                )
+                yield index, ImplementationReference(TIMEOUT, detail)
+            else:
+                status, detail = watch.failure(started=True, what="reference")
+                yield index, ImplementationReference(status, detail)
+
+    def stalled(self, watch: Watch) -> Iterator[tuple[int, ImplementationReference]]:
+        self._not_started(watch)
+
+    def _not_started(self, watch: Watch) -> None:
+        """Ranks that never reached a case: the harness cannot run there (no mlx, an
+        interpreter that cannot import it): the setup's fault, in one sentence."""
+        if watch.timed_out is not None:
+            why = f"it did not start within {watch.timed_out:g}s"
+        else:
+            why = watch.failure(started=False)[1].splitlines()[0]
+        said = [line for line in (watch.job.stderr if watch.job else []) if line.strip()]
+        if said:
+            why += f": {said[-1].strip()}"
+        raise HarnessError(
+            f"the harness could not run under {self.implementation.label} "
+            f"({self.implementation.python}): {why}"
         )
-        lines = [
-            json.loads(line.removeprefix(PREFIX))
-            for line in done.stdout.splitlines()
-            if line.startswith(PREFIX)
-        ]
-        if done.returncode != 0 or not lines:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise HarnessError(
-                f"the harness could not run under {implementation.label} "
-                f"({implementation.python}): {tail}"
-            )
-        versions, found = lines[0]["versions"], {}
-        for line in lines[1:]:
-            output = None
-            if line["status"] == "ok":
-                with np.load(Path(out) / f"{line['key']}.npz") as data:
-                    output = Output.from_arrays(dict(data))
-            strategies = tuple(s for s in ("tp", "pp") if line.get(s))
-            found[line["key"]] = ImplementationReference(
-                line["status"], line.get("detail"), output, strategies
-            )
-    return References(implementation, versions, found)

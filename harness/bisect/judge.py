@@ -1,9 +1,10 @@
 """Judging cases under one implementation: good, bad or skip, per case and for a group.
 
-A case is bad when its reference failed to run or moved beyond its tolerance from the
-baseline (its golden, or the good endpoint's reference), or when its sharded run failed,
-crashed or hung; skip when the implementation cannot run it (or the baseline has nothing
-to hold it against, or the sharded run met a setup or harness error); good otherwise.
+A case is bad when its reference crashed or hung (the watchdog's timeout) or moved beyond
+its tolerance from the baseline (its golden, or the good endpoint's reference), or when its
+sharded run failed, crashed or hung; skip when the implementation cannot run it (or the
+baseline has nothing to hold it against, or either run met a setup or harness error);
+good otherwise.
 A group is bad if any case is, skip if every case is."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import CRASH, ERROR, FAIL, TIMEOUT, CaseResult
 from harness.records.result import SKIP as SKIP_STATUS
+from harness.run.rank.references import SKIP as SKIP_REFERENCE
 
 BASELINES = ("goldens", "good")
 
@@ -59,11 +61,13 @@ def judge_case(
 ) -> CaseVerdict:
     reference = refs.cases.get(case.key())
     label = refs.implementation.label
-    if reference is None or reference.status == "skip":
+    if reference is None or reference.status == SKIP_REFERENCE:
         detail = reference.detail if reference else "not run"
         return CaseVerdict(case, SKIP, f"{label} cannot run it: {detail}")
-    if reference.status == "error":
-        return CaseVerdict(case, BAD, f"under {label}: {reference.detail}")
+    if reference.status in (CRASH, TIMEOUT):  # the model under this implementation
+        return CaseVerdict(case, BAD, f"under {label}: {reference.status}: {reference.detail}")
+    if reference.status == ERROR:  # the setup's or the harness's fault: never the model's
+        return CaseVerdict(case, SKIP, f"under {label}: {reference.status}: {reference.detail}")
     if baseline is None:
         return CaseVerdict(case, SKIP, "the good endpoint cannot run it: nothing to hold it to")
     verdict, comparison = held(case, reference.output, baseline)

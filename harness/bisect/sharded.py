@@ -10,6 +10,7 @@ from collections.abc import Callable
 from harness.bisect.implementations import Implementation, References
 from harness.case import Case
 from harness.records.result import SKIP, CaseResult
+from harness.run.rank.references import OK
 
 # Built-in strategies an implementation may lack for an architecture, as skip reasons name them.
 SHARDING = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}
@@ -55,7 +56,7 @@ def run_supported(
     runnable = []
     for case in cases:
         reference = refs.cases.get(case.key())
-        if reference is None or reference.status != "ok":
+        if reference is None or reference.status != OK:
             continue
         if case.strategy in SHARDING and case.strategy not in reference.strategies:
             reason = f"{case.arch} has no {SHARDING[case.strategy]} in {implementation.label}"

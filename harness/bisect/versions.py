@@ -60,9 +60,11 @@ def bisect_versions(
     impl: dict[str, str] | None = None,
     sharded: Runner | None = None,
     on_step: Callable[[Step], None] | None = None,
+    timeout: float = implementations.DEFAULT_TIMEOUT,
 ) -> VersionsBisect:
     if baseline not in BASELINES:
         raise HarnessError(f"--baseline is one of {', '.join(BASELINES)}, not '{baseline}'")
+    implementations.check_timeout(timeout)
     started = time.perf_counter()
     items = releases.between(good, bad, inverse)
     steps: dict[str, Step] = {}
@@ -75,7 +77,7 @@ def bisect_versions(
             began = time.perf_counter()
             implementation = implementations.release(version)
             implementation.impl = dict(impl or {})  # the same model files in every release
-            refs = implementations.references(implementation, unique)
+            refs = implementations.references(implementation, unique, timeout)
             made[version] = (implementation, refs, time.perf_counter() - began)
         return made[version]
 

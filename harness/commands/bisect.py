@@ -82,9 +82,10 @@ def versions(
     Each release runs in a cached environment (see 'harness env list'); a release that
     cannot run a case skips it, never counts it bad. With --ranks N each release also
     runs the cases sharded (their suite's strategies) on N ranks under its Python: a
-    case that fails there is bad. Prints, per architecture, the first bad release, its
-    cases' ladder of metrics against the last good one and the first layer where they
-    diverge. Exit 1 when a change was found.
+    case that fails there is bad. A reference that crashes, or hangs past --timeout,
+    is bad too (the step stores its rank's Python stack). Prints, per architecture, the
+    first bad release, its cases' ladder of metrics against the last good one and the
+    first layer where they diverge. Exit 1 when a change was found.
 
     Example: harness bisect versions --bad 0.30.0 --good 0.32.2 --inverse --suite moe
     """
@@ -119,6 +120,7 @@ def versions(
         overrides,
         sharded=sharded.runner(ranks, timeout=timeout) if ranks > 1 else None,
         on_step=record,
+        timeout=timeout,
     )
     for finding in result.findings:
         _say(out, f"{finding.arch}: {finding.outcome}: {finding.detail}")
@@ -153,7 +155,8 @@ def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]
         if v.case.arch != arch or was is None or "bad" not in (was.verdict, v.verdict):
             continue
         if v.case.label() not in shown:
-            why = v.detail or was.detail or ""
+            # The first line: a hang's Python stack is in the stored step.
+            why = (v.detail or was.detail or "").split("\n", 1)[0]
             why = why if len(why) <= 160 else why[:157] + "..."
             lines.append(f"{v.case.label()}: {was.verdict} -> {v.verdict}: {why}".rstrip(": "))
     return lines
@@ -226,13 +229,15 @@ def commits_command(
     inverse: Annotated[
         bool, typer.Option("--inverse", help="Find the commit that fixed it (bad is older).")
     ] = False,
+    timeout: Timeout = 60.0,
     db: Db = store.DEFAULT_DB,
 ) -> None:
     """Drive 'git bisect run' over commits of a local mlx-lm checkout.
 
     The bisect runs in a temporary worktree, so the checkout is left as it was; a dirty
-    checkout is refused. A commit that cannot run the cases is skipped. Each commit
-    judged is stored as a run (kind bisect). Prints the first bad commit (the fix with
+    checkout is refused. A commit that cannot run the cases is skipped; one whose
+    reference crashes, or hangs past --timeout, is bad. Each commit judged is stored as
+    a run (kind bisect). Prints the first bad commit (the fix with
     --inverse), its size, and each case's ladder of metrics and first divergent layer
     against its parent. Exit 1 once the change is found (or the skipped commits it hides
     among).
@@ -251,7 +256,7 @@ def commits_command(
     with tempfile.TemporaryDirectory(prefix="harness-bisect-") as work:
         started = time.perf_counter()
         result = commits.bisect_commits(
-            repo, good, bad, cases, Path(work), inverse, record, on_step=endpoint
+            repo, good, bad, cases, Path(work), inverse, record, on_step=endpoint, timeout=timeout
         )
     stored += result.runs
     for sha, verdict in result.steps:
@@ -338,7 +343,8 @@ def diff_impl(
     Prints the ladder of metrics of B against A and the first layer where they diverge.
     With --ranks N both also run sharded (their own shard() / pipeline()) on N ranks:
     each against its own single-rank run, and B's sharded run against A's, so a change
-    in a model file's sharding shows too. Exit 1 when they differ.
+    in a model file's sharding shows too. A side whose model crashes, or hangs past
+    --timeout (its Python stack is shown), differs. Exit 1 when they differ.
 
     Example: harness diff-impl qwen3_moe 0.32.2 my_fork/qwen3_moe.py --ranks 2
     """
@@ -356,6 +362,7 @@ def diff_impl(
     differ = False
     for d in diffs.unsharded:
         if d.comparison is None:
+            differ |= d.failed
             _say(out, f"{d.case.arch}: not compared: {d.detail}")
             continue
         same = d.comparison.passed

@@ -63,9 +63,13 @@ class Reference:
 
     kind: ClassVar[str] = "reference"
     index: int
-    status: str  # ok, or the blamed status of why it could not run
+    status: str  # ok, or the blamed status of why it could not run (or skip: see below)
     reason: str | None = None
     timings: dict | None = None
+    # The `references` job of bisect and diff-impl (harness.run.rank.references) adds the
+    # versions that ran and the strategies the architecture has there (tp, pp).
+    versions: dict | None = None
+    sharding: list[str] | None = None
 
 
 @dataclass

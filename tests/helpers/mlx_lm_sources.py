@@ -54,3 +54,10 @@ def moe_group_on_layer_zero(source: str) -> str:
     assert source.count(line) == 1, "qwen3_moe.py's shard() changed shape"
     only_first = "group if layer is self.model.layers[0] else None"
     return source.replace(line, line.replace("group\n", f"{only_first}\n"))
+
+
+def hang_in_forward(source: str) -> str:
+    """qwen3_moe's source whose decoder layers never return from their forward (as a
+    model that waits on something that never comes): a hang for the watchdog."""
+    assert MOE_LAYER in source, "qwen3_moe.py changed shape"
+    return source.replace(MOE_LAYER, f"        __import__('time').sleep(3600)\n{MOE_LAYER}")

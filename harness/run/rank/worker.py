@@ -41,6 +41,7 @@ JOBS = {
     "cases": "harness.run.rank.cases:run_on_rank",
     "props": "harness.props.rank_job:run_on_rank",
     "bench": "harness.run.rank.bench:run_on_rank",
+    "references": "harness.run.rank.references:run_on_rank",
 }
 TRACEBACK_CHARS = 3000
 
