@@ -15,7 +15,6 @@ RELEASES = ["0.1.0", "0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5"]
 def _publish(root, monkeypatch, mlx_lm_sources, package_index, bad: str):
     """The releases served here: 0.1.2 lacks qwen3_moe (skip), 0.1.4 and later have
     qwen3_moe's source changed by `bad` (the first bad release)."""
-    original = (mlx_lm_sources.SOURCES / "models/qwen3_moe.py").read_text()
     for version in RELEASES:
         tree = root / version
         shutil.copytree(
@@ -142,3 +141,45 @@ def test_a_release_that_hangs_is_a_bad_step_with_its_stack(published_hanging, ru
     reasons = [row["reason"] for row in rows]
     assert reasons and all("timeout" in reason for reason in reasons)
     assert all('qwen3_moe.py", line' in reason for reason in reasons), "the rank's stack"
+
+
+def test_a_step_is_stored_through_the_run_loop_and_sigterm_keeps_what_it_stored(
+    monkeypatch, db_path
+):
+    """A bisect step is a run like any other: SIGTERM while it is stored leaves it
+    `interrupted` with the cases recorded so far, as `harness run` does."""
+    import os
+    import signal
+
+    from harness.bisect import judge
+    from harness.case import Case
+
+    verdicts = [
+        judge.CaseVerdict(Case("qwen3_moe", "none"), "good"),
+        judge.CaseVerdict(Case("llama", "none"), "bad", "reference moved"),
+    ]
+    stored = judge.step_results
+
+    def terminated_after_the_first(*args):
+        results = stored(*args)
+        yield next(results)
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield from results
+
+    database = store.open_db(db_path)
+    versions = {"mlx": "0.1", "mlx-lm": "0.1.4"}
+    run_id = judge.store_step(database, "qwen3_moe @ 0.1.4", versions, verdicts, ["harness"], 1)
+    monkeypatch.setattr(judge, "step_results", terminated_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        judge.store_step(database, "qwen3_moe @ 0.1.5", versions, verdicts, ["harness"], 1)
+    runs = list(database.query("select id, kind, status, mlx_lm_version from runs order by id"))
+    assert [(r["kind"], r["status"], r["mlx_lm_version"]) for r in runs] == [
+        ("bisect", "failed", "0.1.4"),
+        ("bisect", "interrupted", "0.1.4"),
+    ]
+    cases = list(database.query("select run_id, status, verdict from cases order by id"))
+    assert [(c["run_id"], c["status"], c["verdict"]) for c in cases] == [
+        (run_id, "pass", "good"),
+        (run_id, "fail", "bad"),
+        (runs[1]["id"], "pass", "good"),
+    ]

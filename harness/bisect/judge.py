@@ -9,6 +9,7 @@ A group is bad if any case is, skip if every case is."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from harness.case import Case
 from harness.records import goldens
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import CRASH, ERROR, FAIL, TIMEOUT, CaseResult
+from harness.records.result import CRASH, ERROR, FAIL, PASS, TIMEOUT, CaseResult
 from harness.records.result import SKIP as SKIP_STATUS
 from harness.run.rank.references import SKIP as SKIP_REFERENCE
 
@@ -84,6 +85,43 @@ def judge_case(
         # The setup's or the harness's fault (a loader this release lacks): never the model's.
         verdict, detail = SKIP, f"sharded run {sharded.status}: {sharded.reason}"
     return CaseVerdict(case, verdict, detail, comparison, sharded)
+
+
+# How a bisect step's verdict is stored as a case's status.
+STORED_STATUS = {GOOD: PASS, BAD: FAIL, SKIP: SKIP_STATUS}
+
+
+def step_results(verdicts: list[CaseVerdict], ranks: int) -> Iterator[CaseResult]:
+    """A step's verdicts as case results to store: the sharded run's comparisons when there
+    is one, else the reference's against the baseline."""
+    for index, v in enumerate(verdicts):
+        comparisons = {0: v.comparison} if v.comparison is not None else {}
+        if v.sharded is not None and v.sharded.comparisons:
+            comparisons = v.sharded.comparisons
+        status = STORED_STATUS[v.verdict]
+        yield CaseResult(index, v.case, ranks, status, v.detail, comparisons)
+
+
+def store_step(
+    database, name: str, versions: dict, verdicts: list[CaseVerdict], command: list[str], ranks: int
+) -> int:
+    """One bisect step (a release or a commit, judged) as a stored run of kind `bisect`,
+    through the one run loop (its store API, SIGTERM and Ctrl-C); returns the run's id."""
+    # Imported here: the run layer loads mlx, which judging never needs.
+    from harness.run.parent.loop import run_loop
+    from harness.run.parent.plan import RunOptions
+
+    record = run_loop(
+        step_results(verdicts, ranks),
+        RunOptions(ranks=ranks),
+        database,
+        kind="bisect",
+        suite=name,
+        command=command,
+        on_result=lambda result: {"verdict": verdicts[result.index].verdict},
+        versions={"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
+    )
+    return record.run_id
 
 
 def group_verdict(verdicts: list[CaseVerdict]) -> str:

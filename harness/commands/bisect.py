@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from harness import paths, render
-from harness.bisect import commits, envs, sharded
+from harness.bisect import commits, envs, judge, sharded
 from harness.bisect.versions import Step, bisect_versions
 from harness.case import Case
 from harness.commands.options import (
@@ -101,7 +101,7 @@ def versions(
         for note in env.notes if env else []:
             print(f"warning: {note}", file=sys.stderr)
         name = f"{label} @ mlx-lm {step.release}"
-        run_id = _store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
+        run_id = judge.store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
         counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
         cache = "cached env" if step.env_reused else "new env"
         _say(
@@ -178,35 +178,6 @@ def _ladder(c: Comparison) -> str:
     )
 
 
-_STATUS = {"good": "pass", "bad": "fail", "skip": "skip"}
-
-
-def _store_step(
-    database, name: str, versions: dict, verdicts: list, command: list[str], ranks: int
-) -> int:
-    """One bisect step (a release or a commit, judged) as a stored run of kind `bisect`."""
-    run_id = store.start_run(
-        database,
-        "bisect",
-        name,
-        ranks,
-        None,
-        None,
-        command,
-        {"mlx_version": versions.get("mlx"), "mlx_lm_version": versions.get("mlx-lm")},
-    )
-    for index, v in enumerate(verdicts):
-        # The sharded run's comparisons when there is one, else the reference vs baseline.
-        comparisons = {0: v.comparison} if v.comparison is not None else {}
-        if v.sharded is not None and v.sharded.comparisons:
-            comparisons = v.sharded.comparisons
-        result = CaseResult(index, v.case, ranks, _STATUS[v.verdict], v.detail, comparisons)
-        store.record(database, run_id, result, {"verdict": v.verdict})
-    bad = any(v.verdict == "bad" for v in verdicts)
-    store.finish_run(database, run_id, "failed" if bad else "passed")
-    return run_id
-
-
 def _store_commit(record: dict, step: commits.CommitStep) -> int:
     """A commit's step as a run; its mlx-lm version names the commit (a source tree has
     the version of its last release)."""
@@ -214,7 +185,7 @@ def _store_commit(record: dict, step: commits.CommitStep) -> int:
     versions = {**versions, "mlx-lm": f"{versions.get('mlx-lm')}+g{step.sha[:12]}"}
     name = f"{record['label']} @ {step.sha[:12]}"
     database = store.open_db(record["db"])
-    return _store_step(database, name, versions, step.verdicts, record["command"], 1)
+    return judge.store_step(database, name, versions, step.verdicts, record["command"], 1)
 
 
 @app.command(name="commits")

@@ -1,6 +1,6 @@
 """The one run loop: start a stored run, record each result as it arrives, finish the run.
 SIGTERM and Ctrl-C mark the run `interrupted` and keep every recorded result. `harness
-run`, `harness selftest`, `harness bench` and anything later (bisect, a cluster job) go
+run`, `harness selftest`, `harness bench`, each bisect step and anything later go
 through it; what they do with each result is their `on_result` callback."""
 
 from __future__ import annotations
@@ -89,11 +89,13 @@ def recording(
     command: list[str] | None = None,
     on_result: OnResult | None = None,
     started: float | None = None,
+    versions: dict | None = None,
 ):
     """Store a run of any kind (when given a database): start it, let the caller add each
     result as it arrives and judge it, finish it; SIGTERM and Ctrl-C leave it
     `interrupted` with every result kept. For callers whose results come from callbacks
-    (explore's search) rather than an iterable."""
+    (explore's search) rather than an iterable. `versions`: the mlx and mlx-lm the cases
+    ran under, when not this process's (a bisect step's)."""
     started = time.perf_counter() if started is None else started
     record = RunRecord(None, options)
     if database is not None:
@@ -105,6 +107,7 @@ def recording(
             options.backend,
             options.hostfile,
             command or ["harness", kind],
+            versions,
         )
     try:
         with sigterm_interrupts():
@@ -126,7 +129,7 @@ def run_loop(
     """Store a run of any kind (when given a database): start it, record each result as it
     arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
     The run fails when `judge` (default: any failing result) says so. `how`: recording's
-    kind, suite, command, on_result and started."""
+    kind, suite, command, on_result, started and versions."""
     with recording(options, database, **how) as run:
         for result in results:
             run.add(result)
