@@ -91,37 +91,16 @@ def explore(
     """
     if ctx.invoked_subcommand is not None:
         return
-    # Imported here: the search loads mlx and mlx-lm, which `export` never needs.
-    from harness.explore import repro
-    from harness.explore.runner import ExploreOptions, explore as run_explore, plan_targets
-    from harness.run.parent.plan import RunOptions
+    from harness.explore.runner import explore as run_explore
+    from harness.explore.runner import plan_targets
 
-    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
-    options = ExploreOptions(
-        budget=budget,
-        seed=seed,
-        db_path=Path(db),
-        flags=repro.RunFlags(ranks, hostfile, backend, python, tuple(impl_files or ())),
-    )
+    options, run_options = setup(ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout)
+    seed = options.seed
     targets, skipped = [], []
     for name, chosen, precisions in _pairs(suite, arch, strategy, precision):
         found, why = plan_targets([name], chosen, precisions, ranks)
         targets += found
         skipped += why
-    run_options = RunOptions(
-        ranks=ranks,
-        backend=backend,
-        hostfile=hostfile,
-        timeout=timeout,
-        repeats=0,
-        # No hidden states per layer: the search needs verdicts and locations, and ran
-        # 40 examples/min without them against 29 with them here (qwen3_moe, tp, 2 ranks);
-        # the printed `harness run` command captures them for the shrunk failure.
-        capture=False,
-        goldens=None,
-        python=python,
-        impl=impl.parse(impl_files),
-    )
     out = render.console()
     out.print(
         f"explore: seed {seed} (--seed {seed} repeats the search), budget {budget:g}s over "
@@ -137,7 +116,7 @@ def explore(
         run_options,
         database,
         command=command_line(ctx, "explore"),
-        on_searched=lambda searched: _show(out, searched, options.flags),
+        on_searched=lambda searched: show(out, searched, options.flags),
     )
     out.print(
         f"{explored.examples} examples, {explored.operations} operations in "
@@ -151,7 +130,40 @@ def explore(
     raise typer.Exit(1 if explored.failures else 0)
 
 
-def _show(out, searched, flags) -> None:
+def setup(ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout):
+    """The explore options and the ranks' run options, from the command line; a budget of
+    0 or less is one sentence before anything is planned."""
+    # Imported here: the search loads mlx and mlx-lm, which `export` never needs.
+    from harness.explore import repro
+    from harness.explore.runner import ExploreOptions
+    from harness.run.parent.plan import RunOptions
+
+    options = ExploreOptions(
+        budget=budget,
+        seed=random.SystemRandom().randrange(2**32) if seed is None else seed,
+        db_path=Path(db),
+        flags=repro.RunFlags(ranks, hostfile, backend, python, tuple(impl_files or ())),
+    )
+    run_options = RunOptions(
+        ranks=ranks,
+        backend=backend,
+        hostfile=hostfile,
+        timeout=timeout,
+        repeats=0,
+        # No hidden states per layer: the search needs verdicts and locations, and ran
+        # 40 examples/min without them against 29 with them here (qwen3_moe, tp, 2 ranks);
+        # the printed `harness run` command captures them for the shrunk failure.
+        capture=False,
+        goldens=None,
+        python=python,
+        impl=impl.parse(impl_files),
+    )
+    return options, run_options
+
+
+def show(out, searched, flags) -> None:
+    """One target's search: its rate, and a failure with its shrunk form, what was
+    learned and the command that reproduces it."""
     from harness.explore.runner import reproduction
     from harness.scenario import label
 

@@ -46,17 +46,34 @@ def _passes(run: Run, example: Example, scenario: dict | None = None, **changes)
 
 
 def simplify(found: Found, run: Run) -> None:
-    """Keep a plainer neighbour wherever it fails too: one prefill call instead of chunks,
-    and a program's adjacent steps as one (hypothesis's shrinker can stop at two steps
-    where one would do)."""
-    for plainer in _plainer(found.example.scenario):
+    """Keep a plainer neighbour wherever it fails too (hypothesis shrinks within a kind:
+    a program found first stays a program; its shrinker can stop at two steps where one
+    would do)."""
+    for plainer in _plainer(found.example.scenario, location(found.result)):
+        plainer = _valid(plainer)
+        if plainer is None:
+            continue
         candidate = replace(found.example, scenario=plainer)
         result = run(candidate)
         if result.failed:
             found.example, found.result = candidate, result
+            return simplify(found, run)
 
 
-def _plainer(scenario: dict):
+def _plainer(scenario: dict, where: dict):
+    """Plainer neighbours, plainest first: a program's failing request as a batch of one
+    row decoding as far (its k-th token is the batch's decode step k - 1), one prefill
+    call, adjacent steps merged."""
+    uid, step = where.get("uid"), where.get("decode_step")
+    if scenario["kind"] == scenarios.SERVE and uid is not None and step is not None:
+        inserts = {op["uid"]: op for op in scenario["ops"] if op["op"] == scenarios.INSERT}
+        if uid in inserts and "reuse" not in inserts[uid]:
+            yield {
+                "kind": scenarios.BATCH,
+                "prompts": [inserts[uid]["prompt"]],
+                "prefill_step": scenario["prefill_step"],
+                "decode": step,
+            }
     if scenario["prefill_step"] != DEFAULT_PREFILL_STEP:
         yield {**scenario, "prefill_step": DEFAULT_PREFILL_STEP}
     if scenario["kind"] == scenarios.SERVE:
@@ -136,12 +153,19 @@ def _without(prompts: list[int], index: int) -> list[int]:
 def _serve_facts(example: Example, where: dict, run: Run) -> list[str]:
     scenario, facts = example.scenario, []
     ops = scenario["ops"]
-    failing = where.get("op_index", len(ops))
-    removes = [i for i, op in enumerate(ops) if op["op"] == scenarios.REMOVE and i < failing]
-    if removes and any(
-        _passes(run, example, {**scenario, "ops": ops[:i] + ops[i + 1 :]}) for i in removes
-    ):
-        facts.append("after a request left the batch")
+    longest = sum(op["n"] for op in ops if op["op"] == scenarios.STEP)
+    for uid in where.get("after") or []:
+        # The request stays instead: never removed, and too long to finish in time.
+        stays = [
+            {**op, "max_tokens": op["max_tokens"] + longest}
+            if op["op"] == scenarios.INSERT and op["uid"] == uid
+            else op
+            for op in ops
+            if not (op["op"] == scenarios.REMOVE and op["uid"] == uid)
+        ]
+        if _passes(run, example, {**scenario, "ops": stays}):
+            facts.append("after a request left the batch")
+            break
     for i, op in enumerate(ops):
         if "reuse" not in op:
             continue
@@ -154,9 +178,13 @@ def _serve_facts(example: Example, where: dict, run: Run) -> list[str]:
             )
             break
     inserts = [op for op in ops if op["op"] == scenarios.INSERT]
-    if len(inserts) > 1:
-        alone = [op for op in ops if op["op"] != scenarios.INSERT or op["uid"] == where.get("uid")]
-        alone = [op for op in alone if op["op"] != scenarios.REMOVE or op["uid"] == where.get("uid")]
-        if where.get("uid") is not None and _passes(run, example, {**scenario, "ops": alone}):
+    uid = where.get("uid")
+    if len(inserts) > 1 and uid is not None:
+        alone = [op for op in ops if op["op"] == scenarios.STEP or op.get("uid") == uid]
+        if _passes(run, example, {**scenario, "ops": [_unreused(op) for op in alone]}):
             facts.append(f"only with {len(inserts)} requests in the batch")
     return facts
+
+
+def _unreused(op: dict) -> dict:
+    return {k: v for k, v in op.items() if k != "reuse"}
