@@ -16,7 +16,7 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.explore import corpus, learn, repro
 from harness.explore.search import Found, Memo, Searched, Target, search
-from harness.explore.space import Boundaries, Example
+from harness.explore.space import Boundaries, Example, operations
 from harness.models.build import tiny_config
 from harness.records import store
 from harness.records.result import CaseResult
@@ -55,18 +55,14 @@ class Explored:
     seconds: float = 0.0
     launches: int = 0
     status: str = "interrupted"
+    # Every example stored, whichever target's and however it came to run (counted as
+    # each is stored, so an interrupted search counts what it ran).
+    examples: int = 0
+    operations: int = 0
 
     @property
     def failures(self) -> list[Found]:
         return [s.found for s in self.searched if s.found is not None]
-
-    @property
-    def examples(self) -> int:
-        return sum(s.examples for s in self.searched)
-
-    @property
-    def operations(self) -> int:
-        return sum(s.operations for s in self.searched)
 
 
 def case_of(target: Target, example: Example) -> Case:
@@ -132,6 +128,8 @@ def explore(
         def keep(example: Example, result: CaseResult) -> None:
             result.index = len(run.record.results)
             run.add(result, {"explore": role[0]})
+            explored.examples += 1
+            explored.operations += operations(example.scenario)
 
         try:
             for left, target in enumerate(targets):

@@ -1,0 +1,79 @@
+"""`harness explore` on 2 real ranks: mlx-lm's tensor parallel is quiet; a serving fault is
+found, shrunk, explained, and its printed command fails the same way under `harness run`;
+SIGTERM keeps every stored example and marks the run interrupted."""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.records import store
+
+pytestmark = pytest.mark.multirank
+
+
+def test_mlx_lms_tensor_parallel_is_quiet_within_a_small_budget(run_cli, tmp_path):
+    db = tmp_path / "e.db"
+    result = run_cli(
+        "explore", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "2",
+        "--budget", "20", "--seed", "7", "--db", str(db),
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    assert "qwen3_moe/tp/fp32" in result.out and "nothing found" in result.out
+    assert "seed 7" in result.out and "examples/min" in result.out
+    run, cases = store.get_run(store.open_db(db), None, "explore")
+    assert run["status"] == "passed" and run["examples"] == len(cases) >= 5
+    assert run["operations"] >= run["examples"] and all(c["status"] == "pass" for c in cases)
+
+
+def test_a_serving_fault_is_found_shrunk_and_its_command_fails_the_same_way(run_cli, tmp_path):
+    db = tmp_path / "e.db"
+    result = run_cli(
+        "explore", "--arch", "qwen3_moe", "--strategy", "harness.faults.serving:request_left",
+        "--ranks", "2", "--budget", "60", "--seed", "1", "--db", str(db),
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err
+    assert "learned: after a request left the batch" in result.out
+    where = re.search(r"FAILED: fail: .*?(uid \d+, .*left the batch)", result.out).group(1)
+    command = re.search(r"reproduce: (harness run .*)", result.out).group(1)
+    argv = shlex.split(command)
+    scenario = argv[argv.index("--scenario") + 1]
+    assert len(eval(scenario.replace("null", "None"))["ops"]) <= 3  # shrunk to the smallest
+    again = run_cli(*argv[1:], "--db", str(tmp_path / "run.db"))
+    assert again.code == 1, again.out + again.err
+    assert where in again.out
+    (failure,) = store.explore_failures(store.open_db(db))
+    assert failure["command"] == command and failure["status"] == "fail"
+
+
+def test_sigterm_keeps_every_stored_example_and_marks_the_run_interrupted(tmp_path):
+    db = tmp_path / "e.db"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "harness.cli", "explore", "--arch", "qwen3_moe",
+            "--strategy", "tp", "--ranks", "2", "--budget", "300", "--db", str(db),
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, rows = time.monotonic() + 240, 0
+    while time.monotonic() < deadline and rows < 3:
+        time.sleep(0.3)
+        try:
+            rows = len(list(store.open_db(db).query("select id from cases")))
+        except Exception:  # the database is being created
+            rows = 0
+    assert rows >= 3, "no examples were stored"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run, cases = store.get_run(store.open_db(db), None, "explore")
+    assert run["status"] == "interrupted" and len(cases) >= rows
+    assert run["examples"] == len(cases)
