@@ -36,7 +36,9 @@ def _found(scenario: dict, precision: str = "fp32") -> Found:
     result = CaseResult(0, case, 2, FAIL, reason="rank 0: decode-only; uid 1, its token 2")
     result.location = {"uid": 1, "position": 2, "decode_step": 2, "after": [0]}
     example = Example(precision, scenario)
-    return Found(TARGET, example, result, first_seen=example, learned=["after a request left the batch"])
+    return Found(
+        TARGET, example, result, first_seen=example, learned=["after a request left the batch"]
+    )
 
 
 def _stored(tmp_path, *founds: Found):
@@ -113,7 +115,9 @@ def test_mistakes_are_one_sentence(run_cli, assert_one_line_error, tmp_path, arg
 
 
 def test_export_without_a_database_is_one_sentence(run_cli, assert_one_line_error, tmp_path):
-    result = run_cli("explore", "export", "--out", str(tmp_path / "x.toml"), "--db", str(tmp_path / "none.db"))
+    result = run_cli(
+        "explore", "export", "--out", str(tmp_path / "x.toml"), "--db", str(tmp_path / "none.db")
+    )
     assert_one_line_error(result, "no database at")
 
 

@@ -2,6 +2,7 @@
 found, shrunk, explained, and its printed command fails the same way under `harness run`;
 SIGTERM keeps every stored example and marks the run interrupted."""
 
+import json
 import os
 import re
 import shlex
@@ -43,7 +44,7 @@ def test_a_serving_fault_is_found_shrunk_and_its_command_fails_the_same_way(run_
     command = re.search(r"reproduce: (harness run .*)", result.out).group(1)
     argv = shlex.split(command)
     scenario = argv[argv.index("--scenario") + 1]
-    assert len(eval(scenario.replace("null", "None"))["ops"]) <= 3  # shrunk to the smallest
+    assert len(json.loads(scenario)["ops"]) <= 3  # shrunk to the smallest
     again = run_cli(*argv[1:], "--db", str(tmp_path / "run.db"))
     assert again.code == 1, again.out + again.err
     assert where in again.out
@@ -55,8 +56,20 @@ def test_sigterm_keeps_every_stored_example_and_marks_the_run_interrupted(tmp_pa
     db = tmp_path / "e.db"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "harness.cli", "explore", "--arch", "qwen3_moe",
-            "--strategy", "tp", "--ranks", "2", "--budget", "300", "--db", str(db),
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "explore",
+            "--arch",
+            "qwen3_moe",
+            "--strategy",
+            "tp",
+            "--ranks",
+            "2",
+            "--budget",
+            "300",
+            "--db",
+            str(db),
         ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

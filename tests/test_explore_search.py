@@ -56,7 +56,8 @@ def after_remove(example):
             live.discard(op["uid"])
             left = True
         elif left and live:
-            return {"uid": min(live), "op_index": index, "op": "step", "position": 0}
+            after = [op["uid"] for op in s["ops"][:index] if op["op"] == scenarios.REMOVE]
+            return {"uid": min(live), "op_index": index, "op": "step", "after": after}
     return None
 
 
@@ -160,3 +161,28 @@ def test_a_low_precision_only_bug_says_so(precision, facts):
     memo = _memo(low)
     searched = search(target, memo, budget_s=100, shrink_s=500, seed=1, clock=_tick())
     assert learn.learn(searched.found, memo) == facts
+
+
+def test_the_explore_selftest_judges_found_shrunk_missed_and_controls():
+    from harness.explore.search import Found, Searched
+    from harness.explore.selftest import CAUGHT, FALSE_ALARM, MISSED, NOT_SHRUNK, PASSED, judge
+    from harness.explore.space import Example
+    from harness.faults.catalog import CATALOG
+
+    fault = CATALOG["wide_batch"]
+    smallest = Example(
+        "fp32", {"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 2048, "decode": 0}
+    )
+    wider = Example(
+        "fp32", {"kind": "batch", "prompts": [1, 1, 1, 1], "prefill_step": 1, "decode": 0}
+    )
+
+    def searched(example):
+        found = Found(TARGET, example, _result({}), first_seen=example) if example else None
+        return Searched(TARGET, found=found)
+
+    assert judge(fault, searched(smallest)) == CAUGHT
+    assert judge(fault, searched(wider)) == NOT_SHRUNK
+    assert judge(fault, searched(None)) == MISSED
+    assert judge(None, searched(None)) == PASSED
+    assert judge(None, searched(smallest)) == FALSE_ALARM

@@ -59,13 +59,17 @@ def test_prompts_reach_every_boundary_in_prefill(length):
 def test_wide_batches_of_mixed_lengths_and_chunked_prefill_are_drawn():
     wide = find(
         space.batches(BOUNDS),
-        lambda s: len(s["prompts"]) >= 16
-        and len(set(s["prompts"])) > 2
-        and s["prefill_step"] < max(s["prompts"]),
+        lambda s: (
+            len(s["prompts"]) >= 16
+            and len(set(s["prompts"])) > 2
+            and s["prefill_step"] < max(s["prompts"])
+        ),
     )
     assert len(wide["prompts"]) >= 16
     # ... and a batch of several rows still crosses the growth step.
-    assert find(space.batches(BOUNDS), lambda s: len(s["prompts"]) >= 3 and max(s["prompts"]) >= 257)
+    assert find(
+        space.batches(BOUNDS), lambda s: len(s["prompts"]) >= 3 and max(s["prompts"]) >= 257
+    )
 
 
 @given(space.batches(BOUNDS))
@@ -88,7 +92,10 @@ def test_programs_insert_into_a_running_batch_remove_and_reuse():
 
 def test_boundaries_come_from_the_config():
     bounds = Boundaries.from_config(
-        {"text_config": {"num_experts_per_tok": 4, "sliding_window": 8}, "max_position_embeddings": 1024}
+        {
+            "text_config": {"num_experts_per_tok": 4, "sliding_window": 8},
+            "max_position_embeddings": 1024,
+        }
     )
     assert bounds == Boundaries(window=8, sort_tokens=16, context=1024)
     assert bounds.points() == (8, 16, 256, 512)
@@ -105,6 +112,10 @@ def test_lengths_stay_within_the_context():
     check()
 
 
-@given(st.sampled_from([Example("fp32", {"kind": "batch", "prompts": [3, 9], "prefill_step": 4, "decode": 2})]))
+@given(
+    st.sampled_from(
+        [Example("fp32", {"kind": "batch", "prompts": [3, 9], "prefill_step": 4, "decode": 2})]
+    )
+)
 def test_operations_counts_prefill_chunks_and_decode_steps(example):
     assert space.operations(example.scenario) == 3 + 2

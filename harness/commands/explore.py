@@ -59,7 +59,9 @@ def explore(
     arch: Arch = None,
     strategy: Annotated[
         str | None,
-        typer.Option(help="tp, pp, or pkg.module:fn / file.py:fn (default: tp and pp where supported)."),
+        typer.Option(
+            help="tp, pp, or pkg.module:fn / file.py:fn (default: tp and pp where supported)."
+        ),
     ] = None,
     precision: Annotated[
         list[str] | None,
@@ -69,7 +71,10 @@ def explore(
     ] = None,
     ranks: Ranks = 2,
     budget: Annotated[
-        float, typer.Option(help="Seconds of search, shared by the targets (shrinking may add up to as much).")
+        float,
+        typer.Option(
+            help="Seconds of search, shared by the targets (shrinking may add up to as much)."
+        ),
     ] = 300.0,
     seed: Annotated[
         int | None, typer.Option(help="hypothesis's seed (default: a random one, printed).")
@@ -94,7 +99,9 @@ def explore(
     from harness.explore.runner import explore as run_explore
     from harness.explore.runner import plan_targets
 
-    options, run_options = setup(ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout)
+    options, run_options = setup(
+        ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout
+    )
     seed = options.seed
     targets, skipped = [], []
     for name, chosen, precisions in _pairs(suite, arch, strategy, precision):
@@ -173,7 +180,10 @@ def show(out, searched, flags) -> None:
     )
     found = searched.found
     if found is None:
-        out.print(f"{searched.target.key}: {rate}: nothing found", markup=False, soft_wrap=True)
+        spent = " (hypothesis ran out of examples first)" if searched.exhausted else ""
+        out.print(
+            f"{searched.target.key}: {rate}: nothing found{spent}", markup=False, soft_wrap=True
+        )
         return
     result = found.result
     lines = [
@@ -202,4 +212,6 @@ def export(
     from harness.records import rundiff
 
     count = write_suite(rundiff.open_existing(db), out)
-    print(f"{count} failure(s) written to {out}; run them with: harness run --suite {out} --ranks 2")
+    print(
+        f"{count} failure(s) written to {out}; run them with: harness run --suite {out} --ranks 2"
+    )

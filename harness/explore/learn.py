@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from harness import scenario as scenarios
 from harness.errors import HarnessError
-from harness.explore.space import DEFAULT_PREFILL_STEP, Example
 from harness.explore.search import Found
+from harness.explore.space import DEFAULT_PREFILL_STEP, Example
 from harness.records.result import PASS, CaseResult
 
 Run = Callable[[Example], CaseResult]

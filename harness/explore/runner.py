@@ -94,7 +94,11 @@ def plan_targets(
                 skipped.append((target.key, why))
                 continue
             config = tiny_config(Case(arch))
-            targets.append(Target(target.arch, target.strategy, target.precisions, Boundaries.from_config(config)))
+            targets.append(
+                Target(
+                    target.arch, target.strategy, target.precisions, Boundaries.from_config(config)
+                )
+            )
     if not targets:
         reasons = "; ".join(f"{key}: {why}" for key, why in skipped)
         raise HarnessError(f"nothing to explore at {ranks} rank(s): {reasons}")
@@ -184,7 +188,9 @@ def _record_failure(searched: Searched, memo: Memo, options, database, explored)
     command = reproduction(found, options.flags)
     if database is not None:
         row = corpus.failure_row(found, command, explored.examples)
-        store.record_explore(database, explored.run_id, explored.examples, explored.operations, [row])
+        store.record_explore(
+            database, explored.run_id, explored.examples, explored.operations, [row]
+        )
 
 
 def reproduction(found: Found, flags: repro.RunFlags) -> str:

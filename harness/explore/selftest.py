@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
-from harness.explore.runner import ExploreOptions, Explored, explore, plan_targets
+from harness.explore.runner import Explored, ExploreOptions, explore, plan_targets
 from harness.explore.search import Searched, Target
 from harness.explore.space import Example, size
 from harness.faults.catalog import CATALOG, Fault
