@@ -3,13 +3,8 @@ found, shrunk, explained, and its printed command fails the same way under `harn
 SIGTERM keeps every stored example and marks the run interrupted."""
 
 import json
-import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -52,40 +47,15 @@ def test_a_serving_fault_is_found_shrunk_and_its_command_fails_the_same_way(run_
     assert failure["command"] == command and failure["status"] == "fail"
 
 
-def test_sigterm_keeps_every_stored_example_and_marks_the_run_interrupted(tmp_path):
+def test_sigterm_keeps_every_stored_example_and_marks_the_run_interrupted(
+    tmp_path, sigterm_once_stored
+):
     db = tmp_path / "e.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "explore",
-            "--arch",
-            "qwen3_moe",
-            "--strategy",
-            "tp",
-            "--ranks",
-            "2",
-            "--budget",
-            "300",
-            "--db",
-            str(db),
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    argv = ["explore", "--arch", "qwen3_moe", "--strategy", "tp", "--ranks", "2"]
+    code, err, rows = sigterm_once_stored(
+        [*argv, "--budget", "300", "--db", str(db)], db, "cases", 3
     )
-    deadline, rows = time.monotonic() + 240, 0
-    while time.monotonic() < deadline and rows < 3:
-        time.sleep(0.3)
-        try:
-            rows = len(list(store.open_db(db).query("select id from cases")))
-        except Exception:  # the database is being created
-            rows = 0
-    assert rows >= 3, "no examples were stored"
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "Traceback" not in err
     run, cases = store.get_run(store.open_db(db), None, "explore")
     assert run["status"] == "interrupted" and len(cases) >= rows
