@@ -177,14 +177,11 @@ def _serve_facts(example: Example, where: dict, run: Run) -> list[str]:
                 f"with a reused prefix ({reuse['tokens']} tokens of request {reuse['uid']})"
             )
             break
-    inserts = [op for op in ops if op["op"] == scenarios.INSERT]
+    inserts = {op["uid"]: op for op in ops if op["op"] == scenarios.INSERT}
     uid = where.get("uid")
-    if len(inserts) > 1 and uid is not None:
+    # A request that reuses a prefix needs its source: alone it asks another question.
+    if len(inserts) > 1 and uid in inserts and "reuse" not in inserts[uid]:
         alone = [op for op in ops if op["op"] == scenarios.STEP or op.get("uid") == uid]
-        if _passes(run, example, {**scenario, "ops": [_unreused(op) for op in alone]}):
+        if _passes(run, example, {**scenario, "ops": alone}):
             facts.append(f"only with {len(inserts)} requests in the batch")
     return facts
-
-
-def _unreused(op: dict) -> dict:
-    return {k: v for k, v in op.items() if k != "reuse"}
