@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness.status import CaseStatus
+
 
 class HarnessError(Exception):
     """A problem the user can fix: the CLI prints its message as one line and exits 2."""
@@ -41,11 +43,11 @@ def model_code() -> Iterator[None]:
 INTERNAL = "harness internal error"
 
 
-def blame(exc: BaseException) -> tuple[str, str]:
+def blame(exc: BaseException) -> tuple[CaseStatus, str]:
     """(status, reason) of an exception raised while running a case: the model's `crash`,
     the setup's or user's `error`, or an `error` that is a bug of the harness."""
     if isinstance(exc, ModelError):
-        return "crash", f"raised {exc}"
+        return CaseStatus.CRASH, f"raised {exc}"
     if isinstance(exc, HarnessError):
-        return "error", str(exc)
-    return "error", f"{INTERNAL}: {describe(exc)}"
+        return CaseStatus.ERROR, str(exc)
+    return CaseStatus.ERROR, f"{INTERNAL}: {describe(exc)}"

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.records import goldens, noise
-from harness.records.result import FAILING, CaseResult
+from harness.records import noise
+from harness.records.result import CaseResult
 from harness.records.table import (
     COLUMNS,
     STATUS_COLUMN,
@@ -16,14 +16,21 @@ from harness.records.table import (
     held_against,
     number,
 )
+from harness.status import (
+    FAILING,
+    BenchStatus,
+    CaseStatus,
+    GoldenStatus,
+    SelftestVerdict,
+)
 
 STYLE = {
-    "pass": "green",
-    "fail": "red",
-    "crash": "red",
-    "timeout": "red",
-    "error": "red",
-    "skip": "yellow",
+    CaseStatus.PASS: "green",
+    CaseStatus.FAIL: "red",
+    CaseStatus.CRASH: "red",
+    CaseStatus.TIMEOUT: "red",
+    CaseStatus.ERROR: "red",
+    CaseStatus.SKIP: "yellow",
 }
 
 
@@ -32,7 +39,7 @@ def progress_line(result: CaseResult, total: int) -> str:
     detail = f"max|Δ| {number(worst.metrics.max_abs)}" if worst else ""
     if worst and result.reference and result.reference != "single-rank":
         detail += f" vs {result.reference.split(' (')[0]}"
-    why = result.reason if result.status != "pass" else "; ".join(result.warnings)
+    why = result.reason if result.status != CaseStatus.PASS else "; ".join(result.warnings)
     why = (why or "").splitlines()[0] if why else ""
     colour = STYLE[result.status]
     return (
@@ -121,14 +128,14 @@ def run_header(run: dict) -> str:
 
 
 GOLDEN_STYLE = {
-    goldens.MATCH: "green",
-    goldens.WRITTEN: "green",
-    goldens.EXISTS: "dim",
-    goldens.UPDATED: "yellow",
-    goldens.MISSING: "yellow",
-    goldens.MISMATCH: "red",
-    goldens.CORRUPT: "red",
-    goldens.UNAVAILABLE: "dim",
+    GoldenStatus.MATCH: "green",
+    GoldenStatus.WRITTEN: "green",
+    GoldenStatus.EXISTS: "dim",
+    GoldenStatus.UPDATED: "yellow",
+    GoldenStatus.MISSING: "yellow",
+    GoldenStatus.MISMATCH: "red",
+    GoldenStatus.CORRUPT: "red",
+    GoldenStatus.UNAVAILABLE: "dim",
 }
 
 
@@ -143,7 +150,12 @@ def golden_table(actions) -> Table:
         colour = GOLDEN_STYLE.get(a.status, "white")
         versions = f"mlx-lm {recorded['mlx_lm_version']}" if recorded.get("mlx_lm_version") else ""
         detail = (check.detail or "") if check else ""
-        if check and check.comparison and check.comparison.diagnoses and a.status != goldens.MATCH:
+        if (
+            check
+            and check.comparison
+            and check.comparison.diagnoses
+            and a.status != GoldenStatus.MATCH
+        ):
             detail = "; ".join(check.comparison.diagnoses)
         table.add_row(
             a.key,
@@ -240,12 +252,12 @@ def pulled_summary(pulled, url: str, directory) -> str:
 
 
 VERDICT_STYLE = {
-    "caught": "green",
-    "passed": "green",
-    "missed": "red",
-    "wrong diagnosis": "red",
-    "false alarm": "red",
-    "not run": "yellow",
+    SelftestVerdict.CAUGHT: "green",
+    SelftestVerdict.PASSED: "green",
+    SelftestVerdict.MISSED: "red",
+    SelftestVerdict.WRONG: "red",
+    SelftestVerdict.FALSE_ALARM: "red",
+    SelftestVerdict.NOT_RUN: "yellow",
 }
 
 
@@ -277,7 +289,7 @@ def selftest_table(verdicts: list, title: str) -> Table:
         table.add_column(name, overflow="fold")
     for v in verdicts:
         colour = VERDICT_STYLE.get(v.verdict, "white")
-        given = "; ".join(v.diagnoses) or (v.detail if v.status != "pass" else "")
+        given = "; ".join(v.diagnoses) or (v.detail if v.status != CaseStatus.PASS else "")
         table.add_row(
             v.fault,
             v.arch,
@@ -298,8 +310,8 @@ def _percent(rate) -> str:
 
 def selftest_summary(report, db_path: str | None) -> str:
     faults, controls = report.faults, report.controls
-    caught = sum(v.verdict == "caught" for v in faults)
-    alarms = sum(v.verdict == "false alarm" for v in controls)
+    caught = sum(v.verdict == SelftestVerdict.CAUGHT for v in faults)
+    alarms = sum(v.verdict == SelftestVerdict.FALSE_ALARM for v in controls)
     where = f"; run {report.run_id} stored in {db_path}" if report.run_id is not None else ""
     return (
         f"detection rate {_percent(report.detection_rate)} ({caught}/{len(faults)} faults caught "
@@ -332,7 +344,7 @@ def props_summary(report) -> str:
     )
 
 
-BENCH_STYLE = {"ok": "green", **STYLE}
+BENCH_STYLE = {BenchStatus.OK: "green", **STYLE}
 
 
 def bench_line(line) -> str:

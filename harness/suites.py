@@ -279,6 +279,13 @@ def override_strategy(cases: list[Case], strategy: str) -> list[Case]:
     )
 
 
+def series(suite: str, strategy: str | None) -> str:
+    """The name a run is stored under: the suite, or, with its cases under one strategy
+    instead of theirs (`--strategy`), a series of its own, so the suite's history, the
+    HUD's strips and `harness compare SUITE` never mix the two."""
+    return f"{suite} --strategy {strategy}" if strategy else suite
+
+
 def _mark_for(case: Case, strategy: str) -> str | None:
     return case.known_failure if case.strategy == strategy else None
 

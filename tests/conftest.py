@@ -130,7 +130,8 @@ def _record_run(db_path, suite: str, outcomes: list[dict], ranks: int = 2) -> in
     from harness.case import Case
     from harness.records import store
     from harness.records.goldens import GoldenCheck
-    from harness.records.result import FAILING, CaseResult
+    from harness.records.result import CaseResult
+    from harness.status import FAILING
 
     db = store.open_db(db_path)
     run_id = store.start_run(db, "run", suite, ranks, None, None, ["harness", "run"])
@@ -180,13 +181,14 @@ def _record_bench_run(db_path, suite: str | None, outcomes: list[dict], ranks: i
     rank gets the same; a status other than ok has no trials). Returns the run id."""
     from harness.case import BenchCase, Case
     from harness.records import store
-    from harness.records.bench import OK, BenchResult
+    from harness.records.bench import BenchResult
+    from harness.status import BenchStatus
 
     db = store.open_db(db_path)
     run_id = store.start_run(db, "bench", suite, ranks, None, None, ["harness", "bench"])
     for index, outcome in enumerate(outcomes):
         bench = BenchCase(Case(outcome["arch"], strategy=outcome.get("strategy", "tp")), 32, 8)
-        status = outcome.get("status", OK)
+        status = outcome.get("status", BenchStatus.OK)
         prompt = outcome.get("prompt", STEADY_TRIALS["prompt"])
         generation = outcome.get("generation", STEADY_TRIALS["generation"])
         trials = (
@@ -203,12 +205,12 @@ def _record_bench_run(db_path, suite: str | None, outcomes: list[dict], ranks: i
                 for rank in range(ranks)
                 for t, (p, g) in enumerate(zip(prompt, generation, strict=True))
             ]
-            if status == OK
+            if status == BenchStatus.OK
             else []
         )
         reason = outcome.get("reason")
         store.record(db, run_id, BenchResult(index, bench, ranks, status, reason, trials))
-    failed = any(o.get("status", OK) != OK for o in outcomes)
+    failed = any(o.get("status", BenchStatus.OK) != BenchStatus.OK for o in outcomes)
     store.finish_run(db, run_id, "failed" if failed else "passed")
     return run_id
 

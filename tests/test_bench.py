@@ -8,10 +8,11 @@ from harness import suites
 from harness.case import BenchCase, Case
 from harness.errors import HarnessError
 from harness.records import store
-from harness.records.bench import OK, BenchResult, Spread, result_line, side_by_side
+from harness.records.bench import BenchResult, Spread, result_line, side_by_side
 from harness.run import protocol
 from harness.run.protocol import Result, Start
 from harness.run.rank.bench import FIELDS, run_on_rank
+from harness.status import BenchStatus
 
 SMALL = ("-p", "32", "-g", "8", "--num-trials", "2")
 
@@ -42,12 +43,12 @@ def test_noise_rule_is_overlap_of_trial_ranges():
 def test_side_by_side_ratios_are_to_the_first_strategy_of_the_same_model_and_shapes():
     base = BenchCase(Case("qwen3_moe", "tp"), prompt_tokens=32)
     results = [
-        BenchResult(0, base, 2, OK, trials=_trials(2, [100, 110, 90], [50, 52, 48])),
+        BenchResult(0, base, 2, BenchStatus.OK, trials=_trials(2, [100, 110, 90], [50, 52, 48])),
         BenchResult(
             1,
             BenchCase(Case("qwen3_moe", "pp"), prompt_tokens=32),
             2,
-            OK,
+            BenchStatus.OK,
             trials=_trials(2, [200, 220, 180], [49, 53, 51]),
         ),
         # Other shapes: a baseline of its own, not compared with the 32-token prompts.
@@ -55,7 +56,7 @@ def test_side_by_side_ratios_are_to_the_first_strategy_of_the_same_model_and_sha
             2,
             BenchCase(Case("qwen3_moe", "pp"), prompt_tokens=64),
             2,
-            OK,
+            BenchStatus.OK,
             trials=_trials(2, [300], [40]),
         ),
     ]
@@ -72,7 +73,9 @@ def test_store_keeps_every_rank_trial_with_its_shapes(tmp_path):
     db = store.open_db(tmp_path / "b.db")
     run_id = store.start_run(db, "bench", "x", 2, None, None, ["harness", "bench"])
     bench = BenchCase(Case("qwen3_moe", "tp"), prompt_tokens=32, generation_tokens=8)
-    store.record(db, run_id, BenchResult(0, bench, 2, OK, trials=_trials(2, [1, 2], [3, 4])))
+    store.record(
+        db, run_id, BenchResult(0, bench, 2, BenchStatus.OK, trials=_trials(2, [1, 2], [3, 4]))
+    )
     store.record(db, run_id, BenchResult(1, bench, 2, "crash", "rank 1 killed by SIGSEGV"))
     counts = store.finish_run(db, run_id, "failed")
     assert (counts["cases"], counts["passed"], counts["failed"]) == (2, 1, 1)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from harness.bisect.search import BAD, GOOD, SKIP, bisect
+from harness.bisect.search import bisect
 from harness.errors import HarnessError
+from harness.status import StepVerdict
 
 ITEMS = [f"v{i}" for i in range(10)]
 
@@ -15,9 +16,13 @@ def judge_from(first_bad: int, skip: set[int] = frozenset(), inverse: bool = Fal
         index = ITEMS.index(item)
         calls.append(index)
         if index in skip:
-            return SKIP
+            return StepVerdict.SKIP
         changed = index >= first_bad
-        return (GOOD if changed else BAD) if inverse else (BAD if changed else GOOD)
+        return (
+            (StepVerdict.GOOD if changed else StepVerdict.BAD)
+            if inverse
+            else (StepVerdict.BAD if changed else StepVerdict.GOOD)
+        )
 
     return judge, calls
 
@@ -36,7 +41,7 @@ def test_a_skipped_item_is_never_counted_bad():
     result = bisect(ITEMS, judge)
     assert result.first_new == "v6" and result.last_old == "v3"
     assert result.skipped == ["v4", "v5"]  # the change may sit in any of them
-    assert ("v4", SKIP) in result.steps
+    assert ("v4", StepVerdict.SKIP) in result.steps
 
 
 def test_skips_around_the_middle_still_find_it():

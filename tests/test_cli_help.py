@@ -33,3 +33,15 @@ def test_every_command_has_help_with_an_example():
 def test_help_runs(run_cli):
     result = run_cli("--help")
     assert result.code == 0 and "run" in result.out
+
+
+def test_a_short_flag_means_one_thing_in_every_command():
+    """`-n` is --ranks wherever it appears (bench's trial count is --num-trials only)."""
+    root = typer.main.get_command(app)
+    meanings: dict[str, set[str]] = {}
+    for _, command in _commands(root):
+        for param in command.params:
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts if len(o) == 2):
+                meanings.setdefault(short, set()).update(longs)
+    assert meanings["-n"] == {"--ranks"}

@@ -39,13 +39,97 @@ def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = ()) -> Outp
     return Output(noisy(t.prefill), noisy(t.decode), t.tokens.copy(), layers, CALLS, forced=True)
 
 
+E, K = 8, 2
+ROUTER = "layer.1.router.k2"
+
+
+def routed(t: Output, ties: tuple[int, ...] = ()) -> Output:
+    """`t` with layer 1's router scores: clear margins, near-ties at `ties`."""
+    scores = np.tile(np.linspace(1.0, 0.0, E, dtype=np.float32), (B, L, 1))
+    for p in ties:
+        scores[:, p, K] = scores[:, p, K - 1] - 0.01
+    t.layers[ROUTER] = scores
+    return t
+
+
+def choosing(x: Output, t: Output, swapped: tuple[int, ...]) -> Output:
+    """`x` routing as the truth does, but with its k-th and (k+1)-th experts swapped at
+    `swapped` (a tie rounded the other way, or a router gone wrong)."""
+    scores = t.layers[ROUTER].copy()
+    for p in swapped:
+        scores[:, p, [K - 1, K]] = scores[:, p, [K, K - 1]]
+    x.layers[ROUTER] = scores
+    return x
+
+
 def test_rounding_and_router_flips_stay_inside_the_envelope():
-    t = truth()
-    ref, test = rounded(t, flips=(3,)), rounded(t, 0.05, flips=(11, 20, 35))
+    t = routed(truth(), ties=(3, 11, 20, 35))
+    ref = choosing(rounded(t, flips=(3,)), t, (3,))
+    test = choosing(rounded(t, 0.05, flips=(11, 20, 35)), t, (11, 20, 35))
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
     assert cmp.passed, cmp.envelope
     assert cmp.envelope["ratio_limit"] == envelope.RATIO
     assert all(s["ratio"] < 2 for s in cmp.envelope["logits"])
+    assert cmp.envelope["explained"] > 0 and not cmp.envelope["outliers"]
+
+
+def few_positions(t: Output, test: Output, every: int = 16, at: int = 7) -> None:
+    """A bug at 1 of every `every` positions in the last layer's MoE block."""
+    hit = np.arange(L) % every == at
+    test.layers["layer.2.mlp"][:, hit] = t.layers["layer.2.mlp"][:, hit] * 1.5
+    test.layers["layer.2.out"][:, hit] = t.layers["layer.2.out"][:, hit] * 1.5
+    test.prefill[:, hit] = t.prefill[:, hit] * 1.5
+
+
+def test_a_bug_at_a_few_positions_fails_at_its_first_position_and_layer():
+    t = routed(truth())
+    ref, test = rounded(t), choosing(rounded(t), t, ())
+    ref.layers[ROUTER] = t.layers[ROUTER]
+    few_positions(t, test)
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed
+    assert all(s["ratio"] <= envelope.RATIO for s in cmp.envelope["logits"])  # medians pass
+    assert [o["position"] for o in cmp.envelope["outliers"]] == [7, 23, 39]
+    said = cmp.diagnoses[0]
+    assert said.startswith("prefill tokens 0-31: 3 position(s) up to"), said
+    assert "no router near-tie explains them" in said
+    assert "from prompt token 7 (prefill chunk 1 of 3)" in cmp.diagnoses
+    assert cmp.diagnoses[-1] == "first divergent layer 2 (mlp/moe)"
+
+
+def test_a_router_flip_explains_its_position_only_at_a_near_tie():
+    t = routed(truth(), ties=(7,))
+    ref = rounded(t)
+    ref.layers[ROUTER] = t.layers[ROUTER]
+    test = choosing(rounded(t, flips=(7,)), t, (7,))
+    assert compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
+    t = routed(truth())  # the same flip where the truth's scores are far apart
+    ref = rounded(t)
+    ref.layers[ROUTER] = t.layers[ROUTER]
+    test = choosing(rounded(t, flips=(7,)), t, (7,))
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed and cmp.envelope["outliers"][0]["position"] == 7
+
+
+def test_where_the_single_rank_run_is_as_far_the_sharded_one_may_be():
+    # A pipeline is bit-identical to the single-rank run, its router flips included.
+    t = routed(truth())
+    ref = rounded(t, flips=(5, 30))
+    test = Output(ref.prefill, ref.decode, ref.tokens, dict(ref.layers), CALLS, forced=True)
+    assert compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
+
+
+def test_outputs_decide_a_layer_only_difference_is_a_warning():
+    # A stage-end layer that returns the gathered final state: logits identical, the
+    # captured state 35x off.
+    t = truth()
+    ref = rounded(t)
+    test = Output(ref.prefill, ref.decode, ref.tokens, dict(ref.layers), CALLS, forced=True)
+    test.layers["layer.1.out"] = ref.layers["layer.1.out"] * 35
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert cmp.passed and not cmp.diagnoses
+    warned = [w for w in cmp.warnings if w.startswith("outputs match, layers differ")]
+    assert warned and "layer 1 (layer output)" in warned[0], cmp.warnings
 
 
 def test_an_unsharded_all_sum_is_many_times_the_envelope_and_localized():

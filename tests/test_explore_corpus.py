@@ -14,8 +14,9 @@ from harness.explore import corpus, repro
 from harness.explore.search import Found, Target
 from harness.explore.space import Example
 from harness.records import store
-from harness.records.result import FAIL, CaseResult
+from harness.records.result import CaseResult
 from harness.service import pages
+from harness.status import CaseStatus
 
 SERVE = {
     "kind": "serve",
@@ -33,7 +34,9 @@ FLAGS = repro.RunFlags(ranks=2)
 
 def _found(scenario: dict, precision: str = "fp32") -> Found:
     case = Case("qwen3_moe", scenario=scenario)
-    result = CaseResult(0, case, 2, FAIL, reason="rank 0: decode-only; uid 1, its token 2")
+    result = CaseResult(
+        0, case, 2, CaseStatus.FAIL, reason="rank 0: decode-only; uid 1, its token 2"
+    )
     result.location = {"uid": 1, "position": 2, "decode_step": 2, "after": [0]}
     example = Example(precision, scenario)
     return Found(

@@ -11,13 +11,16 @@ from harness.case import Case
 from harness.explore import learn
 from harness.explore.search import Memo, Target, search
 from harness.explore.space import DEFAULT_PREFILL_STEP, Boundaries
-from harness.records.result import FAIL, PASS, CaseResult
+from harness.records.result import CaseResult
+from harness.status import CaseStatus
 
 TARGET = Target("qwen3_moe", "tp", ("fp32",), Boundaries(window=None, sort_tokens=32))
 
 
 def _result(where: dict | None) -> CaseResult:
-    result = CaseResult(0, Case("qwen3_moe"), 2, FAIL if where is not None else PASS)
+    result = CaseResult(
+        0, Case("qwen3_moe"), 2, CaseStatus.FAIL if where is not None else CaseStatus.PASS
+    )
     result.reason = "rank 0: first divergence" if where is not None else None
     result.location = where
     return result
@@ -165,7 +168,8 @@ def test_a_low_precision_only_bug_says_so(precision, facts):
 
 def test_the_explore_selftest_judges_found_shrunk_missed_and_controls():
     from harness.explore.search import Found, Searched
-    from harness.explore.selftest import CAUGHT, FALSE_ALARM, MISSED, NOT_SHRUNK, PASSED, judge
+    from harness.explore.selftest import ExploreVerdictWord as V
+    from harness.explore.selftest import judge
     from harness.explore.space import Example
     from harness.faults.catalog import CATALOG
 
@@ -181,8 +185,8 @@ def test_the_explore_selftest_judges_found_shrunk_missed_and_controls():
         found = Found(TARGET, example, _result({}), first_seen=example) if example else None
         return Searched(TARGET, found=found)
 
-    assert judge(fault, searched(smallest)) == CAUGHT
-    assert judge(fault, searched(wider)) == NOT_SHRUNK
-    assert judge(fault, searched(None)) == MISSED
-    assert judge(None, searched(None)) == PASSED
-    assert judge(None, searched(smallest)) == FALSE_ALARM
+    assert judge(fault, searched(smallest)) == V.CAUGHT
+    assert judge(fault, searched(wider)) == V.NOT_SHRUNK
+    assert judge(fault, searched(None)) == V.MISSED
+    assert judge(None, searched(None)) == V.PASSED
+    assert judge(None, searched(smallest)) == V.FALSE_ALARM

@@ -87,11 +87,17 @@ def test_records_import_only_records_case_scenario_and_errors():
         "harness.scenario",
         "harness.errors",
         "harness.paths",
+        "harness.status",
     )
     for name, path in MODULES.items():
         if name.startswith("harness.records"):
             bad = [m for m in _imports(path) if not m.startswith(allowed) and m != "harness"]
             assert not bad, f"{name} imports {bad}"
+
+
+def test_the_status_vocabularies_stand_alone():
+    # Every layer down to harness.errors imports them: they may import nothing of ours.
+    assert not _imports(MODULES["harness.status"], anywhere=True)
 
 
 def test_lower_layers_never_import_the_command_layer():
@@ -133,7 +139,13 @@ def test_models_and_strategies_never_import_the_run():
 
 
 def test_the_service_stands_on_records_alone():
-    allowed = ("harness.service", "harness.records", "harness.case", "harness.errors")
+    allowed = (
+        "harness.service",
+        "harness.records",
+        "harness.case",
+        "harness.errors",
+        "harness.status",
+    )
     assert not [
         f"{name} imports {bad}"
         for name, path in MODULES.items()

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from harness.case import Case
-from harness.faults.selftest import CAUGHT, run_selftest
+from harness.faults.selftest import run_selftest
 from harness.models.build import gather_mm_problem, precision_problem
 from harness.records import store
+from harness.status import SelftestVerdict
 
 
 def test_unquantized_bf16_moe_is_a_skip_that_names_the_op_where_the_backend_lacks_it(
@@ -61,8 +62,12 @@ def test_faults_of_bf16_and_of_a_second_request_are_caught_with_their_diagnosis(
     names = ["bf16_double_reduce", "state_between_requests", "stale_decode_state", "tp_q4_bf16"]
     report = run_selftest(2, names=names, database=store.open_db(db_path))
     verdicts = {v.fault: v for v in report.verdicts}
-    assert verdicts["bf16_double_reduce"].verdict == CAUGHT, verdicts["bf16_double_reduce"]
-    assert verdicts["state_between_requests"].verdict == CAUGHT
+    assert verdicts["bf16_double_reduce"].verdict == SelftestVerdict.CAUGHT, verdicts[
+        "bf16_double_reduce"
+    ]
+    assert verdicts["state_between_requests"].verdict == SelftestVerdict.CAUGHT
     # A leak the later request's prefill does not show: its decode steps are compared too.
-    assert verdicts["stale_decode_state"].verdict == CAUGHT, verdicts["stale_decode_state"]
+    assert verdicts["stale_decode_state"].verdict == SelftestVerdict.CAUGHT, verdicts[
+        "stale_decode_state"
+    ]
     assert report.false_alarm_rate == 0.0

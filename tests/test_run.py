@@ -127,6 +127,15 @@ def test_sigterm_marks_run_interrupted(tmp_path):
     assert run_row["status"] == "interrupted" and cases
 
 
+def test_a_run_with_its_suites_strategy_overridden_is_stored_as_its_own_series(run_cli, db_path):
+    result = run_cli(
+        "run", "--suite", "smoke", "--strategy", "none", "--repeats", "1", "--db", db_path
+    )
+    assert result.code == 0, result.out + result.err
+    run_row, _ = store.get_run(store.open_db(db_path), None)
+    assert run_row["suite"] == "smoke --strategy none"
+
+
 def test_a_clear_tok_s_drop_is_timed_again_and_flagged_in_its_first_run(
     run_cli, db_path, record_run, monkeypatch
 ):

@@ -10,22 +10,13 @@ import pytest
 from harness.case import Case
 from harness.faults import catalog
 from harness.faults.catalog import CATALOG, Fault
-from harness.faults.selftest import (
-    CAUGHT,
-    FALSE_ALARM,
-    MISSED,
-    NOT_RUN,
-    PASSED,
-    WRONG,
-    judge,
-    plan,
-    run_selftest,
-)
+from harness.faults.selftest import judge, plan, run_selftest
 from harness.records import store
 from harness.records.ladder import TOLERANCES, Comparison, Metrics, compare
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.shapes import SHAPES
+from harness.status import SelftestVerdict
 
 FAULT = Fault(
     name="example",
@@ -86,7 +77,7 @@ def test_fault_with_expected_diagnosis_at_its_layer_is_caught():
         "rank 0: scaled x2; first divergent layer 1 (mlp/moe)",
     )
     verdict = judge(FAULT, result)
-    assert verdict.verdict == CAUGHT and verdict.ok
+    assert verdict.verdict == SelftestVerdict.CAUGHT and verdict.ok
     assert verdict.expected_diagnoses == ["scaled x2", "first divergent layer 1 (mlp/moe)"]
     assert (
         (verdict.layer, verdict.part)
@@ -97,7 +88,7 @@ def test_fault_with_expected_diagnosis_at_its_layer_is_caught():
 
 def test_fault_that_passes_is_missed():
     verdict = judge(FAULT, _result("pass"))
-    assert verdict.verdict == MISSED and not verdict.ok
+    assert verdict.verdict == SelftestVerdict.MISSED and not verdict.ok
 
 
 @pytest.mark.parametrize(
@@ -110,33 +101,36 @@ def test_fault_that_passes_is_missed():
 )
 def test_fault_failing_for_another_reason_is_a_wrong_diagnosis(diagnoses, layer, part):
     verdict = judge(FAULT, _result("fail", diagnoses, layer, part))
-    assert verdict.verdict == WRONG and not verdict.ok
+    assert verdict.verdict == SelftestVerdict.WRONG and not verdict.ok
     assert verdict.diagnoses == diagnoses
 
 
 def test_fault_expected_to_fail_that_crashes_is_a_wrong_diagnosis():
     verdict = judge(FAULT, _result("crash", reason="rank 1 killed by SIGSEGV"))
-    assert verdict.verdict == WRONG and verdict.detail == "rank 1 killed by SIGSEGV"
+    assert verdict.verdict == SelftestVerdict.WRONG and verdict.detail == "rank 1 killed by SIGSEGV"
 
 
 def test_crash_is_judged_by_its_reason():
     reason = (
         "rank 0 raised ValueError: [rms_norm] ...; rank 1 raised ValueError\n--- rank 0 stderr ---"
     )
-    assert judge(CRASH, _result("crash", reason=reason)).verdict == CAUGHT
-    assert judge(CRASH, _result("crash", reason="rank 1 killed by SIGABRT")).verdict == WRONG
+    assert judge(CRASH, _result("crash", reason=reason)).verdict == SelftestVerdict.CAUGHT
+    assert (
+        judge(CRASH, _result("crash", reason="rank 1 killed by SIGABRT")).verdict
+        == SelftestVerdict.WRONG
+    )
 
 
 def test_controls_pass_or_raise_false_alarms():
-    assert judge(CONTROL, _result("pass")).verdict == PASSED
+    assert judge(CONTROL, _result("pass")).verdict == SelftestVerdict.PASSED
     alarm = judge(CONTROL, _result("fail", ["first divergent layer 0 (attention)"], 0, "attention"))
-    assert alarm.verdict == FALSE_ALARM and not alarm.ok
+    assert alarm.verdict == SelftestVerdict.FALSE_ALARM and not alarm.ok
 
 
 def test_skipped_or_errored_cases_prove_nothing():
     for status in ("skip", "error"):
         verdict = judge(FAULT, _result(status, reason="why"))
-        assert verdict.verdict == NOT_RUN and not verdict.ok
+        assert verdict.verdict == SelftestVerdict.NOT_RUN and not verdict.ok
 
 
 def test_catalog_covers_every_bug_class_and_its_representatives_apply():
@@ -158,6 +152,7 @@ def test_catalog_covers_every_bug_class_and_its_representatives_apply():
         "WINDOW",
         "PADDING",
         "BF16_ONLY",
+        "BF16_FEW",
         "PAST_PREFILL_STEP",
         "STATE_CARRIED",
         "CONTROL",
@@ -226,7 +221,7 @@ def test_verdicts_are_stored_with_the_case(db_path):
     row = next(
         iter(database.query("select verdict, expected from cases where run_id = ?", [run_id]))
     )
-    assert row["verdict"] == MISSED
+    assert row["verdict"] == SelftestVerdict.MISSED
     assert json.loads(row["expected"])["diagnoses"] == [
         "scaled x2",
         "first divergent layer 1 (mlp/moe)",
@@ -254,7 +249,7 @@ def test_selftest_catches_every_fault_and_passes_every_control(db_path):
     run, cases = store.get_run(store.open_db(db_path), report.run_id)
     assert run["kind"] == "selftest" and run["status"] == "passed"
     assert len(cases) == len(report.verdicts)
-    assert {c["verdict"] for c in cases} == {CAUGHT, PASSED}
+    assert {c["verdict"] for c in cases} == {SelftestVerdict.CAUGHT, SelftestVerdict.PASSED}
 
 
 @pytest.mark.multirank

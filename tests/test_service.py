@@ -434,3 +434,30 @@ def test_bench_runs_history_and_latest_counts(
         assert body.decode().count(f"bench_key={key}") == 2
     finally:
         stop(proc)
+
+
+def test_a_strategy_override_is_its_own_series_and_no_compare_link_is_a_dead_end(
+    tmp_path, record_run
+):
+    from harness import suites
+    from harness.service import pages
+
+    db = tmp_path / "series.db"
+    healthy = [{"arch": "qwen3_moe"}, {"arch": "deepseek_v3"}]
+    broken = [{**case, "status": "fail", "strategy": "my.py:shard"} for case in healthy]
+    record_run(db, "moe", healthy)
+    record_run(db, suites.series("moe", "my.py:shard"), broken)
+    record_run(db, "moe", healthy)
+    record_run(db, "smoke", healthy)
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    grids = {grid.suite: grid for grid in pages.hud(conn)}
+    assert set(grids) == {"moe", "moe --strategy my.py:shard", "smoke"}
+    moe = {row["name"]: row for row in grids["moe"].rows}
+    strip = moe["qwen3_moe"]["strips"][2]
+    assert [r["status"] for r in strip] == ["pass", "pass"] and moe["qwen3_moe"]["trend"] == ""
+    # "latest vs the one before" only where there is one before
+    assert grids["moe"].comparable and not grids["smoke"].comparable
+    assert not grids["moe --strategy my.py:shard"].comparable
+    assert pages.comparable_suites(conn) == ["moe"]
+    assert pages.latest_pair(conn, "moe") == (1, 3)

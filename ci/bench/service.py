@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.case import Case
 from harness.records import store
 from harness.records.result import CaseResult, case_row
+from harness.status import CaseStatus, RunStatus
 
 ARCHS = ("qwen3_moe", "deepseek_v3", "llama", "gpt_oss", "glm4_moe", "minimax", "qwen3_next")
 
@@ -37,7 +38,9 @@ def build(path: Path, runs: int, cases: int) -> str:
             case = Case(ARCHS[i % len(ARCHS)], seed=i // len(ARCHS))
             timings = {"prefill_tok_s": 2000.0 + r, "decode_tok_s": 500.0 + r}
             timings.update(prefill_samples=[0.008] * 3, decode_samples=[0.004] * 3, peak_memory=1)
-            status, diagnoses = ("fail", ["scaled x2"]) if r % 7 == 3 and i == 0 else ("pass", [])
+            status, diagnoses = CaseStatus.PASS, []
+            if r % 7 == 3 and i == 0:
+                status, diagnoses = CaseStatus.FAIL, ["scaled x2"]
             result = CaseResult(
                 i, case, 2, status, diagnoses=diagnoses, rank_timings={0: timings}, duration=0.1
             )
@@ -45,7 +48,7 @@ def build(path: Path, runs: int, cases: int) -> str:
             keys.append(case.key())
         with db.conn:
             db["cases"].insert_all(rows)
-        store.finish_run(db, run_id, "failed" if r % 7 == 3 else "passed")
+        store.finish_run(db, run_id, RunStatus.FAILED if r % 7 == 3 else RunStatus.PASSED)
     return keys[0]
 
 

@@ -27,19 +27,18 @@ import numpy as np
 
 from harness.bisect import git, implementations
 from harness.bisect.judge import CaseVerdict, group_verdict, judge_case
-from harness.bisect.search import BAD, GOOD, SKIP
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
-from harness.run.rank.references import OK
+from harness.status import ReferenceStatus, StepVerdict
 
 EXIT_ABORT = 128  # git bisect run stops on any code above 127
 PLAN_FILE = "bisect.json"
 STORED = "stored as run"  # how a step names the run it stored, in git bisect run's output
 # git's (old, new) terms and which of our verdicts each one is.
 TERMS = {False: ("good", "bad"), True: ("broken", "fixed")}
-STATES = {False: (GOOD, BAD), True: (BAD, GOOD)}
+STATES = {False: (StepVerdict.GOOD, StepVerdict.BAD), True: (StepVerdict.BAD, StepVerdict.GOOD)}
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Plan:
 class CommitStep:
     sha: str
     refs: implementations.References
-    verdict: str
+    verdict: StepVerdict
     verdicts: list[CaseVerdict]
 
 
@@ -96,15 +95,15 @@ class CommitsBisect:
     first_new: str | None  # the first bad commit (fixed, inverse); None: skips hide it
     candidates: list[str]  # the commits the change may be in
     subject: str
-    steps: list[tuple[str, str]]  # (sha, good | bad | skip) in the order git tried them
+    steps: list[tuple[str, StepVerdict]]  # (sha, verdict) in the order git tried them
     inverse: bool = False
     change: Change | None = None
     runs: list[int] = field(default_factory=list)  # the runs the steps stored
 
 
-def exit_code(verdict: str, inverse: bool) -> int:
+def exit_code(verdict: StepVerdict, inverse: bool) -> int:
     """The exit code of a step for `git bisect run`: 0 old term, 1 new term, 125 skip."""
-    if verdict == SKIP:
+    if verdict == StepVerdict.SKIP:
         return 125
     return STATES[inverse].index(verdict)
 
@@ -156,7 +155,7 @@ def bisect_commits(
     old_sha, new_sha = (bad_sha, good_sha) if inverse else (good_sha, bad_sha)
     with git.worktree(repo, good_sha) as tree:
         refs = implementations.references(implementations.checkout(tree, good), cases, timeout)
-    if not any(r.status == OK for r in refs.cases.values()):
+    if not any(r.status == ReferenceStatus.OK for r in refs.cases.values()):
         reasons = "; ".join(sorted({r.detail or r.status for r in refs.cases.values()}))
         raise HarnessError(f"the good commit {good} cannot run any of the cases: {reasons}")
     baseline = work / "baseline"
@@ -167,7 +166,7 @@ def bisect_commits(
         _, endpoint = step(tree, baseline)
         if on_step is not None:
             on_step(plan, endpoint)
-        if endpoint.verdict != BAD:
+        if endpoint.verdict != StepVerdict.BAD:
             raise HarnessError(f"the bad commit {bad} is {endpoint.verdict}: nothing to bisect")
         try:
             terms = [f"--term-old={old_term}", f"--term-new={new_term}"]
@@ -259,7 +258,9 @@ def _failure(output: str) -> str:
 
 def _result(repo: Path, output: str, log: str, inverse: bool) -> CommitsBisect:
     old_term, new_term = TERMS[inverse]
-    verdicts = dict(zip((old_term, new_term), STATES[inverse], strict=True)) | {SKIP: SKIP}
+    verdicts = dict(zip((old_term, new_term), STATES[inverse], strict=True)) | {
+        StepVerdict.SKIP: StepVerdict.SKIP
+    }
     pattern = re.compile(rf"^git bisect ({old_term}|{new_term}|skip) ([0-9a-f]{{40}})", re.M)
     steps = [(sha, verdicts[term]) for term, sha in pattern.findall(log)]
     found = re.search(rf"^([0-9a-f]{{40}}) is the first {new_term} commit", output, re.M)

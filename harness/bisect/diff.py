@@ -20,7 +20,8 @@ from harness.bisect import implementations, sharded
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
-from harness.records.result import CRASH, TIMEOUT, CaseResult
+from harness.records.result import CaseResult
+from harness.status import CaseStatus
 from harness.zoo import ARCHS
 
 STRATEGIES = tuple(sharded.SHARDING)
@@ -101,7 +102,7 @@ def diff_impl(
         if x.output is None or y.output is None:
             side, why = (label_a, x) if x.output is None else (label_b, y)
             detail = f"{side}: {why.status}: {why.detail}"
-            failed = any(r.status in (CRASH, TIMEOUT) for r in (x, y))
+            failed = any(r.status in (CaseStatus.CRASH, CaseStatus.TIMEOUT) for r in (x, y))
             diffs.unsharded.append(ImplDiff(case, label_a, label_b, None, detail, failed))
             continue
         tol = tolerance_for(case.precision, case.tolerance)

@@ -28,12 +28,11 @@ from harness.bisect.releases import check_release
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.outputs import Output
-from harness.records.result import TIMEOUT
 from harness.run import protocol
 from harness.run.parent.launch import Target
 from harness.run.parent.relaunch import Relauncher
 from harness.run.parent.watch import Watch
-from harness.run.rank.references import OK
+from harness.status import ReferenceStatus
 
 RELEASE = re.compile(r"(?:mlx-lm==)?(\d+\.\d+(?:\.\d+)?\S*)")
 DEFAULT_TIMEOUT = 60.0  # seconds one case's reference may take (--timeout)
@@ -55,9 +54,9 @@ class Implementation:
 
 @dataclass
 class ImplementationReference:
-    # ok | skip | crash (see harness.run.rank.references), or what the watcher saw: a
-    # timeout, a crash, an error of the setup or the harness.
-    status: str
+    # OK, SKIP or CRASH from the rank (see harness.run.rank.references), or what the
+    # watcher saw: a TIMEOUT, a CRASH, an ERROR of the setup or the harness.
+    status: ReferenceStatus
     detail: str | None = None
     output: Output | None = None
     strategies: tuple[str, ...] = ()  # what the architecture has here: "tp", "pp"
@@ -152,9 +151,10 @@ class _ReferenceWork:
             return
         self.remaining.remove(message.index)
         self.versions = self.versions or dict(message.versions or {})
-        output = Output.from_arrays(arrays) if message.status == OK else None
+        output = Output.from_arrays(arrays) if message.status == ReferenceStatus.OK else None
         sharding = tuple(message.sharding or ())
-        reference = ImplementationReference(message.status, message.reason, output, sharding)
+        status = ReferenceStatus(message.status)
+        reference = ImplementationReference(status, message.reason, output, sharding)
         yield message.index, reference
 
     def cut_short(
@@ -170,10 +170,10 @@ class _ReferenceWork:
                     f"the reference did not finish within {limit:g}s (--timeout); its Python "
                     f"stack is below{watch.tails()}"
                 )
-                yield index, ImplementationReference(TIMEOUT, detail)
+                yield index, ImplementationReference(ReferenceStatus.TIMEOUT, detail)
             else:
                 status, detail = watch.failure(started=True, what="reference")
-                yield index, ImplementationReference(status, detail)
+                yield index, ImplementationReference(ReferenceStatus(status), detail)
 
     def stalled(self, watch: Watch) -> Iterator[tuple[int, ImplementationReference]]:
         self._not_started(watch)

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.bisect.implementations import References
-from harness.bisect.search import BAD, GOOD, SKIP
 from harness.case import Case
 from harness.records import goldens
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import CRASH, ERROR, FAIL, PASS, TIMEOUT, CaseResult
-from harness.records.result import SKIP as SKIP_STATUS
-from harness.run.rank.references import SKIP as SKIP_REFERENCE
+from harness.records.result import CaseResult
+from harness.status import CaseStatus, ReferenceStatus, StepVerdict
 
 BASELINES = ("goldens", "good")
 
@@ -29,13 +27,15 @@ BASELINES = ("goldens", "good")
 @dataclass
 class CaseVerdict:
     case: Case
-    verdict: str
+    verdict: StepVerdict
     detail: str | None = None
     comparison: Comparison | None = None  # the reference against the baseline
     sharded: CaseResult | None = None  # the sharded run, when ranks > 1
 
 
-def held(case: Case, output: Output, baseline: Output | Path) -> tuple[str, Comparison | None]:
+def held(
+    case: Case, output: Output, baseline: Output | Path
+) -> tuple[StepVerdict, Comparison | None]:
     """The reference against the baseline: (verdict, comparison). A golden is read, never
     written: bisecting leaves no `obtained` files behind."""
     tol = tolerance_for(case.precision, case.tolerance)
@@ -45,13 +45,13 @@ def held(case: Case, output: Output, baseline: Output | Path) -> tuple[str, Comp
         try:
             stored = goldens.load(case.key(), baseline)
         except goldens.CorruptGolden:
-            return SKIP, None
+            return StepVerdict.SKIP, None
         if stored is None:
-            return SKIP, None
+            return StepVerdict.SKIP, None
         golden, _ = stored
         comparison = goldens.hold(golden, output, tol)
         goldens.localize(comparison, golden, goldens.layer_norms(output.layers), tol)
-    return (GOOD if comparison.passed else BAD), comparison
+    return (StepVerdict.GOOD if comparison.passed else StepVerdict.BAD), comparison
 
 
 def judge_case(
@@ -62,33 +62,44 @@ def judge_case(
 ) -> CaseVerdict:
     reference = refs.cases.get(case.key())
     label = refs.implementation.label
-    if reference is None or reference.status == SKIP_REFERENCE:
+    if reference is None or reference.status == ReferenceStatus.SKIP:
         detail = reference.detail if reference else "not run"
-        return CaseVerdict(case, SKIP, f"{label} cannot run it: {detail}")
-    if reference.status in (CRASH, TIMEOUT):  # the model under this implementation
-        return CaseVerdict(case, BAD, f"under {label}: {reference.status}: {reference.detail}")
-    if reference.status == ERROR:  # the setup's or the harness's fault: never the model's
-        return CaseVerdict(case, SKIP, f"under {label}: {reference.status}: {reference.detail}")
+        return CaseVerdict(case, StepVerdict.SKIP, f"{label} cannot run it: {detail}")
+    detail = f"under {label}: {reference.status}: {reference.detail}"
+    if reference.status in (ReferenceStatus.CRASH, ReferenceStatus.TIMEOUT):
+        return CaseVerdict(case, StepVerdict.BAD, detail)  # the model under this implementation
+    if reference.status == ReferenceStatus.ERROR:  # the setup's or the harness's fault
+        return CaseVerdict(case, StepVerdict.SKIP, detail)  # never the model's
     if baseline is None:
-        return CaseVerdict(case, SKIP, "the good endpoint cannot run it: nothing to hold it to")
+        return CaseVerdict(
+            case, StepVerdict.SKIP, "the good endpoint cannot run it: nothing to hold it to"
+        )
     verdict, comparison = held(case, reference.output, baseline)
     if comparison is None:
-        return CaseVerdict(case, SKIP, f"no golden for {case.key()} in {baseline}")
+        return CaseVerdict(case, StepVerdict.SKIP, f"no golden for {case.key()} in {baseline}")
     detail = None
-    if verdict == BAD:
+    if verdict == StepVerdict.BAD:
         detail = f"reference moved: max|Δ| {comparison.metrics.max_abs:.2e}"
-    if sharded is None or verdict == BAD:
+    if sharded is None or verdict == StepVerdict.BAD:
         return CaseVerdict(case, verdict, detail, comparison, sharded)
-    if sharded.status in (CRASH, FAIL, TIMEOUT):  # the model under this release
-        verdict, detail = BAD, f"sharded run {sharded.status}: {sharded.reason}"
-    elif sharded.status in (ERROR, SKIP_STATUS):
+    if sharded.status in (
+        CaseStatus.CRASH,
+        CaseStatus.FAIL,
+        CaseStatus.TIMEOUT,
+    ):  # the model under this release
+        verdict, detail = StepVerdict.BAD, f"sharded run {sharded.status}: {sharded.reason}"
+    elif sharded.status in (CaseStatus.ERROR, CaseStatus.SKIP):
         # The setup's or the harness's fault (a loader this release lacks): never the model's.
-        verdict, detail = SKIP, f"sharded run {sharded.status}: {sharded.reason}"
+        verdict, detail = StepVerdict.SKIP, f"sharded run {sharded.status}: {sharded.reason}"
     return CaseVerdict(case, verdict, detail, comparison, sharded)
 
 
 # How a bisect step's verdict is stored as a case's status.
-STORED_STATUS = {GOOD: PASS, BAD: FAIL, SKIP: SKIP_STATUS}
+STORED_STATUS = {
+    StepVerdict.GOOD: CaseStatus.PASS,
+    StepVerdict.BAD: CaseStatus.FAIL,
+    StepVerdict.SKIP: CaseStatus.SKIP,
+}
 
 
 def step_results(verdicts: list[CaseVerdict], ranks: int) -> Iterator[CaseResult]:
@@ -124,9 +135,9 @@ def store_step(
     return record.run_id
 
 
-def group_verdict(verdicts: list[CaseVerdict]) -> str:
-    if any(v.verdict == BAD for v in verdicts):
-        return BAD
-    if all(v.verdict == SKIP for v in verdicts):
-        return SKIP
-    return GOOD
+def group_verdict(verdicts: list[CaseVerdict]) -> StepVerdict:
+    if any(v.verdict == StepVerdict.BAD for v in verdicts):
+        return StepVerdict.BAD
+    if all(v.verdict == StepVerdict.SKIP for v in verdicts):
+        return StepVerdict.SKIP
+    return StepVerdict.GOOD

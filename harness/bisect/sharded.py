@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from harness.bisect.implementations import Implementation, References
 from harness.case import Case
-from harness.records.result import SKIP, CaseResult
-from harness.run.rank.references import OK
+from harness.records.result import CaseResult
+from harness.status import CaseStatus, ReferenceStatus
 
 # Built-in strategies an implementation may lack for an architecture, as skip reasons name them.
 SHARDING = {"tp": "tensor-parallel shard()", "pp": "pipeline()"}
@@ -56,11 +56,11 @@ def run_supported(
     runnable = []
     for case in cases:
         reference = refs.cases.get(case.key())
-        if reference is None or reference.status != OK:
+        if reference is None or reference.status != ReferenceStatus.OK:
             continue
         if case.strategy in SHARDING and case.strategy not in reference.strategies:
             reason = f"{case.arch} has no {SHARDING[case.strategy]} in {implementation.label}"
-            results[case.label()] = CaseResult(0, case, 0, SKIP, reason)
+            results[case.label()] = CaseResult(0, case, 0, CaseStatus.SKIP, reason)
         else:
             runnable.append(case)
     results.update(run(implementation, runnable) if runnable else {})

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from harness.bisect import implementations, releases
 from harness.bisect.judge import BASELINES, CaseVerdict, group_verdict, judge_case
-from harness.bisect.search import BAD, GOOD, SKIP, Bisection, bisect
+from harness.bisect.search import Bisection, bisect
 from harness.bisect.sharded import Runner, run_supported
 from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.ladder import Comparison, compare, tolerance_for
 from harness.records.outputs import Output
+from harness.status import StepVerdict
 
 
 @dataclass
@@ -123,16 +124,18 @@ def _judge_step(version: str, made, cases: list[Case], baselines: dict, sharded)
 def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: bool) -> Finding:
     labels = {case.label() for case in group}
 
-    def judge(version: str) -> str:
+    def judge(version: str) -> StepVerdict:
         return group_verdict([v for v in step(version).verdicts if v.case.label() in labels])
 
     def reasons(version: str) -> str:
         found = {v.detail for v in step(version).verdicts if v.case.label() in labels}
         return "; ".join(sorted(d for d in found if d))
 
-    old_state, new_state = (BAD, GOOD) if inverse else (GOOD, BAD)
+    old_state, new_state = (
+        (StepVerdict.BAD, StepVerdict.GOOD) if inverse else (StepVerdict.GOOD, StepVerdict.BAD)
+    )
     since = ""
-    if judge(items[0]) == SKIP:
+    if judge(items[0]) == StepVerdict.SKIP:
         # Added to mlx-lm after the old endpoint: bisect from the first release that has it.
         first = _first_runnable(items, judge)
         if first is None:
@@ -142,7 +145,7 @@ def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: 
         since = f" (first runnable in mlx-lm {items[first]})"
         items = items[first:]
     old, new = judge(items[0]), judge(items[-1])
-    if new == SKIP:
+    if new == StepVerdict.SKIP:
         return Finding(arch, "unjudgeable", f"mlx-lm {items[-1]}: {reasons(items[-1])}")
     if old == new:
         return Finding(arch, "unchanged", f"{old} from {items[0]} to {items[-1]}{since}")
@@ -167,12 +170,12 @@ def _bisect_arch(arch: str, group: list[Case], items: list[str], step, inverse: 
 def _first_runnable(items: list[str], judge) -> int | None:
     """The first release that can run the group, by binary search: an architecture, once
     added, stays (the old endpoint cannot run it, the new one can, or none can)."""
-    if judge(items[-1]) == SKIP:
+    if judge(items[-1]) == StepVerdict.SKIP:
         return None
     low, high = 0, len(items) - 1  # low skips, high runs
     while high - low > 1:
         middle = (low + high) // 2
-        if judge(items[middle]) == SKIP:
+        if judge(items[middle]) == StepVerdict.SKIP:
             low = middle
         else:
             high = middle

@@ -21,6 +21,7 @@ from harness.commands.options import (
 from harness.errors import HarnessError
 from harness.records import store
 from harness.records.bench import result_line, row_line, side_by_side
+from harness.status import RunStatus
 
 
 def select_benches(
@@ -170,4 +171,4 @@ def show_run(database, run: dict) -> bool:
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(render.bench_table(lines, f"bench run {run['id']} on {run['ranks']} rank(s)"))
-    return run["status"] == "failed"
+    return run["status"] == RunStatus.FAILED

@@ -30,6 +30,7 @@ from harness.models import impl
 from harness.records import diagnose, store
 from harness.records.ladder import Comparison
 from harness.records.result import CaseResult
+from harness.status import CaseStatus, StepVerdict
 
 app = typer.Typer(
     help="Find the mlx-lm release or commit that changed a case's numbers.", no_args_is_help=True
@@ -102,11 +103,12 @@ def versions(
             print(f"warning: {note}", file=sys.stderr)
         name = f"{label} @ mlx-lm {step.release}"
         run_id = judge.store_step(database, name, step.refs.versions, step.verdicts, command, ranks)
-        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in ("good", "bad")}
+        counts = {v: sum(1 for x in step.verdicts if x.verdict == v) for v in StepVerdict}
         cache = "cached env" if step.env_reused else "new env"
         _say(
             out,
-            f"mlx-lm {step.release:<8} {counts['good']:>3} good {counts['bad']:>3} bad  "
+            f"mlx-lm {step.release:<8} {counts[StepVerdict.GOOD]:>3} good "
+            f"{counts[StepVerdict.BAD]:>3} bad  "
             f"({cache}, {step.seconds:.1f} s, run {run_id})",
         )
 
@@ -152,7 +154,7 @@ def _flipped(before: Step, after: Step, arch: str, shown: set[str]) -> list[str]
     lines = []
     for v in after.verdicts:
         was = old.get(v.case.label())
-        if v.case.arch != arch or was is None or "bad" not in (was.verdict, v.verdict):
+        if v.case.arch != arch or was is None or StepVerdict.BAD not in (was.verdict, v.verdict):
             continue
         if v.case.label() not in shown:
             # The first line: a hang's Python stack is in the stored step.
@@ -344,7 +346,7 @@ def diff_impl(
     for d in diffs.sharded:
         where = f"{d.case.arch} {d.case.strategy} on {diffs.ranks} ranks"
         runs = [r for r in d.runs if r is not None]
-        if len(runs) == 2 and all(r.status == "skip" for r in runs):
+        if len(runs) == 2 and all(r.status == CaseStatus.SKIP for r in runs):
             _say(out, f"{where}: not run: {runs[0].reason}")
             continue
         differ |= d.differ
@@ -363,7 +365,7 @@ def _own(run: CaseResult | None) -> str:
     """A sharded run against its own implementation's single-rank run, in a line."""
     if run is None:
         return "not run sharded: its single-rank run failed"
-    if run.status == "skip":
+    if run.status == CaseStatus.SKIP:
         return f"not run sharded: {run.reason}"
     reason = f": {run.reason}" if run.reason else ""
     return f"{run.status} against its own single-rank run{reason}"

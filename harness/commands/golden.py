@@ -14,8 +14,8 @@ from harness.commands.options import Arch, GoldensDir, Impl, Precision, Suite
 from harness.commands.select import select_cases
 from harness.errors import HarnessError
 from harness.models import impl
-from harness.records import goldens
 from harness.service.pull import pull as pull_goldens
+from harness.status import GoldenStatus
 
 app = typer.Typer(
     help="Record, verify, update and diff stored reference outputs.", no_args_is_help=True
@@ -72,10 +72,10 @@ def verify(
         )
     render.console().print(source.describe(), markup=False, soft_wrap=True)
     _print(actions)
-    changed = sorted({a.case.arch for a in actions if a.case and a.status == goldens.MISMATCH})
+    changed = sorted({a.case.arch for a in actions if a.case and a.status == GoldenStatus.MISMATCH})
     if changed:
         render.console().print(f"changed numerically: {', '.join(changed)}", markup=False)
-    ok = (goldens.MATCH, goldens.UNAVAILABLE)
+    ok = (GoldenStatus.MATCH, GoldenStatus.UNAVAILABLE)
     raise typer.Exit(0 if all(a.status in ok for a in actions) else 1)
 
 
@@ -112,7 +112,7 @@ def diff(
 
     summary = golden_lifecycle.diff_golden(key, paths.goldens(directory).directory)
     render.console().print(render.golden_diff(summary), markup=False)
-    raise typer.Exit(0 if summary.check.status == goldens.MATCH else 1)
+    raise typer.Exit(0 if summary.check.status == GoldenStatus.MATCH else 1)
 
 
 def _print(actions: list) -> None:

@@ -28,6 +28,7 @@ from harness.models import impl
 from harness.records import junit, noise, rundiff, store, table
 from harness.records.result import case_row
 from harness.records.shape_summary import shape_summary
+from harness.status import RunStatus
 
 
 def run(
@@ -132,7 +133,7 @@ def run(
         options,
         database,
         kind="run",
-        suite=suite or ",".join(arch or []),
+        suite=suites.series(suite, strategy) if suite is not None else ",".join(arch or []),
         command=command_line(ctx, "run"),
         on_result=lambda result: out.print(render.progress_line(result, total)),
     )
@@ -181,7 +182,7 @@ def report(
         raise typer.Exit(1 if show_run(database, run) else 0)
     if markdown:
         print(table.markdown(run, cases), end="")
-        raise typer.Exit(1 if run["status"] == "failed" else 0)
+        raise typer.Exit(1 if run["status"] == RunStatus.FAILED else 0)
     out = render.console()
     out.print(render.run_header(run), markup=False)
     out.print(
@@ -189,4 +190,4 @@ def report(
     )
     for line in render.failure_details(cases):
         out.print(line, markup=False)
-    raise typer.Exit(1 if run["status"] == "failed" else 0)
+    raise typer.Exit(1 if run["status"] == RunStatus.FAILED else 0)

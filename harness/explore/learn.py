@@ -18,7 +18,8 @@ from harness import scenario as scenarios
 from harness.errors import HarnessError
 from harness.explore.search import Found
 from harness.explore.space import DEFAULT_PREFILL_STEP, Example
-from harness.records.result import PASS, CaseResult
+from harness.records.result import CaseResult
+from harness.status import CaseStatus
 
 Run = Callable[[Example], CaseResult]
 FP32 = "fp32"
@@ -42,7 +43,7 @@ def _passes(run: Run, example: Example, scenario: dict | None = None, **changes)
     scenario = _valid(scenario if scenario is not None else example.scenario)
     if scenario is None:
         return None
-    return run(replace(example, scenario=scenario, **changes)).status == PASS
+    return run(replace(example, scenario=scenario, **changes)).status == CaseStatus.PASS
 
 
 def simplify(found: Found, run: Run) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from harness import suites
@@ -25,7 +26,13 @@ from harness.run.parent.plan import RunOptions, skip_reason
 from harness.run.parent.stream import CaseStream
 from harness.strategies import normalize
 
-DRAWN, REPLAY, NEIGHBOUR = "drawn", "replay", "neighbour"
+
+class ExampleRole(StrEnum):
+    """How an example came to run (`cases.explore`)."""
+
+    DRAWN = "drawn"  # by hypothesis: searching or shrinking
+    REPLAY = "replay"  # a stored failure of the corpus, run first
+    NEIGHBOUR = "neighbour"  # asked about a shrunk failure (harness.explore.learn)
 
 
 @dataclass
@@ -127,7 +134,7 @@ def explore(
         recording(run_options, database, kind="explore", suite=suite, command=command) as run,
     ):
         explored.run_id = run.record.run_id
-        role = [DRAWN]
+        role = [ExampleRole.DRAWN]
 
         def keep(example: Example, result: CaseResult) -> None:
             result.index = len(run.record.results)
@@ -137,7 +144,7 @@ def explore(
 
         try:
             for left, target in enumerate(targets):
-                role[0] = DRAWN
+                role[0] = ExampleRole.DRAWN
                 memo = Memo(lambda example, t=target: stream.run([case_of(t, example)])[0], keep)
                 share = (options.budget - (time.monotonic() - started)) / (len(targets) - left)
                 searched = _replay(target, memo, database, role) or search(
@@ -150,7 +157,7 @@ def explore(
                 )
                 explored.searched.append(searched)
                 if searched.found is not None:
-                    role[0] = NEIGHBOUR
+                    role[0] = ExampleRole.NEIGHBOUR
                     _record_failure(searched, memo, options, database, explored)
                 on_searched(searched)
         finally:
@@ -170,14 +177,14 @@ def _replay(target: Target, memo: Memo, database, role: list[str]) -> Searched |
     this target's finding (already shrunk), without a search."""
     if database is None:
         return None
-    role[0] = REPLAY
+    role[0] = ExampleRole.REPLAY
     start = time.monotonic()
     for example in corpus.replays(database, target):
         result = memo(example)
         if result.failed:
             found = Found(target, example, result, first_seen=example)
             return Searched(target, memo.examples, memo.operations, time.monotonic() - start, found)
-    role[0] = DRAWN
+    role[0] = ExampleRole.DRAWN
     return None
 
 

@@ -12,6 +12,7 @@ tp and pp on the same architectures are the controls: `passed` when nothing is f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from harness.errors import HarnessError
 from harness.explore.runner import Explored, ExploreOptions, explore, plan_targets
@@ -20,9 +21,18 @@ from harness.explore.space import Example, size
 from harness.faults.catalog import CATALOG, Fault
 from harness.run.parent.plan import RunOptions
 
-CAUGHT, NOT_SHRUNK, MISSED = "caught", "not shrunk", "missed"
-PASSED, FALSE_ALARM = "passed", "false alarm"
-GOOD = (CAUGHT, PASSED)
+
+class ExploreVerdictWord(StrEnum):
+    """What explore's selftest says of a fault's search, or of a control's."""
+
+    CAUGHT = "caught"  # found, and shrunk no larger than the catalog's scenario
+    NOT_SHRUNK = "not shrunk"
+    MISSED = "missed"
+    PASSED = "passed"  # a control: nothing found
+    FALSE_ALARM = "false alarm"
+
+
+GOOD = (ExploreVerdictWord.CAUGHT, ExploreVerdictWord.PASSED)
 CONTROLS = ("tp", "pp")
 
 
@@ -31,7 +41,7 @@ class ExploreVerdict:
     name: str  # the fault, or the control's strategy
     arch: str
     control: bool
-    verdict: str
+    verdict: ExploreVerdictWord
     expected: dict | None  # the catalog's smallest scenario (faults)
     searched: Searched
 
@@ -57,14 +67,16 @@ def searchable(names: list[str] | None = None) -> list[Fault]:
     return [f for f in faults if names is None or f.name in names]
 
 
-def judge(fault: Fault | None, searched: Searched) -> str:
+def judge(fault: Fault | None, searched: Searched) -> ExploreVerdictWord:
     found = searched.found
     if fault is None:
-        return PASSED if found is None else FALSE_ALARM
+        return ExploreVerdictWord.PASSED if found is None else ExploreVerdictWord.FALSE_ALARM
     if found is None:
-        return MISSED
+        return ExploreVerdictWord.MISSED
     expected = Example(fault.precision, fault.scenario)
-    return CAUGHT if size(found.example) <= size(expected) else NOT_SHRUNK
+    if size(found.example) <= size(expected):
+        return ExploreVerdictWord.CAUGHT
+    return ExploreVerdictWord.NOT_SHRUNK
 
 
 def run_explore_selftest(

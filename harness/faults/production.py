@@ -1,8 +1,8 @@
 """Bugs of production conditions (README, "Low precision"; the fault table): each starts
-from mlx-lm's correct tensor parallel and goes wrong only with bf16 activations, only past
-one prefill step of mlx-lm's default 2,048 tokens, or only in a request after the first on
-the same loaded model (in its prefill, or in its decode steps only). The default suites'
-fp32 short cases pass them all.
+from mlx-lm's correct tensor parallel and goes wrong only with bf16 activations (in every
+position, or in a few), only past one prefill step of mlx-lm's default 2,048 tokens, or only
+in a request after the first on the same loaded model (in its prefill, or in its decode steps
+only). The default suites' fp32 short cases pass them all.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import mlx.core as mx
 
 from harness.faults import parts, shape_bugs
+from harness.run.rank.forward import decoder_layers
 from harness.run.rank.patching import wrap_call
 from harness.shapes import MLX_LM_PREFILL_STEP
 
 WRONG = 1.05  # as the shape faults: far above fp32 tolerance, below saturation
+# One position in this many (by position in the sequence) takes the few-positions bug.
+EVERY = 16
 
 
 def bf16_double_reduce(model, group):
@@ -28,6 +31,42 @@ def bf16_double_reduce(model, group):
         return y
 
     wrap_call(parts.feedforward(parts.layer(model, parts.MLP_LAYER)), around)
+
+
+def bf16_partial_sum_some_positions(model, group):
+    """At 1 of every 16 positions of a sequence (7, 23, 39, ...) the last layer's MoE block
+    returns this rank's partial sum instead of the all-summed one, with bf16 activations
+    only: a reduction a bf16 kernel path skips for some tokens moves a few positions well
+    past rounding and leaves every other position exact. (A block that all-sums through
+    its own `sharding_group`, as mlx-lm's MoE blocks do; another gives 1/N of the sum.)"""
+    model.shard(group)
+    first = {"position": 0}
+    block = parts.feedforward(parts.layer(model, len(decoder_layers(model)) - 1))
+
+    def at_model(call, inputs, *args, **kwargs):
+        # Where this call starts in the sequence, read before the call advances the cache.
+        cache = kwargs.get("cache", args[0] if args else None) or []
+        offsets = [shape_bugs.offset(c) for c in cache if hasattr(c, "offset")]
+        first["position"] = min(offsets, default=0)
+        return call(inputs, *args, **kwargs)
+
+    def around(call, x, *args, **kwargs):
+        if x.dtype != mx.bfloat16:
+            return call(x, *args, **kwargs)
+        positions = first["position"] + mx.arange(x.shape[1])
+        hit = (positions % EVERY == EVERY // 2 - 1)[None, :, None]
+        if getattr(block, "sharding_group", None) is None:
+            y = call(x, *args, **kwargs)
+            return mx.where(hit, y / group.size(), y)
+        block.sharding_group = None
+        try:
+            partial = call(x, *args, **kwargs)
+        finally:
+            block.sharding_group = group
+        return mx.where(hit, partial, mx.distributed.all_sum(partial, group=group))
+
+    wrap_call(model, at_model)
+    wrap_call(block, around)
 
 
 def past_prefill_step(model, group):

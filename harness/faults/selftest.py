@@ -31,13 +31,10 @@ from harness.records.result import CaseResult
 from harness.run.parent.loop import run_cases
 from harness.run.parent.plan import RunOptions, skip_reason
 from harness.shapes import get_shape
+from harness.status import CaseStatus, SelftestVerdict
 
 DECODE_STEPS = 3
 SHORT = {"decode_steps": DECODE_STEPS}  # the default prompts, fewer steps: a faster short
-CAUGHT, MISSED, WRONG = "caught", "missed", "wrong diagnosis"
-PASSED, FALSE_ALARM = "passed", "false alarm"
-NOT_RUN = "not run"  # skipped or errored before the sharded side ran: proves nothing
-BAD = (MISSED, WRONG, FALSE_ALARM, NOT_RUN)
 
 
 @dataclass
@@ -47,15 +44,15 @@ class Planned:
 
 
 @dataclass
-class SelftestVerdict:
+class SelftestCase:
     fault: str
     arch: str
     precision: str
     bug_class: str
     control: bool
-    verdict: str
-    status: str
-    expected_status: str
+    verdict: SelftestVerdict
+    status: CaseStatus
+    expected_status: CaseStatus
     diagnoses: list[str]
     expected_diagnoses: list[str]
     layer: int | None = None  # named by the diagnosis
@@ -66,7 +63,7 @@ class SelftestVerdict:
 
     @property
     def ok(self) -> bool:
-        return self.verdict not in BAD
+        return not self.verdict.bad
 
     def row(self) -> dict:
         """The columns a selftest case adds to its stored row."""
@@ -87,27 +84,39 @@ class SelftestVerdict:
 @dataclass
 class SelftestReport:
     ranks: int
-    verdicts: list[SelftestVerdict] = field(default_factory=list)
+    verdicts: list[SelftestCase] = field(default_factory=list)
     not_applicable: list[tuple[str, str, str]] = field(default_factory=list)  # fault, arch, why
     run_id: int | None = None
     seconds: float = 0.0
 
     @property
-    def faults(self) -> list[SelftestVerdict]:
+    def faults(self) -> list[SelftestCase]:
         return [v for v in self.verdicts if not v.control]
 
     @property
-    def controls(self) -> list[SelftestVerdict]:
+    def controls(self) -> list[SelftestCase]:
         return [v for v in self.verdicts if v.control]
 
     @property
     def detection_rate(self) -> float | None:
         """Caught with the expected diagnosis, over the fault cases that ran."""
-        return _rate([v.verdict == CAUGHT for v in self.faults if v.verdict != NOT_RUN])
+        return _rate(
+            [
+                v.verdict == SelftestVerdict.CAUGHT
+                for v in self.faults
+                if v.verdict != SelftestVerdict.NOT_RUN
+            ]
+        )
 
     @property
     def false_alarm_rate(self) -> float | None:
-        return _rate([v.verdict == FALSE_ALARM for v in self.controls if v.verdict != NOT_RUN])
+        return _rate(
+            [
+                v.verdict == SelftestVerdict.FALSE_ALARM
+                for v in self.controls
+                if v.verdict != SelftestVerdict.NOT_RUN
+            ]
+        )
 
     @property
     def ok(self) -> bool:
@@ -147,20 +156,20 @@ def plan(
                 not_applicable.append((fault.name, arch, reason))
                 continue
             planned.append(Planned(fault, Case(arch, fault.strategy, **fields)))
-    planned.sort(key=lambda p: p.fault.expected in ("crash", "timeout"))
+    planned.sort(key=lambda p: p.fault.expected in (CaseStatus.CRASH, CaseStatus.TIMEOUT))
     return planned, not_applicable
 
 
-def judge(fault: Fault, result: CaseResult) -> SelftestVerdict:
+def judge(fault: Fault, result: CaseResult) -> SelftestCase:
     expected = fault.expected_diagnoses(result.ranks)
     first = next((c for c in result.comparisons.values() if not c.passed), None)
-    verdict = SelftestVerdict(
+    verdict = SelftestCase(
         fault=fault.name,
         arch=result.case.arch,
         precision=result.case.precision,
         bug_class=fault.bug_class,
         control=fault.control,
-        verdict=NOT_RUN,
+        verdict=SelftestVerdict.NOT_RUN,
         status=result.status,
         expected_status=fault.expected,
         diagnoses=list(result.diagnoses),
@@ -171,19 +180,21 @@ def judge(fault: Fault, result: CaseResult) -> SelftestVerdict:
         expected_part=fault.part,
         detail=(result.reason or "").strip().split("\n")[0],
     )
-    if result.status in ("skip", "error"):
+    if result.status in (CaseStatus.SKIP, CaseStatus.ERROR):
         return verdict
     if fault.control:
-        verdict.verdict = PASSED if result.status == "pass" else FALSE_ALARM
+        passed = result.status == CaseStatus.PASS
+        verdict.verdict = SelftestVerdict.PASSED if passed else SelftestVerdict.FALSE_ALARM
         return verdict
-    if result.status == "pass":
-        verdict.verdict = MISSED
+    if result.status == CaseStatus.PASS:
+        verdict.verdict = SelftestVerdict.MISSED
         return verdict
     # A crash carries no diagnoses: its reason (rank, exception or signal) is what it says.
     given = [*result.diagnoses, verdict.detail]
     found = all(any(e in g for g in given) for e in expected)
     placed = fault.layer is None or (verdict.layer, verdict.part) == (fault.layer, fault.part)
-    verdict.verdict = CAUGHT if result.status == fault.expected and found and placed else WRONG
+    caught = result.status == fault.expected and found and placed
+    verdict.verdict = SelftestVerdict.CAUGHT if caught else SelftestVerdict.WRONG
     return verdict
 
 
@@ -197,7 +208,7 @@ def run_selftest(
     hostfile: str | None = None,
     database=None,
     command: list[str] | None = None,
-    progress: Callable[[SelftestVerdict], None] | None = None,
+    progress: Callable[[SelftestCase], None] | None = None,
     precision: str | None = None,
 ) -> SelftestReport:
     """Run the catalog at `ranks` in one launch and judge every case; with a database,

@@ -15,10 +15,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from harness.case import BenchCase
-from harness.records.result import CRASH, ERROR, TIMEOUT, now
+from harness.records.result import now
+from harness.status import BenchStatus
 
-OK = "ok"
-BENCH_STATUSES = (OK, CRASH, TIMEOUT, ERROR)
 METRICS = ("prompt_tps", "generation_tps", "ttft_s")
 
 
@@ -29,14 +28,14 @@ class BenchResult:
     index: int
     bench: BenchCase
     ranks: int
-    status: str
+    status: BenchStatus
     reason: str | None = None
     trials: list[dict] = field(default_factory=list)  # {rank, trial, prompt_tps, ...}
     duration: float = 0.0
 
     @property
     def failed(self) -> bool:
-        return self.status != OK
+        return self.status != BenchStatus.OK
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class BenchLine:
     label: str
     strategy: str
     ranks: int
-    status: str
+    status: str  # a BenchStatus, as stored
     reason: str | None
     stats: dict[str, Spread]  # METRICS -> rank 0's spread; empty without trials
     peak_memory_gb: dict[int, float]  # per rank, the largest over its trials

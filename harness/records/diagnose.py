@@ -70,6 +70,23 @@ def beyond_envelope(segment: str, ratio: float, limit: float) -> str:
     )
 
 
+def outlier_positions(segment: str, count: int, ratio: float, limit: float) -> str:
+    """Positions beyond their own envelope that no router near-tie explains."""
+    return (
+        f"{segment}: {count} position(s) up to {ratio:.1f}x the single-rank run's median "
+        f"error against the fp32 truth (a position's envelope {limit:g}x), "
+        "no router near-tie explains them"
+    )
+
+
+def layers_only(what: str) -> str:
+    """A warning: every output passes, a captured layer state does not. Outputs decide."""
+    return (
+        f"outputs match, layers differ: {what}; a captured state is what a module "
+        "returned, not always what flowed on"
+    )
+
+
 def shape_mismatch(test: list[int], ref: list[int]) -> str:
     return f"logits shape {test} != reference {ref}"
 

@@ -38,25 +38,21 @@ from harness.records.ladder import (
 )
 from harness.records.outputs import Output
 from harness.records.provenance import environment
+from harness.status import GoldenStatus
 
 SUMMARY_PREFIX = "norms:"
 FULL_LOGITS_MAX_VOCAB = 4096  # above: keep top-k logprobs per position (real models)
 GOLDEN_TOP_K = 20
 
 
-# What became of one golden: a check against it, or a golden command's action on it.
-MATCH, MISMATCH, MISSING, CORRUPT, WRITTEN = "match", "mismatch", "missing", "corrupt", "written"
-EXISTS, UPDATED, UNAVAILABLE = "exists", "updated", "unavailable"
-CHECK_STATUSES = (MATCH, MISMATCH, MISSING, CORRUPT, WRITTEN)
-ACTION_STATUSES = (*CHECK_STATUSES, EXISTS, UPDATED, UNAVAILABLE)
-GOLDEN_FAILING = (MISMATCH, CORRUPT)  # a check that fails its case
-GOLDEN_WARNING = (MISSING, WRITTEN)  # a check that only warns
+GOLDEN_FAILING = (GoldenStatus.MISMATCH, GoldenStatus.CORRUPT)  # a check that fails its case
+GOLDEN_WARNING = (GoldenStatus.MISSING, GoldenStatus.WRITTEN)  # a check that only warns
 
 
 @dataclass
 class GoldenCheck:
     key: str
-    status: str  # one of CHECK_STATUSES (UNAVAILABLE: `harness golden verify` could not run it)
+    status: GoldenStatus  # a check's (UNAVAILABLE: `harness golden verify` could not run it)
     detail: str | None = None
     comparison: Comparison | None = None
     recorded: dict = field(default_factory=dict)  # the sidecar's provenance
@@ -288,12 +284,12 @@ def check(
     try:
         stored = load(key, directory)
     except CorruptGolden as exc:
-        return GoldenCheck(key, CORRUPT, str(exc))
+        return GoldenCheck(key, GoldenStatus.CORRUPT, str(exc))
     if stored is None:
         if record_missing:
             save(case, output, directory)
-            return GoldenCheck(key, WRITTEN, f"recorded missing golden {key}")
-        return GoldenCheck(key, MISSING, f"no golden for {key}")
+            return GoldenCheck(key, GoldenStatus.WRITTEN, f"recorded missing golden {key}")
+        return GoldenCheck(key, GoldenStatus.MISSING, f"no golden for {key}")
     golden, meta = stored
     provenance = {
         k: meta.get(k)
@@ -301,14 +297,14 @@ def check(
     }
     comparison = hold(golden, output, tol)
     if comparison.passed:
-        return GoldenCheck(key, MATCH, None, comparison, provenance)
+        return GoldenCheck(key, GoldenStatus.MATCH, None, comparison, provenance)
     _write_obtained(case, output, directory)
     localize(comparison, golden, layer_norms(output.layers), tol)
     detail = (
         f"reference differs from golden {key} (recorded with mlx-lm {meta.get('mlx_lm_version')}, "
         f"mlx {meta.get('mlx_version')}): max|Δ| {comparison.metrics.max_abs:.2e}"
     )
-    return GoldenCheck(key, MISMATCH, detail, comparison, provenance)
+    return GoldenCheck(key, GoldenStatus.MISMATCH, detail, comparison, provenance)
 
 
 def _write_obtained(case: Case, output: Output, directory: Path) -> None:
@@ -364,7 +360,7 @@ def diff(key: str, fresh: Output | None, directory: Path) -> GoldenDiff:
         raise HarnessError(f"golden {key} has no obtained file and no fresh reference to diff")
     comparison = hold(golden, current, tol)
     localize(comparison, golden, norms, tol)
-    status = MATCH if comparison.passed else MISMATCH
+    status = GoldenStatus.MATCH if comparison.passed else GoldenStatus.MISMATCH
     return GoldenDiff(key, against, GoldenCheck(key, status, None, comparison), meta, obtained_meta)
 
 

@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.records.result import ERROR, FAILING, SKIP
 from harness.records.table import note
+from harness.status import FAILING, CaseStatus
 
 # Characters XML 1.0 cannot carry (stderr tails hold ANSI escapes and worse).
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -33,10 +33,10 @@ def _testcase(run: dict, row: dict) -> ET.Element:
         time=f"{row['duration_s'] or 0.0:.3f}",
     )
     first, _, tails = (row["reason"] or "").partition("\n")
-    if row["status"] == SKIP:
+    if row["status"] == CaseStatus.SKIP:
         ET.SubElement(case, "skipped", type="skip", message=_text(first)).text = _text(first)
     elif row["status"] in FAILING:
-        tag = "error" if row["status"] == ERROR else "failure"
+        tag = "error" if row["status"] == CaseStatus.ERROR else "failure"
         message = f"{row['status']}: {note(row)}"
         failure = ET.SubElement(case, tag, message=_text(message))
         failure.text = _text(first)
@@ -51,9 +51,9 @@ def junit_xml(run: dict, cases: list[dict]) -> str:
     suite = ET.Element(
         "testsuite",
         name=_text(f"harness {run['kind']} {run['suite']} on {run['ranks']} rank(s)"),
-        errors=str(statuses.count(ERROR)),
-        failures=str(sum(s in FAILING and s != ERROR for s in statuses)),
-        skipped=str(statuses.count(SKIP)),
+        errors=str(statuses.count(CaseStatus.ERROR)),
+        failures=str(sum(s in FAILING and s != CaseStatus.ERROR for s in statuses)),
+        skipped=str(statuses.count(CaseStatus.SKIP)),
         tests=str(len(cases)),
         time=f"{sum(row['duration_s'] or 0.0 for row in cases):.3f}",
         timestamp=_text(run["started"]),

@@ -477,8 +477,14 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
     if tokens:
         cmp.warnings.append(tokens)
     if cmp.passed:
+        if verdict.layers:
+            layer, part, segment = verdict.layers[0]
+            what = diagnose.beyond_envelope(segment.name, segment.ratio, envelope.RATIO)
+            cmp.warnings.append(diagnose.layers_only(what))
         return cmp
     beyond = [s for s in verdict.logits if s.beyond]
+    if not beyond and verdict.outliers:
+        return _outlying(cmp, ref, test, verdict, world, m.nonfinite)
     worst = max(beyond or [verdict.worst], key=lambda s: np.nan_to_num(s.ratio, nan=np.inf))
     where = [diagnose.beyond_envelope(worst.name, worst.ratio, envelope.RATIO)]
     first = next((s for s in beyond if s.start is not None), None)
@@ -499,6 +505,34 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
     )
     decode_only = bool(beyond) and all(s.start is None for s in beyond)
     _explain(cmp, test, decode_only, where, located)
+    return cmp
+
+
+def _outlying(
+    cmp: Comparison,
+    ref: Output,
+    test: Output,
+    verdict: envelope.EnvelopeVerdict,
+    world: int,
+    nonfinite: bool,
+) -> Comparison:
+    """Every segment's median within the envelope, some positions not: where the first
+    outlier starts (its first layer beyond its own bound localizes it)."""
+    first = min(verdict.outliers, key=lambda o: (o.position, o.row))
+    worst = max(verdict.outliers, key=lambda o: o.ratio)
+    said = diagnose.outlier_positions(
+        first.segment, len(verdict.outliers), worst.ratio, envelope.POSITION_RATIO
+    )
+    where = [said, prompt_position(ref, first.position, first.row)]
+    divergent = (first.layer, first.part) if first.layer is not None else None
+    located = diagnose.locate(
+        _skipped_layer(ref.layers, test.layers),
+        divergent,
+        False,
+        world,
+        bool(ref.layers and test.layers) and not nonfinite,
+    )
+    _explain(cmp, test, False, where, located)
     return cmp
 
 

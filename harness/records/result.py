@@ -1,5 +1,5 @@
-"""A case's result, the named set of statuses, and the one flattening of a result into a
-row: the store writes it and the renderer draws the live table from it."""
+"""A case's result and the one flattening of a result into a row: the store writes it and
+the renderer draws the live table from it. Its statuses: `harness.status.CaseStatus`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from harness.case import Case
 from harness.records.goldens import GoldenCheck
 from harness.records.ladder import Comparison
 from harness.records.outputs import Output, Timings
-
-PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR = "pass", "fail", "skip", "crash", "timeout", "error"
-STATUSES = (PASS, FAIL, SKIP, CRASH, TIMEOUT, ERROR)
-FAILING = (FAIL, CRASH, TIMEOUT, ERROR)
+from harness.status import FAILING, CaseStatus
 
 
 @dataclass
@@ -24,7 +21,7 @@ class CaseResult:
     index: int
     case: Case
     ranks: int
-    status: str
+    status: CaseStatus
     reason: str | None = None
     comparisons: dict[int, Comparison] = field(default_factory=dict)
     diagnoses: list[str] = field(default_factory=list)

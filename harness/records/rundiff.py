@@ -21,9 +21,8 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.records import noise, store
-from harness.records.bench import OK
 from harness.records.goldens import GOLDEN_FAILING  # moving into one is a regression
-from harness.records.result import FAILING, TIMEOUT
+from harness.status import FAILING, BenchStatus, CaseStatus
 
 
 @dataclass
@@ -153,15 +152,15 @@ def measured_history(db, run: dict, limit: int = noise.HISTORY + noise.PERSIST) 
     ]
     by_run: dict[int, dict] = {run_id: {} for run_id in reversed(ids)}
     marks = ", ".join("?" for _ in ids)
-    left_out = [status for status in FAILING if status != TIMEOUT]
+    left_out = [status for status in FAILING if status != CaseStatus.TIMEOUT]
     for row in db.query(
         f"select run_id, case_key, strategy, status, timings from cases "
         f"where run_id in ({marks}) and status not in ({', '.join('?' for _ in left_out)})",
         [*ids, *left_out],
     ):
         for part in PARTS:
-            samples = [] if row["status"] == TIMEOUT else _samples(row, part)
-            if samples or row["status"] == TIMEOUT:
+            samples = [] if row["status"] == CaseStatus.TIMEOUT else _samples(row, part)
+            if samples or row["status"] == CaseStatus.TIMEOUT:
                 by_run[row["run_id"]][(row["case_key"], row["strategy"], part)] = samples
     return list(by_run.values())
 
@@ -242,13 +241,21 @@ def compare_bench_runs(
     for position, (k, (b, trials_b)) in enumerate(by_key_b.items()):
         label = _bench_label(b)
         if k not in by_key_a:
-            result.changes.append(Change(label, "added", None, b["status"], b["status"] != OK))
+            result.changes.append(
+                Change(label, "added", None, b["status"], b["status"] != BenchStatus.OK)
+            )
             continue
         a, trials_a = by_key_a[k]
         if a["status"] != b["status"]:
             after = f"{b['status']}: {b['reason']}" if b["reason"] else b["status"]
-            stopped = a["status"] == OK
-            what = "newly failing" if stopped else "fixed" if b["status"] == OK else "status"
+            stopped = a["status"] == BenchStatus.OK
+            what = (
+                "newly failing"
+                if stopped
+                else "fixed"
+                if b["status"] == BenchStatus.OK
+                else "status"
+            )
             result.changes.append(Change(label, what, a["status"], after, stopped))
         for column, what in BENCH_MEASURES.items():
             measured[(position, label, what)] = tuple(

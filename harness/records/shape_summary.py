@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from harness.case import Case
-from harness.records.result import FAILING, PASS, CaseResult
+from harness.records.result import CaseResult
+from harness.status import FAILING, CaseStatus
 
 # The fields a shape sets; a case without them is what the shapes are compared across.
 SHAPE_FIELDS = ("prompts", "decode_steps", "prefill_step")
@@ -80,12 +81,12 @@ def shape_summary(results: Iterable[CaseResult]) -> list[str]:
     """One sentence per case that passes at some shapes and fails at others."""
     groups: dict[str, list[CaseResult]] = {}
     for result in results:
-        if result.status == PASS or result.status in FAILING:
+        if result.status == CaseStatus.PASS or result.status in FAILING:
             groups.setdefault(_group(result.case), []).append(result)
     sentences = []
     for members in groups.values():
         failed = [r for r in members if r.status in FAILING]
-        passed = [r for r in members if r.status == PASS]
+        passed = [r for r in members if r.status == CaseStatus.PASS]
         if not failed or not passed:
             continue
         bad = [ShapeFacts.of(r.case) for r in failed]

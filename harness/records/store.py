@@ -12,9 +12,10 @@ from pathlib import Path
 import sqlite_utils
 
 from harness.errors import HarnessError
-from harness.records.bench import BENCH_STATUSES, OK, BenchResult, bench_row
+from harness.records.bench import BenchResult, bench_row
 from harness.records.provenance import environment
-from harness.records.result import FAILING, STATUSES, CaseResult, case_row, now
+from harness.records.result import CaseResult, case_row, now
+from harness.status import FAILING, BenchStatus, CaseStatus, RunStatus
 
 DEFAULT_DB = "harness.db"
 
@@ -259,7 +260,7 @@ def start_run(
     cases ran under another environment (a bisect step)."""
     row = {
         "kind": kind,
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "suite": suite,
         "ranks": ranks,
         "backend": backend or ("ring" if ranks > 1 else "in-process"),
@@ -303,24 +304,24 @@ def add_second_look(db, run_id: int, idx: int, rank_timings: dict) -> None:
         db["cases"].update(rows[0]["id"], {"timings": json.dumps(timings)})
 
 
-def finish_run(db, run_id: int, status: str) -> dict:
+def finish_run(db, run_id: int, status: RunStatus) -> dict:
     """Close a run with its counts: of its cases, or of a bench run's bench cases (every
     bench case applies or the command stopped before launching: none is skipped)."""
     bench = db["runs"].get(run_id)["kind"] == "bench"
-    table, statuses = ("bench_cases", BENCH_STATUSES) if bench else ("cases", STATUSES)
+    table, statuses = ("bench_cases", BenchStatus) if bench else ("cases", CaseStatus)
     counts = {s: 0 for s in statuses}
     for row in db.query(
         f"select status, count(*) n from {table} where run_id = ? group by status", [run_id]
     ):
         counts[row["status"]] = row["n"]
-    passed = counts[OK] if bench else counts["pass"]
+    passed = counts[BenchStatus.OK] if bench else counts[CaseStatus.PASS]
     update = {
         "status": status,
         "finished": now(),
         "cases": sum(counts.values()),
         "passed": passed,
         "failed": sum(counts.values()) - passed if bench else sum(counts[s] for s in FAILING),
-        "skipped": 0 if bench else counts["skip"],
+        "skipped": 0 if bench else counts[CaseStatus.SKIP],
     }
     with db.conn:
         db["runs"].update(run_id, update)

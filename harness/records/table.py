@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness.records.result import FAILING
+from harness.status import FAILING, CaseStatus
 
 COLUMNS = (
     "#",
@@ -47,7 +47,7 @@ def rate(sharded, reference) -> str:
 def note(row: dict) -> str:
     """A passing case's warnings, or what went wrong: its diagnoses, else its reason's
     first line (the rest of a crash's reason is the ranks' stderr)."""
-    if row["status"] == "pass":
+    if row["status"] == CaseStatus.PASS:
         return "; ".join(json.loads(row.get("warnings") or "[]"))
     diagnoses = json.loads(row["diagnoses"] or "[]")
     return "; ".join(diagnoses) or (row["reason"] or "").split("\n", 1)[0]
@@ -86,14 +86,14 @@ def _md(text: str) -> str:
 def markdown(run: dict, cases: list[dict]) -> str:
     """A run as GitHub-flavoured markdown: a heading with its verdict and environment, the
     verdict table, and each failing case's full reason in a collapsed block."""
-    counts = {s: sum(c["status"] == s for c in cases) for s in ("pass", "skip")}
+    counts = {s: sum(c["status"] == s for c in cases) for s in (CaseStatus.PASS, CaseStatus.SKIP)}
     failing = [c for c in cases if c["status"] in FAILING]
     held = held_against(cases)
     lines = [
         f"### run {run['id']}: {run['suite']} on {run['ranks']} rank(s): {run['status']}",
         "",
-        f"{len(cases)} cases: {counts['pass']} passed, {len(failing)} failed, "
-        f"{counts['skip']} skipped. harness `{(run['harness_sha'] or '?')[:10]}`, "
+        f"{len(cases)} cases: {counts[CaseStatus.PASS]} passed, {len(failing)} failed, "
+        f"{counts[CaseStatus.SKIP]} skipped. harness `{(run['harness_sha'] or '?')[:10]}`, "
         f"mlx {run['mlx_version']}, mlx-lm {run['mlx_lm_version']}, {run['platform']}, "
         f"backend {run['backend']}" + (f"; {held}." if held else "."),
         "",

@@ -13,7 +13,8 @@ from harness.errors import HarnessError, describe
 from harness.records import diagnose, goldens, scenario
 from harness.records.ladder import compare, tolerance_for
 from harness.records.outputs import Output
-from harness.records.result import FAIL, PASS, CaseResult
+from harness.records.result import CaseResult
+from harness.status import CaseStatus
 
 
 def rank_outputs(ranks: list[dict], arrays: dict, prefix: str) -> dict[int, Output]:
@@ -68,7 +69,7 @@ def conclude(result: CaseResult) -> None:
     for c in comparisons.values():
         result.warnings += [w for w in c.warnings if w not in result.warnings]
     if failing:
-        result.status = FAIL
+        result.status = CaseStatus.FAIL
         first = comparisons[failing[0]]
         result.diagnoses = list(first.diagnoses)
         if len(failing) < len(comparisons):
@@ -110,5 +111,5 @@ def against_golden(
     elif check.status in goldens.GOLDEN_FAILING:
         result.diagnoses.append(diagnose.golden_status(check.status))
         result.reason = "; ".join(filter(None, [result.reason, check.detail]))
-        if result.status == PASS:
-            result.status = FAIL
+        if result.status == CaseStatus.PASS:
+            result.status = CaseStatus.FAIL

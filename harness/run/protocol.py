@@ -63,7 +63,7 @@ class Reference:
 
     kind: ClassVar[str] = "reference"
     index: int
-    status: str  # ok, or the blamed status of why it could not run (or skip: see below)
+    status: str  # a ReferenceStatus: ok, or the blamed status of why it could not run (or skip)
     reason: str | None = None
     timings: dict | None = None
     # The `references` job of bisect and diff-impl (harness.run.rank.references) adds the

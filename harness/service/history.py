@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import statistics
 
-from harness.records.result import FAILING
 from harness.service import pages
 from harness.service.plot import Point, RunInfo, Series
+from harness.status import FAILING, BenchStatus
 
 
 def _geometric_mean(values: list[float]) -> float | None:
@@ -55,7 +55,7 @@ def bench_view(samples: list[dict], rows: list[dict]) -> tuple[Series, Series, d
     for row in sorted(rows, key=lambda r: r["run_id"]):
         name = f"{row['strategy']}, {row['ranks']} rank(s)"
         values = trials.get((name, row["run_id"]))
-        failing = None if row["status"] == "ok" else row["status"]
+        failing = None if row["status"] == BenchStatus.OK else row["status"]
         for series, part in ((prompt, "prompt"), (generation, "generation")):
             value = statistics.median(values[part]) if values else None
             series.setdefault(name, []).append(Point(row["run_id"], value, failing))

@@ -11,8 +11,8 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
-from harness.records.result import FAILING, PASS, SKIP
 from harness.service.plot import Point, RunInfo
+from harness.status import FAILING, CaseStatus
 
 STRIP = 10  # runs shown per HUD row: enough to tell a new failure from a flaky one
 WINDOW = 90  # runs a chart shows by default
@@ -20,7 +20,14 @@ MAX_WINDOW = 2000
 PAGE = 50  # rows per page of a history table and its JSON
 MAX_PAGE = 1000
 # Worst first: a cell that holds several cases shows the worst of them.
-SEVERITY = ("crash", "timeout", "error", "fail", PASS, SKIP)
+SEVERITY = (
+    CaseStatus.CRASH,
+    CaseStatus.TIMEOUT,
+    CaseStatus.ERROR,
+    CaseStatus.FAIL,
+    CaseStatus.PASS,
+    CaseStatus.SKIP,
+)
 
 
 class Missing(LookupError):
@@ -91,6 +98,7 @@ class Grid:
     runs: list[dict]
     columns: list[tuple[str, str, str, int]]  # (strategy, precision, shape, ranks)
     rows: list[dict] = field(default_factory=list)  # {name, cells: {column: [case]}, strips}
+    comparable: bool = False  # its latest run has one before it to compare with
 
 
 LATEST = """select * from runs where id in (select max(id) from runs where kind != 'bench'
@@ -126,6 +134,7 @@ def hud(conn: sqlite3.Connection, strip: int = STRIP) -> list[Grid]:
             for name, strip_runs in _strips(conn, run, strip).items():
                 if name in rows:
                     rows[name]["strips"][run["ranks"]] = strip_runs
+        grid.comparable = bool(grid.suite) and comparable(conn, grid.suite)
         grid.columns = sorted(columns, key=lambda c: (c[3], c[0], c[1], c[2]))
         grid.rows = [rows[name] for name in sorted(rows)]
         for row in grid.rows:
@@ -290,3 +299,18 @@ def latest_pair(conn, suite: str) -> tuple[int, int]:
             "nothing to compare it with yet"
         )
     return before[0]["id"], latest["id"]
+
+
+def comparable(conn, suite: str) -> bool:
+    """Whether `latest_pair` has a pair for the suite (a link to it is no dead end)."""
+    try:
+        latest_pair(conn, suite)
+    except Missing:
+        return False
+    return True
+
+
+def comparable_suites(conn) -> list[str]:
+    """The suites whose latest run has one before it, by name."""
+    suites = [r["suite"] for r in _rows(conn, "select distinct suite from runs order by 1")]
+    return [s for s in suites if s and comparable(conn, s)]

@@ -25,10 +25,10 @@ from markupsafe import Markup, escape
 
 from harness.errors import HarnessError
 from harness.records import rundiff
-from harness.records.result import FAILING
 from harness.service import goldens_index, history, pages
-from harness.service.plot import line_chart
+from harness.service.plot import FAILING_COLOUR, line_chart
 from harness.service.queries import canned
+from harness.status import FAILING, BenchStatus, CaseStatus, RunStatus
 
 NAME = "harness"
 GOLDENS_DB = "goldens"
@@ -298,8 +298,7 @@ async def compare_page(datasette, request):
 
         context["result"] = await _read(db, judge)
         context.update(a=a, b=b)
-    suites = [r["suite"] for r in await db.execute("select distinct suite from runs order by 1")]
-    context["suites"] = [s for s in suites if s]
+    context["suites"] = await _read(db, pages.comparable_suites)
     return await _page(datasette, request, "harness_compare.html", context)
 
 
@@ -321,7 +320,13 @@ def _get(row, column: str):
         return None
 
 
-STATUS_COLOURS = {"pass": "#2da44e", "ok": "#2da44e", "skip": "#8c959f", "running": "#bf8700"}
+# A status column's colour, whichever vocabulary it holds (a case's, a bench case's, a run's).
+STATUS_COLOURS = {
+    **dict.fromkeys((CaseStatus.PASS, BenchStatus.OK, RunStatus.PASSED), "#2da44e"),
+    **dict.fromkeys((*FAILING, RunStatus.FAILED), FAILING_COLOUR),
+    CaseStatus.SKIP: "#8c959f",
+    RunStatus.RUNNING: "#bf8700",
+}
 
 
 @hookimpl
@@ -357,10 +362,7 @@ def render_cell(row, value, column, database, datasette):
         query = urlencode({"db": database, column: value})
         return Markup(f'<a href="/-/history?{escape(query)}">{escape(value)}</a>')
     if column.startswith("status") or column == "run_status":
-        colour = STATUS_COLOURS.get(value, "#cf222e" if value in (*FAILING, "failed") else None)
-        if value == "passed":
-            colour = STATUS_COLOURS["pass"]
-        if colour:
+        if colour := STATUS_COLOURS.get(value):
             return Markup(
                 f'<span style="background:{colour};color:#fff;padding:0 4px;border-radius:3px">'
                 f"{escape(value)}</span>"

@@ -6,7 +6,7 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
-from harness.records.result import FAILING
+from harness.status import FAILING
 
 QUERIES_FILE = Path(__file__).with_name("queries.toml")
 

@@ -18,13 +18,14 @@ from harness.case import BenchCase
 from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.build import tiny_config
-from harness.records.bench import ERROR, OK, TIMEOUT, BenchResult
+from harness.records.bench import BenchResult
 from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import skip_reason
 from harness.run.parent.relaunch import Relauncher
 from harness.run.parent.watch import Watch
 from harness.run.protocol import Result
+from harness.status import BenchStatus
 from harness.strategies import BUILTIN, normalize, resolve
 
 
@@ -111,7 +112,7 @@ class _Benches:
             if message.failures:
                 yield self._result(message.index, *watch.in_step(message.failures))
             else:
-                yield self._result(message.index, OK, trials=message.trials)
+                yield self._result(message.index, BenchStatus.OK, trials=message.trials)
 
     def cut_short(self, watch: Watch, unfinished: list[int]) -> Iterator[BenchResult]:
         limit = watch.timed_out
@@ -125,11 +126,11 @@ class _Benches:
                     f"bench case did not finish within {limit:g}s (--timeout); each rank's "
                     f"Python stack is below{watch.tails()}"
                 )
-            yield self._result(index, TIMEOUT, reason)
+            yield self._result(index, BenchStatus.TIMEOUT, reason)
         elif unfinished:
             self.remaining.remove(unfinished[0])
             yield self._result(unfinished[0], *watch.failure(started=True, what="bench case"))
 
     def stalled(self, watch: Watch) -> Iterator[BenchResult]:
         _, reason = watch.failure(started=False, what="bench case")
-        yield self._result(self.remaining.pop(0), ERROR, reason)
+        yield self._result(self.remaining.pop(0), BenchStatus.ERROR, reason)

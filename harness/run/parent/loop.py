@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from harness.case import Case
 from harness.records import rundiff, store
 from harness.records.bench import BenchResult
-from harness.records.result import PASS, CaseResult
+from harness.records.result import CaseResult
 from harness.run.parent import plan, session
 from harness.run.parent.bench import BenchOptions
 from harness.run.parent.plan import RunOptions
+from harness.status import CaseStatus, RunStatus
 
 Result = CaseResult | BenchResult
 # Called with each result before it is stored; returns extra columns for its row, or None.
@@ -31,14 +32,14 @@ class RunRecord:
     run_id: int | None
     options: RunOptions | BenchOptions
     results: list = field(default_factory=list)  # CaseResult or BenchResult
-    status: str = "interrupted"
+    status: RunStatus = RunStatus.INTERRUPTED
     counts: dict = field(default_factory=dict)
     seconds: float = 0.0
     second_looks: list[str] = field(default_factory=list)  # labels of cases timed again
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        return self.status == RunStatus.FAILED
 
 
 def _raise_interrupt(signum, frame):
@@ -76,7 +77,7 @@ class Recording:
         """The run fails when `judge` (default: any failing result) says so."""
         results = self.record.results
         bad = judge(results) if judge else any(r.failed for r in results)
-        self.record.status = "failed" if bad else "passed"
+        self.record.status = RunStatus.FAILED if bad else RunStatus.PASSED
 
 
 @contextmanager
@@ -156,11 +157,13 @@ def second_look(record: RunRecord, database) -> None:
     diff reads the faster): a burst of load on the machine (measured here: 1.5 s of a busy
     core held three cases of an unchanged run at 0.4-0.49x) has passed by then, a slower
     model has not. Costs nothing when no case fell that far."""
-    if record.status == "interrupted" or record.run_id is None:
+    if record.status == RunStatus.INTERRUPTED or record.run_id is None:
         return
     wanted = set(rundiff.clear_drops(database, record.run_id))
     again = [
-        r for r in record.results if r.status == PASS and (r.case.key(), r.case.strategy) in wanted
+        r
+        for r in record.results
+        if r.status == CaseStatus.PASS and (r.case.key(), r.case.strategy) in wanted
     ]
     if not again:
         return

@@ -18,12 +18,13 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records import goldens, verdict
 from harness.records.outputs import Output, Timings
-from harness.records.result import ERROR, PASS, SKIP, TIMEOUT, CaseResult
+from harness.records.result import CaseResult
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import GOLDEN, SINGLE, RunOptions, prepare, skip_reason
 from harness.run.parent.relaunch import Relauncher
 from harness.run.parent.watch import Watch
 from harness.run.protocol import Reference, Result
+from harness.status import CaseStatus, ReferenceStatus
 
 
 def run(cases: list[Case], options: RunOptions) -> Iterator[CaseResult]:
@@ -56,7 +57,7 @@ def run_prepared(
                 )
                 reason = reason and f"reference {options.reference}: {reason}"
         if reason is not None:
-            yield CaseResult(index, case, options.ranks, SKIP, reason)
+            yield CaseResult(index, case, options.ranks, CaseStatus.SKIP, reason)
         else:
             runnable.append((index, case))
     if runnable:
@@ -132,12 +133,12 @@ class _Session:
 
     def stalled(self, watch: Watch) -> Iterator[CaseResult]:
         _, reason = watch.failure(started=False)
-        yield self._result(self.remaining.pop(0), ERROR, reason)
+        yield self._result(self.remaining.pop(0), CaseStatus.ERROR, reason)
 
     def _not_run(self, reason: str) -> Iterator[CaseResult]:
         """Every remaining case fails with the same fault of the setup."""
         for index in self.remaining:
-            yield self._result(index, ERROR, reason)
+            yield self._result(index, CaseStatus.ERROR, reason)
         self.remaining = []
 
     # -- outcomes -----------------------------------------------------------------------
@@ -166,7 +167,7 @@ class _Session:
 
     def _reference(self, message: Reference, arrays: dict) -> None:
         key = self.cases[message.index].key()
-        if message.status != "ok":
+        if message.status != ReferenceStatus.OK:
             self.references[key] = message.reason or message.status
             return
         timings = message.timings
@@ -207,7 +208,9 @@ class _Session:
             self.references[key] = f"the single-rank reference crashed: {reason}"
         for index in [i for i in self.remaining if self.cases[i].key() in keys]:
             self.remaining.remove(index)
-            yield self._result(index, ERROR, f"the single-rank reference failed: {reason}")
+            yield self._result(
+                index, CaseStatus.ERROR, f"the single-rank reference failed: {reason}"
+            )
 
     def _timed_out(self, watch: Watch, unfinished: list[int]) -> Iterator[CaseResult]:
         limit = watch.timed_out
@@ -220,9 +223,11 @@ class _Session:
         for index in unfinished:
             self.remaining.remove(index)
             if what == "case":
-                yield self._result(index, TIMEOUT, reason)
+                yield self._result(index, CaseStatus.TIMEOUT, reason)
             else:
-                yield self._result(index, ERROR, f"the single-rank reference timed out: {reason}")
+                yield self._result(
+                    index, CaseStatus.ERROR, f"the single-rank reference timed out: {reason}"
+                )
 
     # -- judging ------------------------------------------------------------------------
 
@@ -235,15 +240,18 @@ class _Session:
         if self.options.reference == GOLDEN:
             stored = self.goldens[index]
             if isinstance(stored, str):
-                return self._result(index, ERROR, stored, rank_timings=timings)
-            result = self._result(index, PASS, rank_timings=timings)
+                return self._result(index, CaseStatus.ERROR, stored, rank_timings=timings)
+            result = self._result(index, CaseStatus.PASS, rank_timings=timings)
             return verdict.judge_against_golden(result, stored[0], outputs)
         if self.options.reference == SINGLE:
             reference = self.references.get(self.cases[index].key())
             if not isinstance(reference, tuple):
                 why = reference or "no single-rank reference arrived"
                 return self._result(
-                    index, ERROR, f"the single-rank reference failed: {why}", rank_timings=timings
+                    index,
+                    CaseStatus.ERROR,
+                    f"the single-rank reference failed: {why}",
+                    rank_timings=timings,
                 )
             ref_output, ref_timings = reference
         else:
@@ -253,7 +261,9 @@ class _Session:
             ref_timings = next(
                 (Timings(**r["timings"]) for r in ref_ranks if r.get("timings")), None
             )
-        result = self._result(index, PASS, rank_timings=timings, reference_timings=ref_timings)
+        result = self._result(
+            index, CaseStatus.PASS, rank_timings=timings, reference_timings=ref_timings
+        )
         truth = None
         if self.options.reference == SINGLE:
             truth = self.truths.get(self.cases[index].key())
@@ -284,4 +294,4 @@ class _Session:
             self.goldens[index] = stored
             if isinstance(stored, str):
                 self.remaining.remove(index)
-                yield self._result(index, ERROR, stored)
+                yield self._result(index, CaseStatus.ERROR, stored)

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from harness.errors import INTERNAL
-from harness.records.result import CRASH, ERROR
 from harness.run.parent import launch
 from harness.run.protocol import End, Error, Hello, Message, Start
+from harness.status import CaseStatus
 
 GRACE = 5.0  # seconds to let the other ranks' error frames and exits arrive
 STACK_DUMPS = 0.5  # the ranks' stack dumps land just before a limit: let them be written
@@ -104,9 +104,9 @@ class Watch:
                 if started
                 else "the launch failed to start"
             ]
-        internal = [e for e in errors if e.status == ERROR]
-        crashed = deaths or any(e.status == CRASH for e in errors)
-        status = CRASH if crashed or not internal else ERROR
+        internal = [e for e in errors if e.status == CaseStatus.ERROR]
+        crashed = deaths or any(e.status == CaseStatus.CRASH for e in errors)
+        status = CaseStatus.CRASH if crashed or not internal else CaseStatus.ERROR
         reason = "; ".join(dict.fromkeys(parts))
         if internal and internal[0].reason.startswith(INTERNAL):
             reason += f"\n--- traceback ---\n{internal[0].traceback}"
@@ -158,7 +158,11 @@ class Watch:
     def in_step(self, failures: list[dict]) -> tuple[str, str]:
         """(status, reason) of a case the ranks failed in step (`Result.failures`): every
         rank that raised, with the first one's traceback."""
-        status = CRASH if any(f["status"] == CRASH for f in failures) else ERROR
+        status = (
+            CaseStatus.CRASH
+            if any(f["status"] == CaseStatus.CRASH for f in failures)
+            else CaseStatus.ERROR
+        )
         reason = "; ".join(f"{self.who(f['rank'])} {f['reason']}" for f in failures)
         first = failures[0]
         return (

@@ -26,6 +26,7 @@ from harness.run.protocol import Message as Header
 from harness.run.protocol import Reference, Result, Start, gather_bytes, pack, unpack
 from harness.run.rank.one_case import ShardingFailed, run_case, run_truth
 from harness.run.rank.solo import solo_world
+from harness.status import ReferenceStatus
 
 Message = tuple[Header, dict[str, np.ndarray]]
 
@@ -59,7 +60,7 @@ def _single_rank(case: Case, capture: bool, repeats: int) -> bytes:
     except (ModelError, HarnessError) as exc:
         status, reason = blame(exc)
         return pack({"status": status, "reason": reason})
-    message = {"status": "ok", "timings": _timings(timings)}
+    message = {"status": ReferenceStatus.OK, "timings": _timings(timings)}
     return pack(message, {**output.arrays(), **truth})
 
 

@@ -80,18 +80,34 @@ class Recorder:
     def tap(self, module: nn.Module, key: str) -> None:
         wrap_output(module, lambda out: self._record(key, out))
 
-    def tap_router(self, gate: nn.Module, key: str) -> None:
-        """Record a router's scores over all experts (not only the chosen top-k), so a
-        mismatch can be checked against near-ties."""
+    def tap_router(self, block: nn.Module, gate: nn.Module, key: str) -> None:
+        """Record a router's scores over all experts (not only the chosen top-k), by
+        position, so a mismatch can be checked against near-ties. Some blocks flatten
+        the positions before routing: the block's input gives them back."""
+        positions: dict[str, tuple] = {}
+
+        def at_block(call, x, *args, **kwargs):
+            positions["shape"] = tuple(x.shape[:-1])
+            return call(x, *args, **kwargs)
 
         def around(call, x, *args, **kwargs):
             out = call(x, *args, **kwargs)
-            if self.active:
-                scores = _router_scores(gate, x, out)
-                if scores is not None:
-                    self._record(key, scores)
+            shape = positions.get("shape")
+            if not self.active or not shape:
+                return out
+            scores = _router_scores(block, gate, x, out)
+            if scores is not None and scores.size % _product(shape) == 0:
+                self._record(key, scores.reshape(*shape, -1))
+            # A gate that returns (indices, weights) says which experts it chose (group-
+            # limited routing may choose other than the top-k of the scores).
+            chosen = out[0] if isinstance(out, (tuple, list)) else None
+            if isinstance(chosen, mx.array) and not mx.issubdtype(chosen.dtype, mx.floating):
+                if chosen.size % _product(shape) == 0:
+                    experts = mx.sort(chosen.reshape(*shape, -1), axis=-1)
+                    self._record(key.replace(".router.", ".experts."), experts)
             return out
 
+        wrap_call(block, at_block)
         wrap_call(gate, around)
 
     def _record(self, key: str, out):
@@ -102,26 +118,65 @@ class Recorder:
 
 
 ROUTER_NAMES = ("gate", "router")
-TOP_K_NAMES = ("top_k", "num_experts_per_tok")
+TOP_K_NAMES = ("top_k", "num_experts_per_tok", "num_experts_per_token", "moe_top_k")
+CORRECTION_NAMES = ("e_score_correction_bias", "router_bias")
 
 
-def _router_scores(gate: nn.Module, x: mx.array, out) -> mx.array | None:
-    """Linear routers return their logits; gate modules that return (indices, scores)
-    get their logits recomputed from the input (plus DeepSeek-style score correction)."""
-    if isinstance(out, mx.array) and out.ndim == 3:
-        return out
+def _product(shape: tuple) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _router_scores(block: nn.Module, gate: nn.Module, x: mx.array, out) -> mx.array | None:
+    """The scores a router ranks its experts by: a linear router's logits (its output, or
+    recomputed from its input when it returns (indices, weights): through its own linear
+    child, or its raw weight), through a sigmoid plus the score correction where the block
+    or the gate keeps one (DeepSeek-style)."""
+    inner = gate.get("gate") if isinstance(gate, dict) else None
     weight = getattr(gate, "weight", None)
-    if (
-        not isinstance(weight, mx.array)
-        or weight.ndim != 2
-        or not mx.issubdtype(weight.dtype, mx.floating)
+    if isinstance(out, mx.array) and out.ndim >= 2:
+        logits = out
+    elif isinstance(inner, nn.Module):
+        logits = inner(x)
+    elif (
+        isinstance(weight, mx.array)
+        and weight.ndim == 2
+        and mx.issubdtype(weight.dtype, mx.floating)
     ):
+        logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
+    else:
         return None
-    logits = x.astype(mx.float32) @ weight.astype(mx.float32).T
-    correction = getattr(gate, "e_score_correction_bias", None)
-    if isinstance(correction, mx.array):
-        return mx.sigmoid(logits) + correction.astype(mx.float32)
+    logits = logits.astype(mx.float32)
+    for holder in (gate, block):
+        correction = next(
+            (
+                getattr(holder, n)
+                for n in CORRECTION_NAMES
+                if isinstance(getattr(holder, n, None), mx.array)
+            ),
+            None,
+        )
+        if correction is not None and correction.shape[-1] == logits.shape[-1]:
+            return mx.sigmoid(logits) + correction.astype(mx.float32)
     return logits
+
+
+def _top_k(*holders) -> int | None:
+    for holder in holders:
+        for where in (holder, getattr(holder, "args", None)):
+            k = next(
+                (
+                    getattr(where, a)
+                    for a in TOP_K_NAMES
+                    if isinstance(getattr(where, a, None), int)
+                ),
+                None,
+            )
+            if k:
+                return k
+    return None
 
 
 def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
@@ -129,17 +184,9 @@ def _router(block: nn.Module) -> tuple[nn.Module, int] | None:
     for name in ROUTER_NAMES:
         gate = block.get(name) if isinstance(block, dict) else None
         if isinstance(gate, nn.Module):
-            for holder in (block, gate):
-                k = next(
-                    (
-                        getattr(holder, a)
-                        for a in TOP_K_NAMES
-                        if isinstance(getattr(holder, a, None), int)
-                    ),
-                    None,
-                )
-                if k:
-                    return gate, k
+            k = _top_k(block, gate)
+            if k:
+                return gate, k
     return None
 
 
@@ -171,7 +218,7 @@ def install_capture(model: nn.Module) -> Recorder:
                 recorder.tap(child, f"layer.{index}.mlp")
                 router = _router(child)
                 if router is not None:
-                    recorder.tap_router(router[0], f"layer.{index}.router.k{router[1]}")
+                    recorder.tap_router(child, router[0], f"layer.{index}.router.k{router[1]}")
         recorder.tap(layer, f"layer.{index}.out")
     return recorder
 

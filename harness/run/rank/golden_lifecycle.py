@@ -10,11 +10,6 @@ from pathlib import Path
 from harness.case import Case
 from harness.errors import HarnessError, describe
 from harness.records.goldens import (
-    CORRUPT,
-    EXISTS,
-    UNAVAILABLE,
-    UPDATED,
-    WRITTEN,
     CorruptGolden,
     GoldenCheck,
     GoldenDiff,
@@ -29,6 +24,7 @@ from harness.records.goldens import (
 from harness.records.ladder import tolerance_for
 from harness.records.outputs import Output
 from harness.run.rank.one_case import run_case
+from harness.status import GoldenStatus
 from harness.zoo import support
 
 
@@ -38,8 +34,8 @@ class GoldenAction:
 
     key: str
     case: Case | None  # None when the sidecar is too damaged to rebuild the case
-    status: str  # one of goldens.ACTION_STATUSES: record: WRITTEN | EXISTS; update: UPDATED |
-    # WRITTEN; verify: the check's; any: UNAVAILABLE (this machine cannot compute the case)
+    status: GoldenStatus  # record: WRITTEN | EXISTS; update: UPDATED | WRITTEN; verify: the
+    # check's; any: UNAVAILABLE (this machine cannot compute the case)
     check: GoldenCheck | None = None
 
 
@@ -57,7 +53,12 @@ def unique_cases(cases: list[Case]) -> list[Case]:
 
 
 def _unavailable(case: Case, reason: str) -> GoldenAction:
-    return GoldenAction(case.key(), case, UNAVAILABLE, GoldenCheck(case.key(), UNAVAILABLE, reason))
+    return GoldenAction(
+        case.key(),
+        case,
+        GoldenStatus.UNAVAILABLE,
+        GoldenCheck(case.key(), GoldenStatus.UNAVAILABLE, reason),
+    )
 
 
 def _computed(cases: list[Case], actions: list[GoldenAction]):
@@ -86,12 +87,12 @@ def record(cases: list[Case], directory: Path) -> list[GoldenAction]:
     missing = []
     for case in unique_cases(cases):
         if paths(case.key(), directory)[1].exists():
-            actions.append(GoldenAction(case.key(), case, EXISTS))
+            actions.append(GoldenAction(case.key(), case, GoldenStatus.EXISTS))
         else:
             missing.append(case)
     for case, output in _computed(missing, actions):
         save(case, output, directory)
-        actions.append(GoldenAction(case.key(), case, WRITTEN))
+        actions.append(GoldenAction(case.key(), case, GoldenStatus.WRITTEN))
     return actions
 
 
@@ -103,7 +104,11 @@ def update(cases: list[Case], reason: str, directory: Path) -> list[GoldenAction
     for case, output in _computed(cases, actions):
         existed = paths(case.key(), directory)[1].exists()
         save(case, output, directory, reason=reason if existed else None)
-        actions.append(GoldenAction(case.key(), case, UPDATED if existed else WRITTEN))
+        actions.append(
+            GoldenAction(
+                case.key(), case, GoldenStatus.UPDATED if existed else GoldenStatus.WRITTEN
+            )
+        )
     return actions
 
 
@@ -118,7 +123,12 @@ def verify(cases: list[Case] | None, directory: Path) -> list[GoldenAction]:
                 cases.append(stored_case(key, directory))
             except CorruptGolden as exc:
                 actions.append(
-                    GoldenAction(key, None, CORRUPT, GoldenCheck(key, CORRUPT, str(exc)))
+                    GoldenAction(
+                        key,
+                        None,
+                        GoldenStatus.CORRUPT,
+                        GoldenCheck(key, GoldenStatus.CORRUPT, str(exc)),
+                    )
                 )
     for case, output in _computed(cases, actions):
         tol = tolerance_for(case.precision, case.tolerance)

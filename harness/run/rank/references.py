@@ -4,7 +4,7 @@ installed over one module (`harness.models.impl`). The `references` job of bisec
 diff-impl, on one rank launched under that interpreter and watched as a run's ranks are.
 
 Each case yields its `Start` (the watchdog's clock and the stack dump) and its
-`Reference`, whose status is one of `STATUSES`:
+`Reference`, whose status (a `harness.status.ReferenceStatus`) is one of:
 
 - `ok`: the reference ran (its arrays travel with the frame);
 - `skip`: this implementation cannot run the case: the architecture is missing, or
@@ -23,9 +23,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from harness.run.protocol import Message, Reference, Start
+from harness.status import ReferenceStatus
 
-OK, SKIP, CRASH = "ok", "skip", "crash"
-STATUSES = (OK, SKIP, CRASH)
 # Build or load failures that say "this release has another API", not "the model is wrong".
 API_ERRORS = (TypeError, AttributeError, ImportError, NotImplementedError)
 
@@ -52,7 +51,7 @@ def run_on_rank(spec: dict, group) -> Iterator[tuple[Message, dict[str, np.ndarr
         yield Reference(index, status, detail, versions=ran, sharding=sharding), arrays
 
 
-def _reference(case, version: str) -> tuple[str, str | None, dict, list[str]]:
+def _reference(case, version: str) -> tuple[ReferenceStatus, str | None, dict, list[str]]:
     """(status, detail, arrays, what the architecture offers the sharded side here)."""
     from harness.errors import HarnessError, describe
     from harness.models.checkpoint import CoverageError, skip_reason
@@ -66,16 +65,21 @@ def _reference(case, version: str) -> tuple[str, str | None, dict, list[str]]:
     sharding = [s for s in ("tp", "pp") if getattr(available, s)]
     reason = available.reason if not available.available else skip_reason(case)
     if reason:
-        return SKIP, reason, {}, sharding
+        return ReferenceStatus.SKIP, reason, {}, sharding
     try:
         model = model_for_case(case, None)
         prompts = case_prompts(case)
     except CoverageError as exc:
-        return CRASH, str(exc), {}, sharding
+        return ReferenceStatus.CRASH, str(exc), {}, sharding
     except (MissingModelType, HarnessError, *API_ERRORS) as exc:
-        return SKIP, f"mlx-lm {version} cannot build it: {describe(exc)}", {}, sharding
+        return (
+            ReferenceStatus.SKIP,
+            f"mlx-lm {version} cannot build it: {describe(exc)}",
+            {},
+            sharding,
+        )
     try:
         output, _ = forward.run(model, prompts, case.decode_steps, True, repeats=0)
     except Exception as exc:
-        return CRASH, f"the model raised {describe(exc)}", {}, sharding
-    return OK, None, output.arrays(), sharding
+        return ReferenceStatus.CRASH, f"the model raised {describe(exc)}", {}, sharding
+    return ReferenceStatus.OK, None, output.arrays(), sharding
