@@ -152,3 +152,42 @@ def locate(
         head = (scaled(world),) if is_scaled else ()
         return Located(layer, part, (*head, first_divergent_layer(layer, part)))
     return Located(None, None, (AFTER_LAST_LAYER,) if layers_compared else ())
+
+
+def at_batch_prompt_token(
+    row: int, rows: int, position: int, length: int, chunk: int, chunks: int
+) -> str:
+    """Where a batch scenario first goes wrong in a prompt (harness.scenario); `row` and
+    `position` count from 0, `chunk` from 1."""
+    return (
+        f"row {row} of {rows}, prompt token {position} of {length} "
+        f"(prefill chunk {chunk} of {chunks})"
+    )
+
+
+def at_batch_decode_step(row: int, rows: int, step: int, steps: int, position: int) -> str:
+    """Where a batch scenario first goes wrong in decode; `step` counts from 1,
+    `position` is the fed token's place in its row (its cache offset)."""
+    return f"row {row} of {rows}, decode step {step} of {steps} at cache position {position}"
+
+
+def at_serve_token(
+    uid: int,
+    token: int,
+    position: int,
+    op_index: int,
+    op: str,
+    after: list[int] | None = None,
+    reused: int = 0,
+    source: int | None = None,
+) -> str:
+    """Where a serve scenario first goes wrong: request `uid`'s `token`-th emitted token
+    (0: its first, from its prefill), the op that emitted it, the requests that had left
+    the batch before it and the prefix it reused from request `source`."""
+    which = "its first token (from its prefill)" if token == 0 else f"its token {token}"
+    sentence = f"uid {uid}, {which} at cache position {position} (op {op_index}: {op})"
+    if after:
+        sentence += f", after uid {', '.join(map(str, after))} left the batch"
+    if reused:
+        sentence += f", reusing {reused} tokens of uid {source}'s cache"
+    return sentence

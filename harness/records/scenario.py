@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness import scenario as scenarios
-from harness.records import envelope
+from harness.records import diagnose, envelope
 from harness.records.ladder import Comparison, Tolerance, decode_divergence
 from harness.records.outputs import Output
 
@@ -66,9 +66,8 @@ def _batch(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
         chunks = int(calls.max()) + 1 if calls is not None else 1
         chunk = int(calls[row, position]) + 1 if calls is not None else 1
         found.update(row=row, position=position, decode_step=None, prefill_chunk=chunk)
-        found["sentence"] = (
-            f"row {row} of {rows}, prompt token {position} of {lengths[row]} "
-            f"(prefill chunk {chunk} of {chunks})"
+        found["sentence"] = diagnose.at_batch_prompt_token(
+            row, rows, position, lengths[row], chunk, chunks
         )
         return found
     if not decode.any():
@@ -76,10 +75,7 @@ def _batch(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
     step, row = (int(i) for i in np.argwhere(decode)[0])
     position = lengths[row] + step
     found.update(row=row, position=position, decode_step=step, prefill_chunk=None)
-    found["sentence"] = (
-        f"row {row} of {rows}, decode step {step + 1} of {spec['decode']} "
-        f"at cache position {position}"
-    )
+    found["sentence"] = diagnose.at_batch_decode_step(row, rows, step + 1, spec["decode"], position)
     return found
 
 
@@ -106,15 +102,10 @@ def _serve(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
         "reused": reused,
         "after": after,
     }
-    token = "its first token (from its prefill)" if k == 0 else f"its token {k}"
-    sentence = (
-        f"uid {uid}, {token} at cache position {found['position']} (op {index}: {found['op']})"
+    source = inserts[row]["reuse"]["uid"] if reused else None
+    found["sentence"] = diagnose.at_serve_token(
+        uid, k, found["position"], index, found["op"], after, reused, source
     )
-    if after:
-        sentence += f", after uid {', '.join(map(str, after))} left the batch"
-    if reused:
-        sentence += f", reusing {reused} tokens of uid {inserts[row]['reuse']['uid']}'s cache"
-    found["sentence"] = sentence
     return found
 
 
