@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from harness.records import store
-from harness.run.parent.launch import Target, launch_argv
+from harness.run.parent.target import Target, launch_argv
 
 pytestmark = pytest.mark.multirank
 

@@ -26,7 +26,7 @@ its time), each run judged against the runs before it:
   runs had a whole case under 0.5x (0.15-0.47x), while the slowed case stayed at 0.57x. Under
   load (an earlier series: four other jobs, load 5-21) decode moved 10-799 and only three
   runs in a row told a step from noise;
-- ranks kept to a core each (harness.run.parent.launch.cpu_shares), quiet: 11 unchanged
+- ranks kept to a core each (harness.run.parent.job.cpu_shares), quiet: 11 unchanged
   judged runs, no whole case under 0.83x; the slowed run: qwen3_moe at 0.35-0.41x in both
   parts, fp32 and q4, and nothing else;
 - kept to their cores, one core busy for 1.5 s every 3.5-7.5 s: one run of 7 held three
