@@ -190,3 +190,16 @@ def test_the_explore_selftest_judges_found_shrunk_missed_and_controls():
     assert judge(fault, searched(None)) == V.MISSED
     assert judge(None, searched(None)) == V.PASSED
     assert judge(None, searched(smallest)) == V.FALSE_ALARM
+
+
+def test_examples_the_ranks_cannot_apply_are_counted_with_a_reason():
+    def evaluate(example):
+        result = _result(None)
+        if example.scenario["kind"] == "serve":
+            result.status, result.reason = CaseStatus.SKIP, "its caches cannot merge"
+        return result
+
+    memo = Memo(evaluate, lambda example, result: None)
+    searched = search(TARGET, memo, budget_s=60, shrink_s=60, seed=2, clock=_tick())
+    assert searched.found is None and 0 < searched.skipped < searched.examples
+    assert searched.skip_reason == "its caches cannot merge"

@@ -179,6 +179,8 @@ def show(out, searched, flags) -> None:
         f"{searched.seconds:.1f}s ({_per_minute(searched.examples, searched.seconds)} examples/min)"
     )
     found = searched.found
+    if searched.skipped:
+        rate += f", {searched.skipped} skipped ({searched.skip_reason})"
     if found is None:
         spent = " (hypothesis ran out of examples first)" if searched.exhausted else ""
         out.print(

@@ -23,6 +23,7 @@ from hypothesis.database import ExampleDatabase
 from harness import scenario as scenarios
 from harness.explore.space import Boundaries, Example, examples, operations
 from harness.records.result import CaseResult
+from harness.status import CaseStatus
 
 # The case an example runs as, on the ranks: built by the caller (it knows the options).
 Evaluate = Callable[[Example], CaseResult]
@@ -64,6 +65,8 @@ class Searched:
     seconds: float = 0.0
     found: Found | None = None
     exhausted: bool = False  # hypothesis ran out of examples before the budget
+    skipped: int = 0  # examples the ranks could not apply
+    skip_reason: str | None = None
 
 
 class _Stop(BaseException):
@@ -82,6 +85,10 @@ class Memo:
         self.evaluate, self.on_new = evaluate, on_new
         self.results: dict[tuple[str, str], CaseResult] = {}
         self.operations = 0  # of the examples run
+        # Examples the ranks could not apply (an architecture whose caches cannot merge
+        # skips serve programs): how many, and the first one's reason.
+        self.skipped = 0
+        self.skip_reason: str | None = None
 
     @property
     def examples(self) -> int:
@@ -93,6 +100,9 @@ class Memo:
         if key not in self.results:
             self.results[key] = self.evaluate(example)
             self.operations += operations(example.scenario)
+            if self.results[key].status == CaseStatus.SKIP:
+                self.skipped += 1
+                self.skip_reason = self.skip_reason or self.results[key].reason
             self.on_new(example, self.results[key])
         return self.results[key]
 
@@ -150,4 +160,5 @@ def search(
     searched.seconds = clock() - start
     # The memo is this target's: what it ran before (the corpus replayed) counts too.
     searched.examples, searched.operations = memo.examples, memo.operations
+    searched.skipped, searched.skip_reason = memo.skipped, memo.skip_reason
     return searched
