@@ -130,3 +130,9 @@ def test_export_writes_the_suite(run_cli, tmp_path):
     result = run_cli("explore", "export", "--out", str(out), "--db", str(tmp_path / "e.db"))
     assert result.code == 0 and "1 failure(s) written" in result.out
     assert suites.load_suite(str(out))[0].scenario == SERVE
+
+
+def test_the_explore_group_help_is_the_search_with_its_example(run_cli):
+    result = run_cli("explore", "--help")
+    assert result.code == 0 and "Example: harness explore --arch" in result.out
+    assert "export" in result.out

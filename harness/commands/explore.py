@@ -27,11 +27,8 @@ from harness.errors import HarnessError
 from harness.models import impl
 from harness.records import store
 
-app = typer.Typer(
-    invoke_without_command=True,
-    no_args_is_help=False,
-    help="Search scenarios for sharding bugs; shrink and keep what fails.",
-)
+# The group's help is its callback's docstring (the search itself), with its example.
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
 
 def _per_minute(count: int, seconds: float) -> str:
