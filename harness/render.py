@@ -219,8 +219,8 @@ def comparison_summary(result) -> str:
         rule = (
             f"against its last {noise.MIN_BASELINE}-{noise.HISTORY} runs of the same setup "
             f"after each run's drift: every part under {noise.CLEAR}x their median, still so "
-            f"at the run's second look; or below all of them and {noise.RATIO}x their median "
-            f"in {noise.PERSIST} runs in a row"
+            f"at the run's second look; or a part below all of them and {noise.RATIO}x their "
+            f"median in {noise.PERSIST} runs in a row"
         )
     return (
         f"{result.matched} cases in both runs, {len(result.changes)} change(s): {verdict} "

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from harness.records import store
-from harness.run.parent import launch
+from harness.run.parent import target
 
 
 def test_unknown_suite_lists_known(run_cli, db_path, assert_one_line_error):
@@ -145,7 +145,7 @@ def test_report_unknown_run(run_cli, db_path, assert_one_line_error):
 
 
 def test_launcher_found_beside_python():
-    assert launch.find_launcher().endswith("mlx.launch")
+    assert target.find_launcher().endswith("mlx.launch")
 
 
 def test_run_arch_at_ranks_that_break_a_rule(run_cli, db_path, assert_one_line_error):

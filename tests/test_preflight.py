@@ -25,7 +25,7 @@ import pytest
 from harness import preflight
 from harness.errors import HarnessError
 from harness.models.mlx_lm_api import model_classes
-from harness.run.parent.launch import Target, launch_argv
+from harness.run.parent.target import Target, launch_argv
 from harness.zoo import ARCHS, config_copy, support
 
 REPO = Path(__file__).resolve().parent.parent

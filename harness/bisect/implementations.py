@@ -29,8 +29,8 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.records.outputs import Output
 from harness.run import protocol
-from harness.run.parent.launch import Target
 from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.target import Target
 from harness.run.parent.watch import Watch
 from harness.status import ReferenceStatus
 

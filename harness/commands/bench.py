@@ -127,8 +127,8 @@ def bench(
     counts = {"num_trials": num_trials, "warmup": warmup}
     # Imported here: `harness report` and the other commands load no mlx.
     from harness.run.parent.bench import BenchOptions, run_bench, validate
-    from harness.run.parent.launch import hostfile_ranks
     from harness.run.parent.loop import run_loop
+    from harness.run.parent.target import hostfile_ranks
 
     if hostfile is not None:
         ranks = hostfile_ranks(hostfile)  # the hostfile sets the rank count

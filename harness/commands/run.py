@@ -148,7 +148,7 @@ def run(
         out.print(f"shapes: {line}", markup=False, soft_wrap=True)
     if record.second_looks:
         out.print(
-            f"timed again (tok/s under {noise.CLEAR}x its history in every part): "
+            f"timed again (tok/s under {noise.CLEAR}x its history in a part): "
             + ", ".join(record.second_looks),
             markup=False,
             soft_wrap=True,

@@ -295,7 +295,9 @@ _ENTRIES: tuple[Fault, ...] = (
           diagnoses=(diagnose.non_finite(diagnose.layer_name(L2, ATTENTION)),)),
     Fault(name="kv_heads_not_divided", strategy=F + "heads:kv_heads_not_divided",
           bug_class=HEADS_NOT_DIVIDED, applies=tp(lambda s: s.kv_heads),
-          representative=("qwen3_moe",), expected=CaseStatus.CRASH, diagnoses=("rank 0 raised",)),
+          # Every rank raises the same error; which one reports it first is a race (rank 1
+          # did on a loaded machine), so the expectation names no rank.
+          representative=("qwen3_moe",), expected=CaseStatus.CRASH, diagnoses=(" raised ",)),
     # ---- shape classes: each fails only at its shape, with where it starts ----
     Fault(name="later_prefill_chunk", strategy=F + "shape_bugs:later_prefill_chunk",
           bug_class=PREFILL_CHUNK, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from harness.props.registry import PROPERTIES, Property
 from harness.props.simulate import simulate
 from harness.run import protocol
-from harness.run.parent.launch import Target, rank_count
+from harness.run.parent.target import Target, rank_count
 from harness.run.parent.watch import watched
 
 MAX_SIMULATED_RANKS = 8

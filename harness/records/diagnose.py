@@ -82,8 +82,8 @@ def outlier_positions(segment: str, count: int, ratio: float, limit: float) -> s
 def layers_only(what: str) -> str:
     """A warning: every output passes, a captured layer state does not. Outputs decide."""
     return (
-        f"outputs match, layers differ: {what}; a captured state is what a module "
-        "returned, not always what flowed on"
+        f"outputs pass, a layer does not: {what}; outputs decide (a captured state is "
+        "what a module returned, not always what flowed on)"
     )
 
 

@@ -9,12 +9,13 @@ how much faster or slower the whole machine ran), a measure is *below its histor
 when x - d is lower than every baseline run's and more than 1 - `RATIO` (20%) under their
 median. A case regressed when every part of it (prefill and decode) is under `CLEAR` (0.5)
 times its history's median in the newest run, after the drift: a *clear drop*, flagged at
-its first run. The harness takes a second look at such a case in the same run
-(`harness.run.parent.loop.second_look`) and the run-to-run diff reads the faster of the two
-looks, so a burst of load has to hit the case twice, seconds apart, to count. A smaller
-drop regressed when each part was below its history in each of the last `PERSIST` (3)
-runs: a step that persists. Below in the latest run otherwise is a *suspect*, reported and
-not flagged. At least `MIN_BASELINE` (10) baseline runs are needed: if runs were
+its first run. A part alone (decode slowed by a per-step sync or cache copy, prefill
+unchanged) regressed when it was below its history in each of the last `PERSIST` (3) runs:
+a step that persists, flagged by its third run. The harness takes a second look at a case
+with any part under `CLEAR` in the same run (`harness.run.parent.loop.second_look`) and the
+run-to-run diff reads the faster of the two looks, so a burst of load has to hit the case
+twice, seconds apart, to count. Below in the latest run otherwise is a *suspect*, reported
+and not flagged. At least `MIN_BASELINE` (10) baseline runs are needed: if runs were
 exchangeable (noise alone), the chance that the newest `PERSIST` all fall below every one
 of n baseline runs is PERSIST! n! / (n + PERSIST)!: 0.4% per measure at n = 10.
 
@@ -26,7 +27,7 @@ its time), each run judged against the runs before it:
   runs had a whole case under 0.5x (0.15-0.47x), while the slowed case stayed at 0.57x. Under
   load (an earlier series: four other jobs, load 5-21) decode moved 10-799 and only three
   runs in a row told a step from noise;
-- ranks kept to a core each (harness.run.parent.launch.cpu_shares), quiet: 11 unchanged
+- ranks kept to a core each (harness.run.parent.job.cpu_shares), quiet: 11 unchanged
   judged runs, no whole case under 0.83x; the slowed run: qwen3_moe at 0.35-0.41x in both
   parts, fp32 and q4, and nothing else;
 - kept to their cores, one core busy for 1.5 s every 3.5-7.5 s: one run of 7 held three
@@ -70,6 +71,7 @@ class TokSVerdict:
     reason: str  # why it is or is not a regression, for the report
     suspect: bool = False  # below its history in the latest run only
     clear: bool = False  # regressed by a clear drop of the whole case in the latest run
+    look: bool = False  # a part under CLEAR alone: worth a second look in the same run
 
 
 @dataclass
@@ -145,38 +147,31 @@ def judge(runs: Runs) -> tuple[dict[Hashable, TokSVerdict], float | None]:
             verdicts[key] = TokSVerdict(False, None, judged)
         else:
             held[key] = judged
-    # A case's parts (prefill, decode) are timed seconds apart: a real slowdown of its model
-    # calls shows in each, a burst of load on the machine in one of them (measured here: a
-    # burst held one case's prefill below its history for three runs in a row, never its
-    # decode with it).
-    case_below: dict[Hashable, dict[int, bool]] = {}
-    for key, h in held.items():
-        runs_below = case_below.setdefault(_case(key), {})
-        for i, below in h.below.items():
-            runs_below[i] = runs_below.get(i, True) and below
-    # A drop past CLEAR in every part of the case at once is a regression in its first run.
+    # A drop past CLEAR in every part of a case at once is a regression in its first run;
+    # a part alone (a per-step sync or a cache copy slows decode alone) needs PERSIST runs:
+    # a burst of load holds one part down more often than both (measured here: one case's
+    # prefill for three runs in a row), and the second look, taken for any part under
+    # CLEAR, filters most of those.
     case_clear: dict[Hashable, bool] = {}
     for key, h in held.items():
         case_clear[_case(key)] = case_clear.get(_case(key), True) and h.ratio < CLEAR
     for key, h in held.items():
-        steps = case_below[_case(key)]
         if case_clear[_case(key)]:
             reason = (
                 f"{h.said}; every part of the case under {CLEAR}x its history in this run: "
                 "a drop that large is no scheduling regime of local ranks kept to their cores"
             )
             verdicts[key] = TokSVerdict(True, h.ratio, reason, clear=True)
-        elif len(h.window) == PERSIST and all(steps[i] for i in h.window):
+        elif len(h.window) == PERSIST and all(h.below[i] for i in h.window):
             reason = f"{h.said}; below every one of them in each of the last {PERSIST} runs"
             verdicts[key] = TokSVerdict(True, h.ratio, reason)
         elif h.below[h.window[-1]]:
-            count = sum(steps[i] for i in h.window)
-            runs = f" (the whole case in {count} of the last {len(h.window)})"
+            count = sum(h.below[i] for i in h.window)
             reason = (
-                f"{h.said}; below every one of them in this run{runs}: a regression once "
-                f"every part of the case stays there for {PERSIST} runs"
+                f"{h.said}; below every one of them in this run ({count} of the last "
+                f"{len(h.window)}): a regression once it stays there for {PERSIST} runs"
             )
-            verdicts[key] = TokSVerdict(False, h.ratio, reason, suspect=True)
+            verdicts[key] = TokSVerdict(False, h.ratio, reason, suspect=True, look=h.ratio < CLEAR)
         else:
             verdicts[key] = TokSVerdict(False, h.ratio, f"{h.said}: within its history")
     drifts = [h.drift for h in held.values()]

@@ -84,10 +84,11 @@ def _samples(row: dict, part: str) -> list[float]:
 
 def clear_drops(db, run_id: int) -> list[tuple[str, str]]:
     """The (case key, strategy) of each case of a stored run whose tok/s fell clearly
-    below its history in every part (noise.CLEAR), which a second look should confirm."""
+    below its history in a part (noise.CLEAR), which a second look should confirm."""
     run, _ = store.get_run(db, run_id)
     verdicts, _ = noise.judge(measured_history(db, run))
-    return sorted({(key, strategy) for (key, strategy, _), v in verdicts.items() if v.clear})
+    looked = {(key, strategy) for (key, strategy, _), v in verdicts.items() if v.clear or v.look}
+    return sorted(looked)
 
 
 def _status_change(a: dict, b: dict) -> Change | None:

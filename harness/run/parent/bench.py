@@ -19,10 +19,10 @@ from harness.errors import HarnessError
 from harness.models import checkpoint
 from harness.models.build import tiny_config
 from harness.records.bench import BenchResult
-from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
 from harness.run.parent.plan import skip_reason
 from harness.run.parent.relaunch import Relauncher
+from harness.run.parent.target import Target, find_launcher, rank_count
 from harness.run.parent.watch import Watch
 from harness.run.protocol import Result
 from harness.status import BenchStatus
@@ -40,8 +40,8 @@ class BenchOptions:
     python: str | None = None  # interpreter of the ranks; None: this one
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the ranks
 
-    def target(self) -> launch.Target:
-        return launch.Target(self.ranks, self.backend, self.hostfile, self.python, self.env)
+    def target(self) -> Target:
+        return Target(self.ranks, self.backend, self.hostfile, self.python, self.env)
 
 
 def validate(
@@ -52,7 +52,7 @@ def validate(
     import), lengths beyond the model's context, options the launch cannot take. Returns
     the cases with strategies made absolute (every rank resolves the same file) and the
     options with the rank count a hostfile sets."""
-    ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
+    ranks = rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
     options = dataclasses.replace(options, ranks=ranks)
     checked = []
     for bench in benches:
@@ -70,7 +70,7 @@ def validate(
         bench.check_context(checkpoint.case_config(case) if case.checkpoint else tiny_config(case))
         checked.append(replace(bench, case=case))
     if options.ranks > 1:
-        launch.find_launcher(options.python)
+        find_launcher(options.python)
     if options.hostfile is not None or options.python is not None:
         check_hosts(options.target())
     return checked, options

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.run.parent.launch import LOCAL, SSH, Target
+from harness.run.parent.target import LOCAL, SSH, Target
 
 PROBE = (
     "import json, platform, socket, sys\n"

@@ -13,8 +13,8 @@ from harness.case import Case
 from harness.errors import HarnessError
 from harness.models import answers, checkpoint
 from harness.models.build import precision_problem, shape_skip_reason, tiny_config
-from harness.run.parent import launch
 from harness.run.parent.hosts import check_hosts
+from harness.run.parent.target import Target, find_launcher, rank_count
 from harness.strategies import BUILTIN, normalize, resolve
 from harness.zoo import support
 
@@ -44,10 +44,8 @@ class RunOptions:
     # hold two runs against each other (diff-impl's sharded side).
     keep_outputs: bool = False
 
-    def target(self) -> launch.Target:
-        return launch.Target(
-            self.ranks, self.backend, self.hostfile, self.python, self.env, self.workdir
-        )
+    def target(self) -> Target:
+        return Target(self.ranks, self.backend, self.hostfile, self.python, self.env, self.workdir)
 
 
 def skip_reason(case: Case, ranks: int) -> str | None:
@@ -90,7 +88,7 @@ def prepare(cases: list[Case], options: RunOptions) -> tuple[list[Case], RunOpti
 def prepare_options(options: RunOptions) -> RunOptions:
     """The options checked, with the rank count a hostfile sets, and the hosts (see
     `prepare`)."""
-    ranks = launch.rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
+    ranks = rank_count(options.ranks, options.timeout, options.backend, options.hostfile)
     options = dataclasses.replace(options, ranks=ranks)
     if options.repeats < 0:
         raise HarnessError(f"--repeats must be 0 or more, got {options.repeats}")
@@ -98,7 +96,7 @@ def prepare_options(options: RunOptions) -> RunOptions:
         resolve(options.reference)
         options = dataclasses.replace(options, reference=normalize(options.reference))
     if options.ranks > 1:
-        launch.find_launcher(options.python)
+        find_launcher(options.python)
     if options.impl:
         # Here too, so what the zoo supports is read off the implementation under test.
         from harness.models.impl import install

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from harness.run import protocol
-from harness.run.parent import launch
+from harness.run.parent.job import Job
+from harness.run.parent.target import Target
 from harness.run.parent.watch import Watch, watched
 from harness.run.protocol import Message
 
@@ -55,7 +56,7 @@ class Relauncher:
 
     def __init__(
         self,
-        target: launch.Target,
+        target: Target,
         startup_timeout: float,
         timeout: float,
         like_mlx_launch: bool = False,
@@ -65,7 +66,7 @@ class Relauncher:
         self.startup_timeout, self.timeout = startup_timeout, timeout
         self.like_mlx_launch = like_mlx_launch
         self.keep_open = keep_open
-        self.job: launch.Job | None = None
+        self.job: Job | None = None
         self.launches = 0
 
     def drive(self, work: Work) -> Iterator[Any]:
@@ -100,7 +101,7 @@ class Relauncher:
             self.job.send(spec)
         else:
             self.close()
-            self.job = launch.Job(
+            self.job = Job(
                 self.target,
                 {**spec, "stream": self.keep_open},
                 like_mlx_launch=self.like_mlx_launch,

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from harness.errors import INTERNAL
-from harness.run.parent import launch
+from harness.run.parent.job import Job
+from harness.run.parent.target import Target
 from harness.run.protocol import End, Error, Hello, Message, Start
 from harness.status import CaseStatus
 
@@ -23,7 +24,7 @@ GRACE = 5.0  # seconds to let the other ranks' error frames and exits arrive
 STACK_DUMPS = 0.5  # the ranks' stack dumps land just before a limit: let them be written
 
 
-def who(target: launch.Target, rank: int) -> str:
+def who(target: Target, rank: int) -> str:
     """A rank as a report names it: with its host when the ranks run on a cluster."""
     if target.hostfile is None:
         return f"rank {rank}"
@@ -37,9 +38,9 @@ class Watch:
     `End` and `Error`; afterwards `timed_out` (the limit that passed, or None) and
     `errors` say how it ended, and `failure()` words an early end."""
 
-    target: launch.Target
+    target: Target
     stream: Iterable[tuple[Message, dict] | None]  # None: nothing arrived for a while
-    job: launch.Job | None  # None: the rank is this process
+    job: Job | None  # None: the rank is this process
     startup_timeout: float
     timeout: float  # per unit of work, from its Start
     current: Start | None = None  # the unit of work the ranks are in
@@ -173,7 +174,7 @@ class Watch:
 
 @contextmanager
 def watched(
-    target: launch.Target,
+    target: Target,
     spec: dict,
     startup_timeout: float,
     timeout: float,
@@ -186,7 +187,7 @@ def watched(
 
         yield Watch(target, in_process.messages(spec), None, startup_timeout, timeout)
         return
-    job = launch.Job(target, spec, like_mlx_launch=like_mlx_launch)
+    job = Job(target, spec, like_mlx_launch=like_mlx_launch)
     try:
         yield Watch(target, job.messages(), job, startup_timeout, timeout)
     finally:

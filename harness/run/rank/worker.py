@@ -84,7 +84,7 @@ def _share_spec(group) -> dict:
 
 def release_stdin() -> None:
     """Let go of the launcher's stdin pipe (/dev/null takes fd 0), the spec read: the
-    parent can then quiet the launcher's spinning per-rank threads (launch.Job)."""
+    parent can then quiet the launcher's spinning per-rank threads (job.Job)."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -129,7 +129,7 @@ def end_with_parent(poll: float = 0.5) -> None:
 
 def keep_to_cpus() -> None:
     """Keep this rank (and the threads mlx starts after this) to the cores the parent gave
-    it (launch.cpu_shares), where it gave any and the system can."""
+    it (job.cpu_shares), where it gave any and the system can."""
     cpus = os.environ.get(protocol.CPUS_ENV)
     setaffinity = getattr(os, "sched_setaffinity", None)
     if not cpus or setaffinity is None:
