@@ -17,6 +17,7 @@ from harness.commands import (
     bisect,
     checkpoint,
     compare,
+    explore,
     golden,
     inspect,
     props,
@@ -74,6 +75,7 @@ app.command()(selftest.selftest)
 app.command()(serve.serve)
 app.command()(compare.compare)
 app.command()(bench.bench)
+app.add_typer(explore.app, name="explore")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,6 +66,13 @@ def db_path(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def sigterm_once_stored():
+    """`sigterm_once_stored(argv, db, table, least)`: `harness ARGV` in a subprocess, sent
+    SIGTERM once `table` holds `least` rows; returns (exit code, stderr, rows seen)."""
+    return cli_helpers.sigterm_once_stored
+
+
+@pytest.fixture(scope="session")
 def assert_one_line_error():
     """`assert_one_line_error(result, *fragments)`: a user mistake is exit 2 and one line,
     `error: ...` holding every fragment, with no traceback."""

@@ -65,55 +65,34 @@ def test_a_hung_rank_is_a_timeout_with_every_rank_stack(run_cli, db_path):
     assert "hang_on_last_rank" in row["reason"]  # the hung rank's Python stack
 
 
-def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_sigterm_keeps_the_finished_bench_cases_and_marks_the_run_interrupted(
+    tmp_path, sigterm_once_stored
+):
     db_path = tmp_path / "bench.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "bench",
-            "--arch",
-            "qwen3_moe",
-            "--ranks",
-            "2",
-            "--strategy",
-            "pp",
-            "--strategy",
-            "harness.faults.crash:hang_on_last_rank",
-            "-p",
-            "16",
-            "-g",
-            "4",
-            "--num-trials",
-            "1",
-            "--timeout",
-            "300",
-            "--db",
-            str(db_path),
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline, rows = time.monotonic() + 240, 0
-    while time.monotonic() < deadline and rows < 1:
-        time.sleep(0.3)
-        if db_path.exists():
-            try:
-                rows = len(list(store.open_db(db_path).query("select id from bench_cases")))
-            except Exception:  # the database is being created
-                rows = 0
+    argv = [
+        "bench",
+        "--arch",
+        "qwen3_moe",
+        "--ranks",
+        "2",
+        "--strategy",
+        "pp",
+        "--strategy",
+        "harness.faults.crash:hang_on_last_rank",
+        "-p",
+        "16",
+        "-g",
+        "4",
+        "--num-trials",
+        "1",
+        "--timeout",
+        "300",
+        "--db",
+        str(db_path),
+    ]  # fmt: skip
+    code, err, rows = sigterm_once_stored(argv, db_path, "bench_cases", 1)
     assert rows == 1, "the first bench case was not stored"
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "Traceback" not in err
     run, rows = store.get_run(store.open_db(db_path), None, "bench")
     stored = [(row, row["trials"]) for row in rows]

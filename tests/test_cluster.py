@@ -127,6 +127,29 @@ def test_a_hang_records_every_ranks_python_stack(run_cli, db_path, cluster):
     assert "most recent call first" in rank0
 
 
+def test_a_stream_of_batches_runs_through_one_launch_over_ssh(cluster):
+    """CaseStream through mlx.launch: the launcher forwards each batch's spec to rank 0
+    over ssh (its stdin kept open), a refusing strategy costs its case and no relaunch,
+    and the job closes cleanly."""
+    from harness.case import Case
+    from harness.run.parent.plan import RunOptions
+    from harness.run.parent.stream import CaseStream
+
+    with CaseStream(RunOptions(hostfile=cluster, repeats=0, timeout=30)) as stream:
+        first = stream.run([Case("qwen3_moe", "tp", decode_steps=1)])
+        refused, after = stream.run(
+            [
+                Case("qwen3_moe", "harness.faults.crash:raise_on_last_rank", decode_steps=1),
+                Case("qwen3_moe", "pp", decode_steps=1),
+            ]
+        )
+        assert stream.launches == 1
+        job = stream.job
+    assert first[0].status == "pass" and after.status == "pass", (first[0].reason, after.reason)
+    assert refused.status == "crash" and "rank 1 (host 127.0.0.3) raised" in refused.reason
+    assert job.process.returncode == 0, "the launcher exits cleanly once the job is closed"
+
+
 def test_a_checkpoint_case_held_against_its_golden_never_loads_in_the_parent(
     run_cli, db_path, cluster, kept, tmp_path
 ):

@@ -221,20 +221,8 @@ def test_run_reproduces_a_scenario_in_process(run_cli, db_path):
     search's failure."""
     ops = [{"op": "insert", "uid": 0, "prompt": 5, "max_tokens": 2}, {"op": "step", "n": 4}]
     spec = json.dumps({"kind": "serve", "prefill_step": 4, "ops": ops})
-    result = run_cli(
-        "run",
-        "--arch",
-        "qwen3_moe",
-        "--strategy",
-        "tp",
-        "--seed",
-        "3",
-        "--no-goldens",
-        "--db",
-        db_path,
-        "--scenario",
-        spec,
-    )
+    command = "run --arch qwen3_moe --strategy tp --seed 3 --no-goldens".split()
+    result = run_cli(*command, "--db", db_path, "--scenario", spec)
     assert result.code == 0, result.out + result.err
     assert "serve 2 ops step 4" in result.out and "seed=3" in result.out
 

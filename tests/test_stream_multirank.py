@@ -48,7 +48,11 @@ def test_batches_stream_through_one_launch_and_the_ranks_exit_cleanly(children):
         assert stream.launches == 0, "nothing launches before the first batch"
         results = [stream.run(batch) for batch in batches]
         ranks = _ranks(children, os.getpid())
+        job = stream.job
+        assert sorted(rank["pid"] for rank in job.hello) == sorted(ranks)
         assert stream.launches == 1
+    assert stream.job is None
+    assert [rank.returncode for rank in job.ranks] == [0, 0], "the ranks exit on their own"
     assert [[r.case for r in batch] for batch in results] == batches
     statuses = [[r.status for r in batch] for batch in results]
     assert statuses == [["pass"], ["pass", "pass"], ["pass", "skip"]], [

@@ -349,19 +349,18 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="wide_batch", strategy=F + "serving:wide_batch", bug_class=BATCH_WIDTH,
           applies=tp(lambda s: s.moe_reduces), representative=("qwen3_moe", "deepseek_v3"),
           scenario={"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 1, "decode": 0},
-          **_at(L1, MLP, "row 2 of 3, prompt token 0")),
+          **_at(L1, MLP, diagnose.at_batch_prompt_token(2, 3, 0, 1, 1, 1))),
     Fault(name="cache_growth", strategy=F + "serving:cache_growth", bug_class=CACHE_GROWTH,
           applies=tp(lambda s: s.moe_reduces and s.kv_cache), representative=("qwen3_moe",),
           scenario={"kind": "batch", "prompts": [256], "prefill_step": 256, "decode": 1},
-          diagnoses=(diagnose.DECODE_ONLY, diagnose.batch_decode_step(0, 1, 1, 1, 256))),
+          diagnoses=(diagnose.DECODE_ONLY, diagnose.at_batch_decode_step(0, 1, 1, 1, 256))),
     Fault(name="request_left", strategy=F + "serving:request_left", bug_class=REQUEST_LEFT,
           applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
           scenario={"kind": "serve", "prefill_step": 4, "ops": [
               {"op": "insert", "uid": 0, "prompt": 1, "max_tokens": 1},
               {"op": "insert", "uid": 1, "prompt": 1, "max_tokens": 3},
               {"op": "step", "n": 4}]},
-          diagnoses=("uid 1, its token 2 at cache position 2 (op 2: step), "
-                     "after uid 0 left the batch",)),
+          diagnoses=(diagnose.at_serve_token(1, 2, 2, 2, "step", after=[0]),)),
     Fault(name="reused_prefix", strategy=F + "serving:reused_prefix", bug_class=REUSED_PREFIX,
           applies=tp(lambda s: s.mask_and_cache and s.kv_cache), representative=("qwen3_moe",),
           scenario={"kind": "serve", "prefill_step": 4, "ops": [
@@ -370,8 +369,7 @@ _ENTRIES: tuple[Fault, ...] = (
               {"op": "insert", "uid": 1, "prompt": 2, "max_tokens": 1,
                "reuse": {"uid": 0, "tokens": 1}},
               {"op": "step", "n": 2}]},
-          diagnoses=("uid 1, its first token (from its prefill) at cache position 1",
-                     "reusing 1 tokens of uid 0's cache")),
+          diagnoses=(diagnose.at_serve_token(1, 0, 1, 3, "step", [0], reused=1, source=0),)),
     # ---- controls: correct, different from mlx-lm's own; each must pass ----
     Fault(name="manual_tp", strategy=F + "controls:manual_tp", bug_class=CONTROL,
           applies=named(*MANUAL_TP), representative=MANUAL_TP, expected=CaseStatus.PASS),

@@ -94,42 +94,6 @@ def shape_mismatch(test: list[int], ref: list[int]) -> str:
 BEYOND_TOLERANCE = "logits differ beyond tolerance"
 
 
-def batch_prompt_token(
-    row: int, rows: int, position: int, length: int, chunk: int, chunks: int
-) -> str:
-    """Where a batch scenario first differs in a prompt (`chunk` counts from 1)."""
-    return (
-        f"row {row} of {rows}, prompt token {position} of {length} "
-        f"(prefill chunk {chunk} of {chunks})"
-    )
-
-
-def batch_decode_step(row: int, rows: int, step: int, steps: int, position: int) -> str:
-    """Where a batch scenario first differs in decode (`step` counts from 1)."""
-    return f"row {row} of {rows}, decode step {step} of {steps} at cache position {position}"
-
-
-def served_token(
-    uid: int,
-    token: int,
-    position: int,
-    op_index: int,
-    op: str,
-    after: list[int],
-    reused: int,
-    reuse_uid: int | None,
-) -> str:
-    """Where a served request first differs: its `token`-th generated token (0: the one
-    its prefill chose), the op that produced it, and what happened to the batch before."""
-    which = "its first token (from its prefill)" if token == 0 else f"its token {token}"
-    said = f"uid {uid}, {which} at cache position {position} (op {op_index}: {op})"
-    if after:
-        said += f", after uid {', '.join(map(str, after))} left the batch"
-    if reused:
-        said += f", reusing {reused} tokens of uid {reuse_uid}'s cache"
-    return said
-
-
 def vs_golden(layer: int) -> str:
     return f"first divergent layer {layer} vs golden"
 
@@ -188,3 +152,42 @@ def locate(
         head = (scaled(world),) if is_scaled else ()
         return Located(layer, part, (*head, first_divergent_layer(layer, part)))
     return Located(None, None, (AFTER_LAST_LAYER,) if layers_compared else ())
+
+
+def at_batch_prompt_token(
+    row: int, rows: int, position: int, length: int, chunk: int, chunks: int
+) -> str:
+    """Where a batch scenario first goes wrong in a prompt (harness.scenario); `row` and
+    `position` count from 0, `chunk` from 1."""
+    return (
+        f"row {row} of {rows}, prompt token {position} of {length} "
+        f"(prefill chunk {chunk} of {chunks})"
+    )
+
+
+def at_batch_decode_step(row: int, rows: int, step: int, steps: int, position: int) -> str:
+    """Where a batch scenario first goes wrong in decode; `step` counts from 1,
+    `position` is the fed token's place in its row (its cache offset)."""
+    return f"row {row} of {rows}, decode step {step} of {steps} at cache position {position}"
+
+
+def at_serve_token(
+    uid: int,
+    token: int,
+    position: int,
+    op_index: int,
+    op: str,
+    after: list[int] | None = None,
+    reused: int = 0,
+    source: int | None = None,
+) -> str:
+    """Where a serve scenario first goes wrong: request `uid`'s `token`-th emitted token
+    (0: its first, from its prefill), the op that emitted it, the requests that had left
+    the batch before it and the prefix it reused from request `source`."""
+    which = "its first token (from its prefill)" if token == 0 else f"its token {token}"
+    sentence = f"uid {uid}, {which} at cache position {position} (op {op_index}: {op})"
+    if after:
+        sentence += f", after uid {', '.join(map(str, after))} left the batch"
+    if reused:
+        sentence += f", reusing {reused} tokens of uid {source}'s cache"
+    return sentence

@@ -66,7 +66,7 @@ def _batch(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
         chunks = int(calls.max()) + 1 if calls is not None else 1
         chunk = int(calls[row, position]) + 1 if calls is not None else 1
         found.update(row=row, position=position, decode_step=None, prefill_chunk=chunk)
-        found["sentence"] = diagnose.batch_prompt_token(
+        found["sentence"] = diagnose.at_batch_prompt_token(
             row, rows, position, lengths[row], chunk, chunks
         )
         return found
@@ -75,7 +75,7 @@ def _batch(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
     step, row = (int(i) for i in np.argwhere(decode)[0])
     position = lengths[row] + step
     found.update(row=row, position=position, decode_step=step, prefill_chunk=None)
-    found["sentence"] = diagnose.batch_decode_step(row, rows, step + 1, spec["decode"], position)
+    found["sentence"] = diagnose.at_batch_decode_step(row, rows, step + 1, spec["decode"], position)
     return found
 
 
@@ -102,9 +102,9 @@ def _serve(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> 
         "reused": reused,
         "after": after,
     }
-    reuse_uid = inserts[row]["reuse"]["uid"] if reused else None
-    found["sentence"] = diagnose.served_token(
-        uid, k, found["position"], index, found["op"], after, reused, reuse_uid
+    source = inserts[row]["reuse"]["uid"] if reused else None
+    found["sentence"] = diagnose.at_serve_token(
+        uid, k, found["position"], index, found["op"], after, reused, source
     )
     return found
 

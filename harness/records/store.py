@@ -187,6 +187,38 @@ def _v6_location(db: sqlite_utils.Database) -> None:
     db["cases"].add_column("location", str)
 
 
+def _v7_explore(db: sqlite_utils.Database) -> None:
+    # `harness explore`: runs of kind "explore" count the examples and operations they ran;
+    # each example is a case row saying how it came to run (drawn, replayed, a neighbour
+    # asked about a failure); each failure found keeps its shrunk form in explore_failures.
+    db["runs"].add_column("examples", int)
+    db["runs"].add_column("operations", int)
+    db["cases"].add_column("explore", str)
+    db["explore_failures"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "target": str,
+            "arch": str,
+            "strategy": str,
+            "precision": str,
+            "scenario": str,
+            "first_seen": str,
+            "status": str,
+            "reason": str,
+            "location": str,
+            "learned": str,
+            "command": str,
+            "examples_before": int,
+            "shrinks": int,
+            "found": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["explore_failures"].create_index(["target"])
+
+
 # Schema migrations in order; PRAGMA user_version counts how many have run.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1,
@@ -195,6 +227,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v4_reference,
     _v5_bench,
     _v6_location,
+    _v7_explore,
 ]
 
 
@@ -293,6 +326,22 @@ def finish_run(db, run_id: int, status: RunStatus) -> dict:
     with db.conn:
         db["runs"].update(run_id, update)
     return update
+
+
+def record_explore(db, run_id: int, examples: int, operations: int, failures: list[dict]) -> None:
+    """An explore run's counts, and each failure it found (a row of `explore_failures`
+    without run_id and found), committed at once."""
+    with db.conn:
+        db["runs"].update(run_id, {"examples": examples, "operations": operations})
+        db["explore_failures"].insert_all(
+            {"run_id": run_id, "found": now(), **failure} for failure in failures
+        )
+
+
+def explore_failures(db, target: str | None = None) -> list[dict]:
+    """Stored explore failures, oldest first (of one target when given): the corpus."""
+    where, args = ("where target = ?", [target]) if target else ("", [])
+    return list(db.query(f"select * from explore_failures {where} order by id", args))
 
 
 def get_run(db, run_id: int | None, kind: str | None = None) -> tuple[dict, list[dict]]:

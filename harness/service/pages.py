@@ -204,6 +204,12 @@ def run_page(conn: sqlite3.Connection, run_id: int) -> tuple[dict, list[dict]]:
     cases = _rows(conn, "select * from cases where run_id = ? order by idx", [run_id])
     for case in cases:
         case["diagnosis"] = diagnosis(case)
+    if run["kind"] == "explore":
+        # What the search found, shrunk, with what it learned and the command to rerun it.
+        found = _rows(conn, "select * from explore_failures where run_id = ? order by id", [run_id])
+        for failure in found:
+            failure["learned"] = "; ".join(json.loads(failure["learned"] or "[]"))
+        run["explore_failures"] = found
     return run, cases
 
 

@@ -59,8 +59,29 @@ def sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_loop(
-    results: Iterable[Result],
+class Recording:
+    """A stored run being recorded: `add` each result as it arrives (the loop's one door
+    to the store), then `judge` sets the status; what `recording` hands its caller."""
+
+    def __init__(self, record: RunRecord, database, on_result: OnResult | None):
+        self.record, self.database, self.on_result = record, database, on_result
+
+    def add(self, result: Result, extra: dict | None = None) -> None:
+        """Store one result (with the callback's columns and `extra`) and keep it."""
+        columns = {**((self.on_result(result) if self.on_result else None) or {}), **(extra or {})}
+        if self.database is not None:
+            store.record(self.database, self.record.run_id, result, columns or None)
+        self.record.results.append(result)
+
+    def judge(self, judge: Callable[[list], bool] | None = None) -> None:
+        """The run fails when `judge` (default: any failing result) says so."""
+        results = self.record.results
+        bad = judge(results) if judge else any(r.failed for r in results)
+        self.record.status = RunStatus.FAILED if bad else RunStatus.PASSED
+
+
+@contextmanager
+def recording(
     options: RunOptions | BenchOptions,
     database=None,
     *,
@@ -68,14 +89,14 @@ def run_loop(
     suite: str | None = None,
     command: list[str] | None = None,
     on_result: OnResult | None = None,
-    judge: Callable[[list], bool] | None = None,
     started: float | None = None,
     versions: dict | None = None,
-) -> RunRecord:
-    """Store a run of any kind (when given a database): start it, record each result as it
-    arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
-    The run fails when `judge` (default: any failing result) says so. `versions`: the mlx
-    and mlx-lm the cases ran under, when not this process's (a bisect step's)."""
+):
+    """Store a run of any kind (when given a database): start it, let the caller add each
+    result as it arrives and judge it, finish it; SIGTERM and Ctrl-C leave it
+    `interrupted` with every result kept. For callers whose results come from callbacks
+    (explore's search) rather than an iterable. `versions`: the mlx and mlx-lm the cases
+    ran under, when not this process's (a bisect step's)."""
     started = time.perf_counter() if started is None else started
     record = RunRecord(None, options)
     if database is not None:
@@ -91,18 +112,30 @@ def run_loop(
         )
     try:
         with sigterm_interrupts():
-            for result in results:
-                extra = on_result(result) if on_result else None
-                if database is not None:
-                    store.record(database, record.run_id, result, extra)
-                record.results.append(result)
-            bad = judge(record.results) if judge else any(r.failed for r in record.results)
-            record.status = RunStatus.FAILED if bad else RunStatus.PASSED
+            yield Recording(record, database, on_result)
     finally:
         if database is not None:
             record.counts = store.finish_run(database, record.run_id, record.status)
         record.seconds = time.perf_counter() - started
-    return record
+
+
+def run_loop(
+    results: Iterable[Result],
+    options: RunOptions | BenchOptions,
+    database=None,
+    *,
+    judge: Callable[[list], bool] | None = None,
+    **how,
+) -> RunRecord:
+    """Store a run of any kind (when given a database): start it, record each result as it
+    arrives, finish it; SIGTERM and Ctrl-C leave it `interrupted` with every result kept.
+    The run fails when `judge` (default: any failing result) says so. `how`: recording's
+    kind, suite, command, on_result, started and versions."""
+    with recording(options, database, **how) as run:
+        for result in results:
+            run.add(result)
+        run.judge(judge)
+    return run.record
 
 
 def run_cases(cases: list[Case], options: RunOptions, database=None, **how) -> RunRecord:

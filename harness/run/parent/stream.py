@@ -19,6 +19,7 @@ import dataclasses
 from harness.case import Case
 from harness.records.result import CaseResult
 from harness.run.parent import plan, session
+from harness.run.parent.job import Job
 from harness.run.parent.plan import RunOptions
 
 
@@ -41,6 +42,13 @@ class CaseStream:
         after an exception (Ctrl-C included)."""
         if self._driver is not None:
             self._driver.close(graceful=kind is None)
+
+    @property
+    def job(self) -> Job | None:
+        """The open job (its ranks' `hello`, its processes), or None: before the first
+        launch, after a crash or a hang until the next call, once closed, and while one
+        local rank runs in this process."""
+        return self._driver.job if self._driver is not None else None
 
     @property
     def launches(self) -> int:
