@@ -194,3 +194,26 @@ def test_a_layer_no_rank_ran_and_a_divergence_after_the_last_layer_are_named():
     test.prefill[:] = t.prefill * 1.6
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
     assert cmp.diagnoses[-1].startswith("layers match: divergence after the last decoder layer")
+
+
+def test_group_limited_routing_flips_between_near_tied_groups_are_explained():
+    # DeepSeek V3 picks groups first (by their top-2 sums), then experts within them: the
+    # gate reports its choice, which is not the top-k of the raw scores. A flip between two
+    # groups whose experts score alike is rounding; a choice of far weaker experts is not.
+    experts = ROUTER.replace(".router.", ".experts.")
+    for flipped_to, explained in (([4, 5], True), ([6, 7], False)):
+        t = truth()
+        scores = np.tile(
+            np.array([0.1, 0.1, 0.2, 0.2, 0.9, 0.88, 0.3, 0.29], np.float32), (B, L, 1)
+        )
+        scores[:, 7, 2:4] = [0.895, 0.885]  # position 7: group 1 nearly ties group 2
+        t.layers[ROUTER] = scores
+        t.layers[experts] = np.tile(np.array([4, 5], np.float32), (B, L, 1))
+        t.layers[experts][:, 7] = [2, 3]
+        ref = rounded(t)
+        ref.layers[ROUTER], ref.layers[experts] = scores, t.layers[experts].copy()
+        test = rounded(t, flips=(7,))
+        test.layers[ROUTER], test.layers[experts] = scores, t.layers[experts].copy()
+        test.layers[experts][:, 7] = flipped_to
+        cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+        assert cmp.passed is explained, (flipped_to, cmp.diagnoses)

@@ -208,7 +208,11 @@ _ROUTER_KEY = re.compile(r"layer\.(\d+)\.router\.k(\d+)")
 
 def near_tie_flips(truth: Output, test: Output) -> dict[int, np.ndarray]:
     """Per MoE layer, [B, L] booleans: the test's router chose other experts than the
-    truth's where the truth's k-th and (k+1)-th scores are within NEAR_TIE of each other."""
+    truth's, and the experts it chose instead score nearly as high in the truth (on average
+    over the swapped ones, within NEAR_TIE of the largest score). For a plain top-k router
+    that is the gap between the truth's k-th and (k+1)-th scores; for group-limited routing
+    (DeepSeek V3: groups picked first, by their top-2 sums) a flip between two near-tied
+    groups, whose experts are nowhere near the top-k edge of the raw scores."""
     flips = {}
     for key, t in truth.layers.items():
         m = _ROUTER_KEY.fullmatch(key)
@@ -220,13 +224,23 @@ def near_tie_flips(truth: Output, test: Output) -> dict[int, np.ndarray]:
         experts = key.replace(".router.", ".experts.")
         chosen_truth, chosen_test = truth.layers.get(experts), test.layers.get(experts)
         if chosen_truth is None or chosen_test is None or chosen_truth.shape != chosen_test.shape:
-            chosen_truth = np.sort(np.argsort(-t, axis=-1)[..., :k], axis=-1)
-            chosen_test = np.sort(np.argsort(-x, axis=-1)[..., :k], axis=-1)
-        ordered = -np.sort(-t, axis=-1)
-        margin = ordered[..., k - 1] - ordered[..., k]
-        near = margin <= NEAR_TIE * (np.max(np.abs(t), axis=-1) + 1e-30)
-        flips[int(m.group(1))] = np.any(chosen_truth != chosen_test, axis=-1) & near
+            chosen_truth = np.argsort(-t, axis=-1)[..., :k]
+            chosen_test = np.argsort(-x, axis=-1)[..., :k]
+        in_truth = _one_hot(chosen_truth, t.shape[-1])
+        in_test = _one_hot(chosen_test, t.shape[-1])
+        dropped, taken = in_truth & ~in_test, in_test & ~in_truth
+        swapped = dropped.sum(axis=-1)
+        gap = ((t * dropped).sum(axis=-1) - (t * taken).sum(axis=-1)) / np.maximum(swapped, 1)
+        near = gap <= NEAR_TIE * (np.max(np.abs(t), axis=-1) + 1e-30)
+        flips[int(m.group(1))] = (swapped > 0) & near
     return flips
+
+
+def _one_hot(indices: np.ndarray, size: int) -> np.ndarray:
+    """[..., size] booleans from [..., k] expert indices."""
+    out = np.zeros((*indices.shape[:-1], size), dtype=bool)
+    np.put_along_axis(out, indices.astype(np.int64), True, axis=-1)
+    return out
 
 
 def _judge_positions(
