@@ -243,6 +243,16 @@ def _one_hot(indices: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def explained_positions(truth: Output, test: Output, shape: tuple) -> np.ndarray:
+    """[B, L]: a near-tie flip at this prompt position or an earlier one of its sequence,
+    in any layer (attention carries a flip on to every later position)."""
+    flipped = np.zeros(shape, dtype=bool)
+    for layer_flips in near_tie_flips(truth, test).values():
+        if layer_flips.shape == flipped.shape:
+            flipped |= layer_flips
+    return np.logical_or.accumulate(flipped, axis=1)
+
+
 def _judge_positions(
     verdict: EnvelopeVerdict,
     ref: Output,
@@ -259,13 +269,7 @@ def _judge_positions(
     beyond = ~(e_test <= POSITION_RATIO * scale) & mask
     if not beyond.any():
         return
-    flips = near_tie_flips(truth, test)
-    # [B, L]: a near-tie flip at this position or an earlier one of its sequence, in any
-    # layer (attention carries a flip on to every later position).
-    flipped = np.zeros(mask.shape, dtype=bool)
-    for layer_flips in flips.values():
-        flipped |= layer_flips
-    flipped = np.logical_or.accumulate(flipped, axis=1)
+    flipped = explained_positions(truth, test, mask.shape)
     onsets = _onsets(ref, test, truth, layer_keys, mask)
     for row, position in np.argwhere(beyond):
         if flipped[row, position]:

@@ -29,7 +29,7 @@ from harness.records.ladder import Comparison, Tolerance, decode_divergence
 from harness.records.outputs import Output
 
 
-def _off(ref: np.ndarray, test: np.ndarray, truth: np.ndarray | None, tol: Tolerance):
+def _off(ref: np.ndarray, test: np.ndarray, truth: np.ndarray | None, tol: Tolerance, ratio: float):
     """Per position (all axes but the last): the test is off. NaN and Inf are off."""
     if truth is None or truth.shape != ref.shape:
         close = np.abs(test - ref) <= tol.atol + tol.rtol * np.abs(ref)
@@ -37,7 +37,7 @@ def _off(ref: np.ndarray, test: np.ndarray, truth: np.ndarray | None, tol: Toler
     single = envelope.relative_errors(ref, truth)
     typical = max(float(np.nanmedian(single)) if single.size else 0.0, envelope.FLOOR)
     sharded = envelope.relative_errors(test, truth)
-    return ~(sharded <= envelope.RATIO * np.maximum(np.nan_to_num(single, nan=0.0), typical))
+    return ~(sharded <= ratio * np.maximum(np.nan_to_num(single, nan=0.0), typical))
 
 
 def locate(
@@ -47,8 +47,13 @@ def locate(
     every compared position is within bounds."""
     if ref.prefill.shape != test.prefill.shape or ref.decode.shape != test.decode.shape:
         return None
-    prefill = _off(ref.prefill, test.prefill, truth and truth.prefill, tol) & ref.valid
-    decode = _off(ref.decode, test.decode, truth and truth.decode, tol)
+    # Prompt positions as the envelope judges them: each on its own, a router near-tie
+    # flip at or before it explaining it; decode steps against the decode bound.
+    prefill = _off(ref.prefill, test.prefill, truth and truth.prefill, tol, envelope.POSITION_RATIO)
+    prefill &= ref.valid
+    if truth is not None:
+        prefill &= ~envelope.explained_positions(truth, test, prefill.shape)
+    decode = _off(ref.decode, test.decode, truth and truth.decode, tol, envelope.RATIO)
     if spec["kind"] == scenarios.BATCH:
         return _batch(spec, ref, prefill, decode)
     return _serve(spec, ref, prefill, decode)
