@@ -3,6 +3,7 @@ cycle, and one run loop serves `run` and `selftest`."""
 
 import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,3 +271,19 @@ def test_sigterm_during_selftest_marks_the_run_interrupted(tmp_path):
     run_row, cases = store.get_run(store.open_db(db_path), None)
     assert run_row["kind"] == "selftest" and run_row["status"] == "interrupted"
     assert cases and all(c["verdict"] for c in cases)
+
+
+def test_the_readme_layout_names_every_module():
+    # The README's layout is the map a newcomer reads first: a module it does not name
+    # is a room nobody is sent to.
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    named = {
+        word.removesuffix(".py")
+        for quoted in re.findall(r"`([^`]+)`", layout)
+        for word in re.split(r"[\s/,()]+", quoted)
+    }
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    assert modules
+    missing = sorted(str(p.relative_to(PACKAGE.parent)) for p in modules if p.stem not in named)
+    assert not missing, f"README's Layout names none of: {missing}"
