@@ -17,8 +17,6 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
 
 from harness import scenario as scenarios
 from harness.errors import HarnessError, model_code
@@ -27,6 +25,21 @@ from harness.shapes import VOCAB
 
 # The one model a program's prompt cache holds (LRUPromptCache keys entries by model).
 MODEL_KEY = "model"
+
+
+def _serving_api() -> tuple[type, type]:
+    """mlx-lm's BatchGenerator and LRUPromptCache, imported when a program runs: the rest
+    of the rank side also runs under older releases (a bisect's), which lack them (0.30.0
+    keeps its LRUPromptCache in mlx_lm.server)."""
+    try:
+        from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import LRUPromptCache
+    except ImportError as exc:
+        raise HarnessError(
+            f"serve scenarios drive the serving API of mlx-lm 0.32 ({exc}): this mlx-lm "
+            "cannot run them"
+        ) from None
+    return BatchGenerator, LRUPromptCache
 
 
 def _forcing(tokens: np.ndarray) -> Callable[[mx.array], mx.array]:
@@ -52,8 +65,9 @@ class _Program:
 
     def __init__(self, model: nn.Module, spec: dict, seed: int, forced: np.ndarray | None):
         self.spec, self.seed, self.forced = spec, seed, forced
+        batch_generator, self.prompt_cache = _serving_api()
         with model_code():
-            self.generator = BatchGenerator(model, prefill_step_size=spec["prefill_step"])
+            self.generator = batch_generator(model, prefill_step_size=spec["prefill_step"])
         inserts = [op for op in spec["ops"] if op["op"] == scenarios.INSERT]
         self.row = {op["uid"]: row for row, op in enumerate(inserts)}
         self.uid_of: dict[int, int] = {}  # the generator's uid -> the scenario's
@@ -96,7 +110,7 @@ class _Program:
             # Differ right after the shared prefix, so exactly n tokens are common.
             tokens[n] = tokens[n] % (VOCAB - 1) + 1
         with model_code():
-            store = LRUPromptCache(max_size=1)
+            store = self.prompt_cache(max_size=1)
             store.insert_cache(MODEL_KEY, list(held), cache)
             fetched, rest = store.fetch_nearest_cache(MODEL_KEY, tokens)
         return tokens, fetched, list(rest)
