@@ -38,7 +38,7 @@ from harness.errors import HarnessError
 from harness.models.build import unbatchable
 from harness.records.ladder import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
-from harness.run.rank.patching import wrap_call, wrap_output
+from harness.run.rank.patching import wrap_call, wrap_method, wrap_output
 
 # Decode steps of the later request that decodes: the first call of the decode path after
 # a prefill and one after a decode step. State an earlier request left behind is read by
@@ -98,6 +98,9 @@ class Recorder:
             scores = _router_scores(block, gate, x, out)
             if scores is not None and scores.size % _product(shape) == 0:
                 self._record(key, scores.reshape(*shape, -1))
+                # What the router was fed: a flip is rounding's doing where this is.
+                if x.size % _product(shape) == 0:
+                    self._record(router_input(key), x.reshape(*shape, -1))
             # A gate that returns (indices, weights) says which experts it chose (group-
             # limited routing may choose other than the top-k of the scores).
             chosen = out[0] if isinstance(out, (tuple, list)) else None
@@ -110,6 +113,39 @@ class Recorder:
         wrap_call(block, at_block)
         wrap_call(gate, around)
 
+    def tap_selection(self, attn: nn.Module, key: str) -> None:
+        """Record which keys an attention's own top-k selection lets each query see (an
+        indexer's top-k key indices, a block-sparse attention's mask), as a signature per
+        position: two runs whose selections differ at a position (a near-tie of the
+        indexer's scores rounded the other way) attend to other keys from there on."""
+        indexer = attn.get("indexer") if isinstance(attn, dict) else None
+        if isinstance(indexer, nn.Module):
+
+            def around(call, x, *args, **kwargs):
+                out = call(x, *args, **kwargs)
+                if self.active:
+                    self._record(key, _selected_keys(out, x.shape[:2]))
+                return out
+
+            wrap_call(indexer, around)
+        elif callable(getattr(type(attn), "_block_mask", None)):
+
+            def around_mask(call, x, *args, **kwargs):
+                keep = call(x, *args, **kwargs)
+                if self.active:
+                    B, L = x.shape[:2]
+                    fits = isinstance(keep, mx.array) and keep.dtype == mx.bool_ and keep.ndim == 4
+                    selected = mx.zeros((B, L, len(_SIGNATURE_PRIMES)))
+                    if fits and keep.shape[2] == L:
+                        # [B, H, L, J], the heads weighed apart: [B, L, J].
+                        per_head = _signature(keep, keep.shape[-1])
+                        heads = mx.arange(1, keep.shape[1] + 1, dtype=mx.float32)
+                        selected = (per_head * heads[:, None, None]).sum(axis=1)
+                    self._record(key, selected)
+                return keep
+
+            wrap_method(attn, "_block_mask", around_mask)
+
     def _record(self, key: str, out):
         value = out[0] if isinstance(out, (tuple, list)) else out
         if self.active and isinstance(value, mx.array) and value.ndim == 3:
@@ -118,8 +154,50 @@ class Recorder:
 
 
 ROUTER_NAMES = ("gate", "router")
-TOP_K_NAMES = ("top_k", "num_experts_per_tok", "num_experts_per_token", "moe_top_k")
+TOP_K_NAMES = (
+    "top_k",
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_top_k",
+    "top_k_experts",
+    "k",
+)
 CORRECTION_NAMES = ("e_score_correction_bias", "router_bias")
+
+
+# Each selected key index i adds (i * p) % 4093 per prime p: a position's signature is the
+# same in two runs exactly when (barring a collision) they selected the same keys; sums of
+# up to 2,048 keys stay exact in float32.
+_SIGNATURE_PRIMES = (1, 7919, 104729, 1299709)
+
+
+def _selected_keys(out, positions: tuple) -> mx.array:
+    """The signature of an indexer's output: its integer key indices ([B, 1, L, k] or
+    [B, L, k], -1 for none; the first integer array of a tuple); zeros where it selected
+    nothing of its own (None: every key fits the budget)."""
+    found = out if isinstance(out, mx.array) else None
+    if isinstance(out, (tuple, list)):
+        found = next((o for o in out if isinstance(o, mx.array)), None)
+    if isinstance(found, mx.array) and not mx.issubdtype(found.dtype, mx.floating):
+        indices = found[:, 0] if found.ndim == 4 and found.shape[1] == 1 else found
+        if indices.ndim == 3 and tuple(indices.shape[:2]) == tuple(positions):
+            return _signature(indices, None)
+    return mx.zeros((*positions, len(_SIGNATURE_PRIMES)))
+
+
+def _signature(selection: mx.array, keys: int | None) -> mx.array:
+    """[..., len(primes)] from key indices [..., k] (`keys` None) or a mask [..., keys]."""
+    primes = mx.array(_SIGNATURE_PRIMES, dtype=mx.int64)
+    if keys is None:
+        hashed = (selection.astype(mx.int64)[..., None] * primes) % 4093
+        return hashed.sum(axis=-2).astype(mx.float32)
+    hashed = (mx.arange(keys, dtype=mx.int64)[:, None] * primes) % 4093
+    return selection.astype(mx.float32) @ hashed.astype(mx.float32)
+
+
+def router_input(router_key: str) -> str:
+    """`layer.N.router_in` for `layer.N.router.kK`: the router's input."""
+    return router_key.split(".router.")[0] + ".router_in"
 
 
 def _product(shape: tuple) -> int:
@@ -134,7 +212,11 @@ def _router_scores(block: nn.Module, gate: nn.Module, x: mx.array, out) -> mx.ar
     recomputed from its input when it returns (indices, weights): through its own linear
     child, or its raw weight), through a sigmoid plus the score correction where the block
     or the gate keeps one (DeepSeek-style)."""
-    inner = gate.get("gate") if isinstance(gate, dict) else None
+    # A router that returns (indices, weights) keeps its linear layer as a child (`gate`,
+    # longcat's `classifier`) or its raw weight.
+    linears = (nn.Linear, nn.QuantizedLinear)
+    children = gate.children().values() if isinstance(gate, nn.Module) else ()
+    inner = next((c for c in children if isinstance(c, linears)), None)
     weight = getattr(gate, "weight", None)
     if isinstance(out, mx.array) and out.ndim >= 2:
         logits = out
@@ -165,7 +247,7 @@ def _router_scores(block: nn.Module, gate: nn.Module, x: mx.array, out) -> mx.ar
 
 def _top_k(*holders) -> int | None:
     for holder in holders:
-        for where in (holder, getattr(holder, "args", None)):
+        for where in (holder, getattr(holder, "args", None), getattr(holder, "config", None)):
             k = next(
                 (
                     getattr(where, a)
@@ -213,12 +295,18 @@ def install_capture(model: nn.Module) -> Recorder:
             if ATTENTION.search(name) and "attn" not in tapped:
                 tapped.add("attn")
                 recorder.tap(child, f"layer.{index}.attn")
+                recorder.tap_selection(child, f"layer.{index}.select")
             elif FEEDFORWARD.search(name) and "mlp" not in tapped:
                 tapped.add("mlp")
                 recorder.tap(child, f"layer.{index}.mlp")
-                router = _router(child)
-                if router is not None:
-                    recorder.tap_router(child, router[0], f"layer.{index}.router.k{router[1]}")
+        # The layer's router wherever its MoE block sits: not always the first block named
+        # like one (granitemoehybrid's shared MLP comes first, nemotron_h's MoE is its
+        # `mixer`), or the layer itself (gemma4_text keeps `router` and `experts` there).
+        blocks = [c for c in layer.children().values() if isinstance(c, nn.Module)]
+        found = next(((b, r) for b in (*blocks, layer) if (r := _router(b)) is not None), None)
+        if found is not None:
+            block, (gate, k) = found
+            recorder.tap_router(block, gate, f"layer.{index}.router.k{k}")
         recorder.tap(layer, f"layer.{index}.out")
     return recorder
 

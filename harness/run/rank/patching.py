@@ -14,12 +14,19 @@ def wrap_call(module: nn.Module, around: Callable) -> None:
     The instance gets a subclass of its own class, so `isinstance` checks, attributes and
     parameters stay exactly as they were.
     """
+    wrap_method(module, "__call__", around)
+
+
+def wrap_method(module: nn.Module, name: str, around: Callable) -> None:
+    """Make `module.name(*args)` return `around(original_method, *args)` for this instance
+    only, as `wrap_call` does for `__call__`."""
     base = type(module)
+    original = getattr(base, name)
 
-    def __call__(self, *args, **kwargs):
-        return around(lambda *a, **k: base.__call__(self, *a, **k), *args, **kwargs)
+    def method(self, *args, **kwargs):
+        return around(lambda *a, **k: original(self, *a, **k), *args, **kwargs)
 
-    module.__class__ = type(f"Wrapped{base.__name__}", (base,), {"__call__": __call__})
+    module.__class__ = type(f"Wrapped{base.__name__}", (base,), {name: method})
 
 
 def wrap_output(module: nn.Module, post: Callable) -> None:
