@@ -28,37 +28,42 @@ def truth() -> Output:
 def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = ()) -> Output:
     """`t` with bf16-like relative noise, and a router flip (an error of ~60%) at `flips`."""
 
-    def noisy(x: np.ndarray) -> np.ndarray:
+    def noisy(x: np.ndarray, flipped: bool = True) -> np.ndarray:
         out = x * (1 + scale * rng.normal(size=x.shape)).astype(np.float32)
-        for p in flips:
+        for p in flips if flipped else ():
             if x.ndim == 3 and x.shape[1] == L:
                 out[:, p] += 0.6 * rng.normal(size=out[:, p].shape) * np.abs(x[:, p]).mean()
         return out
 
-    layers = {k: noisy(v) for k, v in t.layers.items()}
+    # A flip changes what comes after the router, not what fed it or its scores.
+    layers = {k: noisy(v, ".router" not in k) for k, v in t.layers.items()}
     return Output(noisy(t.prefill), noisy(t.decode), t.tokens.copy(), layers, CALLS, forced=True)
 
 
 E, K = 8, 2
-ROUTER = "layer.1.router.k2"
+ROUTER, ROUTER_IN = "layer.1.router.k2", "layer.1.router_in"
 
 
 def routed(t: Output, ties: tuple[int, ...] = ()) -> Output:
-    """`t` with layer 1's router scores: clear margins, near-ties at `ties`."""
+    """`t` with layer 1's router input and scores: clear margins, near-ties at `ties`."""
     scores = np.tile(np.linspace(1.0, 0.0, E, dtype=np.float32), (B, L, 1))
     for p in ties:
         scores[:, p, K] = scores[:, p, K - 1] - 0.01
     t.layers[ROUTER] = scores
+    t.layers[ROUTER_IN] = rng.normal(size=(B, L, D)).astype(np.float32)
     return t
 
 
 def choosing(x: Output, t: Output, swapped: tuple[int, ...]) -> Output:
-    """`x` routing as the truth does, but with its k-th and (k+1)-th experts swapped at
-    `swapped` (a tie rounded the other way, or a router gone wrong)."""
-    scores = t.layers[ROUTER].copy()
+    """`x` routing as the truth does (its scores rounded), but with its k-th and (k+1)-th
+    experts swapped at `swapped` (a tie rounded the other way, or a router gone wrong)."""
+    scores = t.layers[ROUTER] * (1 + 0.01 * rng.normal(size=t.layers[ROUTER].shape))
     for p in swapped:
-        scores[:, p, [K - 1, K]] = scores[:, p, [K, K - 1]]
-    x.layers[ROUTER] = scores
+        top = np.argsort(-t.layers[ROUTER][:, p], axis=-1)[:, : K + 1]
+        for b in range(B):
+            kth, next_ = top[b, K - 1], top[b, K]
+            scores[b, p, [kth, next_]] = t.layers[ROUTER][b, p, [next_, kth]]
+    x.layers[ROUTER] = scores.astype(np.float32)
     return x
 
 
@@ -97,18 +102,40 @@ def test_a_bug_at_a_few_positions_fails_at_its_first_position_and_layer():
     assert cmp.diagnoses[-1] == "first divergent layer 2 (mlp/moe)"
 
 
-def test_a_router_flip_explains_its_position_only_at_a_near_tie():
+def test_a_router_flip_explains_its_position_only_where_fed_and_scored_within_rounding():
     t = routed(truth(), ties=(7,))
     ref = rounded(t)
-    ref.layers[ROUTER] = t.layers[ROUTER]
     test = choosing(rounded(t, flips=(7,)), t, (7,))
     assert compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
-    t = routed(truth())  # the same flip where the truth's scores are far apart
-    ref = rounded(t)
-    ref.layers[ROUTER] = t.layers[ROUTER]
+    # The same flip where something before the router went wrong at position 7: its input
+    # is half again the truth's, not rounding's doing.
     test = choosing(rounded(t, flips=(7,)), t, (7,))
+    test.layers[ROUTER_IN][:, 7] *= 1.5
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
     assert not cmp.passed and cmp.envelope["outliers"][0]["position"] == 7
+    # A router fed within rounding that scores its experts otherwise (its weights wrong).
+    test = choosing(rounded(t, flips=(7,)), t, (7,))
+    test.layers[ROUTER][:, 7] = t.layers[ROUTER][:, 7, ::-1]
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert not cmp.passed and cmp.envelope["outliers"][0]["position"] == 7
+
+
+def test_a_flip_in_the_last_layer_explains_its_own_position_only():
+    # No attention follows the last layer: its flip at 5 reaches no later position, so a
+    # bug at 7 there is not excused by it.
+    t = routed(truth(), ties=(5,))
+    for key in (ROUTER, ROUTER_IN):
+        t.layers[key.replace("layer.1.", "layer.2.")] = t.layers.pop(key)
+    ref = rounded(t)
+    test = rounded(t, flips=(5,))
+    last = ROUTER.replace("layer.1.", "layer.2.")
+    scores = t.layers[last].copy()
+    scores[:, 5, [K - 1, K]] = scores[:, 5, [K, K - 1]]
+    test.layers[last] = scores
+    assert compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
+    test.prefill[:, 7] = t.prefill[:, 7] * 1.5
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
+    assert [o["position"] for o in cmp.envelope["outliers"]] == [7], cmp.envelope
 
 
 def test_where_the_single_rank_run_is_as_far_the_sharded_one_may_be():
@@ -196,24 +223,98 @@ def test_a_layer_no_rank_ran_and_a_divergence_after_the_last_layer_are_named():
     assert cmp.diagnoses[-1].startswith("layers match: divergence after the last decoder layer")
 
 
-def test_group_limited_routing_flips_between_near_tied_groups_are_explained():
+def test_group_limited_routing_flips_are_explained_by_what_fed_the_router():
     # DeepSeek V3 picks groups first (by their top-2 sums), then experts within them: the
-    # gate reports its choice, which is not the top-k of the raw scores. A flip between two
-    # groups whose experts score alike is rounding; a choice of far weaker experts is not.
+    # gate reports its choice, which is not the top-k of the raw scores, and a flip between
+    # two near-tied groups swaps experts far apart in score. Fed and scoring within
+    # rounding, it is rounding's; fed half again what the truth's router was, it is not.
     experts = ROUTER.replace(".router.", ".experts.")
-    for flipped_to, explained in (([4, 5], True), ([6, 7], False)):
-        t = truth()
-        scores = np.tile(
+    for fed, explained in ((1.0, True), (1.5, False)):
+        t = routed(truth())
+        t.layers[ROUTER] = np.tile(
             np.array([0.1, 0.1, 0.2, 0.2, 0.9, 0.88, 0.3, 0.29], np.float32), (B, L, 1)
         )
-        scores[:, 7, 2:4] = [0.895, 0.885]  # position 7: group 1 nearly ties group 2
-        t.layers[ROUTER] = scores
         t.layers[experts] = np.tile(np.array([4, 5], np.float32), (B, L, 1))
         t.layers[experts][:, 7] = [2, 3]
         ref = rounded(t)
-        ref.layers[ROUTER], ref.layers[experts] = scores, t.layers[experts].copy()
+        ref.layers[experts] = t.layers[experts].copy()
         test = rounded(t, flips=(7,))
-        test.layers[ROUTER], test.layers[experts] = scores, t.layers[experts].copy()
-        test.layers[experts][:, 7] = flipped_to
+        test.layers[experts] = t.layers[experts].copy()
+        test.layers[experts][:, 7] = [4, 5]
+        test.layers[ROUTER_IN][:, 7] *= fed
         cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
-        assert cmp.passed is explained, (flipped_to, cmp.diagnoses)
+        assert cmp.passed is explained, (fed, cmp.diagnoses)
+
+
+def _judged(outputs: dict[int, Output], ref: Output, t: Output):
+    from harness.case import Case
+    from harness.records import verdict
+    from harness.records.result import CaseResult
+    from harness.status import CaseStatus
+
+    case = Case(arch="qwen3_moe", strategy="tp", dtype="bfloat16", quant=4)
+    result = CaseResult(index=1, case=case, ranks=len(outputs), status=CaseStatus.PASS)
+    verdict.judge(result, ref, outputs, truth=t)
+    return result
+
+
+def test_ranks_holding_different_logits_fail_where_they_part_at_the_layer_they_part():
+    # Each rank keeps its own partial MoE sum at position 7 of the last layer: each rank
+    # alone is within a position's envelope, the two are apart by far more than rounding.
+    t = truth()
+    ref = rounded(t)
+    shared = rounded(t)
+    ranks = {
+        r: Output(
+            shared.prefill.copy(),
+            shared.decode.copy(),
+            shared.tokens.copy(),
+            {k: v.copy() for k, v in shared.layers.items()},
+            CALLS,
+            forced=True,
+        )
+        for r in (0, 1)
+    }
+    for r, sign in ((0, 1.0), (1, -1.0)):
+        for key in ("layer.2.mlp", "layer.2.out"):
+            ranks[r].layers[key][:, 7] += sign * 0.3 * np.abs(t.layers[key][:, 7])
+        ranks[r].prefill[:, 7] += sign * 0.15 * np.abs(t.prefill[:, 7])
+    alone = compare(ref, ranks[0], TOLERANCES["bf16"], world=2, truth=t)
+    assert alone.passed, alone.diagnoses
+    result = _judged(ranks, ref, t)
+    assert result.status == "fail"
+    said = result.diagnoses
+    assert said[0].startswith("ranks 0 and 1 hold different logits at 1 position(s), up to")
+    assert "from prompt token 7 (prefill chunk 1 of 3)" in said
+    assert said[-1] == "first divergent layer 2 (mlp/moe)", said
+    assert all(c.first_divergent_layer == 2 for c in result.comparisons.values())
+
+
+def test_ranks_with_the_same_logits_or_a_last_collective_rounding_apart_agree():
+    t = truth()
+    ref, shared = rounded(t), rounded(t)
+    assert _judged({0: shared, 1: shared}, ref, t).status == "pass"
+    # A last collective that rounds differently on each rank: bf16's last bit apart.
+    last_bit = 1 + 2.0**-8 * rng.choice([-1, 1], size=shared.prefill.shape)
+    other = Output(
+        (shared.prefill * last_bit).astype(np.float32),
+        shared.decode,
+        shared.tokens,
+        shared.layers,
+        CALLS,
+        forced=True,
+    )
+    assert _judged({0: shared, 1: other}, ref, t).status == "pass"
+
+
+def test_ranks_apart_only_in_decode_say_the_decode_position():
+    t = truth()
+    ref, shared = rounded(t), rounded(t)
+    apart = Output(
+        shared.prefill, shared.decode.copy(), shared.tokens, shared.layers, CALLS, forced=True
+    )
+    apart.decode[2] = t.decode[2] * 1.3
+    result = _judged({0: shared, 1: apart}, ref, t)
+    assert result.status == "fail"
+    assert result.diagnoses[0].startswith("ranks 0 and 1 hold different logits")
+    assert "from decode position 42 (step 3 of 4)" in result.diagnoses, result.diagnoses

@@ -79,6 +79,16 @@ def outlier_positions(segment: str, count: int, ratio: float, limit: float) -> s
     )
 
 
+def ranks_apart(ranks: tuple[int, int], count: int, ratio: float, limit: float) -> str:
+    """Two ranks hold different logits (records.envelope.disagreement)."""
+    a, b = ranks
+    return (
+        f"ranks {a} and {b} hold different logits at {count} position(s), up to {ratio:.1f}x "
+        f"the single-rank run's median error against the fp32 truth apart (ranks agree "
+        f"within {limit:g}x: correct sharding ends each step in a collective)"
+    )
+
+
 def layers_only(what: str) -> str:
     """A warning: every output passes, a captured layer state does not. Outputs decide."""
     return (

@@ -432,7 +432,7 @@ def _localize(
     )
 
 
-def _layer_keys(states: dict[str, np.ndarray]) -> list[tuple[int, str, str]]:
+def layer_keys(states: dict[str, np.ndarray]) -> list[tuple[int, str, str]]:
     """(layer, part name, key) of captured decoder-layer states, in forward order."""
     found = []
     for key in states:
@@ -470,7 +470,7 @@ def token_agreement(m: Metrics, steps: int) -> str | None:
 
 def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comparison:
     m = metrics(ref, test)
-    verdict = envelope.judge(ref, test, truth, _layer_keys(truth.layers))
+    verdict = envelope.judge(ref, test, truth, layer_keys(truth.layers))
     cmp = Comparison(passed=verdict.passed and not m.nonfinite, metrics=m)
     cmp.envelope = verdict.to_dict()
     tokens = token_agreement(m, test.tokens.shape[1])
@@ -494,7 +494,7 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
     if verdict.layers:
         layer, part, _ = verdict.layers[0]
         divergent = layer, part
-        key = next(k for i, p, k in _layer_keys(truth.layers) if (i, p) == (layer, part))
+        key = next(k for i, p, k in layer_keys(truth.layers) if (i, p) == (layer, part))
         is_scaled = world > 1 and _scaled_positions(truth.layers[key], test.layers[key], world)
     located = diagnose.locate(
         _skipped_layer(ref.layers, test.layers),
@@ -506,6 +506,28 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
     decode_only = bool(beyond) and all(s.start is None for s in beyond)
     _explain(cmp, test, decode_only, where, located)
     return cmp
+
+
+def ranks_apart(cmp: Comparison, apart: envelope.Disagreement, ref: Output, world: int) -> None:
+    """A rank's comparison when two ranks hold different logits (records.envelope's
+    `disagreement`): it fails, saying where they first part and the first layer they
+    hold apart there, whatever its own envelope said (kept after, when it failed too)."""
+    said = diagnose.ranks_apart(apart.ranks, apart.count, apart.ratio, envelope.AGREEMENT)
+    if apart.prefill.any():
+        row, position = min((int(p), int(r)) for r, p in np.argwhere(apart.prefill))[::-1]
+        where = prompt_position(ref, position, row)
+    else:
+        step, row = (int(i) for i in np.argwhere(apart.decode)[0])
+        length = int(ref.valid[row].sum())
+        where = diagnose.from_decode_position(length + step, step + 1, apart.decode.shape[0])
+    divergent = (apart.layer, apart.part) if apart.layer is not None else None
+    located = diagnose.locate(None, divergent, False, world, False)
+    own = [] if cmp.passed else cmp.diagnoses
+    cmp.passed = False
+    cmp.diagnoses = [said, where, *located.sentences]
+    cmp.diagnoses += [d for d in own if d not in cmp.diagnoses]
+    if located.layer is not None:
+        cmp.first_divergent_layer, cmp.first_divergent_part = located.layer, located.part
 
 
 def _outlying(

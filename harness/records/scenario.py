@@ -52,8 +52,14 @@ def locate(
     prefill = _off(ref.prefill, test.prefill, truth and truth.prefill, tol, envelope.POSITION_RATIO)
     prefill &= ref.valid
     if truth is not None:
-        prefill &= ~envelope.explained_positions(truth, test, prefill.shape)
+        prefill &= ~envelope.explained_positions(truth, test, ref, prefill.shape)
     decode = _off(ref.decode, test.decode, truth and truth.decode, tol, envelope.RATIO)
+    return at(spec, ref, prefill, decode)
+
+
+def at(spec: dict, ref: Output, prefill: np.ndarray, decode: np.ndarray) -> dict | None:
+    """The earliest of the positions marked off (prefill [B, L], decode [S, B]) in the
+    scenario's terms, or None when none is."""
     if spec["kind"] == scenarios.BATCH:
         return _batch(spec, ref, prefill, decode)
     return _serve(spec, ref, prefill, decode)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError, describe
-from harness.records import diagnose, goldens, scenario
-from harness.records.ladder import compare, tolerance_for
+from harness.records import diagnose, envelope, goldens, scenario
+from harness.records.ladder import compare, layer_keys, ranks_apart, tolerance_for
 from harness.records.outputs import Output
 from harness.records.result import CaseResult
 from harness.status import CaseStatus
@@ -60,6 +60,16 @@ def judge(
             cmp.passed = False
             cmp.diagnoses.insert(0, differing[0])
         result.comparisons[rank] = cmp
+    if truth is not None and len(outputs) > 1:
+        apart = envelope.disagreement(ref, truth, outputs, layer_keys(truth.layers))
+        if apart is not None:
+            for cmp in result.comparisons.values():
+                ranks_apart(cmp, apart, ref, result.ranks)
+            if case.scenario is not None and result.location is None:
+                result.location = scenario.at(case.scenario, ref, apart.prefill, apart.decode)
+                if result.location is not None:
+                    for cmp in result.comparisons.values():
+                        cmp.diagnoses.append(result.location["sentence"])
     conclude(result)
 
 
