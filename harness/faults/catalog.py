@@ -379,6 +379,16 @@ _ENTRIES: tuple[Fault, ...] = (
     Fault(name="uneven_pipeline", strategy=F + "controls:uneven_pipeline", bug_class=CONTROL,
           applies=pp(lambda s: s.pipeline_split), representative=("qwen3_moe", "deepseek_v3"),
           expected=CaseStatus.PASS, base="pp"),
+    # exo's pipeline layers: the captured stage-end states are the final state, the logits
+    # the single-rank run's. Outputs decide: it passes at every precision.
+    Fault(name="gathered_stage_end", strategy=F + "controls:gathered_stage_end",
+          bug_class=CONTROL, applies=pp(lambda s: s.plain_pipeline),
+          representative=("qwen3_moe", "deepseek_v3"),
+          expected=CaseStatus.PASS, base="pp"),
+    Fault(name="gathered_stage_end_q4_bf16", strategy=F + "controls:gathered_stage_end",
+          bug_class=CONTROL, applies=pp(lambda s: s.plain_pipeline),
+          representative=("qwen3_moe", "deepseek_v3"),
+          expected=CaseStatus.PASS, base="pp", precision="q4-bf16"),
     Fault(name="tp_q4", strategy="tp", bug_class=CONTROL, applies=tp(),
           representative=("qwen3_moe", "deepseek_v3", "gpt_oss"), expected=CaseStatus.PASS,
           precision="q4"),

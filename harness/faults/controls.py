@@ -5,15 +5,19 @@ that flags any of them raises false alarms; every one must pass.
   the way a user's own sharding code looks, for GQA attention (qwen3_moe-like) and
   multi-head latent attention with shared experts (deepseek-like).
 - `uneven_pipeline`: mlx-lm's pipeline with an uneven split of the layers.
+- `gathered_stage_end`: mlx-lm's pipeline split, exchanging inside its stage-end layers
+  as exo does, each returning the gathered final state.
 """
 
 from __future__ import annotations
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_inplace, shard_linear
 
 from harness.faults import parts
 from harness.run.rank.forward import decoder_layers
+from harness.run.rank.patching import wrap_call
 
 HEAD_COUNTS = ("n_heads", "num_attention_heads", "num_heads", *parts.KV_HEAD_COUNTS)
 
@@ -71,3 +75,32 @@ def uneven_pipeline(model, group):
     layers = len(inner.layers)
     N = group.size()
     inner.pipeline(group, split=[1] * (N - 1) + [layers - (N - 1)])
+
+
+def gathered_stage_end(model, group):
+    """mlx-lm's pipeline split with its communication moved into the layers, as exo's
+    `PipelineFirstLayer` / `PipelineLastLayer` do: a stage's first layer receives the
+    previous stage's output, its last layer sends its output on and returns the final
+    stage's output gathered from every rank (`all_gather(out)[:B]`: mlx-lm's rank 0 runs
+    the last layers). Correct: every rank's logits are the single-rank run's, while the
+    state captured at each stage-end layer is the final state, not that layer's output."""
+    inner = model.model
+    inner.pipeline(group)
+    rank, size = inner.pipeline_rank, inner.pipeline_size
+    first, last = inner.layers[inner.start_idx], inner.layers[inner.end_idx - 1]
+    # The model's own forward runs this rank's layers with no exchange of its own.
+    inner.pipeline_rank, inner.pipeline_size = 0, 1
+
+    def receive(call, x, *args, **kwargs):
+        if rank < size - 1:
+            x = mx.distributed.recv_like(x, rank + 1, group=group)
+        return call(x, *args, **kwargs)
+
+    def send_and_gather(call, x, *args, **kwargs):
+        out = call(x, *args, **kwargs)
+        if rank != 0:
+            out = mx.distributed.send(out, rank - 1, group=group)
+        return mx.distributed.all_gather(out, group=group)[: out.shape[0]]
+
+    wrap_call(first, receive)
+    wrap_call(last, send_and_gather)
