@@ -29,15 +29,32 @@ class ModelError(Exception):
         self.original = original
 
 
+class HarnessBug(Exception):
+    """An exception raised by the harness's own code running inside the code under test
+    (a capture tap on a module): a bug of the harness, never the model's crash."""
+
+
 @contextmanager
 def model_code() -> Iterator[None]:
     """Mark a span that runs the code under test: what it raises is the model's."""
     try:
         yield
-    except (HarnessError, ModelError):
+    except (HarnessError, ModelError, HarnessBug):
         raise
     except Exception as exc:
         raise ModelError(exc) from exc
+
+
+@contextmanager
+def harness_code() -> Iterator[None]:
+    """Mark the harness's own code inside a `model_code` span: what it raises is the
+    harness's."""
+    try:
+        yield
+    except HarnessBug:
+        raise
+    except Exception as exc:
+        raise HarnessBug(describe(exc)) from exc
 
 
 INTERNAL = "harness internal error"

@@ -51,3 +51,19 @@ def test_a_router_records_its_scores_and_what_it_was_fed(arch):
         fed = out.layers[key.split(".router.")[0] + ".router_in"]
         assert fed.shape[:2] == out.layers[key].shape[:2] == (1, len(LONG[0]))
         assert np.abs(fed).max() > 0
+
+
+def test_a_capture_that_fails_is_the_harness_bug_not_the_model_crash(monkeypatch):
+    from harness.errors import INTERNAL, blame, model_code
+    from harness.run.rank import forward
+
+    def broken(*args, **kwargs):
+        raise ValueError("a signature the harness got wrong")
+
+    monkeypatch.setattr(forward, "_signature", broken)
+    model, _ = build_model(Case(arch="deepseek_v32"))
+    with pytest.raises(Exception) as raised, model_code():
+        run(model, LONG, decode_steps=1, repeats=0)
+    status, reason = blame(raised.value)
+    assert status == "error" and reason.startswith(INTERNAL), reason
+    assert "a signature the harness got wrong" in reason

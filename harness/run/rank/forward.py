@@ -34,7 +34,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, harness_code
 from harness.models.build import unbatchable
 from harness.records.ladder import TOLERANCES, compare_requests
 from harness.records.outputs import Output, Timings
@@ -95,23 +95,28 @@ class Recorder:
             shape = positions.get("shape")
             if not self.active or not shape:
                 return out
-            scores = _router_scores(block, gate, x, out)
-            if scores is not None and scores.size % _product(shape) == 0:
-                self._record(key, scores.reshape(*shape, -1))
-                # What the router was fed: a flip is rounding's doing where this is.
-                if x.size % _product(shape) == 0:
-                    self._record(router_input(key), x.reshape(*shape, -1))
-            # A gate that returns (indices, weights) says which experts it chose (group-
-            # limited routing may choose other than the top-k of the scores).
-            chosen = out[0] if isinstance(out, (tuple, list)) else None
-            if isinstance(chosen, mx.array) and not mx.issubdtype(chosen.dtype, mx.floating):
-                if chosen.size % _product(shape) == 0:
-                    experts = mx.sort(chosen.reshape(*shape, -1), axis=-1)
-                    self._record(key.replace(".router.", ".experts."), experts)
+            with harness_code():
+                self._record_router(block, gate, key, shape, x, out)
             return out
 
         wrap_call(block, at_block)
         wrap_call(gate, around)
+
+    def _record_router(self, block, gate, key: str, shape: tuple, x: mx.array, out) -> None:
+        """A router's scores, its input and the experts it reports choosing, by position."""
+        scores = _router_scores(block, gate, x, out)
+        if scores is not None and scores.size % _product(shape) == 0:
+            self._record(key, scores.reshape(*shape, -1))
+            # What the router was fed: a flip is rounding's doing where this is.
+            if x.size % _product(shape) == 0:
+                self._record(router_input(key), x.reshape(*shape, -1))
+        # A gate that returns (indices, weights) says which experts it chose (group-
+        # limited routing may choose other than the top-k of the scores).
+        chosen = out[0] if isinstance(out, (tuple, list)) else None
+        if isinstance(chosen, mx.array) and not mx.issubdtype(chosen.dtype, mx.floating):
+            if chosen.size % _product(shape) == 0:
+                experts = mx.sort(chosen.reshape(*shape, -1), axis=-1)
+                self._record(key.replace(".router.", ".experts."), experts)
 
     def tap_selection(self, attn: nn.Module, key: str) -> None:
         """Record which keys an attention's own top-k selection lets each query see (an
@@ -122,9 +127,12 @@ class Recorder:
         if isinstance(indexer, nn.Module):
 
             def around(call, x, *args, **kwargs):
+                with harness_code():
+                    start = _query_start(args, kwargs)  # before the call advances the cache
                 out = call(x, *args, **kwargs)
                 if self.active:
-                    self._record(key, _selected_keys(out, x.shape[:2]))
+                    with harness_code():
+                        self._record(key, _selected_keys(out, x.shape[:2], start))
                 return out
 
             wrap_call(indexer, around)
@@ -133,15 +141,8 @@ class Recorder:
             def around_mask(call, x, *args, **kwargs):
                 keep = call(x, *args, **kwargs)
                 if self.active:
-                    B, L = x.shape[:2]
-                    fits = isinstance(keep, mx.array) and keep.dtype == mx.bool_ and keep.ndim == 4
-                    selected = mx.zeros((B, L, len(_SIGNATURE_PRIMES)))
-                    if fits and keep.shape[2] == L:
-                        # [B, H, L, J], the heads weighed apart: [B, L, J].
-                        per_head = _signature(keep, keep.shape[-1])
-                        heads = mx.arange(1, keep.shape[1] + 1, dtype=mx.float32)
-                        selected = (per_head * heads[:, None, None]).sum(axis=1)
-                    self._record(key, selected)
+                    with harness_code():
+                        self._record(key, _selected_mask(keep, x.shape[:2]))
                 return keep
 
             wrap_method(attn, "_block_mask", around_mask)
@@ -171,18 +172,51 @@ CORRECTION_NAMES = ("e_score_correction_bias", "router_bias")
 _SIGNATURE_PRIMES = (1, 7919, 104729, 1299709)
 
 
-def _selected_keys(out, positions: tuple) -> mx.array:
+def _selected_keys(out, positions: tuple, start: int | None) -> mx.array:
     """The signature of an indexer's output: its integer key indices ([B, 1, L, k] or
     [B, L, k], -1 for none; the first integer array of a tuple); zeros where it selected
-    nothing of its own (None: every key fits the budget)."""
+    nothing of its own (None: every key fits the budget). A query that sees fewer keys than
+    the budget picks masked future keys too, arbitrarily: with the queries' `start` among
+    the keys, those count as none."""
     found = out if isinstance(out, mx.array) else None
     if isinstance(out, (tuple, list)):
         found = next((o for o in out if isinstance(o, mx.array)), None)
     if isinstance(found, mx.array) and not mx.issubdtype(found.dtype, mx.floating):
         indices = found[:, 0] if found.ndim == 4 and found.shape[1] == 1 else found
+        indices = indices.astype(mx.int64)  # argpartition's are unsigned: -1 for none
         if indices.ndim == 3 and tuple(indices.shape[:2]) == tuple(positions):
+            if start is not None:
+                query = start + mx.arange(positions[1])[None, :, None]
+                indices = mx.where(indices > query, -1, indices)
             return _signature(indices, None)
     return mx.zeros((*positions, len(_SIGNATURE_PRIMES)))
+
+
+def _selected_mask(keep, positions: tuple) -> mx.array:
+    """The signature of a block-sparse attention's mask ([B, H, L, keys] booleans): the
+    keys any head may see (a tensor-parallel rank holds some of the heads, each selection
+    widened to its heads); zeros where it returned no mask of its own (nothing dropped)."""
+    B, L = positions
+    if not (isinstance(keep, mx.array) and keep.dtype == mx.bool_ and keep.ndim == 4):
+        return mx.zeros((B, L, len(_SIGNATURE_PRIMES)))
+    if keep.shape[2] != L:
+        return mx.zeros((B, L, len(_SIGNATURE_PRIMES)))
+    return _signature(keep.any(axis=1), keep.shape[-1])
+
+
+def _query_start(args: tuple, kwargs: dict) -> int | None:
+    """Where an indexer call's queries start among the keys it indexes: its `start_pos`, or
+    its cache's place before the call (a batch cache's buffer index); None if unknown."""
+    if isinstance(kwargs.get("start_pos"), int):
+        return kwargs["start_pos"]
+    for value in (*args, *kwargs.values()):
+        if not hasattr(value, "update_and_fetch"):
+            continue
+        for name in ("_idx", "offset"):
+            place = getattr(value, name, None)
+            if isinstance(place, int):
+                return place
+    return None
 
 
 def _signature(selection: mx.array, keys: int | None) -> mx.array:
