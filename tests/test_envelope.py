@@ -25,8 +25,9 @@ def truth() -> Output:
     return Output(prefill, decode, tokens, states, CALLS, forced=True)
 
 
-def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = ()) -> Output:
-    """`t` with bf16-like relative noise, and a router flip (an error of ~60%) at `flips`."""
+def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = (), layer: int = 1) -> Output:
+    """`t` with bf16-like relative noise, and a flip of `layer`'s router (an error of ~60%
+    from its MoE block on) at `flips`."""
 
     def noisy(x: np.ndarray, flipped: bool = True) -> np.ndarray:
         out = x * (1 + scale * rng.normal(size=x.shape)).astype(np.float32)
@@ -35,9 +36,15 @@ def rounded(t: Output, scale: float = 0.04, flips: tuple[int, ...] = ()) -> Outp
                 out[:, p] += 0.6 * rng.normal(size=out[:, p].shape) * np.abs(x[:, p]).mean()
         return out
 
-    # A flip changes what comes after the router, not what fed it or its scores.
-    layers = {k: noisy(v, ".router" not in k) for k, v in t.layers.items()}
+    layers = {k: noisy(v, _after_the_router(k, layer)) for k, v in t.layers.items()}
     return Output(noisy(t.prefill), noisy(t.decode), t.tokens.copy(), layers, CALLS, forced=True)
+
+
+def _after_the_router(key: str, layer: int = 1) -> bool:
+    """A flip of layer `layer`'s router changes its MoE block's output there and every
+    state after it, not what fed the router, its scores or anything before."""
+    index, part = int(key.split(".")[1]), key.split(".")[2]
+    return index > layer or (index == layer and part in ("mlp", "out"))
 
 
 E, K = 8, 2
@@ -97,12 +104,12 @@ def test_a_bug_at_a_few_positions_fails_at_its_first_position_and_layer():
     assert [o["position"] for o in cmp.envelope["outliers"]] == [7, 23, 39]
     said = cmp.diagnoses[0]
     assert said.startswith("prefill tokens 0-31: 3 position(s) up to"), said
-    assert "no router near-tie explains them" in said
+    assert "no flip of rounding's explains them" in said
     assert "from prompt token 7 (prefill chunk 1 of 3)" in cmp.diagnoses
     assert cmp.diagnoses[-1] == "first divergent layer 2 (mlp/moe)"
 
 
-def test_a_router_flip_explains_its_position_only_where_fed_and_scored_within_rounding():
+def test_a_router_flip_explains_its_position_only_where_fed_within_rounding():
     t = routed(truth(), ties=(7,))
     ref = rounded(t)
     test = choosing(rounded(t, flips=(7,)), t, (7,))
@@ -113,11 +120,6 @@ def test_a_router_flip_explains_its_position_only_where_fed_and_scored_within_ro
     test.layers[ROUTER_IN][:, 7] *= 1.5
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
     assert not cmp.passed and cmp.envelope["outliers"][0]["position"] == 7
-    # A router fed within rounding that scores its experts otherwise (its weights wrong).
-    test = choosing(rounded(t, flips=(7,)), t, (7,))
-    test.layers[ROUTER][:, 7] = t.layers[ROUTER][:, 7, ::-1]
-    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
-    assert not cmp.passed and cmp.envelope["outliers"][0]["position"] == 7
 
 
 def test_a_flip_in_the_last_layer_explains_its_own_position_only():
@@ -126,12 +128,11 @@ def test_a_flip_in_the_last_layer_explains_its_own_position_only():
     t = routed(truth(), ties=(5,))
     for key in (ROUTER, ROUTER_IN):
         t.layers[key.replace("layer.1.", "layer.2.")] = t.layers.pop(key)
-    ref = rounded(t)
-    test = rounded(t, flips=(5,))
     last = ROUTER.replace("layer.1.", "layer.2.")
-    scores = t.layers[last].copy()
-    scores[:, 5, [K - 1, K]] = scores[:, 5, [K, K - 1]]
-    test.layers[last] = scores
+    ref = rounded(t)
+    test = rounded(t, flips=(5,), layer=2)
+    test.layers[last] = t.layers[last].copy()
+    test.layers[last][:, 5, [K - 1, K]] = t.layers[last][:, 5, [K, K - 1]]
     assert compare(ref, test, TOLERANCES["bf16"], world=2, truth=t).passed
     test.prefill[:, 7] = t.prefill[:, 7] * 1.5
     cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=t)
@@ -226,8 +227,8 @@ def test_a_layer_no_rank_ran_and_a_divergence_after_the_last_layer_are_named():
 def test_group_limited_routing_flips_are_explained_by_what_fed_the_router():
     # DeepSeek V3 picks groups first (by their top-2 sums), then experts within them: the
     # gate reports its choice, which is not the top-k of the raw scores, and a flip between
-    # two near-tied groups swaps experts far apart in score. Fed and scoring within
-    # rounding, it is rounding's; fed half again what the truth's router was, it is not.
+    # two near-tied groups swaps experts far apart in score. Fed within rounding, it is
+    # rounding's; fed half again what the truth's router was, it is not.
     experts = ROUTER.replace(".router.", ".experts.")
     for fed, explained in ((1.0, True), (1.5, False)):
         t = routed(truth())
@@ -278,7 +279,7 @@ def test_ranks_holding_different_logits_fail_where_they_part_at_the_layer_they_p
     for r, sign in ((0, 1.0), (1, -1.0)):
         for key in ("layer.2.mlp", "layer.2.out"):
             ranks[r].layers[key][:, 7] += sign * 0.3 * np.abs(t.layers[key][:, 7])
-        ranks[r].prefill[:, 7] += sign * 0.15 * np.abs(t.prefill[:, 7])
+        ranks[r].prefill[:, 7] += sign * 0.06 * np.abs(t.prefill[:, 7])
     alone = compare(ref, ranks[0], TOLERANCES["bf16"], world=2, truth=t)
     assert alone.passed, alone.diagnoses
     result = _judged(ranks, ref, t)

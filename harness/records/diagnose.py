@@ -71,11 +71,12 @@ def beyond_envelope(segment: str, ratio: float, limit: float) -> str:
 
 
 def outlier_positions(segment: str, count: int, ratio: float, limit: float) -> str:
-    """Positions beyond their own envelope that no router near-tie explains."""
+    """Positions beyond their own envelope that no flip of rounding's explains (a router's
+    or an attention's own selection, records.envelope)."""
     return (
         f"{segment}: {count} position(s) up to {ratio:.1f}x the single-rank run's median "
         f"error against the fp32 truth (a position's envelope {limit:g}x), "
-        "no router near-tie explains them"
+        "no flip of rounding's explains them"
     )
 
 
