@@ -1,6 +1,7 @@
 """`harness explore` on 2 real ranks: mlx-lm's tensor parallel is quiet; a serving fault is
 found, shrunk, explained, and its printed command fails the same way under `harness run`;
-SIGTERM keeps every stored example and marks the run interrupted."""
+SIGTERM keeps every stored example and marks the run interrupted; `selftest --explore`
+finds and shrinks a serving fault with mlx-lm's tp and pp quiet."""
 
 import json
 import re
@@ -60,3 +61,17 @@ def test_sigterm_keeps_every_stored_example_and_marks_the_run_interrupted(
     run, cases = store.get_run(store.open_db(db), None, "explore")
     assert run["status"] == "interrupted" and len(cases) >= rows
     assert run["examples"] == len(cases)
+
+
+def test_the_explore_selftest_finds_shrinks_a_fault_and_keeps_the_controls_quiet(
+    run_cli, tmp_path
+):
+    result = run_cli(
+        "selftest", "--explore", "--fault", "cache_growth", "--ranks", "2",
+        "--budget", "15", "--seed", "1", "--db", str(tmp_path / "s.db"),
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    assert "caught: cache_growth on qwen3_moe: batch 1x[256]" in result.out
+    assert "passed: tp on qwen3_moe: nothing found" in result.out
+    assert "passed: pp on qwen3_moe: nothing found" in result.out
+    assert "3 of 3 as expected" in result.out

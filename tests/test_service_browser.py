@@ -131,12 +131,42 @@ def site(tmp_path_factory, start_service, stop, get):
     suite.write_text(text.replace(case, f'arch = "qwen3_moe"\nstrategy = "{BROKEN}"', 1))
     done = harness_run(root, "--suite", suite.name, "--db", str(db))
     assert done.returncode == 1, done.stdout + done.stderr
-    proc, url = start_service("--db", str(db))
+    explored = _explore_run(root / "explore.db")
+    proc, url = start_service("--db", str(db), "--db", str(explored))
     browser = Browser(root / "profile")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield {"url": url, "browser": browser, "db": db, "get": get}
     browser.close()
     stop(proc)
+
+
+def _explore_run(path: Path) -> Path:
+    """An explore run as `harness explore` stores it: examples and operations tried, and a
+    failure with its shrunk scenario, what shrinking learned and its command."""
+    from harness.case import Case
+    from harness.explore import corpus
+    from harness.explore.search import Found, Target
+    from harness.explore.space import Example
+    from harness.records import store
+    from harness.records.result import CaseResult
+    from harness.status import CaseStatus
+
+    batch = {"kind": "batch", "prompts": [1, 1, 1], "prefill_step": 2048, "decode": 0}
+    result = CaseResult(
+        0, Case("qwen3_moe", scenario=batch), 2, CaseStatus.FAIL,
+        reason="rank 0: row 2 of 3, prompt token 0 of 1 (prefill chunk 1 of 1)",
+    )  # fmt: skip
+    example = Example("fp32", batch)
+    found = Found(
+        Target("qwen3_moe", "tp", ("fp32",)), example, result, first_seen=example,
+        learned=["only with batch >= 3"],
+    )  # fmt: skip
+    db = store.open_db(path)
+    run_id = store.start_run(db, "explore", "qwen3_moe", 2, None, None, ["harness", "explore"])
+    command = "harness run --arch qwen3_moe --ranks 2 --scenario '...'"
+    store.record_explore(db, run_id, 42, 420, [corpus.failure_row(found, command, 10)])
+    store.finish_run(db, run_id, "failed")
+    return path
 
 
 def visit(site, path: str, name: str) -> Browser:
@@ -220,3 +250,23 @@ def test_run_page_and_compare_page(site):
     # the tp case it replaced is removed
     assert "added" in whats and "removed" in whats
     assert assert_links_resolve(site, browser) >= 2
+
+
+def test_an_explore_run_page_shows_its_examples_and_each_shrunk_failure(site):
+    browser = visit(site, "/-/run/explore/1", "explore-run")
+    heading = browser.js("[...document.querySelectorAll('h2')].map(h => h.innerText)")
+    assert "Explore: 42 examples, 420 operations, 1 failure(s)" in heading, heading
+    row = browser.js(
+        "[...document.querySelectorAll('table.explore-failures tbody td')].map(t => t.innerText)"
+    )
+    assert row[:3] == ["qwen3_moe/tp/fp32", "fp32", "fail"], row
+    assert "only with batch >= 3" in row and any("harness run --arch qwen3_moe" in c for c in row)
+    color = browser.js(
+        "getComputedStyle(document.querySelector('.explore-failures [data-status=fail]'))"
+        ".backgroundColor"
+    )
+    assert color == FAILING_RED
+    # Its examples are its cases: none stored here, so no empty table of cases.
+    assert browser.js("document.querySelectorAll('tr[data-case]').length") == 0
+    assert browser.js("document.querySelectorAll('table').length") == 1
+    assert assert_links_resolve(site, browser) >= 1

@@ -325,13 +325,20 @@ _ENTRIES: tuple[Fault, ...] = (
           bug_class=BF16_ONLY, applies=tp(lambda s: s.layers > L1),
           representative=("qwen3_moe",), precision="q4-bf16",
           **_at(L1, MLP, diagnose.scaled("{ranks}"))),
-    # Caught where the hit positions move past POSITION_RATIO (records.envelope): at
-    # q4-bf16 glm4_moe, glm4_moe_lite, exaone_moe and step3p5 (6.4-10.2x); on most
-    # architectures the partial sum moves them 1-5x, within what a tp run's rounding
-    # reaches at positions no captured router near-tie explains.
+    # Each rank keeps its own partial sum: the ranks disagree at the hit positions (2.4-16x
+    # the single-rank run's median error apart on 2 ranks), caught on every architecture at
+    # q4-bf16 and q8-bf16 by the ranks' agreement (records.envelope), where a block without
+    # its own sharding_group (the dense ones, qwen3_5_moe) divides its output by the rank
+    # count on every rank: those positions move 3.2-4.8x, past POSITION_RATIO.
     Fault(name="bf16_partial_sum_some_positions",
           strategy=F + "production:bf16_partial_sum_some_positions", bug_class=BF16_FEW,
           applies=tp(lambda s: s.layers == 4), representative=("glm4_moe",),
+          precision="q4-bf16", **_at(3, MLP)),
+    # Every rank holds the same wrong value: only the positions' own envelope sees it,
+    # where no flip of rounding's at or before them explains them.
+    Fault(name="bf16_double_reduce_some_positions",
+          strategy=F + "production:bf16_double_reduce_some_positions", bug_class=BF16_FEW,
+          applies=tp(lambda s: s.layers == 4), representative=("qwen3_moe", "llama"),
           precision="q4-bf16", **_at(3, MLP)),
     Fault(name="past_prefill_step", strategy=F + "production:past_prefill_step",
           bug_class=PAST_PREFILL_STEP, applies=tp(lambda s: s.mask_and_cache and s.kv_cache),

@@ -40,15 +40,8 @@ def bf16_partial_sum_some_positions(model, group):
     past rounding and leaves every other position exact. (A block that all-sums through
     its own `sharding_group`, as mlx-lm's MoE blocks do; another gives 1/N of the sum.)"""
     model.shard(group)
-    first = {"position": 0}
+    first = _first_position(model)
     block = parts.feedforward(parts.layer(model, len(decoder_layers(model)) - 1))
-
-    def at_model(call, inputs, *args, **kwargs):
-        # Where this call starts in the sequence, read before the call advances the cache.
-        cache = kwargs.get("cache", args[0] if args else None) or []
-        offsets = [shape_bugs.offset(c) for c in cache if hasattr(c, "offset")]
-        first["position"] = min(offsets, default=0)
-        return call(inputs, *args, **kwargs)
 
     def around(call, x, *args, **kwargs):
         if x.dtype != mx.bfloat16:
@@ -65,8 +58,41 @@ def bf16_partial_sum_some_positions(model, group):
             block.sharding_group = group
         return mx.where(hit, partial, mx.distributed.all_sum(partial, group=group))
 
-    wrap_call(model, at_model)
     wrap_call(block, around)
+
+
+def bf16_double_reduce_some_positions(model, group):
+    """At 1 of every 16 positions of a sequence (5, 21, 37, ...) the last layer's MLP/MoE
+    output is all-summed again, with bf16 activations only: every rank holds the same wrong
+    value there (the ranks agree), so only the positions' own envelope can see it."""
+    model.shard(group)
+    first = _first_position(model)
+    block = parts.feedforward(parts.layer(model, len(decoder_layers(model)) - 1))
+
+    def around(call, x, *args, **kwargs):
+        y = call(x, *args, **kwargs)
+        if x.dtype != mx.bfloat16:
+            return y
+        positions = first["position"] + mx.arange(x.shape[1])
+        hit = (positions % EVERY == EVERY // 2 - 3)[None, :, None]
+        return mx.where(hit, mx.distributed.all_sum(y, group=group), y)
+
+    wrap_call(block, around)
+
+
+def _first_position(model) -> dict:
+    """{"position": where the model's current call starts in the sequence}, kept up to
+    date by a wrapper on the model: read before the call advances the cache."""
+    first = {"position": 0}
+
+    def at_model(call, inputs, *args, **kwargs):
+        cache = kwargs.get("cache", args[0] if args else None) or []
+        offsets = [shape_bugs.offset(c) for c in cache if hasattr(c, "offset")]
+        first["position"] = min(offsets, default=0)
+        return call(inputs, *args, **kwargs)
+
+    wrap_call(model, at_model)
+    return first
 
 
 def past_prefill_step(model, group):
