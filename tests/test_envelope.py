@@ -319,3 +319,24 @@ def test_ranks_apart_only_in_decode_say_the_decode_position():
     assert result.status == "fail"
     assert result.diagnoses[0].startswith("ranks 0 and 1 hold different logits")
     assert "from decode position 42 (step 3 of 4)" in result.diagnoses, result.diagnoses
+
+
+def test_a_serve_programs_empty_decode_steps_do_not_dilute_its_median():
+    # Requests emit at their own steps: 3 of 4 rows are empty at most steps. A bug on
+    # every emitted token must move the median of the emitted ones, not of the zeros.
+    t = truth()
+    order = np.full((B, S + 1), -1)
+    order[:, :2] = [0, 1]  # the row's first token, then one decode step of S
+    schedule = {"order": order, "op": order.copy(), "reused": np.zeros(B, dtype=np.int64)}
+
+    def serving(x: Output) -> Output:
+        decode = x.decode.copy()
+        decode[1:] = 0.0  # nothing emitted at steps 2..S
+        return Output(x.prefill, decode, x.tokens, {}, CALLS, forced=True, schedule=schedule)
+
+    truth_ = serving(t)
+    ref = serving(rounded(t))
+    test = serving(rounded(t))
+    test.decode[0] = t.decode[0] * 1.8
+    cmp = compare(ref, test, TOLERANCES["bf16"], world=2, truth=truth_)
+    assert not cmp.passed and cmp.diagnoses[0] == "decode-only", cmp.diagnoses

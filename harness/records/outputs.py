@@ -53,6 +53,15 @@ class Output:
         return self.prefill_calls >= 0
 
     @property
+    def decode_valid(self) -> np.ndarray:
+        """[S, B] booleans: the decode steps that hold a token's logits (a serve program's
+        request emits at its own steps: `schedule["order"]`; every step otherwise)."""
+        order = self.schedule.get("order")
+        if order is None or order.shape[1] - 1 != self.decode.shape[0]:
+            return np.ones(self.decode.shape[:2], dtype=bool)
+        return np.ascontiguousarray(order[:, 1:].T >= 0)
+
+    @property
     def last_logits(self) -> np.ndarray:
         """[B, V]: each prompt's logits at its last token, which choose the first greedy token."""
         last = self.valid.shape[1] - 1 - np.argmax(self.valid[:, ::-1], axis=1)
