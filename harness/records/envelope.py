@@ -316,14 +316,10 @@ def rounding_flips(truth: Output, test: Output, ref: Output) -> dict[int, np.nda
     a 5% gap flipped at q8-bf16). A flip whose input is already beyond rounding is not
     rounding's doing: something before the router went wrong."""
     flips = {}
-    for key, t in truth.layers.items():
-        m = _ROUTER_KEY.fullmatch(key)
-        x = test.layers.get(key)
-        if not m or x is None or x.shape != t.shape:
-            continue
+    for m, t, x in _captured_pairs(truth, test, _ROUTER_KEY):
         k = int(m.group(2))
         # The experts a gate reported choosing, else the top-k of its scores.
-        experts = key.replace(".router.", ".experts.")
+        experts = m.group(0).replace(".router.", ".experts.")
         chosen_truth, chosen_test = truth.layers.get(experts), test.layers.get(experts)
         if chosen_truth is None or chosen_test is None or chosen_truth.shape != chosen_test.shape:
             chosen_truth = np.argsort(-t, axis=-1)[..., :k]
@@ -335,6 +331,16 @@ def rounding_flips(truth: Output, test: Output, ref: Output) -> dict[int, np.nda
         # Not captured on every side: not shown to be rounding's.
         flips[int(m.group(1))] = differ & ~fed if fed is not None else np.zeros_like(differ)
     return flips
+
+
+def _captured_pairs(truth: Output, test: Output, pattern: re.Pattern):
+    """(match, the truth's state, the test's) for each state whose key matches `pattern`,
+    captured alike on both sides."""
+    for key, t in truth.layers.items():
+        m = pattern.fullmatch(key)
+        x = test.layers.get(key)
+        if m and x is not None and x.shape == t.shape:
+            yield m, t, x
 
 
 def _one_hot(indices: np.ndarray, size: int) -> np.ndarray:
@@ -354,11 +360,7 @@ def selection_flips(truth: Output, test: Output, ref: Output) -> dict[int, np.nd
     rounding. The indexer's scores are not captured, so any such difference counts; one
     whose input a bug had already moved is not rounding's."""
     flips = {}
-    for key, t in truth.layers.items():
-        m = _SELECT_KEY.fullmatch(key)
-        x = test.layers.get(key)
-        if not m or x is None or x.shape != t.shape:
-            continue
+    for m, t, x in _captured_pairs(truth, test, _SELECT_KEY):
         layer = int(m.group(1))
         fed = _beyond(truth, test, ref, f"layer.{layer - 1}.out", t.shape[:2])
         differ = np.any(x != t, axis=-1)
@@ -366,13 +368,10 @@ def selection_flips(truth: Output, test: Output, ref: Output) -> dict[int, np.nd
     return flips
 
 
-def _beyond(
-    truth: Output, test: Output, ref: Output, key: str, shape: tuple, ratio: float = 0.0
-) -> np.ndarray | None:
-    """[B, L]: the test's captured state `key` is beyond `ratio` (default
-    `POSITION_RATIO`) times what the single-rank run's reaches at that position (as a
-    position's logits are judged); None where a side did not capture it."""
-    ratio = ratio or POSITION_RATIO
+def _beyond(truth: Output, test: Output, ref: Output, key: str, shape: tuple) -> np.ndarray | None:
+    """[B, L]: the test's captured state `key` is beyond `POSITION_RATIO` times what the
+    single-rank run's reaches at that position (as a position's logits are judged); None
+    where a side did not capture it."""
     r, x, t = (o.layers.get(key) for o in (ref, test, truth))
     if r is None or x is None or t is None or not r.shape == x.shape == t.shape:
         return None
@@ -380,7 +379,7 @@ def _beyond(
         return None
     valid = ref.valid if ref.valid.shape == shape else np.ones(shape, dtype=bool)
     scale = _position_scale(relative_errors(r, t), valid)
-    return ~(relative_errors(x, t) <= ratio * scale)
+    return ~(relative_errors(x, t) <= POSITION_RATIO * scale)
 
 
 def explained_positions(truth: Output, test: Output, ref: Output, shape: tuple) -> np.ndarray:
