@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from harness import suites
+from harness import suites, zoo
 from harness.case import Case
 from harness.explore import corpus, repro
 from harness.explore.search import Found, Target
@@ -136,3 +136,27 @@ def test_the_explore_group_help_is_the_search_with_its_example(run_cli):
     result = run_cli("explore", "--help")
     assert result.code == 0 and "Example: harness explore --arch" in result.out
     assert "export" in result.out
+
+
+METAL_ONLY = pytest.mark.skipif(
+    zoo.support("muse_spark").available,
+    reason="muse_spark runs here (Metal): nothing is skipped",
+)
+
+
+@METAL_ONLY
+def test_a_suites_architecture_that_cannot_run_here_is_skipped_not_the_whole_plan():
+    # The moe suite lists muse_spark, whose kernels are Metal-only: on this CPU it is
+    # skipped with its reason and the others are explored (the nightly explores `--suite moe`).
+    from harness.explore.runner import plan_targets
+
+    targets, skipped = plan_targets(["muse_spark", "qwen3_moe"], None, ["fp32"], 2)
+    assert {t.key for t in targets} == {"qwen3_moe/tp/fp32", "qwen3_moe/pp/fp32"}
+    assert [key for key, _ in skipped] == ["muse_spark/tp/fp32", "muse_spark/pp/fp32"]
+    assert all("Metal" in why for _, why in skipped)
+
+
+@METAL_ONLY
+def test_a_plan_with_nothing_left_is_one_sentence(run_cli, assert_one_line_error, tmp_path):
+    result = run_cli("explore", "--arch", "muse_spark", "--db", str(tmp_path / "e.db"))
+    assert_one_line_error(result, "nothing to explore at 2 rank(s)", "Metal")

@@ -94,7 +94,7 @@ def explore(
     if ctx.invoked_subcommand is not None:
         return
     from harness.explore.runner import explore as run_explore
-    from harness.explore.runner import plan_targets
+    from harness.explore.runner import nothing_to_explore, plan_targets
 
     options, run_options = setup(
         ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout
@@ -105,6 +105,8 @@ def explore(
         found, why = plan_targets([name], chosen, precisions, ranks)
         targets += found
         skipped += why
+    if not targets:
+        raise nothing_to_explore(ranks, skipped)
     out = render.console()
     out.print(
         f"explore: seed {seed} (--seed {seed} repeats the search), budget {budget:g}s over "

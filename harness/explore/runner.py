@@ -87,8 +87,8 @@ def plan_targets(
 ) -> tuple[list[Target], list[tuple[str, str]]]:
     """Every architecture under the strategy given (else tp and pp, where the installed
     mlx-lm has them) at these precisions; what cannot run at `ranks` is skipped with the
-    reason. An unknown architecture, strategy or precision is one sentence; so is a plan
-    with nothing left to explore."""
+    reason (a suite's Metal-only architecture on this CPU is skipped, the others explored).
+    An unknown architecture, strategy or precision is one sentence."""
     for label in precisions:
         suites.parse_precision(label)
     targets, skipped = [], []
@@ -106,10 +106,13 @@ def plan_targets(
                     target.arch, target.strategy, target.precisions, Boundaries.from_config(config)
                 )
             )
-    if not targets:
-        reasons = "; ".join(f"{key}: {why}" for key, why in skipped)
-        raise HarnessError(f"nothing to explore at {ranks} rank(s): {reasons}")
     return targets, skipped
+
+
+def nothing_to_explore(ranks: int, skipped: list[tuple[str, str]]) -> HarnessError:
+    """A plan with no target left: one sentence with each target's reason."""
+    reasons = "; ".join(f"{key}: {why}" for key, why in skipped)
+    return HarnessError(f"nothing to explore at {ranks} rank(s): {reasons}")
 
 
 _PLAIN = {"kind": "batch", "prompts": [8], "prefill_step": 2048, "decode": 1}
