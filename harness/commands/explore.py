@@ -36,17 +36,35 @@ def _per_minute(count: int, seconds: float) -> str:
 
 
 def _pairs(suite: str | None, arch: list[str] | None, strategy: str | None, precision):
-    """(arch, strategy or None, precisions) to explore, from a suite or --arch."""
+    """(arch, strategy or None, precisions) to explore, from a suite or --arch, and what a
+    suite's known failures leave out: `(target, why)` for each precision a case of the
+    suite marks as a known failure of its strategy (an upstream bug the search would only
+    find again); `--strategy` replaces the suite's, and its marks with them."""
     if (suite is None) == (not arch):
         raise HarnessError("give either --suite NAME or one or more --arch NAME")
     if arch:
-        return [(name, strategy, list(precision or ["fp32"])) for name in arch]
+        return [(name, strategy, list(precision or ["fp32"])) for name in arch], []
     grouped: dict[tuple[str, str], list[str]] = {}
+    known: dict[tuple[str, str, str], str] = {}
     for case in suites.load_suite(suite):
-        precisions = grouped.setdefault((case.arch, strategy or case.strategy), [])
+        key = (case.arch, strategy or case.strategy)
+        precisions = grouped.setdefault(key, [])
         if case.precision not in precisions:
             precisions.append(case.precision)
-    return [(a, s, list(precision or p)) for (a, s), p in grouped.items()]
+        if case.known_failure and strategy is None:
+            known[(*key, case.precision)] = case.known_failure
+    pairs, skipped = [], []
+    for (a, s), p in grouped.items():
+        wanted = list(precision or p)
+        left = [label for label in wanted if (a, s, label) not in known]
+        skipped += [
+            (f"{a}/{s}/{label}", f"known failure: {known[(a, s, label)]}")
+            for label in wanted
+            if label not in left
+        ]
+        if left:
+            pairs.append((a, s, left))
+    return pairs, skipped
 
 
 @app.callback()
@@ -100,8 +118,9 @@ def explore(
         ranks, budget, seed, db, backend, hostfile, python, impl_files, timeout
     )
     seed = options.seed
-    targets, skipped = [], []
-    for name, chosen, precisions in _pairs(suite, arch, strategy, precision):
+    pairs, skipped = _pairs(suite, arch, strategy, precision)
+    targets = []
+    for name, chosen, precisions in pairs:
         found, why = plan_targets([name], chosen, precisions, ranks)
         targets += found
         skipped += why
