@@ -175,9 +175,11 @@ def setup(ranks, budget, seed, db, backend, hostfile, python, impl_files, timeou
         hostfile=hostfile,
         timeout=timeout,
         repeats=0,
-        # No hidden states per layer: the search needs verdicts and locations, and ran
-        # 40 examples/min without them against 29 with them here (qwen3_moe, tp, 2 ranks);
-        # the printed `harness run` command captures them for the shrunk failure.
+        # No hidden states per layer at fp32: the search needs verdicts and locations, and
+        # ran 40 examples/min without them against 29 with them here (qwen3_moe, tp, 2
+        # ranks); the printed `harness run` command captures them for the shrunk failure.
+        # A low-precision example captures them anyway: its verdict tells a router flip of
+        # rounding's from a bug by them (run.rank.one_case).
         capture=False,
         goldens=None,
         python=python,

@@ -90,6 +90,12 @@ def ranks_apart(ranks: tuple[int, int], count: int, ratio: float, limit: float) 
     )
 
 
+ONLY_AGREEMENT = (
+    "at low precision nothing captured here tells a router flip of rounding's from a bug "
+    "(a serve program): judged by the ranks' agreement only; its fp32 run judges the rest"
+)
+
+
 def layers_only(what: str) -> str:
     """A warning: every output passes, a captured layer state does not. Outputs decide."""
     return (

@@ -476,6 +476,8 @@ def _against_truth(ref: Output, test: Output, truth: Output, world: int) -> Comp
     tokens = token_agreement(m, test.tokens.shape[1])
     if tokens:
         cmp.warnings.append(tokens)
+    if verdict.blind:
+        cmp.warnings.append(diagnose.ONLY_AGREEMENT)
     if cmp.passed:
         if verdict.layers:
             layer, part, segment = verdict.layers[0]

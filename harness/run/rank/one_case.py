@@ -39,6 +39,7 @@ def run_case(
     A scenario case runs its scenario instead, untimed (run.rank.scenario)."""
     role = model_cache.REFERENCE if group is None else model_cache.SHARDED
     built = kept_model(case, group, role)
+    capture = capture or case.low_precision  # its verdict needs the routing (records.envelope)
     if case.scenario is not None:
         return scenario.run(built, case, capture, forced), None
     prompts = case_prompts(case)
@@ -70,6 +71,7 @@ def run_truth(case: Case, forced: np.ndarray, capture: bool = True) -> forward.O
     weight upcast to float32 (the same quantized values), decode fed the reference's
     tokens: the truth the low-precision runs approximate."""
     built = kept_model(case, None, model_cache.TRUTH)
+    capture = capture or case.low_precision
     if case.scenario is not None:
         return scenario.run(built, case, capture, forced)
     with model_code():
