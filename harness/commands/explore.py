@@ -36,16 +36,18 @@ def _per_minute(count: int, seconds: float) -> str:
 
 
 def _pairs(suite: str | None, arch: list[str] | None, strategy: str | None, precision):
-    """(arch, strategy or None, precisions) to explore, from a suite or --arch, and what a
-    suite's known failures leave out: `(target, why)` for each precision a case of the
-    suite marks as a known failure of its strategy (an upstream bug the search would only
-    find again); `--strategy` replaces the suite's, and its marks with them."""
+    """(arch, strategy or None, precisions, tolerance) to explore, from a suite or --arch,
+    and what a suite's known failures leave out: `(target, why)` for each precision a case
+    of the suite marks as a known failure of its strategy (an upstream bug the search would
+    only find again); `--strategy` replaces the suite's, and its marks with them. A suite's
+    target is held to the loosest tolerance its cases give that architecture and strategy."""
     if (suite is None) == (not arch):
         raise HarnessError("give either --suite NAME or one or more --arch NAME")
     if arch:
-        return [(name, strategy, list(precision or ["fp32"])) for name in arch], []
+        return [(name, strategy, list(precision or ["fp32"]), ()) for name in arch], []
     grouped: dict[tuple[str, str], list[str]] = {}
     known: dict[tuple[str, str, str], str] = {}
+    loosest: dict[tuple[str, str], dict[str, float]] = {}
     for case in suites.load_suite(suite):
         key = (case.arch, strategy or case.strategy)
         precisions = grouped.setdefault(key, [])
@@ -53,6 +55,9 @@ def _pairs(suite: str | None, arch: list[str] | None, strategy: str | None, prec
             precisions.append(case.precision)
         if case.known_failure and strategy is None:
             known[(*key, case.precision)] = case.known_failure
+        tolerance = loosest.setdefault(key, {})
+        for name, value in case.tolerance.items():
+            tolerance[name] = max(value, tolerance.get(name, value))
     pairs, skipped = [], []
     for (a, s), p in grouped.items():
         wanted = list(precision or p)
@@ -63,7 +68,7 @@ def _pairs(suite: str | None, arch: list[str] | None, strategy: str | None, prec
             if label not in left
         ]
         if left:
-            pairs.append((a, s, left))
+            pairs.append((a, s, left, tuple(sorted(loosest[(a, s)].items()))))
     return pairs, skipped
 
 
@@ -120,8 +125,8 @@ def explore(
     seed = options.seed
     pairs, skipped = _pairs(suite, arch, strategy, precision)
     targets = []
-    for name, chosen, precisions in pairs:
-        found, why = plan_targets([name], chosen, precisions, ranks)
+    for name, chosen, precisions, tolerance in pairs:
+        found, why = plan_targets([name], chosen, precisions, ranks, tolerance)
         targets += found
         skipped += why
     if not targets:

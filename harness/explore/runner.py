@@ -79,11 +79,16 @@ def case_of(target: Target, example: Example) -> Case:
         strategy=target.strategy,
         **suites.parse_precision(example.precision),
         scenario=example.scenario,
+        tolerance=dict(target.tolerance),
     )
 
 
 def plan_targets(
-    archs: list[str], strategy: str | None, precisions: list[str], ranks: int
+    archs: list[str],
+    strategy: str | None,
+    precisions: list[str],
+    ranks: int,
+    tolerance: tuple[tuple[str, float], ...] = (),
 ) -> tuple[list[Target], list[tuple[str, str]]]:
     """Every architecture under the strategy given (else tp and pp, where the installed
     mlx-lm has them) at these precisions; what cannot run at `ranks` is skipped with the
@@ -101,10 +106,9 @@ def plan_targets(
                 skipped.append((target.key, why))
                 continue
             config = tiny_config(Case(arch))
+            bounds = Boundaries.from_config(config)
             targets.append(
-                Target(
-                    target.arch, target.strategy, target.precisions, Boundaries.from_config(config)
-                )
+                Target(target.arch, target.strategy, target.precisions, bounds, tolerance)
             )
     return targets, skipped
 
