@@ -248,3 +248,20 @@ def test_serving_faults_plan_at_their_scenario():
         catalog.REQUEST_LEFT,
         catalog.REUSED_PREFIX,
     }
+
+
+def test_a_padded_batch_with_a_one_token_prefill_chunk_is_skipped_on_a_sliding_window():
+    # mlx-lm's BatchRotatingKVCache takes a 1-token update for a decode step and refuses it
+    # before finalize(): a padded batch whose prefill has such a chunk cannot run there
+    # (explore drew gpt_oss [1, 2]; the same batch in chunks of 2 tokens runs).
+    from harness.models.build import shape_skip_reason
+
+    def skip(arch, prompts, step):
+        spec = {"kind": "batch", "prompts": prompts, "prefill_step": step, "decode": 0}
+        return shape_skip_reason(Case(arch, scenario=spec))
+
+    assert "BatchRotatingKVCache takes a 1-token prefill chunk" in skip("gpt_oss", [1, 2], 2048)
+    assert "BatchRotatingKVCache" in skip("gpt_oss", [3, 4], 2)
+    assert skip("gpt_oss", [3, 5], 2) is None  # chunks of 2
+    assert skip("gpt_oss", [4, 4], 1) is None  # one length: no padding
+    assert skip("qwen3_moe", [1, 2], 2048) is None  # no sliding window

@@ -159,7 +159,43 @@ def shape_skip_reason(case: Case) -> str | None:
     else:
         merges = len({len(p) for p in case.prompts}) > 1
     problem = _batch_problem(case.arch) if merges else None
+    if problem is None and merges and case.scenario is not None:
+        problem = _one_token_chunk_problem(case)
     return f"{case.arch} cannot run {what}: {problem}" if problem else None
+
+
+def _one_token_chunk_problem(case: Case) -> str | None:
+    """A padded batch whose prefill (every token but each prompt's last, right-padded, in
+    chunks of `prefill_step`: run.rank.forward) has a chunk 1 token wide cannot run on a
+    sliding-window cache: mlx-lm's BatchRotatingKVCache takes every 1-token update for a
+    decode step and refuses it before `finalize()`."""
+    spec = case.scenario
+    if spec["kind"] == SERVE:
+        return None
+    body = max(spec["prompts"]) - 1
+    step = spec.get("prefill_step") or body
+    if body < 1 or min(step, body - (body - 1) // step * step) != 1:
+        return None
+    if not _rotating(case.arch):
+        return None
+    return (
+        "mlx-lm's BatchRotatingKVCache takes a 1-token prefill chunk of a padded batch for a "
+        "decode step"
+    )
+
+
+@functools.cache
+def _rotating(arch: str) -> bool:
+    config = tiny_config(Case(arch))
+
+    def probe() -> bool:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        model_cls, args_cls = model_classes(config)
+        model = model_cls(args_cls.from_dict(copy.deepcopy(config)))
+        return any(getattr(c, "max_size", None) for c in make_prompt_cache(model))
+
+    return answers.remembered("rotating", config, probe)
 
 
 @functools.cache
